@@ -1,0 +1,45 @@
+# Two commands do everything on a fresh clone:
+#   make demo   - set up the virtualenv and run the pipeline on the bundled synthetic log
+#   make test   - set up the virtualenv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CONFIG ?= conf/local.toml
+ARGS   ?=
+
+.PHONY: setup demo test test-fast bench clean clean-data check-java
+
+setup: $(STAMP)
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "error: Java 17+ is required by Spark and was not found on PATH."; \
+	  echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; \
+	  echo "  macOS:         brew install openjdk@17"; exit 1; }
+	@v=$$(java -version 2>&1 | awk -F'"' '/version/ {print $$2}' | awk -F. '{print ($$1=="1") ? $$2 : $$1}'); \
+	 if [ "$${v:-0}" -lt 17 ]; then \
+	  echo "error: Java 17+ is required by Spark; found Java $$v."; \
+	  echo "  Debian/Ubuntu: sudo apt-get install -y openjdk-17-jre-headless"; exit 1; fi
+
+$(STAMP): pyproject.toml | check-java
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+	@echo "virtualenv ready in $(VENV)"
+
+demo: setup
+	$(BIN)/recsys-spark --config $(CONFIG) demo $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: setup
+	$(BIN)/python -m recsys_spark.bench $(ARGS)
+
+clean-data:
+	rm -rf data/warehouse data/raw data/checkpoints data/spark-warehouse
+
+clean: clean-data
+	rm -rf $(VENV) build *.egg-info .pytest_cache

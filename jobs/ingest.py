@@ -1,0 +1,18 @@
+"""spark-submit entry point: ingest raw interaction logs into the Delta tables.
+
+    spark-submit --py-files dist/recsys_spark.zip jobs/ingest.py \
+        --config conf/cluster.toml --set ingest.source.path=s3a://bucket/logs/2026-11-23/
+"""
+
+import sys
+
+from recsys_spark.cli import run_job
+from recsys_spark.pipeline import run_ingest
+
+
+def _ingest(spark, cfg, ctx) -> None:  # noqa: ANN001
+    print(run_ingest(spark, cfg, ctx).render())
+
+
+if __name__ == "__main__":
+    sys.exit(run_job("ingest", _ingest))

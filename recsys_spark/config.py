@@ -1,0 +1,436 @@
+"""One typed, validated configuration schema for every job.
+
+Configs are TOML files (``conf/local.toml`` is the default) plus ``--set
+section.key=value`` overrides. Each section is a pydantic model with a
+docstring per field; unknown keys, wrong types and out-of-range values are
+errors that name the offending key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsys_spark.errors import ConfigError
+
+DEFAULT_CONFIG = Path("conf/local.toml")
+
+
+class _Section(BaseModel):
+    # strict: a TOML string where a number is expected is an error, not a silent cast.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+
+
+def _check_path(value: str, key: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{key} must not be empty")
+    if "\x00" in value:
+        raise ValueError(f"{key} contains a NUL byte")
+    return value
+
+
+class SparkConfig(_Section):
+    master: str = "local[*]"
+    """Spark master for local runs. Ignored under spark-submit, which sets the master itself."""
+
+    app_name: str = "recsys-spark"
+    """Application name shown in the Spark UI and history server."""
+
+    driver_memory: str = "4g"
+    """Driver heap for local runs (the driver is the only JVM in local mode). Ignored under spark-submit."""
+
+    shuffle_partitions: int = Field(8, ge=1)
+    """spark.sql.shuffle.partitions when spark-submit did not set it. Small is right for one machine."""
+
+    checkpoint_dir: str = "data/checkpoints"
+    """Checkpoint directory; always set, because long ALS lineages overflow the stack without one."""
+
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    """Log level of Spark's own JVM logging (recsys-spark logs through Python logging)."""
+
+    ui_enabled: bool = True
+    """Start the Spark web UI (disable in tests to save start-up time and ports)."""
+
+    conf: dict[str, str] = Field(default_factory=dict)
+    """Extra Spark properties, e.g. {"spark.executor.memory" = "8g"}. spark-submit --conf wins over these."""
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint(cls, v: str) -> str:
+        return _check_path(v, "spark.checkpoint_dir")
+
+
+class StorageConfig(_Section):
+    root: str = "data/warehouse"
+    """Table root: every table lives at <root>/<table name>. A local path or a URI (s3://, abfss://, ...)."""
+
+    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+    """How Delta tables are written: native delta-spark when its jars are on the classpath ("auto"
+    picks it then), else Spark writes Parquet and the deltalake package commits it ("delta-rs")."""
+
+    vacuum_retention_hours: float = Field(168.0, ge=0)
+    """Files removed from a table longer ago than this are deleted by `vacuum` (time travel window)."""
+
+    max_commit_retries: int = Field(10, ge=0, le=100)
+    """Retries of a Delta commit that lost a race to a concurrent append."""
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        _check_path(v, "storage.root")
+        # Spark treats these as glob characters in read paths.
+        bad = set(v) & set("*?[]{}")
+        if bad:
+            raise ValueError(f"storage.root must not contain glob characters {''.join(sorted(bad))!r}")
+        return v
+
+
+FeedbackKind = Literal["implicit", "explicit"]
+SourceFormat = Literal["csv", "tsv", "json", "parquet"]
+TimestampFormat = Literal["auto", "unix_s", "unix_ms", "iso", "none"]
+
+#: Named readers for well-known public logs; any field set explicitly in a config wins.
+SOURCE_PRESETS: dict[str, dict[str, Any]] = {
+    "synthetic": {
+        "format": "csv", "header": True,
+        "user_col": "user_id", "item_col": "item_id", "event_type_col": "event_type",
+        "value_col": "value", "timestamp_col": "timestamp", "event_id_col": "event_id",
+        "timestamp_format": "iso", "feedback": "implicit",
+    },
+    "movielens-100k": {  # u.data / u1.base: user \t item \t rating \t unix seconds, no header
+        "format": "tsv", "header": False, "field_names": ["user", "item", "rating", "timestamp"],
+        "user_col": "user", "item_col": "item", "value_col": "rating", "timestamp_col": "timestamp",
+        "timestamp_format": "unix_s", "feedback": "explicit", "default_event_type": "rating",
+    },
+    "movielens-csv": {  # ml-latest-small ratings.csv
+        "format": "csv", "header": True,
+        "user_col": "userId", "item_col": "movieId", "value_col": "rating", "timestamp_col": "timestamp",
+        "timestamp_format": "unix_s", "feedback": "explicit", "default_event_type": "rating",
+    },
+    "lastfm-plays": {  # hetrec2011 user_artists.dat: play counts, no timestamps
+        "format": "tsv", "header": True,
+        "user_col": "userID", "item_col": "artistID", "value_col": "weight",
+        "timestamp_format": "none", "feedback": "implicit", "default_event_type": "play",
+    },
+    "amazon-5core": {  # McAuley 2014 5-core JSON lines (gzipped is fine)
+        "format": "json",
+        "user_col": "reviewerID", "item_col": "asin", "value_col": "overall", "timestamp_col": "unixReviewTime",
+        "timestamp_format": "unix_s", "feedback": "explicit", "default_event_type": "rating",
+    },
+}
+
+
+class SourceConfig(_Section):
+    preset: Literal["custom", "synthetic", "movielens-100k", "movielens-csv", "lastfm-plays", "amazon-5core"] = "synthetic"
+    """A named reader for a known log format (fills the fields below), or "custom"."""
+
+    path: str = "data/raw/events"
+    """A file, or a directory whose non-hidden files are all read (e.g. Spark output)."""
+
+    format: SourceFormat = "csv"
+    """csv, tsv, json (JSON lines, optionally .gz) or parquet."""
+
+    delimiter: str | None = None
+    """Field separator for csv/tsv; defaults to "," and "\\t"."""
+
+    header: bool = True
+    """Whether delimited files start with a header line naming the columns."""
+
+    field_names: list[str] | None = None
+    """Column names for delimited files without a header, in file order."""
+
+    encoding: str = "UTF-8"
+    """Text encoding of csv/tsv/json files (e.g. ISO-8859-1)."""
+
+    user_col: str = "user_id"
+    """Column holding the user id (any string or integer id)."""
+
+    item_col: str = "item_id"
+    """Column holding the item id (any string or integer id)."""
+
+    event_type_col: str | None = None
+    """Column holding the event type (view, click, ...); None means every row is `default_event_type`."""
+
+    value_col: str | None = None
+    """Column holding the rating (explicit) or event strength such as a play count (implicit); None means 1."""
+
+    timestamp_col: str | None = None
+    """Column holding the event time; None when the log has no times (time decay is then off)."""
+
+    event_id_col: str | None = None
+    """Column holding a unique event id; when present it is the deduplication key."""
+
+    timestamp_format: TimestampFormat = "auto"
+    """unix_s, unix_ms, iso (ISO-8601 string), auto (numbers >= 1e11 are ms, else s; other strings ISO), none."""
+
+    feedback: FeedbackKind = "implicit"
+    """implicit: events carry confidence; explicit: the value column is a rating kept as such."""
+
+    default_event_type: str = "view"
+    """Event type of rows without an event type column."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            preset = data.get("preset", "synthetic")
+            if preset in SOURCE_PRESETS:
+                return {**SOURCE_PRESETS[preset], **data}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SourceConfig:
+        if self.format in ("csv", "tsv") and not self.header and not self.field_names:
+            raise ValueError("ingest.source.field_names is required for csv/tsv files without a header")
+        if self.timestamp_format == "none" and self.timestamp_col:
+            raise ValueError("ingest.source.timestamp_format is 'none' but timestamp_col is set")
+        if self.timestamp_format != "none" and not self.timestamp_col:
+            raise ValueError("ingest.source.timestamp_col is required unless timestamp_format = 'none'")
+        if self.feedback == "explicit" and not self.value_col:
+            raise ValueError("ingest.source.value_col (the rating) is required for explicit feedback")
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError("ingest.source.delimiter must be a single character")
+        _check_path(self.path, "ingest.source.path")
+        return self
+
+    @property
+    def separator(self) -> str:
+        return self.delimiter or ("\t" if self.format == "tsv" else ",")
+
+
+class IngestConfig(_Section):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    """Where the raw log is and how to read it."""
+
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0,
+                                 "rating": 1.0, "play": 1.0}
+    )
+    """Weight per event type; an event type not listed here is rejected as unknown_event_type."""
+
+    value_transform: Literal["identity", "log1p"] = "identity"
+    """Applied to the event value before weighting (log1p tames play counts in the 100,000s)."""
+
+    aggregation: Literal["sum", "max"] = "sum"
+    """How event weights of one (user, item) pair combine into its confidence."""
+
+    half_life_days: float | None = Field(None, gt=0)
+    """Time decay: an event this many days older than the newest event counts half. None: no decay."""
+
+    min_event_time: str = "1990-01-01T00:00:00Z"
+    """Events before this ISO-8601 instant are rejected (timestamp_out_of_range)."""
+
+    max_future_days: float = Field(1.0, ge=0)
+    """Events later than now + this many days are rejected (timestamp_out_of_range)."""
+
+    min_rating: float | None = None
+    """Explicit feedback: ratings below this are rejected (value_out_of_range). None: no lower bound but >= 0."""
+
+    max_rating: float | None = None
+    """Explicit feedback: ratings above this are rejected (value_out_of_range)."""
+
+    max_id_length: int = Field(256, ge=1)
+    """Ids longer than this many characters are rejected (oversize_field)."""
+
+    max_line_bytes: int = Field(65536, ge=16)
+    """Input lines longer than this are rejected (oversize_field) without being parsed."""
+
+    max_reject_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """If a larger share of the new rows is rejected, the job fails and commits nothing."""
+
+    @field_validator("event_weights")
+    @classmethod
+    def _finite_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for k, w in v.items():
+            if not (w == w and abs(w) != float("inf")) or w < 0:
+                raise ValueError(f"ingest.event_weights.{k} must be a finite number >= 0, got {w}")
+        return v
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _iso(cls, v: str) -> str:
+        from datetime import datetime
+
+        try:
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"ingest.min_event_time is not an ISO-8601 instant: {v!r}") from None
+        return v
+
+
+class GenerateConfig(_Section):
+    output: str = "data/raw/events"
+    """Directory the synthetic log is written to (replaced on every run)."""
+
+    format: Literal["csv", "json", "parquet"] = "csv"
+    """File format of the synthetic log."""
+
+    num_events: int = Field(1_000_000, ge=100, le=2_000_000_000)
+    """Approximate number of events to generate."""
+
+    num_users: int = Field(50_000, ge=10)
+    """Number of users; activity per user is heavy-tailed (log-normal)."""
+
+    num_items: int = Field(20_000, ge=10)
+    """Number of items; popularity follows a power law (Zipf)."""
+
+    rank: int = Field(16, ge=1, le=256)
+    """Dimension of the hidden user and item taste vectors that drive choices."""
+
+    popularity_exponent: float = Field(0.9, ge=0.0, le=3.0)
+    """Zipf exponent s of item popularity p(i) ~ 1/rank(i)^s."""
+
+    activity_sigma: float = Field(1.2, ge=0.0, le=4.0)
+    """Sigma of the log-normal user activity; larger means heavier power users."""
+
+    affinity: float = Field(3.0, ge=0.0, le=20.0)
+    """Strength of taste vs popularity: choice probability ~ popularity * exp(affinity * <u, v>)."""
+
+    days: int = Field(56, ge=1, le=3650)
+    """Length of the time span the events cover."""
+
+    start_date: str = "2026-09-01"
+    """First day of the time span (ISO date)."""
+
+    seed: int = 42
+    """Seed: the same seed, sizes and partitions give byte-identical events."""
+
+    partitions: int = Field(8, ge=1, le=100_000)
+    """Spark partitions (and output files) to generate in parallel; part of the seed's identity."""
+
+    duplicate_fraction: float = Field(0.002, ge=0.0, le=0.5)
+    """Share of events emitted twice, as real trackers do; ingest must count them once."""
+
+    corrupt_fraction: float = Field(0.0005, ge=0.0, le=0.5)
+    """Share of malformed lines planted in the log, so the demo shows quarantine at work."""
+
+    @field_validator("start_date")
+    @classmethod
+    def _date(cls, v: str) -> str:
+        from datetime import date
+
+        try:
+            date.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"generate.start_date is not an ISO date: {v!r}") from None
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        return _check_path(v, "generate.output")
+
+
+class Config(_Section):
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    """Spark session settings."""
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    """Delta table storage."""
+
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    """The bundled synthetic interaction log."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    """Raw log -> interactions, id maps and the interaction matrix."""
+
+    def config_hash(self) -> str:
+        """Short stable hash of the effective config, recorded in every commit."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def with_overrides(self, overrides: Iterable[str]) -> Config:
+        """A copy with ``section.key=value`` overrides applied and re-validated."""
+        data = self.model_dump(mode="python", exclude_unset=False)
+        return _validate(_apply_overrides(data, overrides), "overrides")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}")
+    try:
+        # TOML literal first, so numbers, booleans, arrays and inline tables keep their type;
+        # anything else is taken as a bare string (paths, master URLs).
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def _apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = data
+        default: Any = _DEFAULTS
+        for i, p in enumerate(parts[:-1]):
+            default = getattr(default, p, None) if isinstance(default, BaseModel) else None
+            child = node.get(p)
+            if child is None:
+                # Overriding one key of a map (event_weights, spark.conf) keeps the other defaults;
+                # a section starts empty so that presets still fill it.
+                child = node[p] = dict(default) if isinstance(default, dict) else {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {item!r}: {where!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+_DEFAULTS = Config()
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {key}: {e['msg']}{shown}")
+    return f"invalid configuration in {origin}:\n" + "\n".join(lines)
+
+
+def _validate(data: Mapping[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load ``path`` (default ``conf/local.toml`` when it exists), apply overrides, validate.
+
+    Raises:
+        ConfigError: naming the file and each offending key.
+    """
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+        origin = str(p)
+    overrides = list(overrides)
+    if overrides:
+        origin += " with --set " + " ".join(overrides)
+    return _validate(_apply_overrides(data, overrides), origin)

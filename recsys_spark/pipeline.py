@@ -1,0 +1,228 @@
+"""Jobs: each reads its inputs through storage, applies one stage's transforms, and commits.
+
+Every job is safe to re-run. Ingest commits in an order that keeps a killed run harmless: id maps
+first (re-runs find the ids already mapped), then events (re-runs drop events whose key is
+already stored), rejected rows (deduplicated by file, line and reason), the rebuilt matrix, and
+the ledger last (a file counts as ingested only once all of that has landed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_spark import tables as T
+from recsys_spark.config import Config
+from recsys_spark.errors import RejectThresholdError
+from recsys_spark.generate import synthetic_events
+from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, rejected_rows,
+                                 validate_events, with_dense_ids)
+from recsys_spark.run import RunContext
+from recsys_spark.sources import SourceFile, list_source_files, read_source
+from recsys_spark.storage import TableStore, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What one ingest run did, for logs, the CLI and tests."""
+
+    run_id: str
+    files_seen: int = 0
+    files_skipped: int = 0
+    rows_read: int = 0
+    rows_rejected: int = 0
+    rows_duplicate: int = 0
+    events_added: int = 0
+    new_users: int = 0
+    new_items: int = 0
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    writes: list[WriteResult] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [
+            f"ingest run {self.run_id}",
+            f"  files: {self.files_seen} seen, {self.files_skipped} already ingested (skipped)",
+            f"  rows read: {self.rows_read:,}; rejected: {self.rows_rejected:,}; "
+            f"duplicates dropped: {self.rows_duplicate:,}; new events: {self.events_added:,}",
+            f"  new users: {self.new_users:,}; new items: {self.new_items:,}",
+        ]
+        if self.reject_reasons:
+            lines.append("  rejected by reason:")
+            lines += [f"    {r:<24} {n:>10,}" for r, n in sorted(self.reject_reasons.items(), key=lambda kv: -kv[1])]
+        if self.writes:
+            lines.append("  commits:")
+            lines += [f"    {w.table:<22} v{w.version:<4} +{w.rows:,} rows" for w in self.writes]
+        else:
+            lines.append("  nothing new: no table was changed")
+        return "\n".join(lines)
+
+
+def run_generate(spark: SparkSession, cfg: Config) -> tuple[str, int]:
+    """Write the synthetic log to ``cfg.generate.output`` (replacing it); returns (path, events)."""
+    g = cfg.generate
+    events = synthetic_events(spark, g)
+    out = g.output if "://" in g.output else str(Path(g.output).resolve())
+    target = out if "://" in out else "file://" + out
+    writer = events.write.mode("overwrite")
+    if g.format == "csv":
+        writer.option("header", True).csv(target)
+    elif g.format == "json":
+        writer.json(target)
+    else:
+        writer.parquet(target)
+    count = spark.read.format(g.format).option("header", True).load(target).count()
+    log.info("synthetic log: %d events written to %s", count, out)
+    return out, count
+
+
+def _ledger_key(f: SourceFile) -> tuple[str, int, int]:
+    return (f.path, f.size, f.mtime_ms)
+
+
+def _new_files(store: TableStore, files: list[SourceFile]) -> list[SourceFile]:
+    if not store.exists(T.INGESTED_FILES):
+        return files
+    seen = {(r["path"], r["size"], r["mtime_ms"]) for r in
+            store.read(T.INGESTED_FILES).select("path", "size", "mtime_ms").collect()}
+    return [f for f in files if _ledger_key(f) not in seen]
+
+
+def _date_predicate(dates: list) -> str:
+    """A pruning predicate on event_date covering ``dates`` (None means events without a time)."""
+    named = sorted({d.isoformat() for d in dates if d is not None})
+    parts = []
+    if named:
+        parts.append("event_date IN (" + ", ".join(f"DATE'{d}'" for d in named) + ")")
+    if any(d is None for d in dates):
+        parts.append("event_date IS NULL")
+    return " OR ".join(parts) or "false"
+
+
+def _check_reject_rate(report: IngestReport, cfg: Config, validated: DataFrame) -> None:
+    limit = cfg.ingest.max_reject_fraction
+    if report.rows_read == 0 or report.rows_rejected / report.rows_read <= limit:
+        return
+    sample = (validated.where(F.col("reason").isNotNull())
+              .orderBy("source_file", "line_number").limit(3).collect())
+    examples = "\n".join(f"    {r['source_file']}:{r['line_number']}: {r['reason']}: {r['raw_line'][:120]!r}"
+                         for r in sample)
+    reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(report.reject_reasons.items(), key=lambda kv: -kv[1]))
+    raise RejectThresholdError(
+        f"{report.rows_rejected:,} of {report.rows_read:,} rows "
+        f"({report.rows_rejected / report.rows_read:.1%}) were rejected, more than "
+        f"ingest.max_reject_fraction = {limit:.1%}; nothing was committed.\n"
+        f"  reasons: {reasons}\n  first rejected rows:\n{examples}\n"
+        "  Check ingest.source (preset, format, delimiter, column mapping) or raise the limit."
+    )
+
+
+def run_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> IngestReport:
+    """Ingest new files under ``cfg.ingest.source.path`` into the interaction tables."""
+    store = TableStore(spark, cfg.storage)
+    src, icfg = cfg.ingest.source, cfg.ingest
+    report = IngestReport(ctx.run_id)
+    files = list_source_files(src.path)
+    todo = _new_files(store, files)
+    report.files_seen, report.files_skipped = len(files), len(files) - len(todo)
+    if not todo:
+        log.info("all %d file(s) under %s were ingested before; nothing to do", len(files), src.path)
+        return report
+
+    raw = read_source(spark, src, todo, icfg.max_line_bytes)
+    validated = validate_events(raw, src, icfg, ctx.started_at).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        per_file: Counter[tuple[str, str | None]] = Counter()
+        for r in validated.groupBy("source_file", "reason").count().collect():
+            per_file[(r["source_file"], r["reason"])] += r["count"]
+        report.rows_read = sum(per_file.values())
+        reasons: Counter[str] = Counter()
+        for (_, reason), n in per_file.items():
+            if reason is not None:
+                reasons[reason] += n
+        report.reject_reasons = dict(reasons)
+        report.rows_rejected = sum(reasons.values())
+        for reason, n in reasons.most_common():
+            log.warning("rejected %d rows: %s", n, reason)
+        _check_reject_rate(report, cfg, validated)
+        _commit_ingest(spark, store, cfg, ctx, validated, todo, per_file, report)
+    finally:
+        validated.unpersist()
+    return report
+
+
+def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: RunContext, validated: DataFrame,
+                   todo: list[SourceFile], per_file: Counter, report: IngestReport) -> None:
+    src, icfg = cfg.ingest.source, cfg.ingest
+    commit = ctx.commit(source=src.path, preset=src.preset, files=len(todo))
+    events = accepted_events(validated, src, icfg)
+    unique = events.count()
+    report.rows_duplicate = report.rows_read - report.rows_rejected - unique
+
+    if store.exists(T.INTERACTIONS) and unique:
+        dates = [r[0] for r in events.select(F.to_date("event_time")).distinct().collect()]
+        stored = store.read(T.INTERACTIONS, where=_date_predicate(dates)).select("event_key")
+        events = events.join(stored, "event_key", "left_anti")
+    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        report.events_added = events.count()
+        report.rows_duplicate += unique - report.events_added
+        if report.events_added:
+            users = _extend_id_map(store, events, T.USERS, "user_id", "user_idx", commit, report)
+            items = _extend_id_map(store, events, T.ITEMS, "item_id", "item_idx", commit, report)
+            report.new_users = _added(report, T.USERS)
+            report.new_items = _added(report, T.ITEMS)
+            interactions = with_dense_ids(events, users, items)
+            report.writes.append(store.write(interactions, T.INTERACTIONS, "append", commit, ["event_date"]))
+    finally:
+        events.unpersist()
+
+    rejected = rejected_rows(validated, ctx.run_id, ctx.started_at)
+    if report.rows_rejected:
+        if store.exists(T.REJECTED_INTERACTIONS):
+            known = store.read(T.REJECTED_INTERACTIONS).select("source_file", "line_number", "reason", "raw_line")
+            rejected = rejected.join(known, ["source_file", "line_number", "reason", "raw_line"], "left_anti")
+        report.writes.append(store.write(rejected, T.REJECTED_INTERACTIONS, "append", commit))
+
+    if report.events_added or not store.exists(T.INTERACTION_MATRIX):
+        matrix = interaction_matrix(store.read(T.INTERACTIONS), icfg) if store.exists(T.INTERACTIONS) else None
+        if matrix is not None:
+            report.writes.append(store.write(matrix, T.INTERACTION_MATRIX, "overwrite", commit))
+
+    now = datetime.now(timezone.utc)
+    ledger = spark.createDataFrame(
+        [(f.path, f.size, f.mtime_ms,
+          sum(n for (p, _), n in per_file.items() if p == f.path),
+          sum(n for (p, r), n in per_file.items() if p == f.path and r is not None),
+          ctx.run_id, now) for f in todo],
+        "path STRING, size LONG, mtime_ms LONG, rows_read LONG, rows_rejected LONG, run_id STRING, "
+        "ingested_at TIMESTAMP",
+    )
+    report.writes.append(store.write(ledger, T.INGESTED_FILES, "append", commit))
+
+
+def _added(report: IngestReport, table: str) -> int:
+    return sum(w.rows for w in report.writes if w.table == table)
+
+
+def _extend_id_map(store: TableStore, events: DataFrame, table: str, id_col: str, idx_col: str,
+                   commit, report: IngestReport) -> DataFrame:
+    existing = store.read(table) if store.exists(table) else None
+    new = assign_dense_ids(events.select(id_col), existing, id_col, idx_col)
+    first_seen = events.groupBy(id_col).agg(F.min("event_time").alias("first_event_time"))
+    new = new.join(first_seen, id_col).withColumn("run_id", F.lit(commit.run_id))
+    new = new.select(id_col, idx_col, "first_event_time", "run_id").persist()
+    try:
+        if existing is None or not new.isEmpty():
+            report.writes.append(store.write(new, table, "append", commit))
+    finally:
+        new.unpersist()
+    return store.read(table)

@@ -1,0 +1,106 @@
+"""SparkSession factory: local defaults on a laptop, hands-off under spark-submit."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pyspark import SparkConf
+from pyspark.sql import SparkSession
+
+from recsys_spark.config import SparkConfig, StorageConfig
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+# Settings every session needs whatever launched it: the delta-rs engine commits Parquet that
+# other Delta readers must understand (INT96 timestamps are not Delta), times are UTC, and
+# Hadoop's _SUCCESS markers would be stray files inside Delta table folders.
+_REQUIRED_CONF = {
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+    "spark.hadoop.parquet.enable.summary-metadata": "false",
+}
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was launched by spark-submit (the JVM is already up)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _delta_jars_requested(conf: dict[str, str]) -> bool:
+    """Whether the Delta jars will be on the classpath of a session we are about to start."""
+    for key in ("spark.jars.packages", "spark.jars"):
+        if "delta-spark" in conf.get(key, ""):
+            return True
+    pyspark_home = Path(__import__("pyspark").__file__).parent
+    return bool(glob.glob(str(pyspark_home / "jars" / "delta-spark*.jar")))
+
+
+def build_session(cfg: SparkConfig, storage: StorageConfig | None = None, app_name: str | None = None) -> SparkSession:
+    """Create (or reuse) the SparkSession for a job.
+
+    Locally it sets master, driver memory and shuffle partitions from ``cfg``. Under spark-submit the
+    master and resources come from spark-submit, and ``cfg`` only fills properties it left unset.
+    """
+    submitted = under_spark_submit()
+    preset = SparkConf(loadDefaults=True)  # under spark-submit this carries its --conf values
+    builder = SparkSession.builder.appName(app_name or cfg.app_name)
+
+    def default(key: str, value: str) -> None:
+        if not preset.contains(key):
+            builder.config(key, value)
+
+    if not submitted:
+        # Local Python workers must run the driver's interpreter (the virtualenv), not whatever
+        # `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        builder.master(cfg.master)
+        default("spark.driver.memory", cfg.driver_memory)
+        default("spark.ui.enabled", str(cfg.ui_enabled).lower())
+        default("spark.ui.showConsoleProgress", "false")
+    default("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+    for key, value in cfg.conf.items():
+        default(key, value)
+    for key, value in _REQUIRED_CONF.items():
+        builder.config(key, value)
+
+    engine = storage.engine if storage else "auto"
+    wants_delta = engine == "delta-spark" or (
+        engine == "auto" and (submitted or _delta_jars_requested({**dict(preset.getAll()), **cfg.conf}))
+    )
+    if wants_delta:
+        default("spark.sql.extensions", DELTA_EXTENSION)
+        default("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    checkpoint = cfg.checkpoint_dir
+    if "://" not in checkpoint:
+        checkpoint = str(Path(checkpoint).resolve())
+        Path(checkpoint).mkdir(parents=True, exist_ok=True)
+    spark.sparkContext.setCheckpointDir(checkpoint)
+    log.info(
+        "spark session: master=%s, version=%s, default parallelism=%d, shuffle partitions=%s, checkpoints in %s",
+        spark.sparkContext.master, spark.version, spark.sparkContext.defaultParallelism,
+        spark.conf.get("spark.sql.shuffle.partitions"), checkpoint,
+    )
+    return spark
+
+
+def delta_jars_loaded(spark: SparkSession) -> bool:
+    """Whether delta-spark's classes can be loaded by this session's JVM."""
+    try:
+        jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+        loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        loader.loadClass("org.apache.spark.sql.delta.DeltaLog")
+        return True
+    except Exception:  # py4j wraps ClassNotFoundException; any failure means "not usable"
+        return False

@@ -1,0 +1,26 @@
+"""The table catalogue: every Delta table the pipeline reads or writes, named once.
+
+Column-level documentation lives in README.md ("Table catalogue"); this module
+is the single place code takes table names from.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+INGESTED_FILES: Final = "ingested_files"
+INTERACTIONS: Final = "interactions"
+INTERACTION_MATRIX: Final = "interaction_matrix"
+ITEMS: Final = "items"
+REJECTED_INTERACTIONS: Final = "rejected_interactions"
+USERS: Final = "users"
+
+#: name -> one-line meaning, in pipeline order.
+CATALOGUE: Final[dict[str, str]] = {
+    INGESTED_FILES: "ledger of source files already ingested (path, size, mtime, counts, run id)",
+    INTERACTIONS: "validated, deduplicated raw events with dense ids, partitioned by event_date",
+    REJECTED_INTERACTIONS: "quarantined input rows: raw line, source file, line number, reason",
+    USERS: "stable mapping original user id -> dense int user_idx",
+    ITEMS: "stable mapping original item id -> dense int item_idx",
+    INTERACTION_MATRIX: "one row per (user_idx, item_idx): confidence, rating, event count, last time",
+}
