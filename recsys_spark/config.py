@@ -8,6 +8,7 @@ errors that name the offending key.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import tomllib
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from recsys_spark.errors import ConfigError
 
@@ -328,6 +329,7 @@ class GenerateConfig(_Section):
 
 
 class Config(_Section):
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     """Spark session settings."""
 
@@ -346,9 +348,10 @@ class Config(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def with_overrides(self, overrides: Iterable[str]) -> Config:
-        """A copy with ``section.key=value`` overrides applied and re-validated."""
-        data = self.model_dump(mode="python", exclude_unset=False)
-        return _validate(_apply_overrides(data, overrides), "overrides")
+        """A copy with ``section.key=value`` overrides applied to the original input and re-validated
+        (so that changing ``ingest.source.preset`` re-applies the new preset)."""
+        overrides = list(overrides)
+        return _validate(_apply_overrides(copy.deepcopy(self._raw), overrides), "--set " + " ".join(overrides))
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -404,11 +407,13 @@ def _format_errors(err: ValidationError, origin: str) -> str:
     return f"invalid configuration in {origin}:\n" + "\n".join(lines)
 
 
-def _validate(data: Mapping[str, Any], origin: str) -> Config:
+def _validate(data: dict[str, Any], origin: str) -> Config:
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, origin)) from None
+    cfg._raw = copy.deepcopy(data)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

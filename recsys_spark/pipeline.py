@@ -189,7 +189,8 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
     if report.rows_rejected:
         if store.exists(T.REJECTED_INTERACTIONS):
             known = store.read(T.REJECTED_INTERACTIONS).select("source_file", "line_number", "reason", "raw_line")
-            rejected = rejected.join(known, ["source_file", "line_number", "reason", "raw_line"], "left_anti")
+            rejected = (rejected.join(known, ["source_file", "line_number", "reason", "raw_line"], "left_anti")
+                        .select(*rejected.columns))
         report.writes.append(store.write(rejected, T.REJECTED_INTERACTIONS, "append", commit))
 
     if report.events_added or not store.exists(T.INTERACTION_MATRIX):

@@ -149,11 +149,35 @@ def vacuum_table(cfg: StorageConfig, table: str, retention_hours: float | None =
     if not t.exists():
         return None
     hours = cfg.vacuum_retention_hours if retention_hours is None else retention_hours
-    removed = t.delta().vacuum(retention_hours=int(hours), dry_run=dry_run, enforce_retention_duration=False,
-                               full=True)
+    fs, base = _filesystem(t.location)
+    # deltalake keeps listing tombstones whose files an earlier vacuum already deleted: report
+    # only files that exist.
+    candidates = t.delta().vacuum(retention_hours=int(hours), dry_run=True, enforce_retention_duration=False,
+                                  full=True)
+    present = [f for f in candidates
+               if fs.get_file_info(_absolute(base, f)).type == pafs.FileType.File]
+    if present and not dry_run:
+        t.delta().vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
+        _remove_empty_write_folders(fs, base)
     log.info("vacuum %s: %s %d files older than %sh", table, "would remove" if dry_run else "removed",
-             len(removed), hours)
-    return list(removed)
+             len(present), hours)
+    return present
+
+
+def _absolute(base: str, path: str) -> str:
+    path = unquote(path)
+    return path if path.startswith("/") else f"{base.rstrip('/')}/{path}"
+
+
+def _remove_empty_write_folders(fs: pafs.FileSystem, base: str) -> None:
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+    dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory), key=len, reverse=True)
+    files = [i.path for i in infos if i.type == pafs.FileType.File]
+    for d in dirs:
+        if "/_delta_log" in d[len(base):]:
+            continue
+        if not any(f.startswith(d + "/") for f in files):
+            fs.delete_dir(d)
 
 
 def _history(t: _Table, limit: int | None) -> list[HistoryEntry]:

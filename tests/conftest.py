@@ -1,0 +1,68 @@
+"""Shared fixtures: one local SparkSession for the whole suite, temp table roots, real data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recsys_spark.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _shared_data() -> Path:
+    return Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    data = _shared_data()
+    if data.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"real datasets not found at {data} (set RECSYS_SHARED_DATA to run them)")
+    for item in items:
+        if "realdata" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _shared_data()
+
+
+@pytest.fixture(scope="session")
+def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """Defaults tuned for a fast suite; tests derive their own roots with ``with_overrides``."""
+    tmp = tmp_path_factory.mktemp("recsys")
+    return load_config(None, [
+        "spark.master=local[2]", "spark.shuffle_partitions=2", "spark.ui_enabled=false",
+        "spark.driver_memory=2g", f"spark.checkpoint_dir={tmp / 'checkpoints'}",
+        f"storage.root={tmp / 'warehouse'}",
+    ])
+
+
+@pytest.fixture(scope="session")
+def spark(base_config: Config) -> Iterator["SparkSession"]:  # noqa: F821
+    from recsys_spark.session import build_session
+
+    session = build_session(base_config.spark, base_config.storage, app_name="recsys-spark-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg(base_config: Config, tmp_path: Path) -> Config:
+    """A config whose table root and raw-data dirs are private to the test."""
+    return base_config.with_overrides([
+        f"storage.root={tmp_path / 'warehouse'}", f"generate.output={tmp_path / 'raw'}",
+        f"ingest.source.path={tmp_path / 'raw'}",
+    ])
+
+
+@pytest.fixture
+def store(spark, cfg: Config):  # noqa: ANN001, ANN201
+    from recsys_spark.storage import TableStore
+
+    return TableStore(spark, cfg.storage)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys_spark.config import SOURCE_PRESETS, Config, load_config
+from recsys_spark.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_configs_are_valid() -> None:
+    local = load_config(REPO / "conf" / "local.toml")
+    cluster = load_config(REPO / "conf" / "cluster.toml")
+    assert local.storage.root == "data/warehouse"
+    assert cluster.ingest.source.preset == "custom"
+    assert cluster.ingest.source.event_id_col == "id"
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text("[ingest]\nmax_reject_fractoin = 0.1\n")
+    with pytest.raises(ConfigError, match=r"ingest\.max_reject_fractoin: unknown key") as err:
+        load_config(f)
+    assert str(f) in str(err.value)
+
+
+def test_unknown_section_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"sparkk: unknown key"):
+        load_config(None, ["sparkk.master=local"])
+
+
+def test_wrong_type_is_named_not_cast(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[spark]\nshuffle_partitions = "8"\n')
+    with pytest.raises(ConfigError, match=r"spark\.shuffle_partitions: Input should be a valid integer"):
+        load_config(f)
+
+
+def test_out_of_range_and_bad_literal_values() -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.max_reject_fraction"):
+        load_config(None, ["ingest.max_reject_fraction=1.5"])
+    with pytest.raises(ConfigError, match=r"ingest\.source\.format"):
+        load_config(None, ["ingest.source.format=xml"])
+    with pytest.raises(ConfigError, match=r"ingest\.event_weights\.view must be a finite number"):
+        load_config(None, ["ingest.event_weights.view=-1.0"])
+    with pytest.raises(ConfigError, match=r"generate\.start_date"):
+        load_config(None, ["generate.start_date=yesterday"])
+
+
+def test_bad_paths_are_errors() -> None:
+    with pytest.raises(ConfigError, match=r"storage\.root must not contain glob characters"):
+        load_config(None, ["storage.root=data/ware*house"])
+    with pytest.raises(ConfigError, match=r"storage\.root must not be empty"):
+        load_config(None, ['storage.root=""'])
+    with pytest.raises(ConfigError, match=r"config file not found"):
+        load_config("conf/nope.toml")
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "broken.toml"
+    f.write_text("[spark\nmaster = 1\n")
+    with pytest.raises(ConfigError, match="broken.toml is not valid TOML"):
+        load_config(f)
+
+
+def test_overrides_are_typed_toml_literals() -> None:
+    cfg = load_config(None, ["generate.num_events=1000", "spark.ui_enabled=false", "spark.master=local[3]",
+                             "ingest.half_life_days=7.5"])
+    assert cfg.generate.num_events == 1000
+    assert cfg.spark.ui_enabled is False
+    assert cfg.spark.master == "local[3]"
+    assert cfg.ingest.half_life_days == 7.5
+
+
+def test_override_of_one_map_key_keeps_the_others() -> None:
+    cfg = load_config(None, ["ingest.event_weights.purchase=10"])
+    assert cfg.ingest.event_weights["purchase"] == 10.0
+    assert cfg.ingest.event_weights["view"] == 1.0
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(None, ["ingest.source.path"])
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        load_config(None, ["spark.master.x=1"])
+
+
+@pytest.mark.parametrize("preset", sorted(SOURCE_PRESETS))
+def test_presets_fill_source_and_explicit_keys_win(preset: str) -> None:
+    cfg = load_config(None, [f"ingest.source.preset={preset}", "ingest.source.encoding=ISO-8859-1"])
+    src = cfg.ingest.source
+    for key, value in SOURCE_PRESETS[preset].items():
+        assert getattr(src, key) == value
+    assert src.encoding == "ISO-8859-1"
+
+
+def test_source_consistency_checks() -> None:
+    with pytest.raises(ConfigError, match="field_names is required"):
+        load_config(None, ["ingest.source.preset=custom", "ingest.source.format=tsv", "ingest.source.header=false",
+                           "ingest.source.timestamp_col=ts"])
+    with pytest.raises(ConfigError, match="value_col \\(the rating\\) is required"):
+        load_config(None, ["ingest.source.preset=custom", "ingest.source.feedback=explicit",
+                           "ingest.source.timestamp_col=ts"])
+    with pytest.raises(ConfigError, match="timestamp_col is required"):
+        load_config(None, ["ingest.source.preset=custom"])
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a, b = load_config(None, []), load_config(None, [])
+    assert a.config_hash() == b.config_hash()
+    assert a.config_hash() != load_config(None, ["generate.seed=7"]).config_hash()
+
+
+def test_every_field_is_documented() -> None:
+    def walk(model: type) -> list[str]:
+        missing = []
+        for name, f in model.model_fields.items():
+            if not f.description:
+                missing.append(f"{model.__name__}.{name}")
+            ann = f.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                missing += walk(ann)
+        return missing
+
+    assert walk(Config) == []
