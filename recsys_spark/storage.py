@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Literal
-from functools import reduce
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -423,20 +422,23 @@ class TableStore:
         if not parts:
             return self.spark.read.schema(data_schema).parquet(
                 *[_spark_uri(_join_uri(base, a["path"])) for a in actions])
-        # Partition values live in the log, not in the files: read each partition's files and
-        # attach its values as literals. (Spark reuses file names across partition folders, and
-        # _metadata.file_path is URL-encoded, so joining on file names would be fragile.)
-        groups: dict[tuple[str | None, ...], list[str]] = {}
-        for a in actions:
-            key = tuple(a.get(f"partition.{p}") for p in parts)
-            groups.setdefault(key, []).append(_spark_uri(_join_uri(base, a["path"])))
-        frames = []
-        for values, files in sorted(groups.items(), key=lambda kv: str(kv[0])):
-            df = self.spark.read.schema(data_schema).parquet(*files)
-            for p, v in zip(parts, values):
-                df = df.withColumn(p, F.lit(_partition_string(v)).cast(schema[p].dataType))
-            frames.append(df.select(*schema.fieldNames()))
-        return reduce(DataFrame.unionAll, frames)
+        # Partition values live in the log, not in the files. One scan of all files, then each
+        # row gets its file's values by a broadcast join on the path relative to the table.
+        # (_metadata.file_path is URL-encoded; '+' is protected because url_decode reads it as a space.)
+        name = base.rstrip("/").rsplit("/", 1)[-1]
+        mapping = self.spark.createDataFrame(
+            [(unquote(a["path"]), *[_partition_string(a.get(f"partition.{p}")) for p in parts]) for a in actions],
+            StructType([StructField("__rel", StringType(), False),
+                        *[StructField(f"__p_{p}", StringType(), True) for p in parts]]),
+        )
+        files = [_spark_uri(_join_uri(base, a["path"])) for a in actions]
+        decoded = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), r"\+", "%2B"))
+        df = (self.spark.read.schema(data_schema).parquet(*files)
+              .withColumn("__rel", F.substring_index(decoded, f"/{name}/", -1))
+              .join(F.broadcast(mapping), "__rel"))
+        for p in parts:
+            df = df.withColumn(p, F.col(f"__p_{p}").cast(schema[p].dataType))
+        return df.select(*schema.fieldNames())
 
     # -- writes ----------------------------------------------------------------------------------
 
@@ -615,7 +617,7 @@ def _add_actions(folder: str, write_id: str, partition_by: list[str], arrow: pa.
         with fs.open_input_file(info.path) as fh:
             md = pq.read_metadata(fh)
         return AddAction(
-            path=quote(f"{write_id}/{rel}", safe="/=-_.~"),
+            path=f"{write_id}/{rel}",  # deltalake percent-encodes it for the log itself
             size=info.size,
             partition_values=_partition_values(rel, partition_by),
             modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else int(time.time() * 1000),

@@ -271,3 +271,12 @@ def test_cleanup_removes_the_write_folder_when_the_commit_fails(spark, store: Ta
     assert len(folders) == 1
     assert store.read("things").count() == 3
     shutil.rmtree(store.location("things"))
+
+
+def test_partition_values_with_special_characters(spark, store: TableStore) -> None:  # noqa: ANN001
+    values = ["a+b", "c d", "e%f", "g/h", "ü=1", "x:y"]
+    df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "id BIGINT, tag STRING")
+    store.write(df, "tagged", "overwrite", COMMIT, partition_by=["tag"])
+    assert sorted((r.id, r.tag) for r in store.read("tagged").collect()) == list(enumerate(values))
+    assert [r.id for r in store.read("tagged", where="tag = 'a+b'").collect()] == [0]
+    assert sorted(r["tag"] for r in _arrow_rows(store.location("tagged"))) == sorted(values)
