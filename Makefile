@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= conf/local.toml
 ARGS   ?=
 
-.PHONY: setup demo test test-fast bench clean clean-data check-java
+.PHONY: setup demo test bench dist clean clean-data check-java
 
 setup: $(STAMP)
 
@@ -38,8 +38,16 @@ test: setup
 bench: setup
 	$(BIN)/python -m recsys_spark.bench $(ARGS)
 
+# For spark-submit: dist/recsys_spark.zip goes to --py-files; the wheel installs the library
+# (and its dependencies) on nodes that lack them.
+dist: setup
+	rm -rf dist && mkdir -p dist
+	$(BIN)/pip wheel --quiet --no-deps -w dist .
+	$(BIN)/python -c "import shutil; shutil.make_archive('dist/recsys_spark', 'zip', '.', 'recsys_spark')"
+	@ls -l dist
+
 clean-data:
 	rm -rf data/warehouse data/raw data/checkpoints data/spark-warehouse
 
 clean: clean-data
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -67,9 +67,10 @@ def _guard(fn: Callable[[], int]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from py4j.protocol import Py4JJavaError
         from pyspark.errors import PySparkException
 
-        if isinstance(exc, PySparkException):
+        if isinstance(exc, (PySparkException, Py4JJavaError)):
             # Spark's own errors carry a readable class and message; the JVM trace helps nobody here.
             print(f"error: Spark failed: {spark_error_summary(exc)}\n(re-run with --verbose for the full trace)",
                   file=sys.stderr)

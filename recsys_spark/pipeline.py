@@ -207,7 +207,7 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
         "path STRING, size LONG, mtime_ms LONG, rows_read LONG, rows_rejected LONG, run_id STRING, "
         "ingested_at TIMESTAMP",
     )
-    report.writes.append(store.write(ledger, T.INGESTED_FILES, "append", commit))
+    report.writes.append(store.write(ledger.coalesce(1), T.INGESTED_FILES, "append", commit))
 
 
 def _added(report: IngestReport, table: str) -> int:

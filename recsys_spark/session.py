@@ -73,7 +73,7 @@ def build_session(cfg: SparkConfig, storage: StorageConfig | None = None, app_na
 
     engine = storage.engine if storage else "auto"
     wants_delta = engine == "delta-spark" or (
-        engine == "auto" and (submitted or _delta_jars_requested({**dict(preset.getAll()), **cfg.conf}))
+        engine == "auto" and _delta_jars_requested({**dict(preset.getAll()), **cfg.conf})
     )
     if wants_delta:
         default("spark.sql.extensions", DELTA_EXTENSION)

@@ -66,3 +66,23 @@ def store(spark, cfg: Config):  # noqa: ANN001, ANN201
     from recsys_spark.storage import TableStore
 
     return TableStore(spark, cfg.storage)
+
+
+@pytest.fixture
+def ingest(spark):  # noqa: ANN001, ANN201
+    """Run the ingest job with ``cfg`` plus ``--set`` style overrides; returns its report."""
+    from recsys_spark.pipeline import run_ingest
+    from recsys_spark.run import RunContext
+
+    def run(cfg: Config, *overrides: str):  # noqa: ANN202
+        c = cfg.with_overrides(list(overrides))
+        return run_ingest(spark, c, RunContext.new("ingest", c))
+
+    return run
+
+
+def table_versions(store) -> dict[str, int | None]:  # noqa: ANN001
+    """Version of every catalogued table (None when absent)."""
+    from recsys_spark import tables as T
+
+    return {t: store.version(t) for t in T.CATALOGUE}

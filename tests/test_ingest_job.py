@@ -14,9 +14,8 @@ import pytest
 from recsys_spark import tables as T
 from recsys_spark.config import Config
 from recsys_spark.errors import InputError, RejectThresholdError
-from recsys_spark.pipeline import run_ingest
-from recsys_spark.run import RunContext
 from recsys_spark.storage import TableStore
+from tests.conftest import table_versions
 
 HEADER = "event_id,user_id,item_id,event_type,timestamp,value"
 GOOD_LINES = [
@@ -38,13 +37,6 @@ BAD_LINES = [
 ]
 
 
-def _ingest(spark, cfg: Config, path: Path | str, *overrides: str):  # noqa: ANN001, ANN202
-    c = cfg.with_overrides([f"ingest.source.path={path}", *overrides])
-    return run_ingest(spark, c, RunContext.new("ingest", c))
-
-
-def _versions(store: TableStore) -> dict[str, int | None]:
-    return {t: store.version(t) for t in T.CATALOGUE}
 
 
 def _write(path: Path, lines: list[str], header: str | None = HEADER) -> Path:
@@ -53,10 +45,10 @@ def _write(path: Path, lines: list[str], header: str | None = HEADER) -> Path:
     return path
 
 
-def test_planted_bad_rows_are_exactly_quarantined(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_planted_bad_rows_are_exactly_quarantined(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     lines = GOOD_LINES[:3] + [b for b, _ in BAD_LINES] + GOOD_LINES[3:] + [GOOD_LINES[0]]  # + a duplicate
     f = _write(tmp_path / "in" / "events.csv", lines)
-    report = _ingest(spark, cfg, f, "ingest.max_reject_fraction=0.9")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.9")
     assert report.rows_read == len(lines)
     assert report.rows_rejected == len(BAD_LINES)
     assert report.rows_duplicate == 1
@@ -68,8 +60,8 @@ def test_planted_bad_rows_are_exactly_quarantined(spark, cfg: Config, store: Tab
     assert report.reject_reasons == {reason: 1 for _, reason in BAD_LINES}
 
 
-def test_tables_and_ids(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
-    _ingest(spark, cfg, _write(tmp_path / "a.csv", GOOD_LINES))
+def test_tables_and_ids(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+    ingest(cfg, f"ingest.source.path={_write(tmp_path / 'a.csv', GOOD_LINES)}")
     users = {r.user_id: r.user_idx for r in store.read(T.USERS).collect()}
     items = {r.item_id: r.item_idx for r in store.read(T.ITEMS).collect()}
     assert sorted(users.values()) == [0, 1, 2] and sorted(items.values()) == [0, 1, 2]
@@ -84,20 +76,20 @@ def test_tables_and_ids(spark, cfg: Config, store: TableStore, tmp_path: Path) -
     assert store.schema(T.INTERACTION_MATRIX)["user_idx"].dataType.simpleString() == "int"
 
 
-def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, cfg: Config, store: TableStore,
+def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, ingest, cfg: Config, store: TableStore,
                                                                tmp_path: Path) -> None:  # noqa: ANN001
     first = _write(tmp_path / "in" / "day1.csv", GOOD_LINES)
-    _ingest(spark, cfg, tmp_path / "in")
-    before = _versions(store)
+    ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
+    before = table_versions(store)
     users_before = {r.user_id: r.user_idx for r in store.read(T.USERS).collect()}
 
-    again = _ingest(spark, cfg, tmp_path / "in")
+    again = ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
     assert again.files_skipped == 1 and not again.writes
-    assert _versions(store) == before
+    assert table_versions(store) == before
 
     # The same events under another name (a copy) add nothing either: events are keyed.
     _write(tmp_path / "in" / "copy-of-day1.csv", GOOD_LINES)
-    copy = _ingest(spark, cfg, tmp_path / "in")
+    copy = ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
     assert copy.events_added == 0 and copy.rows_duplicate == len(GOOD_LINES)
     assert store.read(T.INTERACTIONS).count() == len(GOOD_LINES)
     assert store.version(T.INTERACTIONS) == before[T.INTERACTIONS]
@@ -105,7 +97,7 @@ def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, cfg: Config
     # A new day: new ids are numbered after the old ones, old ids keep theirs.
     _write(tmp_path / "in" / "day2.csv", ["e20,zed,apple,view,2026-09-04T10:00:00Z,1",
                                           "e21,alice,kiwi,view,2026-09-04T10:00:00Z,1"])
-    day2 = _ingest(spark, cfg, tmp_path / "in")
+    day2 = ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
     assert (day2.events_added, day2.new_users, day2.new_items) == (2, 1, 1)
     users_after = {r.user_id: r.user_idx for r in store.read(T.USERS).collect()}
     assert {u: users_after[u] for u in users_before} == users_before
@@ -115,43 +107,43 @@ def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, cfg: Config
     assert first.exists()
 
 
-def test_modified_file_adds_only_its_new_events(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_modified_file_adds_only_its_new_events(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     f = _write(tmp_path / "log.csv", GOOD_LINES[:3] + [BAD_LINES[0][0]])
-    _ingest(spark, cfg, f, "ingest.max_reject_fraction=0.5")
+    ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     _write(f, GOOD_LINES + [BAD_LINES[0][0]])
     os.utime(f, (1, 1_900_000_000))
-    report = _ingest(spark, cfg, f, "ingest.max_reject_fraction=0.5")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     assert report.events_added == 2
     assert store.read(T.INTERACTIONS).count() == 5
     # the bad row moved to another line: it is recorded again for that line, not duplicated otherwise
     assert store.read(T.REJECTED_INTERACTIONS).count() == 2
 
 
-def test_too_many_rejects_fail_and_commit_nothing(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_too_many_rejects_fail_and_commit_nothing(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     f = _write(tmp_path / "bad.csv", GOOD_LINES[:2] + [b for b, _ in BAD_LINES])
     with pytest.raises(RejectThresholdError) as err:
-        _ingest(spark, cfg, f)
+        ingest(cfg, f"ingest.source.path={f}")
     msg = str(err.value)
     assert "7 of 9 rows (77.8%) were rejected" in msg and "nothing was committed" in msg
     assert f"{f}:4: missing_user_id" in msg  # header, two good lines, then the first bad one
-    assert all(v is None for v in _versions(store).values())
+    assert all(v is None for v in table_versions(store).values())
 
 
-def test_missing_input_and_missing_columns(spark, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
+def test_missing_input_and_missing_columns(spark, ingest, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
     with pytest.raises(InputError, match=r"ingest.source.path .*nope.* does not exist"):
-        _ingest(spark, cfg, tmp_path / "nope")
+        ingest(cfg, f"ingest.source.path={tmp_path / 'nope'}")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(InputError, match="is a directory with no input files"):
-        _ingest(spark, cfg, tmp_path / "empty_dir")
+        ingest(cfg, f"ingest.source.path={tmp_path / 'empty_dir'}")
     f = _write(tmp_path / "wrong.csv", ["1,2,3"], header="a,b,c")
     with pytest.raises(InputError, match=r"has no column for user_id -> 'user_id'"):
-        _ingest(spark, cfg, f)
+        ingest(cfg, f"ingest.source.path={f}")
 
 
-def test_tsv_without_header_crlf_bom_and_latin1(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tsv_without_header_crlf_bom_and_latin1(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     f = tmp_path / "u.data"
     f.write_bytes(b"\xef\xbb\xbf196\t242\t3\t881250949\r\n186\t302\t3\t891717742\r\n\r\n22\t377\t1\t878887116\r\n")
-    report = _ingest(spark, cfg, f, "ingest.source.preset=movielens-100k")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=movielens-100k")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (3, 0, 3)
     assert sorted(r.user_id for r in store.read(T.USERS).collect()) == ["186", "196", "22"]
     ratings = {r.rating for r in store.read(T.INTERACTION_MATRIX).collect()}
@@ -160,41 +152,41 @@ def test_tsv_without_header_crlf_bom_and_latin1(spark, cfg: Config, store: Table
     latin = tmp_path / "latin.csv"
     latin.write_bytes("user_id,item_id,event_type,timestamp,value\nzoë,café,view,2026-09-01,1\n".encode("latin-1"))
     c = cfg.with_overrides([f"storage.root={tmp_path / 'wh2'}"])
-    _ingest(spark, c, latin, "ingest.source.preset=custom", "ingest.source.encoding=ISO-8859-1",
+    ingest(c, f"ingest.source.path={latin}", "ingest.source.preset=custom", "ingest.source.encoding=ISO-8859-1",
             "ingest.source.event_type_col=event_type", "ingest.source.value_col=value",
             "ingest.source.timestamp_col=timestamp")
     assert [r.user_id for r in TableStore(spark, c.storage).read(T.USERS).collect()] == ["zoë"]
 
 
-def test_invalid_utf8_is_quarantined(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_invalid_utf8_is_quarantined(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     f = tmp_path / "mixed.csv"
     f.write_bytes((HEADER + "\n" + "\n".join(GOOD_LINES) + "\n").encode() +
                   b"e9,caf\xe9,apple,view,2026-09-01T10:00:00Z,1\n")
-    report = _ingest(spark, cfg, f, "ingest.max_reject_fraction=0.5")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     assert report.reject_reasons == {"invalid_encoding": 1}
     assert store.read(T.REJECTED_INTERACTIONS).first().line_number == 7
 
 
-def test_json_lines_gzipped(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_json_lines_gzipped(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     rows = [{"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1393545600},
             {"reviewerID": "A2", "asin": "B1", "overall": 3.0, "unixReviewTime": 1393545600},
             {"reviewerID": "A2", "asin": ["B2"], "overall": 3.0, "unixReviewTime": 1393545600}]
     f = tmp_path / "reviews.json.gz"
     with gzip.open(f, "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
-    report = _ingest(spark, cfg, f, "ingest.source.preset=amazon-5core", "ingest.max_reject_fraction=0.9")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=amazon-5core", "ingest.max_reject_fraction=0.9")
     assert (report.events_added, report.rows_rejected) == (2, 2)
     assert report.reject_reasons == {"invalid_id": 1, "malformed_row": 1}
     assert {r.line_number for r in store.read(T.REJECTED_INTERACTIONS).collect()} == {3, 4}
 
 
-def test_parquet_source(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_parquet_source(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     (tmp_path / "pq").mkdir()
     table = pa.table({"user": [1, 2, 2, 3], "item": ["x", "y", "x", None], "ts": pa.array(
         [1_788_000_000_000, 1_788_000_100_000, 1_788_000_200_000, 1_788_000_300_000], pa.timestamp("ms", "UTC")),
         "kind": ["view", "click", "view", "view"]})
     pq.write_table(table, tmp_path / "pq" / "part-0.parquet")
-    report = _ingest(spark, cfg, tmp_path / "pq", "ingest.source.preset=custom", "ingest.source.format=parquet",
+    report = ingest(cfg, f"ingest.source.path={tmp_path / 'pq'}", "ingest.source.preset=custom", "ingest.source.format=parquet",
                      "ingest.source.user_col=user", "ingest.source.item_col=item", "ingest.source.timestamp_col=ts",
                      "ingest.source.event_type_col=kind", "ingest.max_reject_fraction=0.5")
     assert (report.events_added, report.rows_rejected) == (3, 1)
@@ -204,30 +196,30 @@ def test_parquet_source(spark, cfg: Config, store: TableStore, tmp_path: Path) -
     assert times[0].isoformat().startswith("2026-08-29T")
 
 
-def test_not_a_parquet_file_names_the_file(spark, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
+def test_not_a_parquet_file_names_the_file(spark, ingest, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
     f = tmp_path / "fake.parquet"
     f.write_text("user,item\n1,2\n")
     with pytest.raises(InputError, match=r"fake.parquet is not a readable Parquet file"):
-        _ingest(spark, cfg, f, "ingest.source.preset=custom", "ingest.source.format=parquet",
+        ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=custom", "ingest.source.format=parquet",
                 "ingest.source.timestamp_format=none")
 
 
-def test_oversize_line_is_quarantined_not_parsed(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_oversize_line_is_quarantined_not_parsed(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     huge = "e9,alice," + "x" * 200_000 + ",view,2026-09-01T10:00:00Z,1"
     f = _write(tmp_path / "big.csv", GOOD_LINES + [huge])
-    report = _ingest(spark, cfg, f, "ingest.max_reject_fraction=0.5")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     assert report.reject_reasons == {"oversize_line": 1}
     raw = store.read(T.REJECTED_INTERACTIONS).first().raw_line
     assert raw.endswith("...[truncated]") and len(raw) < 5000
 
 
-def test_lastfm_preset_without_timestamps(spark, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lastfm_preset_without_timestamps(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     f = tmp_path / "user_artists.dat"
     f.write_bytes(b"userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n3\t51\t0\r\n")
-    report = _ingest(spark, cfg, f, "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p")
+    report = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p")
     assert report.events_added == 3
     assert store.read(T.INTERACTIONS).where("event_date IS NULL").count() == 3
     conf = sorted(r.confidence for r in store.read(T.INTERACTION_MATRIX).collect())
     assert conf[0] == 0.0 and conf[-1] == pytest.approx(9.538492377)  # log1p(13883)
-    again = _ingest(spark, cfg, f, "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p")
+    again = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p")
     assert again.files_skipped == 1

@@ -8,25 +8,17 @@ import pytest
 
 from recsys_spark import tables as T
 from recsys_spark.config import Config
-from recsys_spark.pipeline import run_ingest
-from recsys_spark.run import RunContext
 from recsys_spark.storage import TableStore
+from tests.conftest import table_versions
 
 pytestmark = pytest.mark.realdata
 
 
-def _ingest(spark, cfg: Config, *overrides: str):  # noqa: ANN001, ANN202
-    c = cfg.with_overrides(list(overrides))
-    return run_ingest(spark, c, RunContext.new("ingest", c))
 
 
-def _versions(store: TableStore) -> dict[str, int | None]:
-    return {t: store.version(t) for t in T.CATALOGUE}
-
-
-def test_movielens_100k(spark, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_movielens_100k(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     path = shared_data / "ml-100k" / "u.data"
-    report = _ingest(spark, cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
+    report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (100_000, 0, 100_000)
     assert (report.new_users, report.new_items) == (943, 1_682)
     assert store.read(T.INTERACTIONS).count() == 100_000
@@ -39,33 +31,33 @@ def test_movielens_100k(spark, cfg: Config, store: TableStore, shared_data: Path
     assert {r.user_id: r.user_idx for r in store.read(T.USERS).where("user_idx < 3").collect()} == {
         "1": 0, "2": 1, "3": 2}
 
-    before = _versions(store)
-    again = _ingest(spark, cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
+    before = table_versions(store)
+    again = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
     assert again.files_skipped == 1 and not again.writes
-    assert _versions(store) == before
+    assert table_versions(store) == before
 
 
-def test_movielens_official_split_files_add_up(spark, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_movielens_official_split_files_add_up(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     """u1.base + u1.test are exactly u.data: ingesting all three adds 100,000 events, once."""
     ml = shared_data / "ml-100k"
     for name in ("u1.base", "u1.test", "u.data"):
-        _ingest(spark, cfg, f"ingest.source.path={ml / name}", "ingest.source.preset=movielens-100k")
+        ingest(cfg, f"ingest.source.path={ml / name}", "ingest.source.preset=movielens-100k")
     assert store.read(T.INTERACTIONS).count() == 100_000
     assert store.read(T.INGESTED_FILES).count() == 3
 
 
-def test_movielens_latest_small(spark, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_movielens_latest_small(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     path = shared_data / "ml-latest-small" / "ratings.csv"
-    report = _ingest(spark, cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-csv")
+    report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-csv")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (100_836, 0, 100_836)
     assert (report.new_users, report.new_items) == (610, 9_724)
     assert {r.rating for r in store.read(T.INTERACTION_MATRIX).select("rating").distinct().collect()} == {
         x / 2 for x in range(1, 11)}
 
 
-def test_lastfm_plays(spark, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_lastfm_plays(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     path = shared_data / "hetrec2011-lastfm-2k" / "user_artists.dat"
-    report = _ingest(spark, cfg, f"ingest.source.path={path}", "ingest.source.preset=lastfm-plays",
+    report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=lastfm-plays",
                      "ingest.value_transform=log1p")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (92_834, 0, 92_834)
     assert (report.new_users, report.new_items) == (1_892, 17_632)
@@ -73,8 +65,8 @@ def test_lastfm_plays(spark, cfg: Config, store: TableStore, shared_data: Path) 
         12.7733703, abs=1e-6)  # log1p(352698)
 
 
-def test_amazon_musical_instruments(spark, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_amazon_musical_instruments(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     path = shared_data / "amazon-2014-musical-instruments-5core" / "Musical_Instruments_5.json.gz"
-    report = _ingest(spark, cfg, f"ingest.source.path={path}", "ingest.source.preset=amazon-5core")
+    report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=amazon-5core")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (10_261, 0, 10_261)
     assert (report.new_users, report.new_items) == (1_429, 900)
