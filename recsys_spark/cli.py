@@ -115,6 +115,13 @@ def _cmd_ingest(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
     print(run_ingest(spark, cfg, ctx).render())
 
 
+def _cmd_item_similarity(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+    from recsys_spark.pipeline import run_item_similarity
+
+    w = run_item_similarity(spark, cfg, ctx)
+    print(f"item_neighbors v{w.version}: {w.rows:,} neighbour rows")
+
+
 def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
     """Print each catalogued table's location, version and row count (reads Delta logs only)."""
     from recsys_spark.storage import describe_table
@@ -133,17 +140,22 @@ def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
 def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
     from pathlib import Path
 
-    from recsys_spark.pipeline import run_generate, run_ingest
+    from recsys_spark.pipeline import run_generate, run_ingest, run_item_similarity
 
     out = Path(cfg.generate.output)
     if fresh or not out.exists():
         path, n = run_generate(spark, cfg)
-        print(f"[1/2] generated {n:,} synthetic events in {path}")
+        print(f"[1/3] generated {n:,} synthetic events in {path}")
     else:
-        print(f"[1/2] reusing the synthetic log in {out} (pass --fresh to regenerate)")
+        print(f"[1/3] reusing the synthetic log in {out} (pass --fresh to regenerate)")
     cfg = cfg.with_overrides([f"ingest.source.path={cfg.generate.output}", "ingest.source.preset=synthetic"])
     report = run_ingest(spark, cfg, ctx)
-    print("[2/2] " + report.render())
+    print("[2/3] " + report.render())
+    if report.writes or not Path(cfg.storage.root, T.ITEM_NEIGHBORS).exists():
+        w = run_item_similarity(spark, cfg, ctx)
+        print(f"[3/3] item-item cosine: item_neighbors v{w.version}, {w.rows:,} neighbour rows")
+    else:
+        print("[3/3] item-item cosine: interactions unchanged, item_neighbors is current")
     print()
     print_tables(cfg)
 
@@ -160,7 +172,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add("generate", "write the synthetic interaction log (generate.* settings)")
     add("ingest", "ingest raw logs into interactions, users, items and interaction_matrix")
-    demo = add("demo", "generate the synthetic log (if missing), ingest it, and show the tables")
+    add("item-similarity", "item-item cosine neighbours from interaction_matrix into item_neighbors")
+    demo = add("demo", "generate the synthetic log (if missing), ingest it, compute item neighbours, show the tables")
     demo.add_argument("--fresh", action="store_true", help="regenerate the synthetic log")
     add("tables", "list the tables with version and row count (no Spark needed)")
     hist = add("history", "show a table's versions and which run wrote each (no Spark needed)")
@@ -196,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_generate(spark, cfg, ctx)
         elif args.command == "ingest":
             _cmd_ingest(spark, cfg, ctx)
+        elif args.command == "item-similarity":
+            _cmd_item_similarity(spark, cfg, ctx)
         elif args.command == "demo":
             _cmd_demo(spark, cfg, ctx, args.fresh)
         log.info("%s finished in %.1fs", args.command, time.perf_counter() - started)

@@ -328,6 +328,23 @@ class GenerateConfig(_Section):
         return _check_path(v, "generate.output")
 
 
+class SimilarityConfig(_Section):
+    weighting: Literal["binary", "confidence"] = "binary"
+    """binary: any interaction counts 1; confidence: use the interaction matrix's confidence values."""
+
+    top_n: int = Field(50, ge=1, le=10_000)
+    """Neighbours kept per item."""
+
+    min_similarity: float = Field(0.0, ge=0.0, le=1.0)
+    """Pairs below this cosine are dropped."""
+
+    min_cooccurrence: int = Field(1, ge=1)
+    """Pairs seen together by fewer users than this are dropped (a noise guard)."""
+
+    max_user_items: int = Field(500, ge=2)
+    """A longer user history is cut to its strongest items before pairing (cost grows with its square)."""
+
+
 class Config(_Section):
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -341,6 +358,9 @@ class Config(_Section):
 
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     """Raw log -> interactions, id maps and the interaction matrix."""
+
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    """Item-item cosine neighbours."""
 
     def config_hash(self) -> str:
         """Short stable hash of the effective config, recorded in every commit."""

@@ -20,11 +20,12 @@ from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
 from recsys_spark.config import Config
-from recsys_spark.errors import RejectThresholdError
+from recsys_spark.errors import RejectThresholdError, StorageError
 from recsys_spark.generate import synthetic_events
 from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, rejected_rows,
                                  validate_events, with_dense_ids)
 from recsys_spark.run import RunContext
+from recsys_spark.similarity import capped_users, item_cosine
 from recsys_spark.sources import SourceFile, list_source_files, read_source
 from recsys_spark.storage import TableStore, WriteResult
 
@@ -163,16 +164,16 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
                    todo: list[SourceFile], per_file: Counter, report: IngestReport) -> None:
     src, icfg = cfg.ingest.source, cfg.ingest
     commit = ctx.commit(source=src.path, preset=src.preset, files=len(todo))
-    events = accepted_events(validated, src, icfg)
-    unique = events.count()
-    report.rows_duplicate = report.rows_read - report.rows_rejected - unique
-
-    if store.exists(T.INTERACTIONS) and unique:
-        dates = [r[0] for r in events.select(F.to_date("event_time")).distinct().collect()]
-        stored = store.read(T.INTERACTIONS, where=_date_predicate(dates)).select("event_key")
-        events = events.join(stored, "event_key", "left_anti")
-    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    unique_events = accepted_events(validated, src, icfg).persist(StorageLevel.MEMORY_AND_DISK)
+    events = unique_events
     try:
+        unique = unique_events.count()
+        report.rows_duplicate = report.rows_read - report.rows_rejected - unique
+        if store.exists(T.INTERACTIONS) and unique:
+            # Only the partitions (dates) of this batch can hold its events: prune the rest.
+            dates = [r[0] for r in unique_events.select(F.to_date("event_time")).distinct().collect()]
+            stored = store.read(T.INTERACTIONS, where=_date_predicate(dates)).select("event_key")
+            events = unique_events.join(stored, "event_key", "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
         report.events_added = events.count()
         report.rows_duplicate += unique - report.events_added
         if report.events_added:
@@ -184,6 +185,7 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
             report.writes.append(store.write(interactions, T.INTERACTIONS, "append", commit, ["event_date"]))
     finally:
         events.unpersist()
+        unique_events.unpersist()
 
     rejected = rejected_rows(validated, ctx.run_id, ctx.started_at)
     if report.rows_rejected:
@@ -227,3 +229,27 @@ def _extend_id_map(store: TableStore, events: DataFrame, table: str, id_col: str
     finally:
         new.unpersist()
     return store.read(table)
+
+
+def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> WriteResult:
+    """Item-item cosine neighbours from the latest interaction_matrix into item_neighbors."""
+    store = TableStore(spark, cfg.storage)
+    version = store.version(T.INTERACTION_MATRIX)
+    if version is None:
+        raise StorageError("table 'interaction_matrix' does not exist yet: run `recsys-spark ingest` first")
+    matrix = store.read(T.INTERACTION_MATRIX, version=version).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        capped = capped_users(matrix, cfg.similarity.max_user_items)
+        if capped:
+            log.info("%d users have more than %d items; their histories are capped",
+                     capped, cfg.similarity.max_user_items)
+        model_version = f"cosine-{ctx.run_id}"
+        neighbors = (item_cosine(matrix, cfg.similarity)
+                     .withColumn("method", F.lit("cosine")).withColumn("model_version", F.lit(model_version))
+                     # sorted by key so that a lookup's min/max file pruning reads one or two files
+                     .repartitionByRange("item_idx").sortWithinPartitions("item_idx", "rank"))
+        commit = ctx.commit(model_version=model_version, input_versions={T.INTERACTION_MATRIX: version},
+                            capped_users=capped)
+        return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit)
+    finally:
+        matrix.unpersist()

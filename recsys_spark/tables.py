@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 INGESTED_FILES: Final = "ingested_files"
+ITEM_NEIGHBORS: Final = "item_neighbors"
 INTERACTIONS: Final = "interactions"
 INTERACTION_MATRIX: Final = "interaction_matrix"
 ITEMS: Final = "items"
@@ -23,4 +24,5 @@ CATALOGUE: Final[dict[str, str]] = {
     USERS: "stable mapping original user id -> dense int user_idx",
     ITEMS: "stable mapping original item id -> dense int item_idx",
     INTERACTION_MATRIX: "one row per (user_idx, item_idx): confidence, rating, event count, last time",
+    ITEM_NEIGHBORS: "top-N most similar items per item (item-item cosine), sorted by item_idx",
 }

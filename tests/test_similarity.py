@@ -1,0 +1,126 @@
+"""Item-item cosine: hand-computed values, top-N order and pruning, heavy-user capping, scipy cross-check."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recsys_spark.config import SimilarityConfig
+from recsys_spark.similarity import item_cosine
+
+# users x items, confidence values
+#        i0  i1  i2  i3
+#  u0     1   1   0   0
+#  u1     1   1   1   0
+#  u2     0   2   1   0
+#  u3     0   0   0   3
+MATRIX = [(0, 0, 1.0), (0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0), (1, 2, 1.0), (2, 1, 2.0), (2, 2, 1.0), (3, 3, 3.0)]
+
+
+def _sims(spark, params: SimilarityConfig, rows=MATRIX) -> dict[tuple[int, int], tuple]:  # noqa: ANN001
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    return {(r.item_idx, r.neighbor_idx): (r.similarity, r.rank, r.cooccurrence)
+            for r in item_cosine(df, params).collect()}
+
+
+def test_binary_cosine_matches_the_formula(spark) -> None:  # noqa: ANN001
+    s = _sims(spark, SimilarityConfig())
+    # binary columns: i0 = {u0,u1}, i1 = {u0,u1,u2}, i2 = {u1,u2}
+    assert s[(0, 1)][0] == pytest.approx(2 / math.sqrt(2 * 3))
+    assert s[(0, 2)][0] == pytest.approx(1 / math.sqrt(2 * 2))
+    assert s[(1, 2)][0] == pytest.approx(2 / math.sqrt(3 * 2))
+    assert s[(1, 0)] == s[(0, 1)]  # both directions
+    assert not any(3 in k for k in s)  # i3 shares no user with anything
+    assert s[(1, 2)][2] == 2 and s[(0, 2)][2] == 1
+
+
+def test_weighted_cosine(spark) -> None:  # noqa: ANN001
+    s = _sims(spark, SimilarityConfig(weighting="confidence"))
+    # i1 = (1, 1, 2, 0), i2 = (0, 1, 1, 0)
+    assert s[(1, 2)][0] == pytest.approx((1 + 2) / (math.sqrt(6) * math.sqrt(2)))
+
+
+def test_top_n_order_and_pruning(spark) -> None:  # noqa: ANN001
+    s = _sims(spark, SimilarityConfig(top_n=1))
+    assert {k: v[1] for k, v in s.items()} == {(0, 1): 1, (1, 0): 1, (2, 1): 1}
+    # i1's neighbours i0 and i2 tie at 2/sqrt(6): the lower index wins
+    s = _sims(spark, SimilarityConfig(min_cooccurrence=2))
+    assert set(s) == {(0, 1), (1, 0), (1, 2), (2, 1)}
+    s = _sims(spark, SimilarityConfig(min_similarity=0.6))
+    assert set(s) == {(0, 1), (1, 0), (1, 2), (2, 1)}  # 0.5 for (0, 2) is dropped
+    ranks = _sims(spark, SimilarityConfig())
+    assert ranks[(1, 0)][1] == 1 and ranks[(1, 2)][1] == 2
+
+
+def test_heavy_user_history_is_capped(spark) -> None:  # noqa: ANN001
+    # u9 interacted with 4 items; capped at 2 it keeps its two strongest (i2: 5, i3: 4)
+    rows = MATRIX + [(9, 0, 1.0), (9, 1, 1.0), (9, 2, 5.0), (9, 3, 4.0)]
+    s = _sims(spark, SimilarityConfig(weighting="confidence", max_user_items=2), rows)
+    # with u9 capped, i0 and i1 gain nothing from u9, and i2/i3 co-occur through u9 only
+    assert s[(2, 3)][2] == 1
+    assert s[(0, 1)][2] == 2
+    # u1 (three items, equal weights) is capped too: it keeps i0 and i1 and loses i2
+    i2 = np.array([0, 0, 1, 0, 5.0])
+    i3 = np.array([0, 0, 0, 3.0, 4.0])
+    assert s[(2, 3)][0] == pytest.approx(i2 @ i3 / (np.linalg.norm(i2) * np.linalg.norm(i3)))
+
+
+@pytest.mark.realdata
+def test_matches_scipy_on_movielens_100k(spark, shared_data: Path) -> None:  # noqa: ANN001
+    import pandas as pd
+    import scipy.sparse as sp
+
+    data = pd.read_csv(shared_data / "ml-100k" / "u.data", sep="\t", names=["u", "i", "r", "t"])
+    rows = [(int(u) - 1, int(i) - 1, 1.0) for u, i in zip(data.u, data.i)]
+    top_n = 20
+    got = item_cosine(spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE"),
+                      SimilarityConfig(top_n=top_n, max_user_items=10_000)).toPandas()
+
+    x = sp.csr_matrix((np.ones(len(rows)), (data.u - 1, data.i - 1)))
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0))).ravel()
+    sim = (x.T @ x).toarray() / np.outer(norms, norms)
+    np.fill_diagonal(sim, 0.0)
+    max_diff, mismatched = 0.0, 0
+    for item, group in got.groupby("item_idx"):
+        row = sim[item]
+        ref = row[group.neighbor_idx.to_numpy()]
+        max_diff = max(max_diff, float(np.abs(ref - group.similarity.to_numpy()).max()))
+        k = len(group)
+        kth = np.sort(row)[::-1][k - 1]
+        strictly_better = set(np.flatnonzero(row > kth + 1e-12))
+        if not strictly_better <= set(group.neighbor_idx) or group.similarity.min() < kth - 1e-12:
+            mismatched += 1  # differs beyond exact ties at the cut
+    assert max_diff < 1e-6
+    assert mismatched == 0
+    assert got.item_idx.nunique() == 1682 - int((np.asarray((x.T @ x).sum(axis=1)).ravel() == 0).sum())
+
+
+def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+    from recsys_spark import tables as T
+    from recsys_spark.pipeline import run_item_similarity
+    from recsys_spark.run import RunContext
+
+    raw = tmp_path / "log.csv"
+    raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "\n".join(
+        f"e{k},u{u},i{i},view,2026-09-01T00:00:00Z,1"
+        for k, (u, i) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 3)])) + "\n")
+    cfg = cfg.with_overrides(["similarity.min_cooccurrence=1", "similarity.top_n=10"])
+    ingest(cfg, f"ingest.source.path={raw}")
+    result = run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
+    rows = store.read(T.ITEM_NEIGHBORS).collect()
+    assert result.rows == len(rows) == 6
+    assert {r.method for r in rows} == {"cosine"} and len({r.model_version for r in rows}) == 1
+    meta = store.history(T.ITEM_NEIGHBORS)[0].metadata
+    assert meta["input_versions"] == {T.INTERACTION_MATRIX: store.version(T.INTERACTION_MATRIX)}
+
+
+def test_item_similarity_needs_the_matrix(spark, cfg) -> None:  # noqa: ANN001
+    from recsys_spark.errors import StorageError
+    from recsys_spark.pipeline import run_item_similarity
+    from recsys_spark.run import RunContext
+
+    with pytest.raises(StorageError, match="run `recsys-spark ingest` first"):
+        run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
