@@ -141,6 +141,7 @@ def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
     from pathlib import Path
 
     from recsys_spark.pipeline import run_generate, run_ingest, run_item_similarity
+    from recsys_spark.storage import describe_table
 
     out = Path(cfg.generate.output)
     if fresh or not out.exists():
@@ -151,7 +152,7 @@ def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
     cfg = cfg.with_overrides([f"ingest.source.path={cfg.generate.output}", "ingest.source.preset=synthetic"])
     report = run_ingest(spark, cfg, ctx)
     print("[2/3] " + report.render())
-    if report.writes or not Path(cfg.storage.root, T.ITEM_NEIGHBORS).exists():
+    if report.events_added or describe_table(cfg.storage.root, T.ITEM_NEIGHBORS).version is None:
         w = run_item_similarity(spark, cfg, ctx)
         print(f"[3/3] item-item cosine: item_neighbors v{w.version}, {w.rows:,} neighbour rows")
     else:
