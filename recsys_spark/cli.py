@@ -115,6 +115,15 @@ def _cmd_ingest(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
     print(run_ingest(spark, cfg, ctx).render())
 
 
+def _cmd_train_als(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+    from recsys_spark.pipeline import run_train_als
+
+    out = run_train_als(spark, cfg, ctx)
+    print(f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
+          f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
+          f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}")
+
+
 def _cmd_item_similarity(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
     from recsys_spark.pipeline import run_item_similarity
 
@@ -146,17 +155,22 @@ def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
     out = Path(cfg.generate.output)
     if fresh or not out.exists():
         path, n = run_generate(spark, cfg)
-        print(f"[1/3] generated {n:,} synthetic events in {path}")
+        print(f"[1/4] generated {n:,} synthetic events in {path}")
     else:
-        print(f"[1/3] reusing the synthetic log in {out} (pass --fresh to regenerate)")
+        print(f"[1/4] reusing the synthetic log in {out} (pass --fresh to regenerate)")
     cfg = cfg.with_overrides([f"ingest.source.path={cfg.generate.output}", "ingest.source.preset=synthetic"])
     report = run_ingest(spark, cfg, ctx)
-    print("[2/3] " + report.render())
+    print("[2/4] " + report.render())
+    if report.events_added or describe_table(cfg.storage.root, T.USER_FACTORS).version is None:
+        print("[3/4] ", end="")
+        _cmd_train_als(spark, cfg, ctx)
+    else:
+        print("[3/4] ALS: interactions unchanged, factors are current")
     if report.events_added or describe_table(cfg.storage.root, T.ITEM_NEIGHBORS).version is None:
         w = run_item_similarity(spark, cfg, ctx)
-        print(f"[3/3] item-item cosine: item_neighbors v{w.version}, {w.rows:,} neighbour rows")
+        print(f"[4/4] item-item cosine: item_neighbors v{w.version}, {w.rows:,} neighbour rows")
     else:
-        print("[3/3] item-item cosine: interactions unchanged, item_neighbors is current")
+        print("[4/4] item-item cosine: interactions unchanged, item_neighbors is current")
     print()
     print_tables(cfg)
 
@@ -173,6 +187,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add("generate", "write the synthetic interaction log (generate.* settings)")
     add("ingest", "ingest raw logs into interactions, users, items and interaction_matrix")
+    add("train-als", "fit ALS on interaction_matrix into user_factors, item_factors and models (als.*)")
     add("item-similarity", "item-item cosine neighbours from interaction_matrix into item_neighbors")
     demo = add("demo", "generate the synthetic log (if missing), ingest it, compute item neighbours, show the tables")
     demo.add_argument("--fresh", action="store_true", help="regenerate the synthetic log")
@@ -210,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_generate(spark, cfg, ctx)
         elif args.command == "ingest":
             _cmd_ingest(spark, cfg, ctx)
+        elif args.command == "train-als":
+            _cmd_train_als(spark, cfg, ctx)
         elif args.command == "item-similarity":
             _cmd_item_similarity(spark, cfg, ctx)
         elif args.command == "demo":

@@ -345,6 +345,38 @@ class SimilarityConfig(_Section):
     """A longer user history is cut to its strongest items before pairing (cost grows with its square)."""
 
 
+class AlsConfig(_Section):
+    feedback: FeedbackKind = "implicit"
+    """implicit: fit preferences weighted by confidence (Hu, Koren, Volinsky); explicit: fit ratings."""
+
+    rank: int = Field(32, ge=1, le=1024)
+    """Number of latent factors."""
+
+    max_iter: int = Field(10, ge=1, le=200)
+    """Alternating least-squares sweeps."""
+
+    reg_param: float = Field(0.05, ge=0.0)
+    """L2 regularisation (scaled by each user's / item's number of ratings, as in MLlib)."""
+
+    alpha: float = Field(10.0, ge=0.0)
+    """Implicit feedback: confidence = 1 + alpha * interaction_matrix.confidence."""
+
+    nonnegative: bool = False
+    """Constrain factors to be non-negative."""
+
+    num_user_blocks: int | None = Field(None, ge=1)
+    """User blocks (parallelism of each half-step); None: Spark's default parallelism."""
+
+    num_item_blocks: int | None = Field(None, ge=1)
+    """Item blocks; None: Spark's default parallelism."""
+
+    seed: int = 42
+    """Seed of the factor initialisation."""
+
+    checkpoint_interval: int = Field(5, ge=1)
+    """Checkpoint every this many iterations, so long lineages do not overflow the stack."""
+
+
 class Config(_Section):
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -361,6 +393,9 @@ class Config(_Section):
 
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
     """Item-item cosine neighbours."""
+
+    als: AlsConfig = Field(default_factory=AlsConfig)
+    """ALS matrix factorisation."""
 
     def config_hash(self) -> str:
         """Short stable hash of the effective config, recorded in every commit."""

@@ -253,3 +253,56 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
         return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit)
     finally:
         matrix.unpersist()
+
+
+def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str, WriteResult]:
+    """Fit ALS on the latest interaction_matrix; write user_factors, item_factors and a models row."""
+    import json
+    import time
+
+    from recsys_spark.als import blas_in_use, factor_frames, fit_als, training_frame, training_rmse
+
+    store = TableStore(spark, cfg.storage)
+    inputs = {t: store.version(t) for t in (T.INTERACTION_MATRIX, T.USERS, T.ITEMS)}
+    missing = [t for t, v in inputs.items() if v is None]
+    if missing:
+        raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark ingest` first")
+    train = training_frame(store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]), cfg.als)
+    train = train.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n = train.count()
+        if n == 0:
+            raise StorageError(f"interaction_matrix has no {cfg.als.feedback} feedback to train on "
+                               f"(als.feedback = {cfg.als.feedback!r})")
+        started = time.perf_counter()
+        model = fit_als(train, cfg.als)
+        seconds = time.perf_counter() - started
+        rmse = training_rmse(model, train, cfg.als)
+    finally:
+        train.unpersist()
+    model_version = f"als-{ctx.run_id}"
+    users, items = factor_frames(model)
+    user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
+    item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
+    commit = ctx.commit(model_version=model_version, input_versions=inputs)
+    out = {
+        T.USER_FACTORS: store.write(
+            users.join(user_ids, "user_idx").select("user_idx", "user_id", "factors",
+                                                     F.lit(model_version).alias("model_version"))
+            .repartitionByRange("user_idx").sortWithinPartitions("user_idx"), T.USER_FACTORS, "overwrite", commit),
+        T.ITEM_FACTORS: store.write(
+            items.join(item_ids, "item_idx").select("item_idx", "item_id", "factors",
+                                                     F.lit(model_version).alias("model_version"))
+            .repartitionByRange("item_idx").sortWithinPartitions("item_idx"), T.ITEM_FACTORS, "overwrite", commit),
+    }
+    params = cfg.als.model_dump(mode="json")
+    row = [(model_version, ctx.run_id, "als", json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True),
+            n, out[T.USER_FACTORS].rows, out[T.ITEM_FACTORS].rows, float(seconds), rmse, blas_in_use(spark),
+            ctx.started_at)]
+    models = spark.createDataFrame(row, "model_version STRING, run_id STRING, algorithm STRING, params STRING, "
+                                        "input_versions STRING, num_ratings LONG, num_users LONG, num_items LONG, "
+                                        "train_seconds DOUBLE, train_rmse DOUBLE, blas STRING, trained_at TIMESTAMP")
+    out[T.MODELS] = store.write(models.coalesce(1), T.MODELS, "append", commit)
+    log.info("ALS model %s: %d ratings, %d users, %d items, %.1fs", model_version, n,
+             out[T.USER_FACTORS].rows, out[T.ITEM_FACTORS].rows, seconds)
+    return out

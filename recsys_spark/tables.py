@@ -13,6 +13,9 @@ ITEM_NEIGHBORS: Final = "item_neighbors"
 INTERACTIONS: Final = "interactions"
 INTERACTION_MATRIX: Final = "interaction_matrix"
 ITEMS: Final = "items"
+ITEM_FACTORS: Final = "item_factors"
+MODELS: Final = "models"
+USER_FACTORS: Final = "user_factors"
 REJECTED_INTERACTIONS: Final = "rejected_interactions"
 USERS: Final = "users"
 
@@ -25,4 +28,7 @@ CATALOGUE: Final[dict[str, str]] = {
     ITEMS: "stable mapping original item id -> dense int item_idx",
     INTERACTION_MATRIX: "one row per (user_idx, item_idx): confidence, rating, event count, last time",
     ITEM_NEIGHBORS: "top-N most similar items per item (item-item cosine), sorted by item_idx",
+    USER_FACTORS: "ALS user factors: user_idx, user_id, factors, model_version",
+    ITEM_FACTORS: "ALS item factors: item_idx, item_id, factors, model_version",
+    MODELS: "one row per training run: parameters, input versions, counts, time, loss",
 }
