@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 CONFIG ?= conf/local.toml
 ARGS   ?=
 
-.PHONY: setup demo test bench dist clean clean-data check-java
+.PHONY: setup demo test bench evaluate-ml100k dist clean clean-data check-java
 
 setup: $(STAMP)
 
@@ -28,6 +28,8 @@ $(STAMP): pyproject.toml | check-java
 	$(BIN)/pip install --quiet -e ".[test]"
 	@touch $(STAMP)
 	@echo "virtualenv ready in $(VENV)"
+	@ldconfig -p 2>/dev/null | grep -q 'libblas.so.3 ' || echo "note: no libblas.so.3 found, so Spark MLlib \
+	will use pure-Java BLAS (slower ALS). For native BLAS: sudo apt-get install -y libopenblas0-pthread"
 
 demo: setup
 	$(BIN)/recsys-spark --config $(CONFIG) demo $(ARGS)
@@ -38,6 +40,11 @@ test: setup
 bench: setup
 	$(BIN)/python -m recsys_spark.bench $(ARGS)
 
+# ML-100K on its five official folds (needs ../shared/data): the README's evaluation table.
+evaluate-ml100k: setup
+	$(BIN)/recsys-spark --config conf/movielens-100k.toml ingest
+	$(BIN)/recsys-spark --config conf/movielens-100k.toml evaluate
+
 # For spark-submit: dist/recsys_spark.zip goes to --py-files; the wheel installs the library
 # (and its dependencies) on nodes that lack them.
 dist: setup
@@ -47,7 +54,7 @@ dist: setup
 	@ls -l dist
 
 clean-data:
-	rm -rf data/warehouse data/raw data/checkpoints data/spark-warehouse
+	rm -rf data/warehouse data/raw data/checkpoints data/spark-warehouse data/reports data/ml-100k
 
 clean: clean-data
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -15,7 +15,7 @@ from typing import Any
 
 from recsys_spark import tables as T
 from recsys_spark.config import DEFAULT_CONFIG, Config, load_config
-from recsys_spark.errors import RecsysError
+from recsys_spark.errors import ConfigError, RecsysError
 
 log = logging.getLogger("recsys_spark")
 
@@ -118,61 +118,165 @@ def _cmd_ingest(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
 def _cmd_train_als(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
     from recsys_spark.pipeline import run_train_als
 
-    out = run_train_als(spark, cfg, ctx)
-    print(f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
-          f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
-          f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}")
+    print(_als_summary(cfg, run_train_als(spark, cfg, ctx)))
+
+
+def _als_summary(cfg: Config, out: dict[str, Any]) -> str:
+    return (f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
+            f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
+            f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}")
 
 
 def _cmd_item_similarity(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
     from recsys_spark.pipeline import run_item_similarity
 
     w = run_item_similarity(spark, cfg, ctx)
-    print(f"item_neighbors v{w.version}: {w.rows:,} neighbour rows")
+    print(f"item_neighbors v{w.version}: {w.rows:,} neighbour rows (method = {cfg.similarity.method!r})")
+
+
+def _cmd_topk(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+    from recsys_spark.pipeline import run_candidates
+
+    out = run_candidates(spark, cfg, ctx)
+    for name, w in out.items():
+        print(f"{name} v{w.version}: {w.rows:,} rows in {w.files} file(s)")
+
+
+def _cmd_evaluate(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+    from recsys_spark.pipeline import run_evaluate
+
+    res = run_evaluate(spark, cfg, ctx)
+    print(res.headline_table())
+    print(f"evaluation_summary v{res.table.version}; {res.json_path}; report: {res.report_path}")
+
+
+def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, variant: str | None,
+            as_json: bool) -> int:
+    """``recsys-spark lookup``: no Spark, no JVM; prints one row per candidate or neighbour."""
+    import json
+
+    from recsys_spark.lookup import Recommendations
+
+    cc = cfg.candidates
+    table = T.USER_CANDIDATES if what == "user" else T.ITEM_NEIGHBORS
+    recs = Recommendations.open(cfg.storage.root, strategy=(variant if what == "user" and variant else cc.strategies[0]),
+                                neighbor_method=(variant if what == "item" and variant else cfg.similarity.method),
+                                cold_start_segment=cc.cold_start_segment,
+                                versions={table: version} if version is not None else None)
+    rows: list[Any] = recs.for_user(key, k) if what == "user" else recs.similar_items(key, k)
+    if as_json:
+        print(json.dumps({"key": key, "table": table, "version": recs.versions()[table],
+                          "rows": [r.__dict__ for r in rows]}))
+        return 0
+    if what == "user":
+        print(f"top-{k} for user {key!r} ({recs.strategy}, user_candidates v{recs.versions()[table]}):")
+        for r in rows:
+            print(f"  {r.rank:>4}  {r.item_id:<16} {r.score:>10.4f}  {r.source}")
+    else:
+        print(f"neighbours of item {key!r} ({recs.neighbor_method}, item_neighbors v{recs.versions()[table]}):")
+        for r in rows:
+            print(f"  {r.rank:>4}  {r.item_id:<16} {r.similarity:>8.4f}")
+        if not rows:
+            print("  (none: the item shares no users with other items above the thresholds)")
+    return 0
 
 
 def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
     """Print each catalogued table's location, version and row count (reads Delta logs only)."""
     from recsys_spark.storage import describe_table
 
+    from recsys_spark.storage import table_location
+
     print(f"tables under {cfg.storage.root}:")
-    print(f"  {'table':<22} {'version':>7} {'rows':>12} {'files':>6} {'MB':>8}  last writer")
+    print(f"  {'table':<22} {'version':>7} {'rows':>12} {'files':>6} {'MB':>8}  {'last writer':<36} location")
     for name in names or list(T.CATALOGUE):
         s = describe_table(cfg.storage.root, name)
+        where = table_location(cfg.storage.root, name)
         if s.version is None:
-            print(f"  {name:<22} {'-':>7} {'-':>12} {'-':>6} {'-':>8}  (not written yet)")
+            print(f"  {name:<22} {'-':>7} {'-':>12} {'-':>6} {'-':>8}  {'(not written yet)':<36} {where}")
             continue
         print(f"  {name:<22} {s.version:>7} {s.rows:>12,} {s.files:>6} {s.bytes / 1e6:>8.1f}  "
-              f"{s.last_job} {s.last_run_id}")
+              f"{(s.last_job or '-') + ' ' + (s.last_run_id or '-'):<36} {where}")
 
 
 def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
+    """The whole pipeline on the synthetic log; every stage is skipped when its inputs are unchanged."""
     from pathlib import Path
 
-    from recsys_spark.pipeline import run_generate, run_ingest, run_item_similarity
-    from recsys_spark.storage import describe_table
+    from recsys_spark.pipeline import run_candidates, run_generate, run_ingest, run_item_similarity
+    from recsys_spark.storage import TableStore
 
+    store = TableStore(spark, cfg.storage)
+    steps = 7
     out = Path(cfg.generate.output)
     if fresh or not out.exists():
         path, n = run_generate(spark, cfg)
-        print(f"[1/4] generated {n:,} synthetic events in {path}")
+        print(f"[1/{steps}] generated {n:,} synthetic events in {path}")
     else:
-        print(f"[1/4] reusing the synthetic log in {out} (pass --fresh to regenerate)")
+        print(f"[1/{steps}] reusing the synthetic log in {out} (pass --fresh to regenerate)")
     cfg = cfg.with_overrides([f"ingest.source.path={cfg.generate.output}", "ingest.source.preset=synthetic"])
     report = run_ingest(spark, cfg, ctx)
-    print("[2/4] " + report.render())
-    if report.events_added or describe_table(cfg.storage.root, T.USER_FACTORS).version is None:
-        print("[3/4] ", end="")
-        _cmd_train_als(spark, cfg, ctx)
+    print(f"[2/{steps}] " + report.render())
+    changed = report.events_added > 0
+    retrained = changed or not store.exists(T.USER_FACTORS)
+    if retrained:
+        from recsys_spark.pipeline import run_train_als
+
+        print(f"[3/{steps}] " + _als_summary(cfg, run_train_als(spark, cfg, ctx)))
     else:
-        print("[3/4] ALS: interactions unchanged, factors are current")
-    if report.events_added or describe_table(cfg.storage.root, T.ITEM_NEIGHBORS).version is None:
-        w = run_item_similarity(spark, cfg, ctx)
-        print(f"[4/4] item-item cosine: item_neighbors v{w.version}, {w.rows:,} neighbour rows")
+        print(f"[3/{steps}] ALS: interactions unchanged, factors are current")
+    methods = store.partition_values(T.ITEM_NEIGHBORS, "method")
+    for step, method, label, stale in ((4, "cosine", "item-item cosine", changed), (5, "als", "ALS item-factor cosine",
+                                                                                    retrained)):
+        if stale or method not in methods:
+            w = run_item_similarity(spark, cfg.with_overrides([f"similarity.method={method}"]), ctx)
+            print(f"[{step}/{steps}] {label}: item_neighbors v{w.version}, {w.rows:,} neighbour rows "
+                  f"(method = {method!r})")
+        else:
+            print(f"[{step}/{steps}] {label}: inputs unchanged, item_neighbors (method = {method!r}) is current")
+    if retrained or not store.exists(T.USER_CANDIDATES):
+        out = run_candidates(spark, cfg, ctx)
+        print(f"[6/{steps}] candidates: " + ", ".join(f"{name} v{w.version} ({w.rows:,} rows)"
+                                                    for name, w in out.items()))
     else:
-        print("[4/4] item-item cosine: interactions unchanged, item_neighbors is current")
+        print(f"[6/{steps}] candidates: inputs unchanged, user_candidates is current")
+    latest = Path(cfg.evaluation.output_dir) / "latest" / "report.html"
+    if retrained or not store.exists(T.EVALUATION_SUMMARY) or not latest.exists():
+        from recsys_spark.pipeline import run_evaluate
+
+        res = run_evaluate(spark, cfg, ctx)
+        print(f"[7/{steps}] evaluation ({cfg.evaluation.split} split, {res.summary['splits'][0]['test_users']:,} "
+              f"test users): evaluation_summary v{res.table.version}")
+        evaluation = res.headline_table(), str(res.report_path)
+    else:
+        print(f"[7/{steps}] evaluation: inputs unchanged, the latest report is current")
+        evaluation = None, str(latest)
     print()
     print_tables(cfg)
+    _demo_lookups(cfg, store)
+    print()
+    if evaluation[0]:
+        print(evaluation[0])
+    print(f"evaluation report: {evaluation[1]}")
+
+
+def _demo_lookups(cfg: Config, store) -> None:  # noqa: ANN001
+    """End the demo the way a downstream service starts: lookups through the CLI, no Spark."""
+    sample_user = _sample_key(store, T.USER_CANDIDATES, "user_id", "source = 'als'")
+    sample_item = _sample_key(store, T.ITEM_NEIGHBORS, "item_id", "method = 'cosine'")
+    for what, key in (("user", sample_user), ("item", sample_item)):
+        if key is None:
+            continue
+        print(f"\n$ recsys-spark lookup {what} {key} --k 10")
+        _lookup(cfg, what, key, 10, None, None, False)
+
+
+def _sample_key(store, table: str, column: str, where: str) -> str | None:  # noqa: ANN001
+    """A deterministic, realistic key: the median one (by id) among the rank-1 rows matching ``where``."""
+    if not store.exists(table):
+        return None
+    keys = sorted(r[0] for r in store.read(table, where=f"{where} AND rank = 1").select(column).collect())
+    return keys[len(keys) // 2] if keys else None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -188,8 +292,21 @@ def _build_parser() -> argparse.ArgumentParser:
     add("generate", "write the synthetic interaction log (generate.* settings)")
     add("ingest", "ingest raw logs into interactions, users, items and interaction_matrix")
     add("train-als", "fit ALS on interaction_matrix into user_factors, item_factors and models (als.*)")
-    add("item-similarity", "item-item cosine neighbours from interaction_matrix into item_neighbors")
-    demo = add("demo", "generate the synthetic log (if missing), ingest it, compute item neighbours, show the tables")
+    add("item-similarity", "item neighbours into item_neighbors: cosine of interaction-matrix columns, or of "
+        "ALS item factors with --set similarity.method=als")
+    add("evaluate", "fit models and baselines on a train split, score the held-out part, write evaluation_summary, "
+        "evaluation.json and report.html (evaluation.* settings)")
+    add("topk", "precompute popular_items and per-user top-k user_candidates (candidates.* settings)")
+    look = add("lookup", "fetch precomputed rows without Spark: a user's candidates or an item's neighbours")
+    look.add_argument("what", choices=["user", "item"])
+    look.add_argument("key", help="original user or item id")
+    look.add_argument("--k", type=int, default=10, help="rows to return (default 10)")
+    look.add_argument("--strategy", "--method", dest="variant", default=None,
+                      help="user: candidates strategy (default: first of candidates.strategies); "
+                           "item: neighbour method (default: similarity.method)")
+    look.add_argument("--version", type=int, default=None, help="serve this table version instead of the latest")
+    look.add_argument("--json", action="store_true", help="print JSON")
+    demo = add("demo", "the whole pipeline on the synthetic log (generated if missing): ingest, ALS, item neighbours, tables")
     demo.add_argument("--fresh", action="store_true", help="regenerate the synthetic log")
     add("tables", "list the tables with version and row count (no Spark needed)")
     hist = add("history", "show a table's versions and which run wrote each (no Spark needed)")
@@ -216,6 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "history":
             return _history(cfg, args.table, args.limit)
+        if args.command == "lookup":
+            if args.k < 1:
+                raise ConfigError(f"--k must be at least 1, got {args.k}")
+            return _lookup(cfg, args.what, args.key, args.k, args.version, args.variant, args.json)
         if args.command == "vacuum":
             return _vacuum(cfg, args.tables or list(T.CATALOGUE), args.retention_hours, args.dry_run)
         spark = _session(cfg, args.command)
@@ -229,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _cmd_train_als(spark, cfg, ctx)
         elif args.command == "item-similarity":
             _cmd_item_similarity(spark, cfg, ctx)
+        elif args.command == "topk":
+            _cmd_topk(spark, cfg, ctx)
+        elif args.command == "evaluate":
+            _cmd_evaluate(spark, cfg, ctx)
         elif args.command == "demo":
             _cmd_demo(spark, cfg, ctx, args.fresh)
         log.info("%s finished in %.1fs", args.command, time.perf_counter() - started)

@@ -329,8 +329,13 @@ class GenerateConfig(_Section):
 
 
 class SimilarityConfig(_Section):
+    method: Literal["cosine", "als"] = "cosine"
+    """cosine: behavioural neighbours, exact cosine of interaction-matrix columns (sparse self-join);
+    als: latent neighbours, cosine of ALS item factors (dense blocked top-N; run train-als first).
+    Each method replaces only its own partition of item_neighbors, so both can be kept side by side."""
+
     weighting: Literal["binary", "confidence"] = "binary"
-    """binary: any interaction counts 1; confidence: use the interaction matrix's confidence values."""
+    """method cosine: binary counts any interaction as 1; confidence uses the matrix's confidence values."""
 
     top_n: int = Field(50, ge=1, le=10_000)
     """Neighbours kept per item."""
@@ -342,7 +347,12 @@ class SimilarityConfig(_Section):
     """Pairs seen together by fewer users than this are dropped (a noise guard)."""
 
     max_user_items: int = Field(500, ge=2)
-    """A longer user history is cut to its strongest items before pairing (cost grows with its square)."""
+    """method cosine: a longer user history is cut to its strongest items before pairing (cost grows
+    with its square)."""
+
+    block_items: int = Field(8192, ge=1, le=1_000_000)
+    """method als: items per block of the dense item x item product; one task holds two blocks of
+    factors and a bounded score buffer, so memory does not grow with the catalogue."""
 
 
 class AlsConfig(_Section):
@@ -377,6 +387,140 @@ class AlsConfig(_Section):
     """Checkpoint every this many iterations, so long lineages do not overflow the stack."""
 
 
+class CandidatesConfig(_Section):
+    strategies: list[Literal["als", "item_item", "blend"]] = Field(default_factory=lambda: ["als"], min_length=1)
+    """Candidate lists to build, each into its own partition of user_candidates: als (factor
+    scores), item_item (summed neighbour similarity of the user's recent items), blend (both)."""
+
+    k: int = Field(100, ge=1, le=10_000)
+    """Candidates kept per user."""
+
+    min_history: int = Field(3, ge=1)
+    """Users with fewer distinct items than this are cold: they get the popularity list instead."""
+
+    cold_start_segment: Literal["overall", "recent"] = "recent"
+    """Which popularity list cold users get (and lookups return for unknown users)."""
+
+    popularity_window_days: int = Field(7, ge=1)
+    """The "recent" popularity list counts users active on an item in this many days before the
+    newest interaction."""
+
+    popular_k: int = Field(1000, ge=1)
+    """Items kept per popularity list (popular_items table)."""
+
+    recent_items: int = Field(20, ge=1)
+    """item_item: how many of the user's most recent items vote for candidates."""
+
+    neighbor_method: Literal["cosine", "als"] = "cosine"
+    """item_item: which item_neighbors partition to use."""
+
+    blend_als_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """blend: weight of the (per-user min-max scaled) ALS score; item_item gets 1 minus this."""
+
+    user_block: int = Field(4096, ge=1)
+    """als: users per block of the blocked top-k (one task holds one user block)."""
+
+    item_block: int = Field(16384, ge=1)
+    """als: items per block; larger catalogues are scored block by block and merged."""
+
+    rows_per_file: int = Field(2_000_000, ge=1000)
+    """Lookup layout: rows per output file. Files are range-partitioned by user_id, so a key's
+    min/max statistics select one file."""
+
+    @field_validator("strategies")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"candidates.strategies lists a strategy twice: {v}")
+        return v
+
+
+class EvaluationConfig(_Section):
+    split: Literal["random", "time", "leave_last", "given"] = "random"
+    """random: per-user stratified by test_fraction; time: global cutoff; leave_last: each user's
+    leave_last_n most recent items; given: separate train/test files (given_train, given_test)."""
+
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """random: share of each user's items held out; time: share of pairs after the cutoff when
+    time_cutoff is not set."""
+
+    time_cutoff: str | None = None
+    """time: ISO-8601 instant (e.g. "2026-09-01T00:00:00Z"); pairs last seen at or after it are test."""
+
+    leave_last_n: int = Field(1, ge=1)
+    """leave_last: how many of each user's most recent items are held out."""
+
+    given_train: str = ""
+    """given: train file(s), read with ingest.source's format; "{fold}" is replaced by each fold."""
+
+    given_test: str = ""
+    """given: test file(s), as given_train."""
+
+    folds: list[str] = Field(default_factory=list)
+    """given: fold names substituted for "{fold}" (e.g. ["u1", "u2", "u3", "u4", "u5"]); empty: one split."""
+
+    seed: int = 42
+    """Seed of the random split, the random baseline and the user sample."""
+
+    max_users: int | None = Field(None, ge=1)
+    """Evaluate at most this many users: a seeded hash sample of the users with relevant test
+    items (models still train on the whole training part). None: every such user."""
+
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50, 100], min_length=1)
+    """Cut-offs at which every metric is computed."""
+
+    rating_threshold: float = 4.0
+    """Explicit data: a held-out rating at or above this is relevant (and its grade feeds graded
+    NDCG). Implicit data: every held-out interaction is relevant."""
+
+    models: list[Literal["als", "item_item", "popularity", "random"]] = Field(
+        default_factory=lambda: ["als", "item_item", "popularity", "random"], min_length=1)
+    """What to evaluate; popularity and random are the baselines."""
+
+    headline_metric: Literal["ndcg", "precision", "recall", "map", "mrr", "hit_rate"] = "ndcg"
+    """The metric a model must beat most-popular on (else it is flagged in the report)."""
+
+    headline_k: int = Field(10, ge=1)
+    """The cut-off of the headline metric (must be one of ks)."""
+
+    output_dir: str = "data/reports"
+    """Where evaluation.json and report.html go (a folder per run, plus latest/)."""
+
+    search_rank: list[int] = Field(default_factory=list)
+    """Hyperparameter search grid for ALS rank (empty: no search, use als.rank)."""
+
+    search_reg_param: list[float] = Field(default_factory=list)
+    """Search grid for als.reg_param (empty: als.reg_param only)."""
+
+    search_alpha: list[float] = Field(default_factory=list)
+    """Search grid for als.alpha (empty: als.alpha only)."""
+
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Search: share of each user's training items carved off as the validation split."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EvaluationConfig:
+        if self.headline_k not in self.ks:
+            raise ValueError(f"evaluation.headline_k = {self.headline_k} must be one of evaluation.ks {self.ks}")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"evaluation.ks must be positive, got {self.ks}")
+        if self.split == "given" and not (self.given_train and self.given_test):
+            raise ValueError("evaluation.split = 'given' needs evaluation.given_train and evaluation.given_test")
+        if self.time_cutoff is not None:
+            try:
+                datetime.fromisoformat(self.time_cutoff.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError(f"evaluation.time_cutoff {self.time_cutoff!r} is not an ISO-8601 instant") from None
+        return self
+
+    def search_grid(self, als: AlsConfig) -> list[dict[str, Any]]:
+        """Every ALS parameter combination of the search (one entry, the configured one, without a search)."""
+        ranks = self.search_rank or [als.rank]
+        regs = self.search_reg_param or [als.reg_param]
+        alphas = self.search_alpha or [als.alpha]
+        return [{"rank": r, "reg_param": g, "alpha": a} for r in ranks for g in regs for a in alphas]
+
+
 class Config(_Section):
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -396,6 +540,12 @@ class Config(_Section):
 
     als: AlsConfig = Field(default_factory=AlsConfig)
     """ALS matrix factorisation."""
+
+    candidates: CandidatesConfig = Field(default_factory=CandidatesConfig)
+    """Per-user top-k candidate lists and popularity lists."""
+
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    """Held-out evaluation of the models against baselines."""
 
     def config_hash(self) -> str:
         """Short stable hash of the effective config, recorded in every commit."""

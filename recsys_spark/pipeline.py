@@ -25,11 +25,15 @@ from recsys_spark.generate import synthetic_events
 from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, rejected_rows,
                                  validate_events, with_dense_ids)
 from recsys_spark.run import RunContext
-from recsys_spark.similarity import capped_users, item_cosine
+from recsys_spark.session import released_caches
+from recsys_spark.similarity import capped_users, item_cosine, item_factor_cosine
 from recsys_spark.sources import SourceFile, list_source_files, read_source
 from recsys_spark.storage import TableStore, WriteResult
 
 log = logging.getLogger(__name__)
+
+#: Row groups of lookup tables: small enough that a key lookup on sorted data decodes one group.
+LOOKUP_ROW_GROUP_BYTES = 1 << 20
 
 
 @dataclass
@@ -232,27 +236,57 @@ def _extend_id_map(store: TableStore, events: DataFrame, table: str, id_col: str
 
 
 def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> WriteResult:
-    """Item-item cosine neighbours from the latest interaction_matrix into item_neighbors."""
+    """Item neighbours into the ``similarity.method`` partition of item_neighbors.
+
+    method cosine reads the latest interaction_matrix; method als the latest item_factors.
+    """
     store = TableStore(spark, cfg.storage)
-    version = store.version(T.INTERACTION_MATRIX)
-    if version is None:
-        raise StorageError("table 'interaction_matrix' does not exist yet: run `recsys-spark ingest` first")
-    matrix = store.read(T.INTERACTION_MATRIX, version=version).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
+    method = cfg.similarity.method
+    if method == "als":
+        version = store.version(T.ITEM_FACTORS)
+        if version is None:
+            raise StorageError("table 'item_factors' does not exist yet: run `recsys-spark train-als` first "
+                               "(similarity.method = 'als' needs ALS item factors)")
+        factors = store.read(T.ITEM_FACTORS, version=version)
+        first = factors.select("model_version").first()
+        model_version = first[0] if first else f"als-{ctx.run_id}"
+        neighbors = item_factor_cosine(factors, cfg.similarity)
+        inputs = {T.ITEM_FACTORS: version}
+        capped = 0
+        matrix = None
+    else:
+        version = store.version(T.INTERACTION_MATRIX)
+        if version is None:
+            raise StorageError("table 'interaction_matrix' does not exist yet: run `recsys-spark ingest` first")
+        matrix = store.read(T.INTERACTION_MATRIX, version=version).persist(StorageLevel.MEMORY_AND_DISK)
         capped = capped_users(matrix, cfg.similarity.max_user_items)
         if capped:
             log.info("%d users have more than %d items; their histories are capped",
                      capped, cfg.similarity.max_user_items)
         model_version = f"cosine-{ctx.run_id}"
-        neighbors = (item_cosine(matrix, cfg.similarity)
-                     .withColumn("method", F.lit("cosine")).withColumn("model_version", F.lit(model_version))
-                     # sorted by key so that a lookup's min/max file pruning reads one or two files
-                     .repartitionByRange("item_idx").sortWithinPartitions("item_idx", "rank"))
-        commit = ctx.commit(model_version=model_version, input_versions={T.INTERACTION_MATRIX: version},
-                            capped_users=capped)
-        return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit)
+        neighbors = item_cosine(matrix, cfg.similarity)
+        inputs = {T.INTERACTION_MATRIX: version}
+    try:
+        items_version = store.version(T.ITEMS)
+        if items_version is None:
+            raise StorageError("table 'items' does not exist yet: run `recsys-spark ingest` first")
+        inputs[T.ITEMS] = items_version
+        ids = store.read(T.ITEMS, version=items_version).select("item_idx", "item_id")
+        neighbors = (neighbors
+                     .join(F.broadcast(ids), "item_idx")
+                     .join(F.broadcast(ids.select(F.col("item_idx").alias("neighbor_idx"),
+                                                  F.col("item_id").alias("neighbor_id"))), "neighbor_idx")
+                     .select("item_id", "item_idx", "rank", "neighbor_id", "neighbor_idx", "similarity", "cooccurrence",
+                             F.lit(method).alias("method"), F.lit(model_version).alias("model_version"))
+                     # the lookup layout: files cover disjoint item_id ranges, sorted inside, so a
+                     # reader's min/max statistics select one file and one row group per key
+                     .repartitionByRange("item_id").sortWithinPartitions("item_id", "rank"))
+        commit = ctx.commit(model_version=model_version, input_versions=inputs, capped_users=capped, method=method)
+        return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit, ["method"], replace={"method": method},
+                           row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
     finally:
-        matrix.unpersist()
+        if matrix is not None:
+            matrix.unpersist()
 
 
 def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str, WriteResult]:
@@ -306,3 +340,336 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
     log.info("ALS model %s: %d ratings, %d users, %d items, %.1fs", model_version, n,
              out[T.USER_FACTORS].rows, out[T.ITEM_FACTORS].rows, seconds)
     return out
+
+
+def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str, WriteResult]:
+    """popular_items, then one user_candidates partition per configured strategy.
+
+    Every list is built from the latest inputs; the commit records their versions. Users below
+    ``candidates.min_history`` items, and users a strategy cannot score (no factors yet, no
+    neighbours), get the popularity list, tagged source "popular".
+    """
+    import math
+
+    from recsys_spark.blocked_topk import BlockShape
+    from recsys_spark.candidates import (als_candidates, blend_candidates, cold_start_candidates,
+                                         item_item_candidates, log_config, popular_items, user_history_sizes)
+
+    cc = cfg.candidates
+    log_config(cc)
+    store = TableStore(spark, cfg.storage)
+    needs = [T.INTERACTION_MATRIX, T.USERS, T.ITEMS]
+    if {"als", "blend"} & set(cc.strategies):
+        needs += [T.USER_FACTORS, T.ITEM_FACTORS]
+    if {"item_item", "blend"} & set(cc.strategies):
+        needs.append(T.ITEM_NEIGHBORS)
+    inputs = {t: store.version(t) for t in needs}
+    missing = [t for t, v in inputs.items() if v is None]
+    if missing:
+        raise StorageError(f"tables {missing} do not exist yet: run ingest, train-als and item-similarity first "
+                           f"(candidates.strategies = {list(cc.strategies)})")
+    if T.ITEM_NEIGHBORS in inputs and cc.neighbor_method not in store.partition_values(T.ITEM_NEIGHBORS, "method"):
+        raise StorageError(f"item_neighbors has no {cc.neighbor_method!r} neighbours: run `recsys-spark "
+                           f"item-similarity --set similarity.method={cc.neighbor_method}` first")
+
+    matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]).persist(
+        StorageLevel.MEMORY_AND_DISK)
+    user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
+    item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
+    out: dict[str, WriteResult] = {}
+    lists: dict[str, DataFrame] = {}  # each source computed once, reused by blend
+    try:
+        sizes = user_history_sizes(matrix).persist()
+        n_users = sizes.count()
+        popular = popular_items(matrix, cc.popularity_window_days, cc.popular_k)
+        lists["_sizes"], lists["_popular"] = sizes, popular.persist()
+        pop_version = f"popular-{ctx.run_id}"
+        commit = ctx.commit(input_versions=inputs)
+        out[T.POPULAR_ITEMS] = store.write(
+            popular.join(F.broadcast(item_ids), "item_idx")
+            .select("segment", "rank", "item_idx", "item_id", F.col("users").cast("double").alias("score"), "users",
+                    F.lit(pop_version).alias("model_version"))
+            .repartition(1).sortWithinPartitions("segment", "rank"), T.POPULAR_ITEMS, "overwrite", commit)
+        segment = popular.where(F.col("segment") == cc.cold_start_segment).select("rank", "item_idx", "users")
+        warm = sizes.where(F.col("n_items") >= cc.min_history).select("user_idx")
+        n_files = max(1, math.ceil(n_users * cc.k / cc.rows_per_file))
+        shape = BlockShape(cc.user_block, cc.item_block)
+
+        model_versions: dict[str, str] = {}
+
+        def source(name: str) -> DataFrame:
+            if name not in lists:
+                if name == "als":
+                    uf = store.read(T.USER_FACTORS, version=inputs[T.USER_FACTORS])
+                    itf = store.read(T.ITEM_FACTORS, version=inputs[T.ITEM_FACTORS])
+                    model_versions[name] = itf.select("model_version").first()[0]
+                    scored = als_candidates(uf.join(warm, "user_idx", "left_semi"), itf, matrix, cc.k, shape)
+                elif name == "item_item":
+                    nb = store.read(T.ITEM_NEIGHBORS, version=inputs[T.ITEM_NEIGHBORS],
+                                    where=f"method = '{cc.neighbor_method}'")
+                    model_versions[name] = nb.select("model_version").first()[0]
+                    scored = item_item_candidates(matrix, nb, warm, cc.k, cc.recent_items)
+                else:
+                    scored = blend_candidates(source("als"), source("item_item"), cc.blend_als_weight, cc.k)
+                    model_versions[name] = f"{model_versions['als']}+{model_versions['item_item']}"
+                lists[name] = scored.persist(StorageLevel.MEMORY_AND_DISK)
+            return lists[name]
+
+        for strategy in cc.strategies:
+            scored = source(strategy)
+            covered = scored.select("user_idx").distinct()
+            cold = sizes.join(covered, "user_idx", "left_anti")
+            max_seen = cold.agg(F.max("n_items")).first()[0] or 0
+            fallback = cold_start_candidates(cold, matrix, segment, cc.k, min(max_seen, cc.popular_k))
+            model_version = model_versions[strategy]
+            rows = (scored.unionByName(fallback)
+                    .join(user_ids, "user_idx").join(F.broadcast(item_ids), "item_idx")
+                    .select("user_id", "user_idx", "rank", "item_id", "item_idx", "score", "source",
+                            F.lit(model_version).alias("model_version"), F.lit(strategy).alias("strategy"))
+                    # the lookup layout: files cover disjoint user_id ranges, sorted inside
+                    .repartitionByRange(n_files, "user_id").sortWithinPartitions("user_id", "rank"))
+            commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy)
+            out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
+                rows, T.USER_CANDIDATES, "overwrite", commit, ["strategy"], replace={"strategy": strategy},
+                row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
+            log.info("candidates %s: %d users, of which %d cold (popularity)", strategy, n_users, cold.count())
+    finally:
+        for df in lists.values():
+            df.unpersist()
+        matrix.unpersist()
+    return out
+
+
+@dataclass
+class EvaluationResult:
+    """What one evaluation run produced."""
+
+    run_id: str
+    summary: dict
+    json_path: Path
+    report_path: Path
+    table: WriteResult
+
+    def headline_table(self) -> str:
+        """A plain-text table of the headline metrics, mean ± std over splits."""
+        from recsys_spark.evaluation import mean_std
+
+        s = self.summary
+        k = s["headline"]["k"]
+        metrics = ["ndcg", "precision", "recall", "map", "coverage"]
+        lines = [f"{'model':<22}" + "".join(f"{m + '@' + str(k):>20}" for m in metrics)]
+        for model in s["models"]:
+            cells = []
+            for m in metrics:
+                vals = [r["value"] for r in s["results"] if r["model"] == model and r["metric"] == m
+                        and r["k"] == k and r["value"] is not None]
+                if vals:
+                    mean, std = mean_std(vals)
+                    cells.append(f"{mean:.4f} ± {std:.4f}" if len(vals) > 1 else f"{mean:.4f}")
+                else:
+                    cells.append("-")
+            kind = " (baseline)" if s["models"][model]["kind"] == "baseline" else ""
+            lines.append(f"{model + kind:<22}" + "".join(f"{c:>20}" for c in cells))
+        lines += [f"flag: {f}" for f in s["flags"]]
+        return "\n".join(lines)
+
+
+def _given_matrices(spark: SparkSession, cfg: Config, store: TableStore, fold: str | None,
+                    inputs: dict[str, int | None]) -> tuple[DataFrame, DataFrame]:
+    """Train and test matrices from the ``given`` files, mapped to the stored dense ids."""
+    ec, icfg = cfg.evaluation, cfg.ingest
+    users = store.read(T.USERS, version=inputs[T.USERS])
+    items = store.read(T.ITEMS, version=inputs[T.ITEMS])
+    out = []
+    for pattern in (ec.given_train, ec.given_test):
+        path = pattern.replace("{fold}", fold) if fold else pattern
+        files = list_source_files(path)
+        raw = read_source(spark, icfg.source, files, icfg.max_line_bytes)
+        validated = validate_events(raw, icfg.source, icfg, datetime.now(timezone.utc))
+        events = with_dense_ids(accepted_events(validated, icfg.source, icfg), users, items)
+        out.append(interaction_matrix(events, icfg))
+    return out[0], out[1]
+
+
+def _splits(spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFrame,
+            inputs: dict[str, int | None]) -> list[tuple[str, dict, DataFrame, DataFrame]]:
+    from recsys_spark.splits import given_split, leave_last_split, random_split, time_split
+
+    ec = cfg.evaluation
+    if ec.split == "given":
+        out = []
+        for fold in ec.folds or [None]:
+            train, test = given_split(*_given_matrices(spark, cfg, store, fold, inputs))
+            out.append((fold or "given", {"train": ec.given_train.replace("{fold}", fold or ""),
+                                          "test": ec.given_test.replace("{fold}", fold or "")}, train, test))
+        return out
+    if ec.split == "random":
+        return [("random", {"test_fraction": ec.test_fraction, "seed": ec.seed},
+                 *random_split(matrix, ec.test_fraction, ec.seed))]
+    if ec.split == "time":
+        cutoff = datetime.fromisoformat(ec.time_cutoff.replace("Z", "+00:00")) if ec.time_cutoff else None
+        return [("time", {"time_cutoff": ec.time_cutoff, "test_fraction": ec.test_fraction},
+                 *time_split(matrix, cutoff, ec.test_fraction))]
+    return [("leave_last", {"n": ec.leave_last_n}, *leave_last_split(matrix, ec.leave_last_n))]
+
+
+def _search_als(train: DataFrame, cfg: Config, shape) -> tuple[dict, list[dict]]:  # noqa: ANN001
+    """Grid search over ALS parameters on a validation split carved from ``train`` (NDCG at the headline k)."""
+    from recsys_spark.evaluation import als_recs
+    from recsys_spark.metrics import ranking_metrics
+    from recsys_spark.splits import random_split, relevant_items
+
+    ec = cfg.evaluation
+    grid = ec.search_grid(cfg.als)
+    if len(grid) == 1:
+        return grid[0], []
+    sub, valid = random_split(train, ec.validation_fraction, ec.seed + 1)
+    sub = sub.persist(StorageLevel.MEMORY_AND_DISK)
+    truth = relevant_items(valid, ec.rating_threshold).join(sub.select("user_idx").distinct(), "user_idx").persist()
+    sub.count(), truth.count()  # materialised here, so released_caches below leaves them alone
+    users = truth.select("user_idx").distinct()
+    results = []
+    for params in grid:
+        als_cfg = cfg.als.model_copy(update=params)
+        with released_caches(sub.sparkSession):
+            recs, _, _ = als_recs(sub, users, ec.headline_k, als_cfg, shape)
+            value = (ranking_metrics(recs, truth, [ec.headline_k])
+                     .where(F.col("metric") == ec.headline_metric).first())
+        results.append({**params, ec.headline_metric: value.value if value else None})
+        log.info("search %s: %s@%d = %s", params, ec.headline_metric, ec.headline_k, results[-1][ec.headline_metric])
+    sub.unpersist()
+    truth.unpersist()
+    best = max(results, key=lambda r: r[ec.headline_metric] or -1.0)
+    return {k: best[k] for k in ("rank", "reg_param", "alpha")}, results
+
+
+def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> EvaluationResult:
+    """Fit every configured model and baseline on each split's training part, score the test part,
+    and write evaluation_summary, evaluation.json and report.html."""
+    import json
+    import shutil
+
+    from recsys_spark.blocked_topk import BlockShape
+    from recsys_spark.evaluation import (als_recs, beats, item_item_recs, item_popularity, mean_std,
+                                         popularity_recs, random_recs)
+    from recsys_spark.metrics import catalogue_metrics, ranking_metrics, rating_errors
+    from recsys_spark.report import render_report
+    from recsys_spark.splits import relevant_items
+
+    ec = cfg.evaluation
+    store = TableStore(spark, cfg.storage)
+    inputs = {t: store.version(t) for t in (T.INTERACTION_MATRIX, T.USERS, T.ITEMS)}
+    missing = [t for t, v in inputs.items() if v is None]
+    if missing:
+        raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark ingest` first")
+    matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]).persist(
+        StorageLevel.MEMORY_AND_DISK)
+    n_items = store.read(T.ITEMS, version=inputs[T.ITEMS]).count()
+    matrix.count()  # materialised before the per-split released_caches blocks
+    graded = matrix.where(F.col("rating").isNotNull()).limit(1).count() > 0
+    k_max = max(ec.ks)
+    shape = BlockShape(cfg.candidates.user_block, cfg.candidates.item_block)
+    results: list[dict] = []
+    splits_meta: list[dict] = []
+    models_meta: dict[str, dict] = {}
+    popularity_curve: dict = {}
+    try:
+        for name, params, train, test in _splits(spark, cfg, store, matrix, inputs):
+            with released_caches(spark):  # every model fitted on this split is freed with it
+                train = train.persist(StorageLevel.MEMORY_AND_DISK)
+                test = test.persist(StorageLevel.MEMORY_AND_DISK)
+                truth = relevant_items(test, ec.rating_threshold).join(train.select("user_idx").distinct(), "user_idx")
+                if ec.max_users:
+                    sample = (truth.select("user_idx").distinct()
+                              .orderBy(F.xxhash64(F.lit(ec.seed), "user_idx"), "user_idx").limit(ec.max_users))
+                    truth = truth.join(sample, "user_idx", "left_semi")
+                truth = truth.persist()
+                users = truth.select("user_idx").distinct().persist()
+                pop = item_popularity(train).persist()
+                n_train_users = train.select("user_idx").distinct().count()
+                meta = {"name": name, "kind": ec.split, "params": params, "train_rows": train.count(),
+                        "test_rows": test.count(), "test_users": users.count(), "relevant_rows": truth.count()}
+                splits_meta.append(meta)
+                log.info("split %s: %d train pairs, %d test pairs, %d users with relevant test items", name,
+                         meta["train_rows"], meta["test_rows"], meta["test_users"])
+                if not popularity_curve:
+                    counts = sorted((r.users for r in pop.collect()), reverse=True)
+                    step = max(1, len(counts) // 2000)
+                    popularity_curve = {"n_items": n_items, "n_interactions": meta["train_rows"],
+                                        "item_counts_desc": counts[::step], "item_rank": list(range(1, len(counts) + 1, step))}
+                item_factors = None
+                for model in ec.models:
+                    if model == "als":
+                        best, search = _search_als(train, cfg, shape)
+                        als_cfg = cfg.als.model_copy(update=best)
+                        recs, item_factors, als_model = als_recs(train, users, k_max, als_cfg, shape)
+                        models_meta[model] = {"kind": "model", "params": als_cfg.model_dump(mode="json"),
+                                              "search": search, "model_version": f"als-{ctx.run_id}"}
+                        if als_cfg.feedback == "explicit":
+                            pred = als_model.setColdStartStrategy("drop").transform(
+                                test.where(F.col("rating").isNotNull()).select("user_idx", "item_idx", "rating"))
+                            errors = rating_errors(pred.select("rating", F.col("prediction").cast("double")))
+                            results += [{"split": name, "model": model, "metric": m, "k": 0, "value": errors[m]}
+                                        for m in ("rmse", "mae")]
+                    elif model == "item_item":
+                        recs = item_item_recs(train, users, k_max, cfg)
+                        models_meta[model] = {"kind": "model", "params": cfg.similarity.model_dump(mode="json") | {
+                            "recent_items": cfg.candidates.recent_items}, "model_version": f"cosine-{ctx.run_id}"}
+                    elif model == "popularity":
+                        recs = popularity_recs(train, users, k_max)
+                        models_meta[model] = {"kind": "baseline", "params": {}, "model_version": f"popular-{ctx.run_id}"}
+                    else:
+                        recs = random_recs(train, users, n_items, k_max, ec.seed)
+                        models_meta[model] = {"kind": "baseline", "params": {"seed": ec.seed},
+                                              "model_version": f"random-{ctx.run_id}"}
+                    recs = recs.select("user_idx", "item_idx", "rank").persist(StorageLevel.MEMORY_AND_DISK)
+                    scores = ranking_metrics(recs, truth, ec.ks, graded=graded).unionByName(
+                        catalogue_metrics(recs, ec.ks, n_items=n_items, item_popularity=pop, n_users=n_train_users,
+                                          item_factors=item_factors))
+                    results += [{"split": name, "model": model, "metric": r.metric, "k": int(r.k),
+                                 "value": None if r.value is None else float(r.value)} for r in scores.collect()]
+                    recs.unpersist()
+                    log.info("evaluated %s on %s", model, name)
+                for df in (train, test, truth, users, pop):
+                    df.unpersist()
+    finally:
+        matrix.unpersist()
+
+    def headline(model: str) -> float | None:
+        vals = [r["value"] for r in results if r["model"] == model and r["metric"] == ec.headline_metric
+                and r["k"] == ec.headline_k and r["value"] is not None]
+        return mean_std(vals)[0] if vals else None
+
+    flags = []
+    if "popularity" in models_meta:
+        base = headline("popularity")
+        for model, meta in models_meta.items():
+            if meta["kind"] == "model" and not beats(headline(model), base):
+                flags.append(f"model {model!r} does not beat most-popular on {ec.headline_metric}@{ec.headline_k} "
+                             f"({headline(model)} vs {base})")
+    summary = {
+        "run_id": ctx.run_id, "created_at": ctx.started_at.isoformat(), "dataset": cfg.ingest.source.preset,
+        "ks": list(ec.ks), "headline": {"metric": ec.headline_metric, "k": ec.headline_k},
+        "splits": splits_meta, "models": models_meta, "results": results, "flags": flags,
+        "popularity": popularity_curve, "input_versions": inputs, "config": cfg.model_dump(mode="json"),
+    }
+    out_dir = Path(ec.output_dir) / ctx.run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "evaluation.json"
+    json_path.write_text(json.dumps(summary, indent=2, default=str))
+    report_path = render_report(summary, out_dir / "report.html")
+    latest = Path(ec.output_dir) / "latest"
+    tmp = Path(ec.output_dir) / f".latest-{ctx.run_id}"
+    shutil.copytree(out_dir, tmp)
+    if latest.exists():
+        shutil.rmtree(latest)
+    tmp.rename(latest)
+
+    rows = [(ctx.run_id, r["split"], r["model"], models_meta[r["model"]]["kind"],
+             models_meta[r["model"]]["model_version"], r["metric"], r["k"], r["value"],
+             json.dumps(inputs, sort_keys=True), ctx.started_at) for r in results]
+    df = spark.createDataFrame(rows, "run_id STRING, split STRING, model STRING, kind STRING, model_version STRING, "
+                                     "metric STRING, k INT, value DOUBLE, input_versions STRING, "
+                                     "evaluated_at TIMESTAMP")
+    written = store.write(df.coalesce(1), T.EVALUATION_SUMMARY, "append", ctx.commit(input_versions=inputs))
+    return EvaluationResult(ctx.run_id, summary, json_path, report_path, written)

@@ -6,6 +6,8 @@ import glob
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pyspark import SparkConf
@@ -61,10 +63,14 @@ def build_session(cfg: SparkConfig, storage: StorageConfig | None = None, app_na
         # `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        # Spark runs one task per core; a multi-threaded BLAS inside each task (MLlib's native
+        # BLAS in the JVM, numpy's in the Python workers) would oversubscribe the cores.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         builder.master(cfg.master)
         default("spark.driver.memory", cfg.driver_memory)
         default("spark.ui.enabled", str(cfg.ui_enabled).lower())
         default("spark.ui.showConsoleProgress", "false")
+    default("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
     default("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
         default(key, value)
@@ -103,3 +109,25 @@ def delta_jars_loaded(spark: SparkSession) -> bool:
         return True
     except Exception:  # py4j wraps ClassNotFoundException; any failure means "not usable"
         return False
+
+
+@contextmanager
+def released_caches(spark: SparkSession) -> Iterator[None]:
+    """Unpersist every RDD (and cached DataFrame) persisted inside the block when it exits.
+
+    MLlib's ALS caches its factor RDDs with nothing to free them but garbage collection of the
+    model, and in local mode the block manager lives in the driver heap. A job that fits many
+    models (evaluation folds, a parameter search) would otherwise fill that heap until Spark can no
+    longer build a broadcast relation.
+    """
+    sc = spark.sparkContext
+    before = set(sc._jsc.getPersistentRDDs().keys())  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        fresh = [(i, rdd) for i, rdd in sc._jsc.getPersistentRDDs().items()  # type: ignore[attr-defined]
+                 if i not in before]
+        for _, rdd in fresh:
+            rdd.unpersist(False)
+        if fresh:
+            log.debug("released %d RDDs persisted inside the block", len(fresh))

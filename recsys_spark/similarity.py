@@ -76,3 +76,38 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
 def capped_users(matrix: DataFrame, max_items: int) -> int:
     """How many users have more than ``max_items`` items (and are capped)."""
     return matrix.groupBy("user_idx").count().where(F.col("count") > max_items).count()
+
+
+def normalize(vectors: DataFrame, col: str = "vector") -> DataFrame:
+    """Scale each vector to unit L2 norm; zero vectors (no direction, no cosine) are dropped."""
+    norm = F.sqrt(F.aggregate(col, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
+    return (vectors.withColumn("_norm", norm).where(F.col("_norm") > 0)
+            .withColumn(col, F.transform(col, lambda x: (x / F.col("_norm")).cast("float"))).drop("_norm"))
+
+
+def item_factor_cosine(item_factors: DataFrame, params: SimilarityConfig) -> DataFrame:
+    """Top-N latent neighbours of every item: cosine of ALS item factors.
+
+    Dense, so it runs through the blocked top-k kernel: items x items in blocks of
+    ``params.block_items``, the item itself excluded, pairs below ``min_similarity`` dropped.
+
+    Args:
+        item_factors: (item_idx, factors) rows (the item_factors table).
+
+    Returns:
+        (item_idx, neighbor_idx, similarity, rank, cooccurrence) with cooccurrence null: latent
+        neighbours need not share any user.
+    """
+    from recsys_spark.blocked_topk import BlockShape, blocked_top_k
+
+    unit = normalize(item_factors.select("item_idx", F.col("factors").alias("vector")))
+    top = blocked_top_k(
+        unit.withColumnRenamed("item_idx", "query"), unit.withColumnRenamed("item_idx", "target"),
+        params.top_n, exclude=unit.select(F.col("item_idx").alias("query"), F.col("item_idx").alias("target")),
+        shape=BlockShape(params.block_items, params.block_items),
+        min_score=params.min_similarity if params.min_similarity > 0 else None)
+    log.info("item factor cosine: top %d, min similarity %g, blocks of %d items",
+             params.top_n, params.min_similarity, params.block_items)
+    return top.select(F.col("query").alias("item_idx"), F.col("target").alias("neighbor_idx"),
+                      F.col("score").cast("double").alias("similarity"), "rank",
+                      F.lit(None).cast("long").alias("cooccurrence"))

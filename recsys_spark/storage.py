@@ -43,13 +43,13 @@ from pyspark.sql.types import StringType, StructField, StructType
 from recsys_spark.config import StorageConfig
 from recsys_spark.errors import ConcurrentWriteError, SchemaMismatchError, StorageError
 from recsys_spark.session import delta_jars_loaded
+from recsys_spark.tables import table_location
 
 log = logging.getLogger(__name__)
 
 WriteMode = Literal["overwrite", "append"]
 EngineName = Literal["delta-spark", "delta-rs"]
 
-_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # String statistics longer than this are left out: a truncated max would be wrong for pruning.
 _MAX_STRING_STAT = 32
@@ -107,17 +107,6 @@ class TableSummary:
     bytes: int
     last_job: str | None
     last_run_id: str | None
-
-
-def table_location(root: str, table: str) -> str:
-    """Where ``table`` lives under ``root``; names are plain identifiers, so no path escapes the root."""
-    if not _TABLE_NAME.match(table):
-        raise StorageError(
-            f"invalid table name {table!r}: use lowercase letters, digits and '_' "
-            "(a table may not point outside the table root)"
-        )
-    root = root if "://" in root else _local_abspath(root)
-    return f"{root.rstrip('/')}/{table}"
 
 
 def describe_table(root: str, table: str) -> TableSummary:
@@ -388,6 +377,13 @@ class TableStore:
     def schema(self, table: str) -> StructType:
         return _spark_schema(self._table(table).delta())
 
+    def partition_values(self, table: str, column: str) -> set[str]:
+        """Distinct values of partition column ``column`` in the latest version (empty if no table)."""
+        t = self._table(table)
+        if not t.exists():
+            return set()
+        return {p[column] for p in t.delta().partitions() if p.get(column) is not None}
+
     # -- reads -----------------------------------------------------------------------------------
 
     def read(self, table: str, version: int | None = None, where: str | None = None) -> DataFrame:
@@ -449,8 +445,16 @@ class TableStore:
         mode: WriteMode,
         commit: CommitInfo,
         partition_by: Sequence[str] = (),
+        replace: Mapping[str, str] | None = None,
+        row_group_bytes: int | None = None,
     ) -> WriteResult:
         """Commit ``df`` as a new version of ``table``; nothing is visible unless the commit lands.
+
+        Args:
+            replace: with ``mode="overwrite"``, replace only the partitions with these values
+                (e.g. {"method": "als"}) and keep the rest; every row of ``df`` must belong to them.
+            row_group_bytes: Parquet row-group size; small groups let a key lookup on sorted data
+                read one group instead of a whole file.
 
         Raises:
             SchemaMismatchError: the table exists and ``df`` has other columns or types.
@@ -463,6 +467,9 @@ class TableStore:
         missing = [p for p in partition_by if p not in df.columns]
         if missing:
             raise StorageError(f"partition columns {missing} of table {table!r} are not in the data")
+        if replace and (mode != "overwrite" or not set(replace) <= set(partition_by)):
+            raise StorageError(f"replacing partitions {dict(replace)} of table {table!r} needs mode 'overwrite' "
+                               f"and partition columns {sorted(replace)} (table partitioned by {partition_by})")
         arrow = _arrow_schema(df.schema)
         new_schema = DeltaSchema.from_arrow(arrow)
         if t.exists():
@@ -470,9 +477,10 @@ class TableStore:
         write_id = f"w{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         meta = commit.as_metadata(write_id)
         if self.engine == "delta-spark":
-            result = self._write_delta_spark(df, t, mode, partition_by, meta)
+            result = self._write_delta_spark(df, t, mode, partition_by, meta, replace, row_group_bytes)
         else:
-            result = self._write_delta_rs(df, t, mode, partition_by, arrow, new_schema, meta, write_id)
+            result = self._write_delta_rs(df, t, mode, partition_by, arrow, new_schema, meta, write_id, replace,
+                                          row_group_bytes)
         log.info("%s %s: version %d, %d rows in %d files (%s, run %s)", mode, table, result.version,
                  result.rows, result.files, result.engine, commit.run_id)
         return result
@@ -489,10 +497,17 @@ class TableStore:
             )
 
     def _write_delta_spark(self, df: DataFrame, t: _Table, mode: str, partition_by: list[str],
-                           meta: dict[str, Any]) -> WriteResult:
-        if partition_by:
+                           meta: dict[str, Any], replace: Mapping[str, str] | None,
+                           row_group_bytes: int | None) -> WriteResult:
+        if partition_by and not replace:
             df = df.repartition(*partition_by)
         writer = df.write.format("delta").mode(mode).option("userMetadata", json.dumps(meta))
+        if row_group_bytes:
+            writer = writer.option("parquet.block.size", str(row_group_bytes))
+        if replace:
+            # delta-spark itself rejects rows outside the replaced partitions
+            writer = writer.option("replaceWhere", " AND ".join(
+                f"`{k}` = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in replace.items()))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.save(t.spark_uri)
@@ -504,23 +519,34 @@ class TableStore:
 
     def _write_delta_rs(self, df: DataFrame, t: _Table, mode: str, partition_by: list[str],
                         arrow: pa.Schema, new_schema: DeltaSchema, meta: dict[str, Any],
-                        write_id: str) -> WriteResult:
+                        write_id: str, replace: Mapping[str, str] | None,
+                        row_group_bytes: int | None) -> WriteResult:
         folder = f"{t.location}/{write_id}"
-        if partition_by:
+        if partition_by and not replace:
             # One task per partition value: otherwise every task writes a small file into every
-            # partition folder (tasks x partitions files).
+            # partition folder (tasks x partitions files). A single replaced partition keeps the
+            # caller's layout (e.g. range-partitioned by a lookup key).
             df = df.repartition(*partition_by)
         writer = df.write.mode("errorifexists")
+        if row_group_bytes:
+            writer = writer.option("parquet.block.size", str(row_group_bytes))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         writer.parquet(_spark_uri(folder))
         try:
             actions = _add_actions(folder, write_id, partition_by, arrow)
+            if replace:
+                wanted = {k: str(v) for k, v in replace.items()}
+                stray = [a.path for a in actions if any(a.partition_values.get(k) != v for k, v in wanted.items())]
+                if stray:
+                    raise StorageError(f"overwriting partitions {wanted} of table {t.name!r}: the data also has "
+                                       f"rows of other partitions (e.g. {stray[0]}); nothing was written")
             props = CommitProperties(custom_metadata={"userMetadata": json.dumps(meta)},
                                      max_commit_retries=self.cfg.max_commit_retries)
             if t.exists():
                 t.delta().create_write_transaction(
                     actions, mode=mode, schema=new_schema, partition_by=partition_by or None,
+                    partition_filters=[(k, "=", str(v)) for k, v in replace.items()] if replace else None,
                     commit_properties=props)
             else:
                 create_table_with_add_actions(

@@ -6,7 +6,13 @@ is the single place code takes table names from.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Final
+
+from recsys_spark.errors import StorageError
+
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 INGESTED_FILES: Final = "ingested_files"
 ITEM_NEIGHBORS: Final = "item_neighbors"
@@ -18,6 +24,9 @@ MODELS: Final = "models"
 USER_FACTORS: Final = "user_factors"
 REJECTED_INTERACTIONS: Final = "rejected_interactions"
 USERS: Final = "users"
+USER_CANDIDATES: Final = "user_candidates"
+POPULAR_ITEMS: Final = "popular_items"
+EVALUATION_SUMMARY: Final = "evaluation_summary"
 
 #: name -> one-line meaning, in pipeline order.
 CATALOGUE: Final[dict[str, str]] = {
@@ -27,8 +36,22 @@ CATALOGUE: Final[dict[str, str]] = {
     USERS: "stable mapping original user id -> dense int user_idx",
     ITEMS: "stable mapping original item id -> dense int item_idx",
     INTERACTION_MATRIX: "one row per (user_idx, item_idx): confidence, rating, event count, last time",
-    ITEM_NEIGHBORS: "top-N most similar items per item (item-item cosine), sorted by item_idx",
+    ITEM_NEIGHBORS: "top-N neighbours per item, partitioned by method (cosine, als), sorted by item_idx",
     USER_FACTORS: "ALS user factors: user_idx, user_id, factors, model_version",
     ITEM_FACTORS: "ALS item factors: item_idx, item_id, factors, model_version",
     MODELS: "one row per training run: parameters, input versions, counts, time, loss",
+    USER_CANDIDATES: "top-k items per user, partitioned by strategy, sorted by user_id for lookups",
+    POPULAR_ITEMS: "most popular items overall and in a recent window (cold-start fallback)",
+    EVALUATION_SUMMARY: "one row per (run, split, model, metric, k): held-out evaluation results",
 }
+
+
+def table_location(root: str, table: str) -> str:
+    """Where ``table`` lives under ``root``; names are plain identifiers, so no path escapes the root."""
+    if not _TABLE_NAME.match(table):
+        raise StorageError(
+            f"invalid table name {table!r}: use lowercase letters, digits and '_' "
+            "(a table may not point outside the table root)"
+        )
+    root = root if "://" in root else str(Path(root).expanduser().resolve())
+    return f"{root.rstrip('/')}/{table}"

@@ -38,7 +38,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     tmp = tmp_path_factory.mktemp("recsys")
     return load_config(None, [
         "spark.master=local[2]", "spark.shuffle_partitions=2", "spark.ui_enabled=false",
-        "spark.driver_memory=2g", f"spark.checkpoint_dir={tmp / 'checkpoints'}",
+        "spark.driver_memory=3g", f"spark.checkpoint_dir={tmp / 'checkpoints'}",
         f"storage.root={tmp / 'warehouse'}",
     ])
 
@@ -50,6 +50,18 @@ def spark(base_config: Config) -> Iterator["SparkSession"]:  # noqa: F821
     session = build_session(base_config.spark, base_config.storage, app_name="recsys-spark-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True)
+def _release_spark_caches(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Free whatever a test left cached, so one shared driver heap lasts the whole suite."""
+    yield
+    if "spark" not in request.fixturenames:
+        return
+    session = request.getfixturevalue("spark")
+    session.catalog.clearCache()
+    for _, rdd in session.sparkContext._jsc.getPersistentRDDs().items():
+        rdd.unpersist(False)
 
 
 @pytest.fixture

@@ -124,3 +124,57 @@ def test_item_similarity_needs_the_matrix(spark, cfg) -> None:  # noqa: ANN001
 
     with pytest.raises(StorageError, match="run `recsys-spark ingest` first"):
         run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
+
+
+@pytest.mark.parametrize("block_items", [100, 3])
+def test_factor_cosine_matches_numpy(spark, block_items: int) -> None:  # noqa: ANN001
+    from recsys_spark.similarity import item_factor_cosine
+
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=(11, 4)).astype(np.float32)
+    v[7] = 0.0  # a zero vector has no direction: no neighbours, and it is nobody's neighbour
+    df = spark.createDataFrame([(i, x.tolist()) for i, x in enumerate(v)], "item_idx INT, factors ARRAY<FLOAT>")
+    params = SimilarityConfig(method="als", top_n=3, min_similarity=0.1, block_items=block_items)
+    got = item_factor_cosine(df, params).orderBy("item_idx", "rank").collect()
+
+    unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+    sim = unit.astype(np.float64) @ unit.T.astype(np.float64)
+    for i in range(11):
+        mine = [(r.neighbor_idx, r.similarity, r.rank) for r in got if r.item_idx == i]
+        if i == 7:
+            assert mine == []
+            continue
+        cand = sorted(((-sim[i, j], j) for j in range(11) if j not in (i, 7) and sim[i, j] >= 0.1))[:3]
+        assert [n for n, _, _ in mine] == [j for _, j in cand]
+        np.testing.assert_allclose([s for _, s, _ in mine], [-s for s, _ in cand], atol=1e-6)
+        assert [rk for _, _, rk in mine] == list(range(1, len(mine) + 1))
+    assert all(r.cooccurrence is None for r in got)
+
+
+def test_als_neighbours_sit_beside_cosine_ones(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+    from recsys_spark import tables as T
+    from recsys_spark.errors import StorageError
+    from recsys_spark.pipeline import run_item_similarity, run_train_als
+    from recsys_spark.run import RunContext
+
+    raw = tmp_path / "u.data"
+    raw.write_text("".join(f"{u}\t{i}\t5\t88000{u:04d}\n" for u in range(1, 21) for i in range(1, 13)
+                           if (u < 10) == (i < 7) and (u + i) % 3))
+    ingest(cfg, f"ingest.source.path={raw}", "ingest.source.preset=movielens-100k")
+    als_cfg = cfg.with_overrides(["similarity.method=als", "similarity.top_n=3", "similarity.block_items=5",
+                                  "als.rank=3", "als.max_iter=4"])
+    with pytest.raises(StorageError, match="run `recsys-spark train-als` first"):
+        run_item_similarity(spark, als_cfg, RunContext.new("item-similarity", als_cfg))
+    run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
+    cosine_rows = store.read(T.ITEM_NEIGHBORS).count()
+    run_train_als(spark, als_cfg, RunContext.new("train-als", als_cfg))
+    w = run_item_similarity(spark, als_cfg, RunContext.new("item-similarity", als_cfg))
+    nb = store.read(T.ITEM_NEIGHBORS)
+    assert nb.where("method = 'cosine'").count() == cosine_rows
+    als_rows = nb.where("method = 'als'").collect()
+    assert len(als_rows) == w.rows == 12 * 3
+    assert {r.model_version for r in als_rows} == {store.read(T.ITEM_FACTORS).first().model_version}
+    assert store.partition_values(T.ITEM_NEIGHBORS, "method") == {"cosine", "als"}
+    # re-running one method replaces only its partition: same row count, new version
+    run_item_similarity(spark, als_cfg, RunContext.new("item-similarity", als_cfg))
+    assert store.read(T.ITEM_NEIGHBORS).count() == cosine_rows + 36

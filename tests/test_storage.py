@@ -280,3 +280,25 @@ def test_partition_values_with_special_characters(spark, store: TableStore) -> N
     assert sorted((r.id, r.tag) for r in store.read("tagged").collect()) == list(enumerate(values))
     assert [r.id for r in store.read("tagged", where="tag = 'a+b'").collect()] == [0]
     assert sorted(r["tag"] for r in _arrow_rows(store.location("tagged"))) == sorted(values)
+
+
+def test_overwrite_of_one_partition_keeps_the_others(spark, store: TableStore) -> None:  # noqa: ANN001
+    rows = [(1, "a", 0.1), (2, "a", 0.2), (3, "b", 0.3)]
+    schema = "id INT, method STRING, v DOUBLE"
+    store.write(spark.createDataFrame(rows, schema), "nb", "overwrite", COMMIT, ["method"])
+    store.write(spark.createDataFrame([(9, "b", 0.9)], schema), "nb", "overwrite", COMMIT, ["method"],
+                replace={"method": "b"})
+    got = sorted((r.id, r.method) for r in store.read("nb").collect())
+    assert got == [(1, "a"), (2, "a"), (9, "b")]
+    # a new partition value is added without touching the rest
+    store.write(spark.createDataFrame([(5, "c", 0.5)], schema), "nb", "overwrite", COMMIT, ["method"],
+                replace={"method": "c"})
+    assert store.read("nb").count() == 4 and store.read("nb", version=1).count() == 3
+    # rows outside the replaced partition are refused, and nothing is committed or left behind
+    before = {p.name for p in Path(store.location("nb")).iterdir()}
+    with pytest.raises(StorageError, match="other partitions"):
+        store.write(spark.createDataFrame([(7, "a", 0.7), (8, "c", 0.8)], schema), "nb", "overwrite", COMMIT,
+                    ["method"], replace={"method": "c"})
+    assert store.version("nb") == 2 and {p.name for p in Path(store.location("nb")).iterdir()} == before
+    with pytest.raises(StorageError, match="mode 'overwrite'"):
+        store.write(spark.createDataFrame(rows, schema), "nb", "append", COMMIT, ["method"], replace={"method": "a"})

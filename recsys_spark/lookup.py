@@ -1,0 +1,248 @@
+"""Lookups of precomputed rows for downstream services, without Spark or a JVM.
+
+    from recsys_spark.lookup import Recommendations
+    recs = Recommendations.open("data/warehouse")
+    recs.for_user("u0000042", k=10)
+    recs.similar_items("i0001234", k=10)
+
+Reads the Delta tables with ``deltalake`` + ``pyarrow`` only (this module never imports pyspark, so
+a serving process stays small). Candidate and neighbour tables are written sorted by their key into
+files covering disjoint key ranges, with small row groups; a lookup therefore opens one file and
+decodes one row group, pruned by the min/max statistics of the Delta log and the Parquet footer.
+
+A long-lived reader checks for a new table version at most every ``refresh_seconds`` and then
+switches to it atomically. Delta commits are atomic, so a reader sees a whole version or the
+previous one, never a half-written one. Pinned versions never move.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from recsys_spark import tables as T
+from recsys_spark.errors import RecsysError, StorageError
+
+log = logging.getLogger(__name__)
+
+
+class UnknownItemError(RecsysError, KeyError):
+    """The item id is not in the catalogue (the items table)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One candidate for a user."""
+
+    item_id: str
+    item_idx: int
+    score: float
+    rank: int
+    source: str
+    """als, item_item, blend, or popular (cold start / unknown user)."""
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One neighbour of an item."""
+
+    item_id: str
+    item_idx: int
+    similarity: float
+    rank: int
+    method: str
+
+
+class _Table:
+    """One Delta table, at its latest or a pinned version, with cached pyarrow datasets."""
+
+    def __init__(self, root: str, name: str, version: int | None) -> None:
+        self.name = name
+        self.location = T.table_location(root, name)
+        self.pinned = version
+        self._lock = threading.Lock()
+        self._datasets: dict[Any, pads.Dataset] = {}
+        self._dt: DeltaTable | None = None
+        self.version: int | None = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            dt = DeltaTable(self.location, version=self.pinned) if self.pinned is not None else \
+                DeltaTable(self.location)
+        except TableNotFoundError:
+            if self.pinned is not None:
+                raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
+            return  # may appear later; refresh() will pick it up
+        except Exception as exc:  # e.g. a pinned version that was never written or was vacuumed
+            raise StorageError(f"cannot open table {self.name!r} at {self.location}"
+                               f"{f' version {self.pinned}' if self.pinned is not None else ''}: {exc}") from None
+        self._dt, self.version, self._datasets = dt, dt.version(), {}
+
+    @property
+    def exists(self) -> bool:
+        return self._dt is not None
+
+    def refresh(self) -> bool:
+        """Move to the newest version if there is one; True when the version changed."""
+        if self.pinned is not None:
+            return False
+        with self._lock:
+            before = self.version
+            if self._dt is None:
+                self._open()
+            else:
+                self._dt.update_incremental()
+                if self._dt.version() != before:
+                    self.version, self._datasets = self._dt.version(), {}
+            return self.version != before
+
+    def dataset(self, partition: tuple[str, str] | None = None) -> pads.Dataset:
+        if self._dt is None:
+            raise StorageError(f"table {self.name!r} does not exist at {self.location}: run the pipeline first")
+        key = (self.version, partition)
+        ds = self._datasets.get(key)
+        if ds is None:
+            # the SubTree filesystem reader; deltalake's default one can abort Python at exit
+            fs = pafs.SubTreeFileSystem(self.location, pafs.LocalFileSystem()) \
+                if "://" not in self.location else None
+            where = [(partition[0], "=", partition[1])] if partition else None
+            ds = self._dt.to_pyarrow_dataset(file_pruning_predicate=where, filesystem=fs)
+            self._datasets = {key: ds, **{k: v for k, v in self._datasets.items() if k[0] == self.version}}
+        return ds
+
+    def rows(self, key_col: str, keys: list[str], columns: list[str],
+             partition: tuple[str, str] | None = None) -> pa.Table:
+        expr = pc.field(key_col) == keys[0] if len(keys) == 1 else pc.field(key_col).isin(keys)
+        return self.dataset(partition).to_table(filter=expr, columns=columns)
+
+
+class Recommendations:
+    """Read side of the pipeline: user candidates, item neighbours and popularity lists."""
+
+    def __init__(self, root: str, *, strategy: str = "als", neighbor_method: str = "cosine",
+                 cold_start_segment: str = "recent", versions: Mapping[str, int] | None = None,
+                 refresh_seconds: float = 5.0) -> None:
+        versions = dict(versions or {})
+        unknown = set(versions) - {T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS}
+        if unknown:
+            raise StorageError(f"cannot pin {sorted(unknown)}: lookups read user_candidates, item_neighbors, "
+                               "popular_items and items")
+        self.root = root
+        self.strategy = strategy
+        self.neighbor_method = neighbor_method
+        self.cold_start_segment = cold_start_segment
+        self.refresh_seconds = refresh_seconds
+        self._tables = {name: _Table(root, name, versions.get(name))
+                        for name in (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)}
+        self._checked = time.monotonic()
+        self._popular: dict[tuple[int | None, str], list[Recommendation]] = {}
+
+    @classmethod
+    def open(cls, root: str, **kwargs: Any) -> Recommendations:
+        """Open the tables under ``root`` (see :class:`Recommendations` for the options)."""
+        return cls(root, **kwargs)
+
+    # -- versions --------------------------------------------------------------------------------
+
+    def versions(self) -> dict[str, int | None]:
+        """The table versions lookups are served from."""
+        return {name: t.version for name, t in self._tables.items()}
+
+    def refresh(self) -> bool:
+        """Pick up new table versions now; True when any changed."""
+        changed = [t.refresh() for t in self._tables.values()]
+        self._checked = time.monotonic()
+        if any(changed):
+            log.info("lookup tables now at %s", self.versions())
+        return any(changed)
+
+    def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._checked >= self.refresh_seconds:
+            self.refresh()
+
+    # -- users -----------------------------------------------------------------------------------
+
+    def for_user(self, user_id: str, k: int = 10) -> list[Recommendation]:
+        """The user's top-k candidates; the popularity list for users without any."""
+        return self.for_users([user_id], k)[user_id]
+
+    def for_users(self, user_ids: Iterable[str], k: int = 10) -> dict[str, list[Recommendation]]:
+        """Top-k candidates of several users in one read."""
+        ids = list(dict.fromkeys(str(u) for u in user_ids))
+        if not ids:
+            return {}
+        self._maybe_refresh()
+        table = self._tables[T.USER_CANDIDATES].rows(
+            "user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"],
+            ("strategy", self.strategy))
+        found: dict[str, list[Recommendation]] = {}
+        cols = table.to_pydict()
+        for uid, rank, iid, idx, score, source in zip(cols["user_id"], cols["rank"], cols["item_id"],
+                                                      cols["item_idx"], cols["score"], cols["source"]):
+            if rank <= k:
+                found.setdefault(uid, []).append(Recommendation(iid, idx, float(score), rank, source))
+        out = {}
+        for uid in ids:
+            recs = found.get(uid)
+            out[uid] = sorted(recs, key=lambda r: r.rank) if recs else self.popular(k)
+        return out
+
+    def popular(self, k: int = 10, segment: str | None = None) -> list[Recommendation]:
+        """The popularity list (``cold_start_segment`` by default), as unknown users get it."""
+        seg = segment or self.cold_start_segment
+        self._maybe_refresh()
+        t = self._tables[T.POPULAR_ITEMS]
+        key = (t.version, seg)
+        if key not in self._popular:
+            rows = t.dataset().to_table(filter=pc.field("segment") == seg,
+                                        columns=["rank", "item_id", "item_idx", "score"]).to_pydict()
+            self._popular = {key: sorted((Recommendation(i, x, float(s), r, "popular") for r, i, x, s in
+                                          zip(rows["rank"], rows["item_id"], rows["item_idx"], rows["score"])),
+                                         key=lambda r: r.rank)}
+        return self._popular[key][:k]
+
+    # -- items -----------------------------------------------------------------------------------
+
+    def similar_items(self, item_id: str, k: int = 10, method: str | None = None) -> list[Neighbor]:
+        """The item's k nearest neighbours; UnknownItemError for an id not in the catalogue."""
+        return self.similar_items_batch([item_id], k, method)[str(item_id)]
+
+    def similar_items_batch(self, item_ids: Iterable[str], k: int = 10,
+                            method: str | None = None) -> dict[str, list[Neighbor]]:
+        """Neighbours of several items in one read."""
+        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        if not ids:
+            return {}
+        self._maybe_refresh()
+        m = method or self.neighbor_method
+        table = self._tables[T.ITEM_NEIGHBORS].rows(
+            "item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", m))
+        found: dict[str, list[Neighbor]] = {}
+        cols = table.to_pydict()
+        for iid, rank, nid, nidx, sim in zip(cols["item_id"], cols["rank"], cols["neighbor_id"],
+                                             cols["neighbor_idx"], cols["similarity"]):
+            if rank <= k:
+                found.setdefault(iid, []).append(Neighbor(nid, nidx, float(sim), rank, m))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            known = set(self._tables[T.ITEMS].rows("item_id", missing, ["item_id"]).column("item_id").to_pylist())
+            unknown = [i for i in missing if i not in known]
+            if unknown:
+                raise UnknownItemError(f"unknown item id {unknown[0]!r}: it is not in the items table "
+                                       f"({self._tables[T.ITEMS].location}, version {self._tables[T.ITEMS].version})")
+        return {i: sorted(found.get(i, []), key=lambda n: n.rank) for i in ids}
