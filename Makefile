@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_OUT ?= .
 CONFIG ?= conf/local.toml
 ARGS   ?=
 
@@ -37,8 +38,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
+# BENCHMARKS.md and benchmarks.json in the repository root; ARGS="--quick" for the CI-sized smoke run
 bench: setup
-	$(BIN)/python -m recsys_spark.bench $(ARGS)
+	$(BIN)/python -m recsys_spark.bench --out $(BENCH_OUT) $(ARGS)
 
 # ML-100K on its five official folds (needs ../shared/data): the README's evaluation table.
 evaluate-ml100k: setup

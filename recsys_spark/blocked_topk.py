@@ -41,50 +41,72 @@ class BlockShape:
     query_block: int = 4096
     """Queries per block: one block's vectors, exclusions and partial results live in one task."""
 
-    target_block: int = 16384
+    target_block: int = 65536
     """Targets per block: catalogues larger than this are scored block by block and merged."""
 
 
+#: The first 1/_SAMPLE_DIVISOR of a row's columns (at least 2k) give a lower bound of its k-th score.
+_SAMPLE_DIVISOR = 16
+
+
 def top_k_rows(scores: np.ndarray, target_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's k best columns by (score desc, target id asc); -inf (excluded) entries never count.
+    """Each row's k best columns by (score desc, target id asc); -inf (excluded) and NaN entries never count.
 
     Returns (row, column, score) triples ordered by row, then best first.
+
+    Selection is exact but avoids a full ``argpartition`` of every row, which costs several times
+    the GEMM that produced the scores: the k-th best score of a column sample is a lower bound of
+    the row's k-th best, so one vectorised comparison keeps a few candidates per row, and only
+    those are partitioned and sorted.
     """
     n_rows, n_cols = scores.shape
     kk = min(k, n_cols)
     if n_rows == 0 or kk == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, np.empty(0, dtype=scores.dtype)
-    if kk < n_cols:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    m = max(2 * kk, n_cols // _SAMPLE_DIVISOR)
+    if m < n_cols:
+        # NaN sorts last in np.partition, so a NaN bound keeps nothing of its row: NaN scores never count
+        bound = np.partition(scores[:, :m], m - kk, axis=1)[:, m - kk]
+        rows, cols = np.nonzero(scores >= bound[:, None])
+        vals = scores[rows, cols]
+        keep = vals >= _kth_per_row(rows, vals, n_rows, kk)[rows]
+        rows, cols, vals = rows[keep], cols[keep], vals[keep]
     else:
-        part = np.broadcast_to(np.arange(n_cols), (n_rows, n_cols)).copy()
-    chosen = np.take_along_axis(scores, part, axis=1)
-    if kk < n_cols:
-        # argpartition breaks ties at the k-th score arbitrarily; rows whose k-th score is shared by
-        # more columns than were chosen are redone exactly (rare with float scores).
-        kth = chosen.min(axis=1)
-        # a row whose k-th score is -inf has fewer than k candidates: its -inf picks are dropped below
-        tied_rows = np.flatnonzero(((scores >= kth[:, None]).sum(axis=1) > kk) & (kth > -np.inf))
-        for r in tied_rows:
-            cand = np.flatnonzero(scores[r] >= kth[r])
-            best = cand[np.lexsort((target_ids[cand], -scores[r, cand]))][:kk]
-            part[r] = best
-            chosen[r] = scores[r, best]
-    order = _row_order(chosen, target_ids[part])
-    part = np.take_along_axis(part, order, axis=1)
-    chosen = np.take_along_axis(chosen, order, axis=1)
-    keep = chosen > -np.inf  # excluded pairs (and NaN) never count
-    rows = np.broadcast_to(np.arange(n_rows)[:, None], part.shape)
-    return rows[keep], part[keep], chosen[keep]
+        rows, cols = np.nonzero(scores > -np.inf)
+        vals = scores[rows, cols]
+    keep = vals > -np.inf
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    ascending = bool(np.all(target_ids[1:] > target_ids[:-1]))
+    order = _best_first(rows, vals, target_ids[cols], ids_ascending=ascending)
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = _ranks(rows) <= kk
+    return rows[first], cols[first], vals[first]
 
 
-def _row_order(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Per-row permutation sorting by score desc, then id asc."""
-    n_rows, width = scores.shape
-    row = np.repeat(np.arange(n_rows), width)
-    flat = np.lexsort((ids.ravel(), -scores.ravel(), row))
-    return (flat - row * width).reshape(n_rows, width)
+def _kth_per_row(rows: np.ndarray, vals: np.ndarray, n_rows: int, k: int) -> np.ndarray:
+    """The k-th largest of each row's candidate values (``rows`` sorted), -inf where a row has fewer."""
+    counts = np.bincount(rows, minlength=n_rows)
+    width = max(int(counts.max(initial=0)), k)
+    starts = np.cumsum(counts) - counts
+    padded = np.full((n_rows, width), -np.inf, dtype=vals.dtype)
+    padded[rows, np.arange(len(rows)) - starts[rows]] = vals
+    return np.partition(padded, width - k, axis=1)[:, width - k]
+
+
+def _descending_key(vals: np.ndarray) -> np.ndarray:
+    """int64 keys whose ascending order is the float32 values' descending order (IEEE bit trick)."""
+    bits = (vals.astype(np.float32) + np.float32(0)).view(np.uint32).astype(np.int64)  # -0.0 becomes +0.0
+    ascending = np.where(bits & 0x80000000, 0xFFFFFFFF - bits, bits | 0x80000000)
+    return 0xFFFFFFFF - ascending
+
+
+def _best_first(rows: np.ndarray, vals: np.ndarray, ids: np.ndarray, ids_ascending: bool) -> np.ndarray:
+    """Permutation ordering entries by (row asc, value desc, id asc)."""
+    if ids_ascending and vals.dtype == np.float32:
+        # entries arrive in column order, so a stable sort on one int64 key leaves ties by id already
+        return np.argsort((rows.astype(np.int64) << 32) | _descending_key(vals), kind="stable")
+    return np.lexsort((ids, -vals, rows))
 
 
 def score_block(queries: np.ndarray, targets: np.ndarray, target_ids: np.ndarray, k: int,
@@ -194,6 +216,8 @@ def _score_cell(cell: pa.RecordBatch, k: int, min_score: float | None, qb_size: 
     qb, tb = cell.column("qb")[0].as_py(), cell.column("tb")[0].as_py()
     q_ids, q_vec = _vectors(cell.column("q"))
     t_ids, t_vec = _vectors(cell.column("t"))
+    by_id = np.argsort(t_ids, kind="stable")  # columns in id order make ties resolve in the fast path
+    t_ids, t_vec = t_ids[by_id], t_vec[by_id]
     if q_vec.shape[1] != t_vec.shape[1]:
         raise ValueError(f"query vectors have length {q_vec.shape[1]}, target vectors {t_vec.shape[1]}")
     ex_q = cell.column("ex_q").flatten().to_numpy(zero_copy_only=False).astype(np.int64)

@@ -350,7 +350,7 @@ class SimilarityConfig(_Section):
     """method cosine: a longer user history is cut to its strongest items before pairing (cost grows
     with its square)."""
 
-    block_items: int = Field(8192, ge=1, le=1_000_000)
+    block_items: int = Field(32768, ge=1, le=1_000_000)
     """method als: items per block of the dense item x item product; one task holds two blocks of
     factors and a bounded score buffer, so memory does not grow with the catalogue."""
 
@@ -420,8 +420,10 @@ class CandidatesConfig(_Section):
     user_block: int = Field(4096, ge=1)
     """als: users per block of the blocked top-k (one task holds one user block)."""
 
-    item_block: int = Field(16384, ge=1)
-    """als: items per block; larger catalogues are scored block by block and merged."""
+    item_block: int = Field(65536, ge=1)
+    """als: items per block; larger catalogues are scored block by block and merged in a second
+    pass. A task holds one block of item factors (65,536 x rank 32 floats = 8 MiB) and a 16 MiB
+    score buffer whatever the block size, so one block up to this size avoids the merge shuffle."""
 
     rows_per_file: int = Field(2_000_000, ge=1000)
     """Lookup layout: rows per output file. Files are range-partitioned by user_id, so a key's

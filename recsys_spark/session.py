@@ -30,6 +30,16 @@ _REQUIRED_CONF = {
 }
 
 
+#: How much finished-work history the driver retains (see build_session).
+_STATUS_RETENTION = {
+    "spark.sql.ui.retainedExecutions": "50",
+    "spark.ui.retainedJobs": "100",
+    "spark.ui.retainedStages": "100",
+    "spark.ui.retainedTasks": "10000",
+    "spark.ui.retainedDeadExecutors": "10",
+}
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was launched by spark-submit (the JVM is already up)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -71,6 +81,11 @@ def build_session(cfg: SparkConfig, storage: StorageConfig | None = None, app_na
         default("spark.ui.enabled", str(cfg.ui_enabled).lower())
         default("spark.ui.showConsoleProgress", "false")
     default("spark.executorEnv.OPENBLAS_NUM_THREADS", "1")
+    # The driver keeps a status record (plan, metrics) of every SQL execution, job, stage and task,
+    # UI or not; a pipeline runs thousands of executions with large plans, and the defaults
+    # (1000 executions, 100k tasks per stage) let that history crowd out the heap of a long job.
+    for key, value in _STATUS_RETENTION.items():
+        default(key, value)
     default("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
         default(key, value)

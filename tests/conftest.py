@@ -38,7 +38,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     tmp = tmp_path_factory.mktemp("recsys")
     return load_config(None, [
         "spark.master=local[2]", "spark.shuffle_partitions=2", "spark.ui_enabled=false",
-        "spark.driver_memory=3g", f"spark.checkpoint_dir={tmp / 'checkpoints'}",
+        "spark.driver_memory=4g", f"spark.checkpoint_dir={tmp / 'checkpoints'}",
         f"storage.root={tmp / 'warehouse'}",
     ])
 

@@ -53,6 +53,32 @@ def test_top_k_rows_drops_excluded_and_handles_short_rows() -> None:
     assert c.tolist() == [1]
 
 
+@pytest.mark.parametrize("n_cols", [5, 40, 3000])
+@pytest.mark.parametrize("shuffled_ids", [False, True])
+def test_top_k_rows_matches_a_full_sort(n_cols: int, shuffled_ids: bool) -> None:
+    """The sampled-bound selection is exact: heavy ties, excluded entries, NaN and rows with few candidates."""
+    rng = np.random.default_rng(n_cols)
+    scores = rng.integers(0, 6, size=(50, n_cols)).astype(np.float32) / 4  # many exact ties
+    scores[rng.random(scores.shape) < 0.3] = -np.inf
+    scores[3, :] = -np.inf  # no candidate at all
+    scores[4, : n_cols - 2] = -np.inf  # fewer candidates than k
+    scores[5, 1] = np.nan
+    scores[6, :] = -0.0
+    scores[6, ::2] = 0.0  # -0.0 and +0.0 tie
+    ids = rng.permutation(n_cols) + 100 if shuffled_ids else np.arange(n_cols) + 100
+    k = 7
+    r, c, s = top_k_rows(scores, ids, k)
+    want_r, want_id, want_s = [], [], []
+    for i in range(scores.shape[0]):
+        cand = sorted((-float(v), int(ids[j])) for j, v in enumerate(scores[i]) if v > -np.inf)[:k]
+        want_r += [i] * len(cand)
+        want_id += [j for _, j in cand]
+        want_s += [-v for v, _ in cand]
+    assert r.tolist() == want_r
+    assert ids[c].tolist() == want_id
+    assert s.tolist() == want_s
+
+
 def test_score_block_chunks_and_masks(monkeypatch: pytest.MonkeyPatch) -> None:
     import recsys_spark.blocked_topk as bt
 

@@ -114,7 +114,9 @@ def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, sto
     assert result.rows == len(rows) == 6
     assert {r.method for r in rows} == {"cosine"} and len({r.model_version for r in rows}) == 1
     meta = store.history(T.ITEM_NEIGHBORS)[0].metadata
-    assert meta["input_versions"] == {T.INTERACTION_MATRIX: store.version(T.INTERACTION_MATRIX)}
+    # items is an input too: its ids are joined into the lookup table
+    assert meta["input_versions"] == {T.INTERACTION_MATRIX: store.version(T.INTERACTION_MATRIX),
+                                      T.ITEMS: store.version(T.ITEMS)}
 
 
 def test_item_similarity_needs_the_matrix(spark, cfg) -> None:  # noqa: ANN001

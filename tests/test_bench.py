@@ -1,0 +1,36 @@
+"""The benchmark suite's --quick mode (what CI runs): every benchmark still works end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from recsys_spark.bench import cli
+
+
+def test_quick_benchmarks_write_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, "-m", "recsys_spark.bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, check=False, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads((out / "benchmarks.json").read_text())
+    report = (out / "BENCHMARKS.md").read_text()
+    assert results["quick"] is True
+    for name in cli.BENCHMARKS:
+        assert name in results, name
+        assert results[name]["wall_s"] > 0
+    sections = [line for line in report.splitlines() if line.startswith("## ")]
+    assert len(sections) >= len(cli.BENCHMARKS), sections
+    assert not re.search(r"\bnan\b", report, re.IGNORECASE), "a figure came out as NaN"
+
+
+def test_unknown_benchmark_is_refused(capsys) -> None:  # noqa: ANN001
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--only", "nope"])
+    assert exc.value.code == 2
+    assert "unknown benchmark(s) ['nope']" in capsys.readouterr().err
