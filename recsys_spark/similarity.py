@@ -50,7 +50,11 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
     """
     value = F.lit(1.0) if params.weighting == "binary" else F.col("confidence").cast("double")
     ratings = matrix.select("user_idx", "item_idx", value.alias("r")).where(F.col("r") > 0)
-    capped = cap_user_history(ratings, params.max_user_items, "r")
+    # An explicit partition count by user: the self-join below then needs no further exchange, all
+    # its readers share this one, and adaptive execution cannot coalesce the (small) capped matrix
+    # into a single partition, which would run the whole pairing on one core.
+    parts = int(matrix.sparkSession.conf.get("spark.sql.shuffle.partitions"))
+    capped = cap_user_history(ratings, params.max_user_items, "r").repartition(parts, "user_idx")
     norms = item_norms(capped)
     left = capped.select("user_idx", F.col("item_idx").alias("i"), F.col("r").alias("ri"))
     right = capped.select("user_idx", F.col("item_idx").alias("j"), F.col("r").alias("rj"))
@@ -63,9 +67,11 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
     sims = (dots.join(F.broadcast(ni), "i").join(F.broadcast(nj), "j")  # one row per item: small
             .select("i", "j", (F.col("dot") / (F.col("ni") * F.col("nj"))).alias("similarity"), "cooccurrence")
             .where(F.col("similarity") >= params.min_similarity))
-    both = sims.select(F.col("i").alias("item_idx"), F.col("j").alias("neighbor_idx"), "similarity", "cooccurrence") \
-        .unionByName(sims.select(F.col("j").alias("item_idx"), F.col("i").alias("neighbor_idx"), "similarity",
-                                 "cooccurrence"))
+    # both directions from one pass: a union of two projections would plan the self-join twice
+    pair = F.explode(F.array(F.struct(F.col("i").alias("a"), F.col("j").alias("b")),
+                             F.struct(F.col("j").alias("a"), F.col("i").alias("b")))).alias("p")
+    both = sims.select(pair, "similarity", "cooccurrence").select(
+        F.col("p.a").alias("item_idx"), F.col("p.b").alias("neighbor_idx"), "similarity", "cooccurrence")
     result = top_n_per_item(both, params.top_n).select(
         "item_idx", "neighbor_idx", "similarity", F.col("rank").cast("int").alias("rank"), "cooccurrence")
     log.info("item cosine: %s weighting, top %d, min similarity %g, min co-occurrence %d, histories capped at %d",

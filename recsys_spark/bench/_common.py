@@ -37,6 +37,30 @@ class BenchContext:
     sizes: dict[str, int] = field(default_factory=dict)
     """Problem sizes by name (events, lookup_users, topk_users, ...), already scaled for --quick."""
 
+    _warehouses: dict[int, tuple[Config, int, float]] = field(default_factory=dict)
+
+    def synthetic_warehouse(self, events: int) -> tuple[Config, int, float]:
+        """A config whose table root holds ``events`` synthetic events, generated and ingested once per
+        run and size (benchmarks of the same size share it); (config, events written, seconds it took)."""
+        if events not in self._warehouses:
+            from recsys_spark.pipeline import run_generate, run_ingest
+            from recsys_spark.run import RunContext
+
+            folder = self.work / f"synthetic-{events}"
+            # same users/items per event as the CLI's synthetic data; a small log in fewer files
+            # spares ingest per-file overhead (the seed still fixes the data)
+            partitions = max(2, min(self.cfg.generate.partitions, events // 100_000))
+            cfg = self.cfg.with_overrides([
+                f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
+                f"generate.num_items={max(100, events // 50)}", f"generate.partitions={partitions}",
+                f"generate.output={folder / 'raw'}", f"ingest.source.path={folder / 'raw'}",
+                "ingest.source.preset=synthetic", f"storage.root={folder / 'warehouse'}"])
+            start = time.perf_counter()
+            _, written = run_generate(self.spark, cfg)
+            run_ingest(self.spark, cfg, RunContext.new("bench-data", cfg))
+            self._warehouses[events] = (cfg, written, time.perf_counter() - start)
+        return self._warehouses[events]
+
 
 def timed(fn: Callable[[], Any], repeats: int, setup: Callable[[], None] | None = None) -> list[float]:
     times = []
@@ -64,6 +88,32 @@ def percentile(sorted_values: list[float], pct: float) -> float:
 BUSY_MACHINE_PERCENT = 10.0
 
 
+def _process_table() -> dict[int, tuple[int, list[str]]]:
+    """pid -> (parent pid, the /proc/<pid>/stat fields after the command name), for every process."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        table[int(stat.parent.name)] = (int(fields[1]), fields)
+    return table
+
+
+def _tree_sum(table: dict[int, tuple[int, list[str]]], root: int, value: Callable[[list[str]], float]) -> float:
+    """Sum of ``value(fields)`` over ``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, frontier = 0.0, [root]
+    while frontier:
+        pid = frontier.pop()
+        if pid in table:
+            total += value(table[pid][1])
+        frontier += children.get(pid, [])
+    return total
+
+
 def cpu_seconds() -> tuple[float, float] | None:
     """(busy CPU seconds of the whole machine, of this process and its descendants) so far; None off Linux.
 
@@ -74,22 +124,10 @@ def cpu_seconds() -> tuple[float, float] | None:
         tick = os.sysconf("SC_CLK_TCK")
         cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         busy = (sum(cpu) - cpu[3] - cpu[4]) / tick  # all but idle and iowait
-        parent, used = {}, {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # exited meanwhile
-            pid = int(stat.parent.name)
-            parent[pid] = int(fields[1])
-            used[pid] = sum(int(v) for v in fields[11:15]) / tick  # utime, stime, cutime, cstime
+        # utime, stime, cutime, cstime
+        ours = _tree_sum(_process_table(), os.getpid(), lambda f: sum(int(v) for v in f[11:15]) / tick)
     except (OSError, ValueError, IndexError):
         return None
-    ours, frontier = 0.0, [os.getpid()]
-    while frontier:
-        pid = frontier.pop()
-        ours += used.get(pid, 0.0)
-        frontier += [child for child, p in parent.items() if p == pid]
     return busy, ours
 
 
@@ -130,23 +168,8 @@ def faster(ratio: float) -> str:
 
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of ``root`` and all its descendants (the JVM, Python workers), from /proc."""
-    parent: dict[int, int] = {}
-    rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited meanwhile
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        rss[pid] = int(fields[21]) * page
-    total, frontier = 0, [root]
-    while frontier:
-        pid = frontier.pop()
-        total += rss.get(pid, 0)
-        frontier += [child for child, p in parent.items() if p == pid]
-    return total
+    return int(_tree_sum(_process_table(), root, lambda f: int(f[21]) * page))
 
 
 class PeakRss:

@@ -56,7 +56,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     points.append(_ml100k_point(ctx, threads))
     from recsys_spark.als import blas_in_use
 
-    return {"threads": threads, "jvm_blas": blas_in_use(spark), "implicit_blas": _implicit_blas(),
+    return {"quick": ctx.quick, "threads": threads, "jvm_blas": blas_in_use(spark), "implicit_blas": _implicit_blas(),
             "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
             "target_ratio": _TARGET_RATIO, "points": points}
 
@@ -64,22 +64,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 # -- data ----------------------------------------------------------------------------------------
 
 def _synthetic_matrix(ctx: BenchContext) -> tuple[Config, DataFrame]:
-    """Generate and ingest ``als_events`` synthetic events into a private warehouse; its interaction_matrix."""
-    from recsys_spark.pipeline import run_generate, run_ingest
-    from recsys_spark.run import RunContext
+    """``als_events`` synthetic events (generated and ingested once per run and size); its interaction_matrix."""
     from recsys_spark.storage import TableStore
 
-    events = ctx.sizes["als_events"]
-    raw = ctx.work / "als-raw"
-    # same users/items per event as the CLI's synthetic data, so --als-events scales like --events
-    cfg = ctx.cfg.with_overrides([
-        f"generate.output={raw}", f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
-        f"generate.num_items={max(100, events // 50)}", f"ingest.source.path={raw}",
-        "ingest.source.preset=synthetic", f"storage.root={ctx.work / 'als-warehouse'}"])
-    start = time.perf_counter()
-    run_generate(ctx.spark, cfg)
-    run_ingest(ctx.spark, cfg, RunContext.new("bench-als", cfg))
-    log.info("als bench: %d synthetic events generated and ingested in %.1f s", events, time.perf_counter() - start)
+    cfg, _, seconds = ctx.synthetic_warehouse(ctx.sizes["als_events"])
+    log.info("als bench: %d synthetic events ready (%.1f s)", ctx.sizes["als_events"], seconds)
     return cfg, TableStore(ctx.spark, cfg.storage).read("interaction_matrix")
 
 
@@ -89,13 +78,16 @@ def _shared_data() -> Path:
 
 def _ml100k_als(cfg: Config) -> list[str]:
     """``als.*`` overrides from conf/movielens-100k.toml: ML-100K is benchmarked with its own preset's ALS."""
+    import json
+
     import tomllib
 
     path = _REPO / "conf" / "movielens-100k.toml"
     if not path.is_file():
         return []
     als = tomllib.loads(path.read_text(encoding="utf-8")).get("als", {})
-    return [f"als.{k}={v}" for k, v in als.items() if k in type(cfg.als).model_fields]
+    # overrides are parsed as TOML literals: JSON spells scalars the same way (true, 0.05, "implicit")
+    return [f"als.{k}={json.dumps(v)}" for k, v in als.items() if k in type(cfg.als).model_fields]
 
 
 def _ml100k_point(ctx: BenchContext, threads: int) -> dict[str, Any]:
@@ -141,23 +133,35 @@ def _training_rows(train: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 # -- contenders ----------------------------------------------------------------------------------
 
-def _slopes(fit: Callable[..., float], lo: int, hi: int, repeats: int,
-            check: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    """Fits at lo and hi iterations, interleaved per repetition; per-iteration slope and totals.
+class _Contender:
+    """One timed contender of the slope method: a fit timer, its (lo, hi) iterations, an optional check."""
 
-    ``check`` inspects the model of the last hi fit (the sanity check costs no extra fit).
+    def __init__(self, fit: Callable[..., float], lo: int, hi: int, check: Callable[[Any], None] | None = None):
+        self.fit, self.lo, self.hi, self.check = fit, lo, hi, check
+        self.t_lo: list[float] = []
+        self.t_hi: list[float] = []
+
+    @property
+    def slopes(self) -> list[float]:
+        return [(b - a) / (self.hi - self.lo) for a, b in zip(self.t_lo, self.t_hi)]
+
+    def result(self) -> dict[str, Any]:
+        per_iter = statistics.median(self.slopes)
+        return {"iterations": [self.lo, self.hi], "per_iter": summary(self.slopes), "total": summary(self.t_hi),
+                "lo_total": summary(self.t_lo), "fixed_s": statistics.median(self.t_lo) - self.lo * per_iter}
+
+
+def _interleaved(contenders: dict[str, _Contender], repeats: int) -> None:
+    """Time every contender's lo and hi fit once per repetition, contender after contender.
+
+    On a shared machine the load drifts over minutes; interleaving puts every repetition of every
+    contender under roughly the same load, so the per-repetition ratios are fair even when the
+    absolute times are not. ``check`` inspects the model of a contender's last hi fit (no extra fit).
     """
-    t_lo, t_hi, slopes = [], [], []
     for rep in range(repeats):
-        a = fit(lo)
-        b = fit(hi, check=check if rep == repeats - 1 else None)
-        t_lo.append(a)
-        t_hi.append(b)
-        slopes.append((b - a) / (hi - lo))
-    per_iter = statistics.median(slopes)
-    return {"per_iter": {**summary(slopes), "median_s": per_iter},
-            "total": summary(t_hi), "lo_total": summary(t_lo),
-            "fixed_s": statistics.median(t_lo) - lo * per_iter}
+        for c in contenders.values():
+            c.t_lo.append(c.fit(c.lo))
+            c.t_hi.append(c.fit(c.hi, check=c.check if rep == repeats - 1 else None))
 
 
 def _ours(spark: SparkSession, train: DataFrame, als: AlsConfig, threads: int) -> Callable[..., float]:
@@ -216,8 +220,10 @@ def _implicit_blas() -> str:
         # numpy and scipy may each bundle an OpenBLAS; implicit's kernels call scipy's
         libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
         libs = [i for i in libs if "scipy" in i.get("filepath", "") and "numpy" not in i["filepath"]] or libs
-        return ", ".join(sorted({f"{i['internal_api']} {i.get('version') or ''} {i.get('architecture') or ''}".strip() for i in libs})) or "unknown"
-    except Exception:  # informational only
+        names = {" ".join(str(i.get(k) or "") for k in ("internal_api", "version", "architecture")).strip()
+                 for i in libs}
+        return ", ".join(sorted(names)) or "unknown"
+    except (ImportError, OSError, KeyError):  # informational only
         return "unknown"
 
 
@@ -268,40 +274,45 @@ def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, a
             sanity["implicit_users"], sanity["implicit_items"] = list(uf.shape), list(itf.shape)
             sanity["implicit_finite"] = bool(np.isfinite(uf).all() and np.isfinite(itf).all())
 
-        ours(1)  # warm-up: JIT, shuffle code paths, block building of this frame's plan
-        result_ours = _slopes(ours, lo, hi, ctx.repeats, check_ours)
-        log.info("als bench %s: ours %.2f s per iteration", name, result_ours["per_iter"]["median_s"])
+        ours(1)  # warm-ups: JIT, shuffle code paths, block building of this frame's plan; implicit's threads
         theirs(1)
-        result_cg = _slopes(theirs, lo, hi, ctx.repeats, check_theirs)
-        # the exact solver only separates algorithm from engine; its fixed cost is negligible, so a
-        # short slope measures it at a fraction of the cost of the full iteration counts
-        result_chol = _slopes(lambda n, check=None: theirs(n, use_cg=False), *_CHOLESKY_ITERATIONS, ctx.repeats)
-        log.info("als bench %s: implicit %.3f s (CG), %.3f s (Cholesky) per iteration", name,
-                 result_cg["per_iter"]["median_s"], result_chol["per_iter"]["median_s"])
+        timed = {
+            "ours": _Contender(ours, lo, hi, check_ours),
+            "implicit_cg": _Contender(theirs, lo, hi, check_theirs),
+            # the exact solver only separates algorithm from engine; its fixed cost is negligible, so a
+            # short slope measures it at a fraction of the cost of the full iteration counts
+            "implicit_cholesky": _Contender(lambda n, check=None: theirs(n, use_cg=False), *_CHOLESKY_ITERATIONS),
+        }
+        _interleaved(timed, ctx.repeats)
+        results = {k: c.result() for k, c in timed.items()}
+        pair_ratios = [a / b for a, b in zip(timed["ours"].slopes, timed["implicit_cg"].slopes) if a > 0 and b > 0]
+        log.info("als bench %s: per iteration ours %.2f s, implicit %.3f s (CG), %.3f s (Cholesky)", name,
+                 *(results[k]["per_iter"]["median_s"] for k in ("ours", "implicit_cg", "implicit_cholesky")))
         sanity["same_shape"] = (sanity["ours_users"] == sanity["implicit_users"]
                                 and sanity["ours_items"] == sanity["implicit_items"])
         prof = _profile(train, als, ours, threads, lo, hi) if profile else None
     finally:
         train.unpersist()
     flops = _normal_equation_flops(len(values), n_users, n_items, als.rank)
-    per = {"ours": result_ours["per_iter"]["median_s"], "implicit_cg": result_cg["per_iter"]["median_s"],
-           "implicit_cholesky": result_chol["per_iter"]["median_s"]}
+    per = {k: r["per_iter"]["median_s"] for k, r in results.items()}
 
-    def ratio(a: float, b: float) -> float:
-        return a / b if b > 0 else float("inf")
+    def ratio(a: float, b: float) -> float | None:
+        # a slope at or below zero is noise (tiny --quick data): no meaningful ratio
+        return a / b if a > 0 and b > 0 else None
 
     return {
         "name": name, "what": what, "rows": len(values), "users": n_users, "items": n_items,
         "params": {"rank": als.rank, "reg_param": als.reg_param, "alpha": als.alpha, "seed": als.seed,
                    "iterations": hi, "slope_iterations": [lo, hi], "checkpoint_interval": als.checkpoint_interval,
                    "blocks": als.num_user_blocks or threads},
-        "ours": {"what": "recsys-spark fit_als (MLlib ALS, implicit prefs, exact Cholesky solve)",
-                 "iterations": [lo, hi], **result_ours},
+        "ours": {"what": "recsys-spark fit_als (MLlib ALS, implicit prefs, exact Cholesky solve)", **results["ours"]},
         "implicit_cg": {"what": "implicit AlternatingLeastSquares (its default: conjugate gradient, 3 steps)",
-                        "iterations": [lo, hi], **result_cg},
+                        **results["implicit_cg"]},
         "implicit_cholesky": {"what": "implicit AlternatingLeastSquares(use_cg=False) (exact Cholesky, as MLlib)",
-                              "iterations": list(_CHOLESKY_ITERATIONS), **result_chol},
+                              **results["implicit_cholesky"]},
         "ratio": ratio(per["ours"], per["implicit_cg"]),
+        # ours / implicit within each repetition (both measured back to back under the same load)
+        "ratio_per_repetition": summary(pair_ratios) if pair_ratios else None,
         "ratio_cholesky": ratio(per["ours"], per["implicit_cholesky"]),
         "ratio_cholesky_vs_cg": ratio(per["implicit_cholesky"], per["implicit_cg"]),
         "gflop_per_iter": flops / 1e9,
@@ -365,19 +376,29 @@ def _floor(r: dict[str, Any]) -> float | None:
     return None
 
 
+def _x(ratio: float | None) -> str:
+    return "n/a (a slope within the noise)" if ratio is None else f"{ratio:.1f}×"
+
+
 def _point_lines(p: dict[str, Any], r: dict[str, Any]) -> list[str]:
     target, q, s = r["target_ratio"], p["params"], p["sanity"]
-    met = p["ratio"] <= target
-    text = (f"**{p['what']}**: ours takes **{p['ratio']:.1f}×** implicit's time per iteration (target ≤ {target:.0f}×: "
-            f"{'met' if met else '**missed**'}) and {p['ratio_cholesky']:.1f}× that of implicit's exact Cholesky "
-            f"solver, the algorithm MLlib uses. {p['rows']:,} matrix rows, {p['users']:,} users × {p['items']:,} "
-            f"items; rank {q['rank']}, reg {q['reg_param']:g}, alpha {q['alpha']:g}, seed {q['seed']}, "
-            f"{q['blocks']} user/item blocks, checkpoint every {q['checkpoint_interval']} iterations.")
+    met = p["ratio"] is not None and p["ratio"] <= target
+    verdict = ("not judged at --quick sizes" if r.get("quick") else "met" if met else
+               "**missed**" if p["ratio"] is not None else "not judged")
+    rep = p.get("ratio_per_repetition")
+    spread = (f"; per repetition, both timed back to back, {rep['min_s']:.1f}–{rep['max_s']:.1f}×"
+              if rep and rep["runs"] > 1 else "")
+    text = (f"**{p['what']}**: time per iteration, ours / implicit: **{_x(p['ratio'])}** (target ≤ {target:.0f}×: "
+            f"{verdict}{spread}); ours / implicit's exact Cholesky solver, the algorithm MLlib uses: "
+            f"{_x(p['ratio_cholesky'])}. {p['rows']:,} matrix rows, {p['users']:,} users × {p['items']:,} items; "
+            f"rank {q['rank']}, reg {q['reg_param']:g}, alpha {q['alpha']:g}, seed {q['seed']}, {q['blocks']} "
+            f"user/item blocks, checkpoint every {q['checkpoint_interval']} iterations.")
     floor = _floor(r)
-    if not met and floor is not None and p.get("profile") is None:
-        text += (f" Why: the data is small, and Spark's per-iteration scheduling floor alone ({_fmt(floor)} s, "
-                 f"measured on the synthetic sample below) is {floor / p['implicit_cg']['per_iter']['median_s']:.1f}× "
-                 "implicit's whole iteration here.")
+    if verdict == "**missed**" and floor is not None and p.get("profile") is None:
+        text += (f" Why: the data is small, so ours' iteration ({_fmt(p['ours']['per_iter']['median_s'])} s) is "
+                 f"mostly Spark's per-iteration scheduling floor ({_fmt(floor)} s on the synthetic 1% sample below, "
+                 f"measured at another moment of the run), while implicit's whole iteration takes "
+                 f"{_fmt(p['implicit_cg']['per_iter']['median_s'])} s.")
     ok = s.get("ours_finite") and s.get("implicit_finite") and s.get("same_shape")
     text += (" Sanity: both factorisations are finite and of the same shape "
              f"({s['ours_users'][0]:,}×{s['ours_users'][1]} users, {s['ours_items'][0]:,}×{s['ours_items'][1]} items)."
@@ -390,8 +411,10 @@ def _profile_lines(p: dict[str, Any], r: dict[str, Any]) -> list[str]:
     per = ours["per_iter"]["median_s"]
     floor = prof["floor"]["per_iter_s"]
     lines = [f"Profile of ours on the {p['name']} data:", "",
-             f"- fixed cost of a fit (the slope's intercept: reading the frame, building the in/out blocks, the "
-             f"first shuffles, materialising the factors): {_fmt(ours['fixed_s'])} s; then {_fmt(per)} s per iteration.",
+             "- fixed cost of a fit (the slope's intercept: reading the frame, building the in/out blocks, the "
+             "first shuffles, materialising the factors): "
+             + (f"{_fmt(ours['fixed_s'])} s" if ours["fixed_s"] > 0 else "within the noise")
+             + f"; then {_fmt(per)} s per iteration.",
              f"- scheduling floor: on a {prof['floor']['rows']:,}-row sample (~{_FLOOR_SAMPLE:.0%}) of the same matrix "
              + (f"an iteration still takes {_fmt(floor)} s" if floor > 0 else
                 "the per-iteration time is too small to separate from the noise")
@@ -400,26 +423,28 @@ def _profile_lines(p: dict[str, Any], r: dict[str, Any]) -> list[str]:
     if "ours" in g and "implicit_cholesky" in g:
         lines.append(f"- arithmetic: an exact iteration is {p['gflop_per_iter']:.2f} GFLOP (a packed rank-1 update "
                      f"per rating and side, a Cholesky solve per row); ours sustains {g['ours']:.2f} GFLOP/s on it, "
-                     f"implicit's exact solver {g['implicit_cholesky']:.2f} GFLOP/s on the same {r['threads']} threads. "
-                     f"implicit's default conjugate-gradient solver does 3 O(nnz·k) steps instead, "
-                     f"{p['ratio_cholesky_vs_cg']:.1f}× less time than its exact solver.")
+                     f"implicit's exact solver {g['implicit_cholesky']:.2f} GFLOP/s on the same {r['threads']} "
+                     "threads. "
+                     f"implicit's default conjugate-gradient solver does 3 O(nnz·k) steps instead (time per iteration, "
+                     f"exact / CG: {_x(p['ratio_cholesky_vs_cg'])}).")
     for v in prof["variants"].values():
         lines.append(f"- {v['what']}: {_fmt(v['total_s'])} s against {_fmt(v['default_s'])} s for the default fit "
-                     f"just before it ({v['ratio'] - 1:+.0%}; {prof['iterations']} iterations, one pair).")
+                     f"just before it ({v['ratio'] - 1:+.0%}; {prof['iterations']} iteration"
+                     f"{'s' if prof['iterations'] != 1 else ''} each, one pair).")
     return lines
 
 
 def _conclusion(p: dict[str, Any], r: dict[str, Any]) -> str:
     prof, per = p["profile"], p["ours"]["per_iter"]["median_s"]
     target = r["target_ratio"]
-    if per <= 0 or p["implicit_cholesky"]["per_iter"]["median_s"] <= 0 or p["implicit_cg"]["per_iter"]["median_s"] <= 0:
+    if r.get("quick") or p["ratio"] is None or p["ratio_cholesky"] is None:
         return ("At this size the per-iteration times are too small to separate from the noise; the profile means "
                 "something only at full size.")
     engine, algorithm = p["ratio_cholesky"], p["ratio_cholesky_vs_cg"]
     floor = min(max(prof["floor"]["per_iter_s"], 0.0), per)
-    parts = [f"Reading: {p['ratio']:.1f}× = {engine:.1f}× (Spark/JVM against implicit's exact solver: the engine, "
-             f"of which the scheduling floor is {floor / per:.0%} of an iteration) × {algorithm:.1f}× (exact "
-             "Cholesky against 3 CG steps: the algorithm)."]
+    parts = [(f"Reading: {p['ratio']:.1f}× = {engine:.1f}× (Spark/JVM against implicit's exact solver: the engine, "
+              f"of which the scheduling floor is {floor / per:.0%} of an iteration) × {algorithm:.1f}× (exact "
+              "Cholesky against 3 CG steps: the algorithm).")]
     if r["jvm_blas"] == "JNIBLAS":
         parts.append("Native BLAS is already in use, which is what the issue's ~15× on pure-Java BLAS lacked; it "
                      "cannot be switched off inside a running JVM, so this run does not re-measure the Java side.")
@@ -451,16 +476,16 @@ def markdown(r: dict[str, Any]) -> list[str]:
     points = [p for p in r["points"] if "skipped" not in p]
     rank = points[0]["params"]["rank"] if points else "?"
     lines = [f"## ALS training per iteration vs `implicit` (rank {rank}, implicit feedback)", "",
-             f"Both fit the same (user, item, confidence) rows with the same rank, regularisation, alpha, seed and "
-             f"thread budget: {r['threads']} threads (Spark's default parallelism; implicit `num_threads="
-             f"{r['threads']}`, its BLAS held to 1 thread with threadpoolctl; OPENBLAS_NUM_THREADS="
-             f"{r['openblas_num_threads']} for the JVM). MLlib's JVM BLAS: **{r['jvm_blas']}** (JNIBLAS = native; "
-             f"VectorBLAS or F2jBLAS = Java); implicit's: {r['implicit_blas']}. MLlib's confidence is 1 + alpha·r; "
-             "implicit multiplies the stored value by its own alpha and takes the product itself as the confidence, "
-             "so it is given 1 + alpha·r with alpha = 1 and both solve the same weighted least squares. The one "
-             "difference left is that MLlib scales the regularisation by each row's rating count (ALS-WR) and "
-             "implicit does not, which changes no work per iteration. Per-iteration time is the slope between fits "
-             "of two iteration counts (fixed costs cancel); the total is the whole fit at the larger count.", "",
+             (f"Both fit the same (user, item, confidence) rows with the same rank, regularisation, alpha, seed and "
+              f"thread budget: {r['threads']} threads (Spark's default parallelism; implicit `num_threads="
+              f"{r['threads']}`, its BLAS held to 1 thread with threadpoolctl; OPENBLAS_NUM_THREADS="
+              f"{r['openblas_num_threads']} for the JVM). MLlib's JVM BLAS: **{r['jvm_blas']}** (JNIBLAS = native; "
+              f"VectorBLAS or F2jBLAS = Java); implicit's: {r['implicit_blas']}. MLlib's confidence is 1 + alpha·r; "
+              "implicit multiplies the stored value by its own alpha and takes the product itself as the confidence, "
+              "so it is given 1 + alpha·r with alpha = 1 and both solve the same weighted least squares. The one "
+              "difference left is that MLlib scales the regularisation by each row's rating count (ALS-WR) and "
+              "implicit does not, which changes no work per iteration. Per-iteration time is the slope between fits "
+              "of two iteration counts (fixed costs cancel); the total is the whole fit at the larger count."), "",
              "| data | contender | per iteration s | min–max | total s | min–max | iterations |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for p in points:

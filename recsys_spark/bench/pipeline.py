@@ -26,7 +26,7 @@ from datetime import date, datetime, time as dtime
 from pathlib import Path
 from typing import Any
 
-from recsys_spark.bench._common import BenchContext, cpu_seconds, other_cpu_percent
+from recsys_spark.bench._common import BenchContext, cpu_seconds
 
 TITLE = "End-to-end pipeline and scaling"
 #: Size options: name -> (full default, --quick value, help).
@@ -122,42 +122,62 @@ def _write_config(raw: dict[str, Any], path: Path, event_dir: Path) -> None:
 # -- measuring one process -----------------------------------------------------------------------
 
 
-class _TreeMemory:
-    """Samples the summed RSS of a process and all its descendants, and the JVM's own peak (VmHWM).
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds the process itself used: utime + stime, without its children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: dict[int, tuple[int, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            table[int(stat.parent.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+    return table
 
-    getrusage(RUSAGE_CHILDREN) cannot do this: it reports the largest single reaped descendant, and
-    the JVM is not reaped by the Python driver that launched it. Sampling misses spikes shorter than
-    the interval for the sum; the JVM's VmHWM is the kernel's exact high-water mark.
+
+def _descendants(table: dict[int, tuple[int, float]], root: int) -> list[int]:
+    """``root`` and every process below it."""
+    tree, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        tree.append(pid)
+        frontier += [c for c, (p, _) in table.items() if p == pid]
+    return tree
+
+
+def _tree_cpu(root: int) -> float:
+    """CPU seconds used so far by the live processes of the tree under ``root``, each counted once."""
+    table = _proc_table()
+    return sum(table[p][1] for p in _descendants(table, root) if p in table)
+
+
+class _TreeMonitor:
+    """Samples a process tree: summed RSS, the JVM's own peak (VmHWM) and each process's CPU time.
+
+    getrusage(RUSAGE_CHILDREN) cannot do this: the Python driver never reaps the JVM it launched (the
+    JVM outlives it briefly and is re-parented), so neither the JVM's memory nor its CPU time reach
+    the benchmark's rusage or /proc cutime. Sampling misses RSS spikes and the CPU of the last moments
+    shorter than the interval; the JVM's VmHWM is the kernel's exact high-water mark.
     """
 
     def __init__(self, root: int) -> None:
         self.root = root
         self.peak_rss = 0
         self.peak_jvm_hwm = 0
+        self.cpu: dict[int, float] = {}
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
-    def _tree(self) -> list[int]:
-        parent: dict[int, int] = {}
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue  # exited meanwhile
-        tree, frontier = [], [self.root]
-        while frontier:
-            pid = frontier.pop()
-            tree.append(pid)
-            frontier += [c for c, p in parent.items() if p == pid]
-        return tree
-
     def sample(self) -> None:
+        table = _proc_table()
         total = 0
-        for pid in self._tree():
+        for pid in _descendants(table, self.root):
             try:
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page
+                if pid in table:
+                    self.cpu[pid] = max(self.cpu.get(pid, 0.0), table[pid][1])
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "java":
                     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                         if line.startswith("VmHWM:"):
@@ -227,7 +247,7 @@ def _run_process(cmd: list[str], folder: Path, event_dir: Path) -> dict[str, Any
     with out_path.open("wb") as out, err_path.open("wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=folder, env=_child_env())
-        mem = _TreeMemory(proc.pid)
+        mem = _TreeMonitor(proc.pid)
         try:
             code = proc.wait()
         finally:
@@ -237,7 +257,8 @@ def _run_process(cmd: list[str], folder: Path, event_dir: Path) -> dict[str, Any
     stderr = err_path.read_text(encoding="utf-8", errors="replace")
     finished = _FINISHED.findall(stderr)
     res: dict[str, Any] = {"wall_s": wall, "exit_code": code, "job_s": float(finished[-1][1]) if finished else None,
-                           "peak_rss_bytes": mem.peak_rss, "peak_jvm_rss_bytes": mem.peak_jvm_hwm,
+                           "cpu_s": sum(mem.cpu.values()), "peak_rss_bytes": mem.peak_rss,
+                           "peak_jvm_rss_bytes": mem.peak_jvm_hwm,
                            **_event_log_metrics(event_dir), "stdout": stdout}
     if code != 0:
         tail = [ln for ln in (stderr + stdout).splitlines() if ln.strip()][-6:]
@@ -259,6 +280,20 @@ print(f"session_s={t2 - t1:.3f} stop_s={time.perf_counter() - t2:.3f}")
 """
 
 
+def _other_cpu_percent(before: tuple[float, float] | None, after: tuple[float, float] | None,
+                       own_before: float, point: dict[str, Any]) -> float | None:
+    """Share of the machine's CPU used by processes other than this benchmark during a scale point.
+
+    _common.other_cpu_percent counts descendants through /proc cutime, which misses the stage JVMs
+    (never reaped by their Python driver), so here the stage processes' CPU comes from sampling.
+    """
+    if before is None or after is None or point["wall_s"] <= 0:
+        return None
+    own = _tree_cpu(os.getpid()) - own_before + point["cpu_s"]
+    other = (after[0] - before[0]) - own
+    return max(0.0, 100 * other / (point["wall_s"] * (os.cpu_count() or 1)))
+
+
 # -- the benchmark -------------------------------------------------------------------------------
 
 
@@ -273,7 +308,7 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int) -> d
                  "similarity.method=cosine"]
     sets = [a for o in overrides for a in ("--set", o)]
     point: dict[str, Any] = {"events": events, "users": users, "items": items, "stages": {}, "ok": True}
-    before, started = cpu_seconds(), time.perf_counter()
+    before, own_before, started = cpu_seconds(), _tree_cpu(os.getpid()), time.perf_counter()
 
     def configured(name: str) -> tuple[Path, Path]:
         run_dir, event_dir = folder / "runs" / name, folder / "events" / name
@@ -309,7 +344,8 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int) -> d
             point["failed_stage"] = label
             break
     point["wall_s"] = time.perf_counter() - started
-    point["other_cpu_percent"] = other_cpu_percent(before, cpu_seconds(), point["wall_s"])
+    point["cpu_s"] = probe["cpu_s"] + _total(point, "cpu_s")
+    point["other_cpu_percent"] = _other_cpu_percent(before, cpu_seconds(), own_before, point)
     return point
 
 
@@ -323,10 +359,15 @@ def bench_pipeline(cfg: Any, work: Path, lo: int, hi: int, budget_s: int) -> dic
     planned = scale_points(lo, hi)
     for i, events in enumerate(planned):
         if points and budget_s > 0:
-            # predict from the last point, growing at least linearly (super-linear when measured so)
+            # Predict from the last point: process startups are a fixed cost, the rest grows as the
+            # job totals measured so far do (linearly until two points exist; a slope under 0.5 is
+            # taken for noise, not for economies of scale).
             last = points[-1]
-            slope = growth_exponent([p["events"] for p in points], [p["wall_s"] for p in points]) or 1.0
-            predicted = last["wall_s"] * (events / last["events"]) ** max(1.0, slope)
+            fixed = min(last["wall_s"], last["startup_s"] * (len(STAGES) + 1))
+            done = [p for p in points if p["ok"]]
+            slope = growth_exponent([p["events"] for p in done], [_total(p, "job_s") for p in done])
+            slope = 1.0 if slope is None else max(0.5, slope)
+            predicted = fixed + (last["wall_s"] - fixed) * (events / last["events"]) ** slope
             spent = time.perf_counter() - started
             if spent + predicted > budget_s:
                 skipped += [{"events": e, "reason": f"time budget: {spent:.0f} s spent, next point predicted "
@@ -424,23 +465,24 @@ def markdown(r: dict[str, Any]) -> list[str]:
               f"{p['items']:,} items)", "",
               f"Each stage runs as its own `recsys-spark` process ({r['master']}, driver memory "
               f"{r['driver_memory']}), so its wall time includes starting Python and the JVM; “job” is the "
-              "CLI's own timing of the stage without startup. Peak RSS is the sum over the stage's process tree "
-              "(Python driver, JVM, Python workers), sampled every "
+              "CLI's own timing of the stage without startup. CPU s and peak RSS are summed over the stage's "
+              "process tree (Python driver, JVM, Python workers), sampled every "
               f"{_POLL_S:g} s; heap is the JVM heap peak Spark reports with task ends; spill is Spark's "
               "memory/disk bytes spilled by tasks (in local mode all tasks run in the driver). Evaluation "
               f"scores a seeded sample of at most {r['evaluation_max_users']:,} users (models still train on "
               "the whole training split). The demo's second similarity step (cosine of ALS item factors) is "
               "not included.", "",
-              "| stage | wall s (with startup) | job s | peak RSS GB | JVM heap peak GB | spilled MB (memory / disk) |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| stage | wall s (with startup) | job s | CPU s | peak RSS GB | JVM heap peak GB | "
+              "spilled MB (memory / disk) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for label, s in p["stages"].items():
         failed = " (**failed**)" if s["exit_code"] != 0 else ""
-        lines.append(f"| {label}{failed} | {s['wall_s']:.1f} | {s['job_s']:.1f} | {_gb(s['peak_rss_bytes'])} | "
+        lines.append(f"| {label}{failed} | {s['wall_s']:.1f} | {s['job_s']:.1f} | {s['cpu_s']:.0f} | "
+                     f"{_gb(s['peak_rss_bytes'])} | "
                      f"{_gb(s['peak_heap_bytes'])} | {s['memory_spilled_bytes'] / 1e6:.0f} / "
                      f"{s['disk_spilled_bytes'] / 1e6:.0f} |")
     st = p["stages"].values()
     spilled = sum(s["memory_spilled_bytes"] + s["disk_spilled_bytes"] for s in st)
-    lines.append(f"| **total** | {_total(p, 'wall_s'):.1f} | {_total(p, 'job_s'):.1f} | "
+    lines.append(f"| **total** | {_total(p, 'wall_s'):.1f} | {_total(p, 'job_s'):.1f} | {_total(p, 'cpu_s'):.0f} | "
                  f"{_gb(max(s['peak_rss_bytes'] for s in st))} (max) | {_gb(max(s['peak_heap_bytes'] for s in st))} "
                  f"(max) | {sum(s['memory_spilled_bytes'] for s in st) / 1e6:.0f} / "
                  f"{sum(s['disk_spilled_bytes'] for s in st) / 1e6:.0f} |")
@@ -484,6 +526,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
             "**not met** for " + ", ".join(f"{s} ({ex[s]['job']:.2f})" for s in steep) if steep else
             f"met for all {len(r['stages'])} stages") +
             f" between {_events(ok[0]['events'])} and {_events(ok[-1]['events'])} events.")
+    if ok and ok[-1]["events"] < 100_000:
+        lines.append("At these tiny sizes fixed costs (startup, scheduling, commits) dominate every stage, so the "
+                     "exponents above say nothing about scaling; they show the measurement runs.")
     if skipped:
         lines.append("Skipped: " + "; ".join(f"{_events(s['events'])} ({s['reason']})" for s in skipped) + ".")
     if not any(q["events"] >= MEMORY_TARGET_EVENTS for q in points):

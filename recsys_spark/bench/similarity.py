@@ -10,6 +10,7 @@ import shutil
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +31,8 @@ SIZES = {"similarity_events": (200_000, 20_000, "synthetic events for the item-i
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     # the configured (capped) row is an extra: --quick skips it to stay a smoke test
-    return bench_similarity(ctx.spark, ctx.cfg, ctx.work, ctx.sizes["similarity_events"], ctx.repeats,
-                            configured_row=not ctx.quick)
+    return bench_similarity(ctx.spark, ctx.work, ctx.sizes["similarity_events"], ctx.repeats,
+                            ctx.synthetic_warehouse, configured_row=not ctx.quick)
 
 
 _TARGET_VS_MLLIB = 10.0  # ours at least this many times faster than columnSimilarities()
@@ -47,26 +48,6 @@ _SEED = 7
 
 
 # -- data ----------------------------------------------------------------------------------------
-
-
-def _prepare(spark, cfg: Config, folder: Path, events: int) -> tuple[Config, int, float]:  # noqa: ANN001
-    """Synthetic events through generate + ingest into a private warehouse; (config, events, seconds)."""
-    from recsys_spark.pipeline import run_generate, run_ingest
-    from recsys_spark.run import RunContext
-
-    raw = folder / "raw"
-    # same users/items per event as the suite's other benchmarks (cli.py), so sizes compare; a small
-    # log in fewer files spares ingest per-file and per-task overhead (the seed still fixes the data)
-    partitions = max(2, min(cfg.generate.partitions, events // 100_000))
-    cfg = cfg.with_overrides([
-        f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
-        f"generate.num_items={max(100, events // 50)}", f"generate.partitions={partitions}",
-        f"generate.output={raw}", f"ingest.source.path={raw}", "ingest.source.preset=synthetic",
-        f"storage.root={folder / 'warehouse'}"])
-    start = time.perf_counter()
-    _, written = run_generate(spark, cfg)
-    run_ingest(spark, cfg, RunContext.new("bench-similarity", cfg))
-    return cfg, written, time.perf_counter() - start
 
 
 def _values(matrix: DataFrame, weighting: str) -> DataFrame:
@@ -236,23 +217,39 @@ def _against_reference(lists: Lists, reference: Lists, top_n: int) -> int:
 # -- profile -------------------------------------------------------------------------------------
 
 
-def _stage_profile(spark, group: str) -> list[dict[str, Any]]:  # noqa: ANN001
-    """Completed stages of a job group from Spark's status store, most task time first.
+def _stage_profile(spark, group: str) -> tuple[list[dict[str, Any]], str | None]:  # noqa: ANN001
+    """Completed stages of a job group from Spark's status store, most task time first, and why
+    there are none if so.
 
-    AppStatusStore is private[spark] in Scala, hence public in the bytecode and reachable via py4j;
-    if a Spark version moves it, the profile is just left out.
+    The store is filled by a listener on its own thread, so it may lag the job's end by a moment;
+    this waits (briefly) until the group has jobs and none is still running. AppStatusStore is
+    private[spark] in Scala, hence public in the bytecode and reachable via py4j; if a Spark version
+    moves it, the profile is left out with the reason.
     """
     sc = spark.sparkContext
     tracker = sc.statusTracker()
+    deadline = time.monotonic() + 15
+    jobs: list[int] = []
+    while time.monotonic() < deadline:
+        jobs = tracker.getJobIdsForGroup(group)
+        infos = [tracker.getJobInfo(j) for j in jobs]
+        if jobs and all(i is not None and i.status != "RUNNING" for i in infos):
+            break
+        time.sleep(0.2)
+    if not jobs:
+        return [], "Spark's status store holds no job of the profiled run"
     try:
         store = sc._jsc.sc().statusStore()  # type: ignore[attr-defined]
-        stages = []
-        for job in tracker.getJobIdsForGroup(group):
-            info = tracker.getJobInfo(job)
-            for stage_id in info.stageIds if info else []:
+    except Exception as e:  # noqa: BLE001 - py4j wraps whatever the JVM throws
+        return [], f"Spark's status store is not reachable ({type(e).__name__})"
+    stages, missing = [], 0
+    for job in jobs:
+        info = tracker.getJobInfo(job)
+        for stage_id in info.stageIds if info else []:
+            try:
                 d = store.lastStageAttempt(stage_id)
                 if d.status().toString() != "COMPLETE":
-                    continue  # skipped: its shuffle output was reused
+                    continue  # skipped (its shuffle output was reused) or never submitted
                 wall = (d.completionTime().get().getTime() - d.submissionTime().get().getTime()) / 1e3 \
                     if d.completionTime().isDefined() and d.submissionTime().isDefined() else None
                 stages.append({"stage": stage_id, "tasks": d.numTasks(), "wall_s": wall,
@@ -260,9 +257,11 @@ def _stage_profile(spark, group: str) -> list[dict[str, Any]]:  # noqa: ANN001
                                "rows_in": d.inputRecords() + d.shuffleReadRecords(),
                                "rows_shuffled_out": d.shuffleWriteRecords(),
                                "spill_mb": (d.memoryBytesSpilled() + d.diskBytesSpilled()) / 2**20})
-    except Exception:  # noqa: BLE001 - a profile is optional; py4j wraps whatever the JVM throws
-        return []
-    return sorted(stages, key=lambda s: -s["task_s"])
+            except Exception:  # noqa: BLE001 - a stage the store no longer (or never) held
+                missing += 1
+    if not stages:
+        return [], f"Spark's status store holds no completed stage of the profiled run ({missing} not found)"
+    return sorted(stages, key=lambda s: -s["task_s"]), None
 
 
 def _plan_counts(df: DataFrame) -> dict[str, int]:
@@ -276,7 +275,8 @@ def _plan_counts(df: DataFrame) -> dict[str, int]:
 # -- the benchmark -------------------------------------------------------------------------------
 
 
-def bench_similarity(spark, cfg: Config, work: Path, events: int, repeats: int,  # noqa: ANN001
+def bench_similarity(spark, work: Path, events: int, repeats: int,  # noqa: ANN001
+                     warehouse: Callable[[int], tuple[Config, int, float]],
                      configured_row: bool = True) -> dict[str, Any]:
     import numpy as np
     import scipy.sparse as sp
@@ -289,9 +289,10 @@ def bench_similarity(spark, cfg: Config, work: Path, events: int, repeats: int, 
     folder.mkdir(parents=True, exist_ok=True)
     matrix = None
     try:
-        cfg, written, prepare_s = _prepare(spark, cfg, folder, events)
+        cfg, written, prepare_s = warehouse(events)
         matrix = (TableStore(spark, cfg.storage).read("interaction_matrix")
                   .select("user_idx", "item_idx", "confidence").persist(StorageLevel.MEMORY_AND_DISK))
+        matrix.count()  # every contender starts from the cached matrix, none pays the Delta read
         default = cfg.similarity
         weighting, top_n = default.weighting, default.top_n
 
@@ -347,13 +348,13 @@ def bench_similarity(spark, cfg: Config, work: Path, events: int, repeats: int, 
         finally:
             sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
             sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
+        stages, profile_error = _stage_profile(spark, group)
         t_ours = first + timed(lambda: noop(ours_df(exact)), repeats - 1)
         differs = default.max_user_items < history.max() or default.min_cooccurrence > 1 or default.min_similarity > 0
         t_default = timed(lambda: noop(ours_df(default)), repeats) if configured_row and differs else None
         mllib_runs = repeats if mllib_check_s * repeats <= _MLLIB_BUDGET_S else 1
         t_mllib = timed(lambda: noop(mllib_df()), mllib_runs)
         t_implicit = timed(lambda: _implicit_fit(csr, top_n, threads), repeats)
-        stages = _stage_profile(spark, group)
         plan = _plan_counts(ours_df(exact))
     finally:
         if matrix is not None:
@@ -387,9 +388,9 @@ def bench_similarity(spark, cfg: Config, work: Path, events: int, repeats: int, 
         "target": {"vs_mllib_at_least": _TARGET_VS_MLLIB, "vs_mllib_met": m / o >= _TARGET_VS_MLLIB,
                    "vs_implicit_within": _TARGET_VS_IMPLICIT, "vs_implicit_met": o / i <= _TARGET_VS_IMPLICIT},
         "check": check,
-        "profile": {"stages": stages[:_PROFILE_STAGES], "stages_run": len(stages),
+        "profile": {"stages": stages[:_PROFILE_STAGES], "stages_run": len(stages), "error": profile_error,
                     "task_s": sum(s["task_s"] for s in stages), "cpu_s": sum(s["cpu_s"] for s in stages),
-                    "pair_stage_runs": len(pair_runs),
+                    "pair_stage_runs": len(pair_runs), "pair_stage_tasks": pairs["tasks"] if pairs else None,
                     "pair_stage_task_s": sum(s["task_s"] for s in pair_runs), "plan": plan,
                     "ours_cooccurrences_per_s": cooccurrences / o, "implicit_cooccurrences_per_s": cooccurrences / i},
     }
@@ -444,25 +445,44 @@ def markdown(s: dict[str, Any]) -> list[str]:
                       f"capping {d['users_capped']:,} users; min co-occurrence {d['min_cooccurrence']}; min similarity "
                       f"{d['min_similarity']:g}), so its neighbours need not be the exact ones."]
     if not (t["vs_mllib_met"] and t["vs_implicit_met"]):
-        waited = p["task_s"] - p["cpu_s"]
-        lines += ["", f"Why the target{'s are' if not (t['vs_mllib_met'] or t['vs_implicit_met']) else ' is'} "
-                      f"missed, from one exact run of ours: {p['stages_run']} Spark stages ran, "
-                      f"{p['task_s']:.1f} s of task time of which {p['cpu_s']:.1f} s on CPU"
-                      + (f" ({waited:.1f} s waiting: for a core, GC or I/O)" if waited > 0.3 * p["task_s"] else "")
-                      + f". The physical plan pairs users' histories {p['plan']['self_joins']} times"
-                      + (" (once in each branch of the union that mirrors the pairs)" if p["plan"]["self_joins"] == 2
-                         else "")
-                      + f", computes the history-cap window {p['plan']['cap_windows']} times "
-                      f"and reuses {p['plan']['reused_exchanges']} exchanges: the stage that shuffles out the "
-                      f"co-occurrence rows ran {p['pair_stage_runs']} time(s), {p['pair_stage_task_s']:.1f} s of task "
-                      f"time. Ours gets through {p['ours_cooccurrences_per_s'] / 1e6:.2f} M co-occurrences/s, implicit "
-                      f"{p['implicit_cooccurrences_per_s'] / 1e6:.1f} M/s (a dense per-thread accumulator in C++, "
-                      "no rows, no shuffle). Costliest stages:", "",
-                  "| stage | tasks | wall s | task s | CPU s | rows in | rows shuffled out | spill MB |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for st in p["stages"]:
-            wall = "" if st["wall_s"] is None else f"{st['wall_s']:.1f}"
-            lines.append(f"| {st['stage']} | {st['tasks']} | {wall} | {st['task_s']:.1f} | {st['cpu_s']:.1f} | "
-                         f"{st['rows_in']:,} | {st['rows_shuffled_out']:,} | {st['spill_mb']:.0f} |")
-        lines += ["", "Rows in = input plus shuffle rows read; stages of one job overlap, so wall times do not add up."]
+        lines += ["", _why_missed(s)]
+        if p["stages"]:
+            lines += ["", "| stage | tasks | wall s | task s | CPU s | rows in | rows shuffled out | spill MB |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for st in p["stages"]:
+                wall = "" if st["wall_s"] is None else f"{st['wall_s']:.1f}"
+                lines.append(f"| {st['stage']} | {st['tasks']} | {wall} | {st['task_s']:.1f} | {st['cpu_s']:.1f} | "
+                             f"{st['rows_in']:,} | {st['rows_shuffled_out']:,} | {st['spill_mb']:.0f} |")
+            lines += ["", "Rows in = input plus shuffle rows read; stages of one job overlap, so wall times do not "
+                          "add up."]
     return lines + [""]
+
+
+def _why_missed(s: dict[str, Any]) -> str:
+    """The profile paragraph: what the plan repeats, where the stage time goes, throughput vs implicit."""
+    t, p = s["target"], s["profile"]
+    both = not (t["vs_mllib_met"] or t["vs_implicit_met"])
+    text = (f"Why the target{'s are' if both else ' is'} missed, from one exact run of ours: the physical plan pairs "
+            f"users' histories {p['plan']['self_joins']} times"
+            + (" (once in each branch of the union that mirrors the pairs)" if p["plan"]["self_joins"] == 2 else "")
+            + f", computes the history-cap window {p['plan']['cap_windows']} times and reuses "
+            f"{p['plan']['reused_exchanges']} exchanges.")
+    if p["stages"]:
+        waited = p["task_s"] - p["cpu_s"]
+        text += (f" {p['stages_run']} Spark stages ran, {p['task_s']:.1f} s of task time of which {p['cpu_s']:.1f} s "
+                 "on CPU"
+                 + (f" ({waited:.1f} s waiting: for a core, GC or I/O)" if waited > 0.3 * p["task_s"] else "")
+                 + f"; the stage that shuffles out the co-occurrence rows ran {p['pair_stage_runs']} time(s), "
+                 f"{p['pair_stage_task_s']:.1f} s of task time"
+                 + (f", each time as 1 task on {s['threads']} cores (adaptive execution coalesces the small capped "
+                    "matrix into one partition before the self-join, so the pairing runs single-threaded)"
+                    if p.get("pair_stage_tasks") == 1 and s["threads"] > 1 else "")
+                 + ".")
+    else:
+        text += f" No stage profile: {p.get('error') or 'not recorded'}."
+    text += (f" Ours gets through {p['ours_cooccurrences_per_s'] / 1e6:.2f} M co-occurrences/s, implicit "
+             f"{p['implicit_cooccurrences_per_s'] / 1e6:.1f} M/s (a dense per-thread accumulator in C++, no rows, no "
+             "shuffle).")
+    if p["stages"]:
+        text += " Costliest stages:"
+    return text
