@@ -13,6 +13,7 @@ import hashlib
 import json
 import tomllib
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from recsys_spark.config import Config, load_config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +48,7 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @pytest.fixture(scope="session")
-def spark(base_config: Config) -> Iterator["SparkSession"]:  # noqa: F821
+def spark(base_config: Config) -> Iterator[SparkSession]:
     from recsys_spark.session import build_session
 
     session = build_session(base_config.spark, base_config.storage, app_name="recsys-spark-tests")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chispa import assert_df_equality
 
 from recsys_spark import tables as T
 from recsys_spark.candidates import (blend_candidates, cold_start_candidates, item_item_candidates,

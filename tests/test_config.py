@@ -47,6 +47,10 @@ def test_out_of_range_and_bad_literal_values() -> None:
         load_config(None, ["ingest.event_weights.view=-1.0"])
     with pytest.raises(ConfigError, match=r"generate\.start_date"):
         load_config(None, ["generate.start_date=yesterday"])
+    with pytest.raises(ConfigError, match=r"evaluation\.time_cutoff 'last tuesday' is not an ISO-8601 instant"):
+        load_config(None, ["evaluation.time_cutoff=last tuesday"])
+    cutoff = load_config(None, ['evaluation.time_cutoff="2026-10-01T00:00:00Z"']).evaluation.time_cutoff
+    assert cutoff == "2026-10-01T00:00:00Z"
 
 
 def test_bad_paths_are_errors() -> None:
