@@ -6,12 +6,10 @@ against an exact float64 cosine computed with scipy."""
 from __future__ import annotations
 
 import re
-import shutil
 import statistics
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recsys_spark.bench._common import BenchContext, faster, summary, timed
@@ -31,7 +29,7 @@ SIZES = {"similarity_events": (200_000, 20_000, "synthetic events for the item-i
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     # the configured (capped) row is an extra: --quick skips it to stay a smoke test
-    return bench_similarity(ctx.spark, ctx.work, ctx.sizes["similarity_events"], ctx.repeats,
+    return bench_similarity(ctx.spark, ctx.sizes["similarity_events"], ctx.repeats,
                             ctx.synthetic_warehouse, configured_row=not ctx.quick)
 
 
@@ -275,7 +273,7 @@ def _plan_counts(df: DataFrame) -> dict[str, int]:
 # -- the benchmark -------------------------------------------------------------------------------
 
 
-def bench_similarity(spark, work: Path, events: int, repeats: int,  # noqa: ANN001
+def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
                      warehouse: Callable[[int], tuple[Config, int, float]],
                      configured_row: bool = True) -> dict[str, Any]:
     import numpy as np
@@ -285,8 +283,6 @@ def bench_similarity(spark, work: Path, events: int, repeats: int,  # noqa: ANN0
     from recsys_spark.similarity import item_cosine
     from recsys_spark.storage import TableStore
 
-    folder = work / "similarity"
-    folder.mkdir(parents=True, exist_ok=True)
     matrix = None
     try:
         cfg, written, prepare_s = warehouse(events)
@@ -359,7 +355,6 @@ def bench_similarity(spark, work: Path, events: int, repeats: int,  # noqa: ANN0
     finally:
         if matrix is not None:
             matrix.unpersist()
-        shutil.rmtree(folder, ignore_errors=True)
 
     o, m, i = statistics.median(t_ours), statistics.median(t_mllib), statistics.median(t_implicit)
     # the stage shuffling out the most rows is the self-join's partial aggregation of co-occurrences;
