@@ -331,7 +331,7 @@ class GenerateConfig(_Section):
 
 class SimilarityConfig(_Section):
     method: Literal["cosine", "als"] = "cosine"
-    """cosine: behavioural neighbours, exact cosine of interaction-matrix columns (sparse self-join);
+    """cosine: behavioural neighbours, exact cosine of interaction-matrix columns (block-sparse products);
     als: latent neighbours, cosine of ALS item factors (dense blocked top-N; run train-als first).
     Each method replaces only its own partition of item_neighbors, so both can be kept side by side."""
 
@@ -352,8 +352,9 @@ class SimilarityConfig(_Section):
     with its square)."""
 
     block_items: int = Field(32768, ge=1, le=1_000_000)
-    """method als: items per block of the dense item x item product; one task holds two blocks of
-    factors and a bounded score buffer, so memory does not grow with the catalogue."""
+    """Items per target block. method cosine: one task holds the interaction columns of one target block
+    and one (smaller) query block; method als: one task holds two blocks of factors and a bounded score
+    buffer. Either way memory does not grow with the catalogue."""
 
 
 class AlsConfig(_Section):

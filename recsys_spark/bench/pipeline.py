@@ -26,7 +26,8 @@ from datetime import date, datetime, time as dtime
 from pathlib import Path
 from typing import Any
 
-from recsys_spark.bench._common import BenchContext, cpu_seconds
+from recsys_spark.bench._common import BUSY_MACHINE_PERCENT, BenchContext, cpu_seconds
+from recsys_spark.config import Config
 
 TITLE = "End-to-end pipeline and scaling"
 #: Size options: name -> (full default, --quick value, help).
@@ -349,7 +350,7 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int) -> d
     return point
 
 
-def bench_pipeline(cfg: Any, work: Path, lo: int, hi: int, budget_s: int) -> dict[str, Any]:
+def bench_pipeline(cfg: Config, work: Path, lo: int, hi: int, budget_s: int) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     raw = getattr(cfg, "_raw", None) or {}
     eval_users = cfg.evaluation.max_users or DEFAULT_EVAL_USERS
@@ -526,6 +527,14 @@ def markdown(r: dict[str, Any]) -> list[str]:
             "**not met** for " + ", ".join(f"{s} ({ex[s]['job']:.2f})" for s in steep) if steep else
             f"met for all {len(r['stages'])} stages") +
             f" between {_events(ok[0]['events'])} and {_events(ok[-1]['events'])} events.")
+        if ok[-1]["events"] >= 100_000 and all((ex[label]["job"] or 0) < 0.8 for label in r["stages"]):
+            lines.append("Every exponent is well below 1: fixed costs still dominate at these sizes, so this range "
+                         "cannot show whether a stage turns super-linear at larger logs.")
+    busy = [q["other_cpu_percent"] for q in points if q.get("other_cpu_percent") is not None]
+    if busy and max(busy) > BUSY_MACHINE_PERCENT:
+        lines.append(f"Other processes used up to {max(busy):.0f}% of the machine's CPU during these points (counted "
+                     "here with the stage JVMs as this benchmark's own), so single stage times, and the exponents "
+                     "fitted to them, are noisy; one run per point.")
     if ok and ok[-1]["events"] < 100_000:
         lines.append("At these tiny sizes fixed costs (startup, scheduling, commits) dominate every stage, so the "
                      "exponents above say nothing about scaling; they show the measurement runs.")
