@@ -233,3 +233,14 @@ def test_kth_largest_per_row(monkeypatch: pytest.MonkeyPatch, buffer: int) -> No
     for row, n in enumerate(lengths):
         row_values = np.sort(values[indptr[row]:indptr[row + 1]])[::-1]
         assert got[row] == (row_values[2] if n >= 3 else -np.inf)
+
+
+def test_partition_keys_put_one_cell_in_each_partition(spark) -> None:  # noqa: ANN001
+    from pyspark.sql import functions as F
+
+    from recsys_spark.similarity import _partition_keys
+
+    keys = _partition_keys(spark, 7)
+    placed = (spark.createDataFrame([(k,) for k in keys], "key INT").repartition(7, "key")
+              .select("key", F.spark_partition_id().alias("p")).collect())
+    assert {r.key: r.p for r in placed} == {k: i for i, k in enumerate(keys)}
