@@ -80,7 +80,7 @@ def top_k_rows(scores: np.ndarray, target_ids: np.ndarray, k: int) -> tuple[np.n
     ascending = bool(np.all(target_ids[1:] > target_ids[:-1]))
     order = _best_first(rows, vals, target_ids[cols], ids_ascending=ascending)
     rows, cols, vals = rows[order], cols[order], vals[order]
-    first = _ranks(rows) <= kk
+    first = ranks_in_runs(rows) <= kk
     return rows[first], cols[first], vals[first]
 
 
@@ -226,14 +226,14 @@ def _score_cell(cell: pa.RecordBatch, k: int, min_score: float | None, qb_size: 
     cols = _positions(t_ids, ex_t, tb * tb_size, tb_size)
     ok = (rows >= 0) & (cols >= 0)  # an excluded pair may name an id without a vector
     r, c, s = score_block(q_vec, t_vec, t_ids, k, rows[ok], cols[ok], min_score)
-    rank = _ranks(r)
+    rank = ranks_in_runs(r)
     return pa.RecordBatch.from_arrays(
         [pa.array(np.full(len(r), qb, dtype=np.int32)), pa.array(q_ids[r].astype(np.int32)),
          pa.array(t_ids[c].astype(np.int32)), pa.array(s.astype(np.float32)), pa.array(rank)],
         names=["qb", "query", "target", "score", "rank"])
 
 
-def _ranks(sorted_keys: np.ndarray) -> np.ndarray:
+def ranks_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
     """1-based position of each element within its run of equal consecutive keys."""
     if len(sorted_keys) == 0:
         return np.empty(0, dtype=np.int32)
@@ -249,7 +249,7 @@ def _merge_partials(table: pa.Table, k: int) -> pa.Table:
     s = table.column("score").to_numpy()
     order = np.lexsort((t, -s, q))
     q, t, s = q[order], t[order], s[order]
-    rank = _ranks(q)
+    rank = ranks_in_runs(q)
     keep = rank <= k
     return pa.table({"query": pa.array(q[keep].astype(np.int32)), "target": pa.array(t[keep].astype(np.int32)),
                      "score": pa.array(s[keep].astype(np.float32)), "rank": pa.array(rank[keep])})

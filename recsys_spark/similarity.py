@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy.sparse import csc_matrix, csr_matrix
 
+from recsys_spark.blocked_topk import BlockShape, blocked_top_k, ranks_in_runs
 from recsys_spark.config import SimilarityConfig
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def _ranked(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, 
     """Each source's ``top_n`` rows by (similarity desc, neighbour asc), ranked from 1."""
     order = np.lexsort((dst, -sims, src))
     src, dst, sims, counts, qb = src[order], dst[order], sims[order], counts[order], qb[order]
-    rank = _ranks(src)
+    rank = ranks_in_runs(src)
     keep = rank <= top_n
     columns = {"item_idx": pa.array(src[keep].astype(np.int32)), "neighbor_idx": pa.array(dst[keep].astype(np.int32)),
                "similarity": pa.array(sims[keep].astype(np.float64)), "rank": pa.array(rank[keep]),
@@ -230,15 +231,6 @@ def _ranked(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, 
     if with_block:
         columns = {"qb": pa.array(qb[keep].astype(np.int32)), **columns}
     return pa.table(columns)
-
-
-def _ranks(sorted_keys: np.ndarray) -> np.ndarray:
-    """1-based position of each element within its run of equal consecutive keys."""
-    if len(sorted_keys) == 0:
-        return np.empty(0, dtype=np.int32)
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    return (np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)])) + 1
-            ).astype(np.int32)
 
 
 def _empty_partial() -> pa.Table:
@@ -279,8 +271,6 @@ def item_factor_cosine(item_factors: DataFrame, params: SimilarityConfig) -> Dat
         (item_idx, neighbor_idx, similarity, rank, cooccurrence) with cooccurrence null: latent
         neighbours need not share any user.
     """
-    from recsys_spark.blocked_topk import BlockShape, blocked_top_k
-
     unit = normalize(item_factors.select("item_idx", F.col("factors").alias("vector")))
     top = blocked_top_k(
         unit.withColumnRenamed("item_idx", "query"), unit.withColumnRenamed("item_idx", "target"),
