@@ -221,8 +221,9 @@ def bench_topk(spark, cfg: Config, work: Path, n_users: int, n_items: int, rank:
         kernel = _kernel_rate(users, items, seen_u, seen_i, k, shape.query_block)
         memory: dict[str, float] = {}
         times: dict[str, list[float]] = {}
+        # no separate warm-up run: the checks above ran every contender's code path on a user subset
+        # (Python workers, JIT), and a full extra run of MLlib would cost the suite ~a minute
         for name, fn in (("blocked", blocked), ("mllib", mllib), ("implicit", implicit_top_k)):
-            fn()  # warm-up outside the memory sample: Python workers and JIT are then up for every run
             with PeakRss() as rss:
                 times[name] = timed(fn, repeats)
             memory[name] = rss.added_mb
