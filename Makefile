@@ -9,7 +9,7 @@ BENCH_OUT ?= .
 CONFIG ?= conf/local.toml
 ARGS   ?=
 
-.PHONY: setup demo test bench evaluate-ml100k dist clean clean-data check-java
+.PHONY: setup demo test bench evaluate-ml100k dist clean clean-data check-java cluster-up cluster-down
 
 setup: $(STAMP)
 
@@ -55,8 +55,17 @@ dist: setup
 	$(BIN)/python -c "import shutil; shutil.make_archive('dist/recsys_spark', 'zip', '.', 'recsys_spark')"
 	@ls -l dist
 
+# A Spark standalone cluster on 127.0.0.1 (one master, two 1-core worker JVMs) for trying
+# spark-submit: README "Running on a cluster". State and logs in $(CLUSTER_DIR).
+CLUSTER_DIR ?= .cluster
+cluster-up: setup
+	$(BIN)/python -m recsys_spark.devcluster up --dir $(CLUSTER_DIR)
+
+cluster-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m recsys_spark.devcluster down --dir $(CLUSTER_DIR); fi
+
 clean-data:
-	rm -rf data/warehouse data/raw data/checkpoints data/spark-warehouse data/reports data/ml-100k
+	rm -rf data/cluster data/warehouse data/raw data/checkpoints data/spark-warehouse data/reports data/ml-100k
 
 clean: clean-data
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

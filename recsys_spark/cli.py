@@ -91,12 +91,31 @@ def run_job(job: str, fn: JobFn, argv: Sequence[str] | None = None) -> int:
     def go() -> int:
         cfg = load_config(args.config, args.overrides)
         spark = _session(cfg, job)
+        ctx = RunContext.new(job, cfg)
         started = time.perf_counter()
-        fn(spark, cfg, RunContext.new(job, cfg))
+        _recorded(spark, cfg, ctx, lambda: fn(spark, cfg, ctx))
         log.info("%s finished in %.1fs", job, time.perf_counter() - started)
         return 0
 
     return _guard(go)
+
+
+def _recorded(spark, cfg: Config, ctx, call: Callable[[], None]) -> None:  # noqa: ANN001
+    """Run a job and append its manifest to the ``runs`` table, whether it succeeds or fails."""
+    from recsys_spark.run import record_run
+    from recsys_spark.storage import TableStore
+
+    try:
+        call()
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        error = str(exc) if isinstance(exc, RecsysError) else spark_error_summary(exc)
+        try:
+            record_run(spark, TableStore(spark, cfg.storage), ctx, cfg, status, error)
+        except Exception:  # noqa: BLE001 - the job's own error matters more than its manifest's
+            log.warning("could not record run %s in the runs table", ctx.run_id, exc_info=True)
+        raise
+    record_run(spark, TableStore(spark, cfg.storage), ctx, cfg, "succeeded")
 
 
 # -- subcommands ---------------------------------------------------------------------------------
@@ -342,20 +361,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = _session(cfg, args.command)
         ctx = RunContext.new(args.command, cfg)
         started = time.perf_counter()
-        if args.command == "generate":
-            _cmd_generate(spark, cfg, ctx)
-        elif args.command == "ingest":
-            _cmd_ingest(spark, cfg, ctx)
-        elif args.command == "train-als":
-            _cmd_train_als(spark, cfg, ctx)
-        elif args.command == "item-similarity":
-            _cmd_item_similarity(spark, cfg, ctx)
-        elif args.command == "topk":
-            _cmd_topk(spark, cfg, ctx)
-        elif args.command == "evaluate":
-            _cmd_evaluate(spark, cfg, ctx)
-        elif args.command == "demo":
-            _cmd_demo(spark, cfg, ctx, args.fresh)
+        commands: dict[str, Callable[[], None]] = {
+            "generate": lambda: _cmd_generate(spark, cfg, ctx),
+            "ingest": lambda: _cmd_ingest(spark, cfg, ctx),
+            "train-als": lambda: _cmd_train_als(spark, cfg, ctx),
+            "item-similarity": lambda: _cmd_item_similarity(spark, cfg, ctx),
+            "topk": lambda: _cmd_topk(spark, cfg, ctx),
+            "evaluate": lambda: _cmd_evaluate(spark, cfg, ctx),
+            "demo": lambda: _cmd_demo(spark, cfg, ctx, args.fresh),
+        }
+        _recorded(spark, cfg, ctx, commands[args.command])
         log.info("%s finished in %.1fs", args.command, time.perf_counter() - started)
         return 0
 

@@ -8,13 +8,15 @@ errors that name the offending key.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import hashlib
 import json
+import posixpath
 import tomllib
 from collections.abc import Iterable, Mapping
-from datetime import datetime
-from pathlib import Path
+from datetime import date, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -35,6 +37,49 @@ def _check_path(value: str, key: str) -> str:
     if "\x00" in value:
         raise ValueError(f"{key} contains a NUL byte")
     return value
+
+
+def _check_folder(value: str, key: str) -> str:
+    """A local folder the jobs create and write into must not be (or lie under) an existing file."""
+    _check_path(value, key)
+    if "://" in value:
+        return value
+    p = Path(value).expanduser()
+    for candidate in (p, *p.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "" if candidate == p else f" ({candidate} is a file)"
+                raise ValueError(f"{key} {value!r} must be a directory, but it is a file{where}")
+            break
+    return value
+
+
+def _as_iso(value: Any) -> Any:
+    """TOML has date-time literals: `min_event_time = 2020-01-01T00:00:00Z` means the ISO string."""
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+#: Charsets ingest can decode line by line (Spark's decode supports these ASCII-compatible ones).
+_CHARSETS = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "ascii": "US-ASCII", "latin-1": "ISO-8859-1",
+             "iso8859-1": "ISO-8859-1"}
+
+
+def spark_charset(encoding: str) -> str:
+    """The Spark charset name for ``ingest.source.encoding`` (any Python alias of a supported one)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        name = encoding
+    if name not in _CHARSETS:
+        raise ValueError(
+            f"ingest.source.encoding {encoding!r} is not supported: ingest reads text line by line and "
+            "decodes UTF-8, US-ASCII or ISO-8859-1 (latin-1). Convert other encodings first, e.g. "
+            f"`iconv -f {encoding} -t UTF-8`")
+    return _CHARSETS[name]
 
 
 class SparkConfig(_Section):
@@ -65,7 +110,7 @@ class SparkConfig(_Section):
     @field_validator("checkpoint_dir")
     @classmethod
     def _checkpoint(cls, v: str) -> str:
-        return _check_path(v, "spark.checkpoint_dir")
+        return _check_folder(v, "spark.checkpoint_dir")
 
 
 class StorageConfig(_Section):
@@ -85,7 +130,7 @@ class StorageConfig(_Section):
     @field_validator("root")
     @classmethod
     def _root(cls, v: str) -> str:
-        _check_path(v, "storage.root")
+        _check_folder(v, "storage.root")
         # Spark treats these as glob characters in read paths.
         bad = set(v) & set("*?[]{}")
         if bad:
@@ -197,7 +242,13 @@ class SourceConfig(_Section):
         if self.feedback == "explicit" and not self.value_col:
             raise ValueError("ingest.source.value_col (the rating) is required for explicit feedback")
         if self.delimiter is not None and len(self.delimiter) != 1:
-            raise ValueError("ingest.source.delimiter must be a single character")
+            hint = ' (for a tab write "\\t" as a TOML string: --set \'ingest.source.delimiter="\\t"\')' \
+                if self.delimiter == "\\t" else ""
+            raise ValueError(f"ingest.source.delimiter must be a single character, got {self.delimiter!r}{hint}")
+        if self.delimiter is not None and self.delimiter in '"\r\n':
+            raise ValueError(f"ingest.source.delimiter {self.delimiter!r} cannot separate fields (it is the quote "
+                             "or a line break)")
+        spark_charset(self.encoding)
         _check_path(self.path, "ingest.source.path")
         return self
 
@@ -226,9 +277,10 @@ class IngestConfig(_Section):
     """Time decay: an event this many days older than the newest event counts half. None: no decay."""
 
     min_event_time: str = "1990-01-01T00:00:00Z"
-    """Events before this ISO-8601 instant are rejected (timestamp_out_of_range)."""
+    """Events before this ISO-8601 instant are rejected (timestamp_out_of_range). Earlier dates,
+    before 1970 too, are legal once this is lowered (e.g. "1900-01-01T00:00:00Z")."""
 
-    max_future_days: float = Field(1.0, ge=0)
+    max_future_days: float = Field(1.0, ge=0, le=1_000_000)
     """Events later than now + this many days are rejected (timestamp_out_of_range)."""
 
     min_rating: float | None = None
@@ -241,7 +293,7 @@ class IngestConfig(_Section):
     """Ids longer than this many characters are rejected (oversize_field)."""
 
     max_line_bytes: int = Field(65536, ge=16)
-    """Input lines longer than this are rejected (oversize_field) without being parsed."""
+    """Input lines longer than this many bytes are rejected (oversize_line) without being parsed."""
 
     max_reject_fraction: float = Field(0.05, ge=0.0, le=1.0)
     """If a larger share of the new rows is rejected, the job fails and commits nothing."""
@@ -253,6 +305,11 @@ class IngestConfig(_Section):
             if not (w == w and abs(w) != float("inf")) or w < 0:
                 raise ValueError(f"ingest.event_weights.{k} must be a finite number >= 0, got {w}")
         return v
+
+    @field_validator("min_event_time", mode="before")
+    @classmethod
+    def _toml_datetime(cls, v: Any) -> Any:
+        return _as_iso(v)
 
     @field_validator("min_event_time")
     @classmethod
@@ -327,6 +384,11 @@ class GenerateConfig(_Section):
     @classmethod
     def _output(cls, v: str) -> str:
         return _check_path(v, "generate.output")
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _toml_date(cls, v: Any) -> Any:
+        return _as_iso(v)
 
 
 class SimilarityConfig(_Section):
@@ -502,6 +564,16 @@ class EvaluationConfig(_Section):
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     """Search: share of each user's training items carved off as the validation split."""
 
+    @field_validator("time_cutoff", mode="before")
+    @classmethod
+    def _toml_datetime(cls, v: Any) -> Any:
+        return _as_iso(v)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, v: str) -> str:
+        return _check_folder(v, "evaluation.output_dir")
+
     @model_validator(mode="after")
     def _consistent(self) -> EvaluationConfig:
         if self.headline_k not in self.ks:
@@ -551,6 +623,34 @@ class Config(_Section):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     """Held-out evaluation of the models against baselines."""
 
+    @model_validator(mode="after")
+    def _paths_outside_table_root(self) -> Config:
+        root = _location(self.storage.root)
+        for key, value, why in self._paths_near_tables():
+            if not value:
+                continue
+            relation = _relation(_location(value), root)
+            if relation:
+                resolved = root[1] if root[0] == "file" else root[0] + root[1]
+                raise ValueError(
+                    f"{key} {value!r} {relation} the table root (storage.root = {self.storage.root!r}, "
+                    f"that is {resolved} once '..' is resolved); {why}. Use a folder outside the table root")
+        return self
+
+    def _paths_near_tables(self) -> list[tuple[str, str, str]]:
+        """(key, path, why it must not overlap the table root) for every path option besides storage.root."""
+        among = "files there would sit among the tables, where vacuum deletes files no table knows"
+        reads = "ingest would read the tables' own data files as raw input"
+        return [
+            ("generate.output", self.generate.output, "generate replaces that folder, tables included"),
+            ("evaluation.output_dir", self.evaluation.output_dir,
+             f"evaluation replaces the latest/ folder in it, and {among}"),
+            ("spark.checkpoint_dir", self.spark.checkpoint_dir, f"Spark checkpoints there, and {among}"),
+            ("ingest.source.path", self.ingest.source.path, reads),
+            ("evaluation.given_train", self.evaluation.given_train, reads),
+            ("evaluation.given_test", self.evaluation.given_test, reads),
+        ]
+
     def config_hash(self) -> str:
         """Short stable hash of the effective config, recorded in every commit."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -561,6 +661,32 @@ class Config(_Section):
         (so that changing ``ingest.source.preset`` re-applies the new preset)."""
         overrides = list(overrides)
         return _validate(_apply_overrides(copy.deepcopy(self._raw), overrides), "--set " + " ".join(overrides))
+
+
+def _location(value: str) -> tuple[str, str]:
+    """(filesystem, absolute path with '..' and, locally, links resolved) of a local path or URI."""
+    if "://" in value:
+        scheme, rest = value.split("://", 1)
+        scheme = {"s3a": "s3", "s3n": "s3"}.get(scheme.lower(), scheme.lower())
+        authority, _, path = rest.partition("/")
+        if scheme != "file":
+            return f"{scheme}://{authority}", posixpath.normpath("/" + path)
+        value = "/" + path
+    return "file", str(Path(value).expanduser().resolve())
+
+
+def _relation(path: tuple[str, str], root: tuple[str, str]) -> str | None:
+    """How ``path`` overlaps ``root``: "is", "is inside", "contains", or None when they are apart."""
+    if path[0] != root[0]:
+        return None
+    a, b = PurePosixPath(path[1]), PurePosixPath(root[1])
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "is inside"
+    if a in b.parents:
+        return "contains"
+    return None
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -609,6 +735,11 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key")
+        elif e["type"] == "value_error" and not e["loc"]:
+            # a check across sections: its message names the keys itself
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "value_error":
+            lines.append(f"  {key}: {e['msg'].removeprefix('Value error, ')}")
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
@@ -637,6 +768,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         path = DEFAULT_CONFIG
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a directory, not a TOML file")
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:

@@ -35,7 +35,11 @@ def _blank(c: Column) -> Column:
 
 
 def parse_timestamp(ts: Column, fmt: str) -> tuple[Column, Column]:
-    """(event_time, parsed_ok) from a string column in ``fmt`` (unix_s, unix_ms, iso, auto)."""
+    """(event_time, parsed_ok) from a string column in ``fmt`` (unix_s, unix_ms, iso, auto).
+
+    Numbers are unix seconds or milliseconds (negative before 1970); ``auto`` reads numbers at or
+    above 1e11 as milliseconds, and anything else as ISO-8601.
+    """
     num = F.trim(ts).try_cast("double")
     if fmt == "unix_s":
         seconds = num
@@ -49,9 +53,22 @@ def parse_timestamp(ts: Column, fmt: str) -> tuple[Column, Column]:
     from_number = F.when(finite, F.timestamp_micros(F.round(seconds * 1e6).cast("long")))
     if fmt in ("unix_s", "unix_ms"):
         return from_number, from_number.isNotNull()
-    from_text = F.try_to_timestamp(F.trim(ts))
-    parsed = F.when(num.isNotNull(), from_number).otherwise(from_text)
+    parsed = F.when(num.isNotNull(), from_number).otherwise(_from_iso(ts))
     return parsed, parsed.isNotNull()
+
+
+def _from_iso(ts: Column) -> Column:
+    """An ISO-8601 string to a timestamp (no zone means UTC, the session time zone), or null.
+
+    Spark's parser is lenient in ways that invent data: "12:00" becomes today at noon and "2026"
+    New Year's Day. An instant must start with a full date; "t"/"z" and a zone after minutes
+    ("T12:00Z"), which ISO-8601 allows, are normalised first.
+    """
+    text = F.trim(ts)
+    text = F.regexp_replace(text, r"(\d)t(\d)", "$1T$2")
+    text = F.regexp_replace(text, r"(\d)z$", "$1Z")
+    text = F.regexp_replace(text, r"([T ]\d{1,2}:\d{2})(?=Z|[+-]|$)", "$1:00")
+    return F.when(text.rlike(r"^[+-]?\d{4,}-\d{1,2}-\d{1,2}"), F.try_to_timestamp(text))
 
 
 def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now: datetime) -> DataFrame:
@@ -59,17 +76,21 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
 
     ``reason`` is null for a good row, else the first of :data:`REASONS` that applies.
     """
+    control = r"[\x00-\x1f\x7f]"
     user, item = F.trim("user_id"), F.trim("item_id")
     etype = F.lower(F.trim("event_type")) if source.event_type_col else F.lit(source.default_event_type)
     has_ts = source.timestamp_format != "none"
-    event_time, ts_ok = parse_timestamp(F.col("timestamp"), source.timestamp_format) if has_ts else (
+    # Spark's casts silently drop control bytes ("1\x00" would be 1.0): such a field is corrupt.
+    ts_text = F.when(~F.col("timestamp").rlike(control), F.col("timestamp"))
+    event_time, ts_ok = parse_timestamp(ts_text, source.timestamp_format) if has_ts else (
         F.lit(None).cast("timestamp"), F.lit(True))
-    value = F.trim("value").try_cast("double") if source.value_col else F.lit(1.0)
+    value = F.when(~F.col("value").rlike(control), F.trim("value").try_cast("double"))
+    # -0 is 0: one spelling, so the same event never gets two content keys.
+    value = F.when(value == 0, F.lit(0.0)).otherwise(value) if source.value_col else F.lit(1.0)
 
     lo = datetime.fromisoformat(cfg.min_event_time.replace("Z", "+00:00"))
     lo = lo if lo.tzinfo else lo.replace(tzinfo=timezone.utc)
     hi = now + timedelta(days=cfg.max_future_days)
-    control = r"[\x00-\x1f\x7f]"
     known = list(cfg.event_weights)
     rating_lo = cfg.min_rating if cfg.min_rating is not None else 0.0
 

@@ -36,6 +36,10 @@ from recsys_spark.errors import RecsysError, StorageError
 
 log = logging.getLogger(__name__)
 
+#: The command that writes each table lookups read, for "run X first" errors.
+_WRITTEN_BY = {T.USER_CANDIDATES: "topk", T.POPULAR_ITEMS: "topk", T.ITEM_NEIGHBORS: "item-similarity",
+               T.ITEMS: "ingest"}
+
 
 class UnknownItemError(RecsysError, KeyError):
     """The item id is not in the catalogue (the items table)."""
@@ -113,7 +117,8 @@ class _Table:
 
     def dataset(self, partition: tuple[str, str] | None = None) -> pads.Dataset:
         if self._dt is None:
-            raise StorageError(f"table {self.name!r} does not exist at {self.location}: run the pipeline first")
+            raise StorageError(f"table {self.name!r} does not exist at {self.location}: run "
+                               f"`recsys-spark {_WRITTEN_BY.get(self.name, 'demo')}` first")
         key = (self.version, partition)
         ds = self._datasets.get(key)
         if ds is None:

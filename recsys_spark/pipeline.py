@@ -27,7 +27,7 @@ from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_
 from recsys_spark.run import RunContext
 from recsys_spark.session import released_caches
 from recsys_spark.similarity import capped_users, item_cosine, item_factor_cosine
-from recsys_spark.sources import SourceFile, list_source_files, read_source
+from recsys_spark.sources import SourceFile, file_read_errors, list_source_files, read_source
 from recsys_spark.storage import TableStore, WriteResult
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,9 @@ def run_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> IngestRepor
     validated = validate_events(raw, src, icfg, ctx.started_at).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         per_file: Counter[tuple[str, str | None]] = Counter()
-        for r in validated.groupBy("source_file", "reason").count().collect():
+        with file_read_errors(todo):  # the first full read: a corrupt file fails here, named
+            counts = validated.groupBy("source_file", "reason").count().collect()
+        for r in counts:
             per_file[(r["source_file"], r["reason"])] += r["count"]
         report.rows_read = sum(per_file.values())
         reasons: Counter[str] = Counter()
@@ -199,10 +201,14 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
                         .select(*rejected.columns))
         report.writes.append(store.write(rejected, T.REJECTED_INTERACTIONS, "append", commit))
 
-    if report.events_added or not store.exists(T.INTERACTION_MATRIX):
-        matrix = interaction_matrix(store.read(T.INTERACTIONS), icfg) if store.exists(T.INTERACTIONS) else None
-        if matrix is not None:
-            report.writes.append(store.write(matrix, T.INTERACTION_MATRIX, "overwrite", commit))
+    events_version = store.version(T.INTERACTIONS)
+    if events_version is not None and _matrix_source(store) != events_version:
+        # Rebuilt whenever it was not built from the latest interactions: after new events, and
+        # also when an earlier run was killed between its interactions commit and this one (its
+        # re-run adds no events, but the matrix still lacks the ones that landed).
+        matrix = interaction_matrix(store.read(T.INTERACTIONS, version=events_version), icfg)
+        report.writes.append(store.write(matrix, T.INTERACTION_MATRIX, "overwrite", ctx.commit(
+            source=src.path, preset=src.preset, files=len(todo), input_versions={T.INTERACTIONS: events_version})))
 
     now = datetime.now(timezone.utc)
     ledger = spark.createDataFrame(
@@ -214,6 +220,14 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
         "ingested_at TIMESTAMP",
     )
     report.writes.append(store.write(ledger.coalesce(1), T.INGESTED_FILES, "append", commit))
+
+
+def _matrix_source(store: TableStore) -> int | None:
+    """The interactions version the latest interaction_matrix was built from (None: unknown or absent)."""
+    if not store.exists(T.INTERACTION_MATRIX):
+        return None
+    latest = store.history(T.INTERACTION_MATRIX, limit=1)[0]
+    return (latest.metadata.get("input_versions") or {}).get(T.INTERACTIONS)
 
 
 def _added(report: IngestReport, table: str) -> int:
@@ -481,9 +495,9 @@ def _given_matrices(spark: SparkSession, cfg: Config, store: TableStore, fold: s
     users = store.read(T.USERS, version=inputs[T.USERS])
     items = store.read(T.ITEMS, version=inputs[T.ITEMS])
     out = []
-    for pattern in (ec.given_train, ec.given_test):
+    for key, pattern in (("evaluation.given_train", ec.given_train), ("evaluation.given_test", ec.given_test)):
         path = pattern.replace("{fold}", fold) if fold else pattern
-        files = list_source_files(path)
+        files = list_source_files(path, key)
         raw = read_source(spark, icfg.source, files, icfg.max_line_bytes)
         validated = validate_events(raw, icfg.source, icfg, datetime.now(timezone.utc))
         events = with_dense_ids(accepted_events(validated, icfg.source, icfg), users, items)

@@ -27,6 +27,7 @@ USERS: Final = "users"
 USER_CANDIDATES: Final = "user_candidates"
 POPULAR_ITEMS: Final = "popular_items"
 EVALUATION_SUMMARY: Final = "evaluation_summary"
+RUNS: Final = "runs"
 
 #: name -> one-line meaning, in pipeline order.
 CATALOGUE: Final[dict[str, str]] = {
@@ -43,6 +44,7 @@ CATALOGUE: Final[dict[str, str]] = {
     USER_CANDIDATES: "top-k items per user, partitioned by strategy, sorted by user_id for lookups",
     POPULAR_ITEMS: "most popular items overall and in a recent window (cold-start fallback)",
     EVALUATION_SUMMARY: "one row per (run, split, model, metric, k): held-out evaluation results",
+    RUNS: "one manifest row per job run: status, config, input and output table versions, package versions",
 }
 
 

@@ -34,3 +34,21 @@ def test_unknown_benchmark_is_refused(capsys) -> None:  # noqa: ANN001
         cli.main(["--only", "nope"])
     assert exc.value.code == 2
     assert "unknown benchmark(s) ['nope']" in capsys.readouterr().err
+
+
+def test_calibrated_iterations_stretch_a_short_slope_until_it_lasts() -> None:
+    from recsys_spark.bench.als import calibrated_iterations
+
+    def fit(per_iter: float, fixed: float = 0.5):  # noqa: ANN202
+        return lambda n: fixed + per_iter * n
+
+    # 0.1 s per iteration: a 3 s span needs 30 iterations above lo
+    assert calibrated_iterations(fit(0.1), 5, 10, 3.0) == (5, 35)
+    # already long enough: hi is kept
+    assert calibrated_iterations(fit(2.0), 5, 10, 3.0) == (5, 10)
+    # milliseconds per iteration: capped
+    assert calibrated_iterations(fit(0.001), 5, 10, 3.0, cap=400) == (5, 400)
+    # no span asked for (--quick): unchanged
+    assert calibrated_iterations(fit(0.1), 1, 2, 0.0) == (1, 2)
+    # noise (hi no slower than lo): the hi fit's time per iteration bounds the estimate from above
+    assert calibrated_iterations(lambda n: 1.0, 1, 3, 3.0) == (1, 10)

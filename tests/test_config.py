@@ -129,3 +129,76 @@ def test_every_field_is_documented() -> None:
         return missing
 
     assert walk(Config) == []
+
+
+def test_toml_datetimes_are_taken_as_iso_strings(tmp_path: Path) -> None:
+    # an unquoted TOML date-time is a datetime, not a string; the options mean the same instant
+    cfg = load_config(None, ["ingest.min_event_time=1900-01-01T00:00:00Z", "generate.start_date=2026-09-01",
+                             "evaluation.time_cutoff=2026-10-01T12:00:00+02:00"])
+    assert cfg.ingest.min_event_time == "1900-01-01T00:00:00Z"
+    assert cfg.generate.start_date == "2026-09-01"
+    assert cfg.evaluation.time_cutoff == "2026-10-01T12:00:00+02:00"
+    f = tmp_path / "c.toml"
+    f.write_text("[ingest]\nmin_event_time = 1950-06-01T00:00:00\n")
+    assert load_config(f).ingest.min_event_time == "1950-06-01T00:00:00"
+
+
+@pytest.mark.parametrize(("key", "value", "relation"), [
+    ("generate.output", "{root}/..", "contains"),
+    ("generate.output", "{root}/x/../", "is"),
+    ("evaluation.output_dir", "{root}/items/../reports", "is inside"),
+    ("spark.checkpoint_dir", "{root}/../warehouse/ckpt", "is inside"),
+    ("ingest.source.path", "{root}/../..", "contains"),
+    ("evaluation.given_test", "{root}/{{fold}}.test", "is inside"),
+])
+def test_paths_must_stay_out_of_the_table_root(key: str, value: str, relation: str, tmp_path: Path) -> None:
+    root = tmp_path / "warehouse"
+    path = value.format(root=root)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [f"storage.root={root}", f"{key}={path}"])
+    assert f"{key} '{path}' {relation} the table root (storage.root = '{root}', that is {root} once '..' is " \
+           "resolved)" in str(err.value)
+
+
+def test_uri_paths_are_compared_within_one_bucket() -> None:
+    with pytest.raises(ConfigError, match=r"generate.output 's3://b/w/x/\.\./raw' is inside the table root"):
+        load_config(None, ["storage.root=s3a://b/w", "generate.output=s3://b/w/x/../raw"])
+    cfg = load_config(None, ["storage.root=s3a://b/w", "generate.output=s3://other/w/raw",
+                             "spark.checkpoint_dir=hdfs:///b/w"])
+    assert cfg.generate.output == "s3://other/w/raw"
+
+
+def test_folders_must_not_be_files(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    for key in ("storage.root", "spark.checkpoint_dir", "evaluation.output_dir"):
+        with pytest.raises(ConfigError, match=rf"{key}: {key} '.*file' must be a directory, but it is a file"):
+            load_config(None, [f"{key}={f}"])
+    with pytest.raises(ConfigError, match=r"storage.root '.*/file/wh' must be a directory, but it is a file \(.*/file is a file\)"):
+        load_config(None, [f"storage.root={f}/wh"])
+
+
+def test_config_path_is_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a TOML file"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(("encoding", "ok"), [("UTF-8", True), ("utf8", True), ("latin1", True), ("ISO-8859-1", True),
+                                              ("ascii", True), ("UTF-16", False), ("cp1252", False), ("klingon", False)])
+def test_encodings_ingest_can_decode(encoding: str, ok: bool) -> None:
+    overrides = [f"ingest.source.encoding={encoding}"]
+    if ok:
+        assert load_config(None, overrides).ingest.source.encoding == encoding
+    else:
+        with pytest.raises(ConfigError, match=rf"ingest.source.encoding '{encoding}' is not supported"):
+            load_config(None, overrides)
+
+
+def test_delimiter_and_bounds() -> None:
+    with pytest.raises(ConfigError, match=r"for a tab write"):
+        load_config(None, ["ingest.source.delimiter=\\t"])
+    assert load_config(None, ['ingest.source.delimiter="\\t"']).ingest.source.separator == "\t"
+    with pytest.raises(ConfigError, match=r"cannot separate fields"):
+        load_config(None, ["ingest.source.delimiter='\"'"])
+    with pytest.raises(ConfigError, match=r"ingest.max_future_days: Input should be less than or equal to 1000000"):
+        load_config(None, ["ingest.max_future_days=1e12"])  # would overflow the date arithmetic

@@ -11,6 +11,7 @@ checkpoints, and the floating-point rate of its normal-equation work next to imp
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import statistics
@@ -39,6 +40,12 @@ _TARGET_RATIO = 5.0
 _FLOOR_SAMPLE = 0.01
 #: (lo, hi) iterations of implicit's exact solver: only its per-iteration slope is needed.
 _CHOLESKY_ITERATIONS = (1, 3)
+#: Seconds the span of a slope (hi fit minus lo fit) should last at least. implicit's CG iteration takes
+#: about 0.1 s at 1M events, so a span of five of them is a tenth of a second: a difference of noise.
+#: implicit's contenders get as many more iterations as reach this (ours' spans already take seconds).
+_MIN_SPAN_S = 3.0
+#: Cap on a calibrated iteration count (ML-100K's CG iteration takes milliseconds).
+_MAX_ITERATIONS = 400
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -122,6 +129,21 @@ def _iterations(als: AlsConfig, quick: bool) -> tuple[int, int]:
     """(lo, hi) iteration counts of the slope: hi is the configured count, lo half of it."""
     hi = 2 if quick else max(als.max_iter, 2)
     return max(1, hi // 2), hi
+
+
+def calibrated_iterations(fit: Callable[[int], float], lo: int, hi: int, min_span_s: float,
+                          cap: int = _MAX_ITERATIONS) -> tuple[int, int]:
+    """(lo, hi') with hi' >= hi raised until the slope's span should last ``min_span_s``.
+
+    One warm-up pair of fits estimates the time per iteration; a non-positive estimate (noise) falls back
+    to the hi fit's whole time per iteration, an upper bound that keeps the span short rather than huge.
+    """
+    t_lo, t_hi = fit(lo), fit(hi)
+    per_iter = (t_hi - t_lo) / (hi - lo)
+    if per_iter <= 0:
+        per_iter = t_hi / hi
+    span = max(hi - lo, math.ceil(min_span_s / per_iter)) if per_iter > 0 else hi - lo
+    return lo, max(hi, min(lo + span, cap))
 
 
 def _training_rows(train: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -274,14 +296,20 @@ def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, a
             sanity["implicit_users"], sanity["implicit_items"] = list(uf.shape), list(itf.shape)
             sanity["implicit_finite"] = bool(np.isfinite(uf).all() and np.isfinite(itf).all())
 
-        ours(1)  # warm-ups: JIT, shuffle code paths, block building of this frame's plan; implicit's threads
-        theirs(1)
+        ours(1)  # warm-up: JIT, shuffle code paths, block building of this frame's plan
+        min_span = 0.0 if ctx.quick else _MIN_SPAN_S
+
+        def cholesky(n: int, check: Callable[[Any], None] | None = None) -> float:
+            return theirs(n, use_cg=False)
+
+        # the calibration fits double as implicit's warm-ups (its thread pool, first-touch allocations)
         timed = {
             "ours": _Contender(ours, lo, hi, check_ours),
-            "implicit_cg": _Contender(theirs, lo, hi, check_theirs),
+            "implicit_cg": _Contender(theirs, *calibrated_iterations(theirs, lo, hi, min_span), check_theirs),
             # the exact solver only separates algorithm from engine; its fixed cost is negligible, so a
-            # short slope measures it at a fraction of the cost of the full iteration counts
-            "implicit_cholesky": _Contender(lambda n, check=None: theirs(n, use_cg=False), *_CHOLESKY_ITERATIONS),
+            # slope from one iteration up measures it at a fraction of the cost of the full counts
+            "implicit_cholesky": _Contender(cholesky, *calibrated_iterations(cholesky, *_CHOLESKY_ITERATIONS,
+                                                                             min_span)),
         }
         _interleaved(timed, ctx.repeats)
         results = {k: c.result() for k, c in timed.items()}
@@ -485,7 +513,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
               "so it is given 1 + alpha·r with alpha = 1 and both solve the same weighted least squares. The one "
               "difference left is that MLlib scales the regularisation by each row's rating count (ALS-WR) and "
               "implicit does not, which changes no work per iteration. Per-iteration time is the slope between fits "
-              "of two iteration counts (fixed costs cancel); the total is the whole fit at the larger count."), "",
+              "of two iteration counts (fixed costs cancel); implicit gets more iterations than ours, enough for its span "
+              f"to last about {_MIN_SPAN_S:g} s, so its slope is not a difference of noise. The total is the whole "
+              "fit at the larger count."), "",
              "| data | contender | per iteration s | min–max | total s | min–max | iterations |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for p in points:
