@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -57,6 +58,7 @@ class ClusterState:
     master_pid: int
     worker_pids: list[int] = field(default_factory=list)
     worker_uis: list[str] = field(default_factory=list)
+    """Web UI addresses asked for (a worker moves to the next port if one was taken meanwhile)."""
 
 
 def spark_home() -> Path:
@@ -102,7 +104,7 @@ def _environment(directory: Path) -> dict[str, str]:
 def _launch(name: str, args: list[str], directory: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     logs = directory / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it for its whole life
+    out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - the child owns it; a fresh log per start
     cmd = [str(spark_home() / "bin" / "spark-class"), *args]
     log.info("starting %s: %s", name, " ".join(cmd))
     # a session of its own: down() signals the whole group (the JVM and the executors it forks)
@@ -148,9 +150,12 @@ def start(directory: str | Path, workers: int = 2, cores: int = 1, memory: str =
     ui = free_port()
     master = _launch("master", ["org.apache.spark.deploy.master.Master", "--host", _HOST, "--port", str(port),
                                 "--webui-port", str(ui)], directory, env)
-    state = ClusterState(f"spark://{_HOST}:{port}", f"http://{_HOST}:{ui}", str(directory), master.pid)
     procs = [master]
     try:
+        # Spark moves to the next port when the chosen one was taken in the meantime: the log says
+        # where the master really listens
+        master_url, master_ui = _master_addresses(directory / "logs" / "master.log", master)
+        state = ClusterState(master_url, master_ui, str(directory), master.pid)
         for i in range(workers):
             worker_ui = free_port()
             work = directory / "work" / f"worker-{i}"
@@ -170,6 +175,23 @@ def start(directory: str | Path, workers: int = 2, cores: int = 1, memory: str =
         raise
     log.info("local cluster up at %s with %d workers x %d cores", state.master_url, workers, cores)
     return state
+
+
+_MASTER_URL = re.compile(r"Starting Spark master at (spark://\S+)")
+_MASTER_UI = re.compile(r"Bound MasterWebUI to \S+, and started at http://[^:]+:(\d+)")
+
+
+def _master_addresses(log_path: Path, master: subprocess.Popen[bytes]) -> tuple[str, str]:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if master.poll() is not None:
+            raise ClusterError(f"the master JVM exited during start-up (exit {master.returncode}); see {log_path}")
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        url, ui = _MASTER_URL.search(text), _MASTER_UI.search(text)
+        if url and ui:
+            return url.group(1), f"http://{_HOST}:{ui.group(1)}"
+        time.sleep(0.3)
+    raise ClusterError(f"the master did not start within {_START_TIMEOUT_S:.0f} s; see {log_path}")
 
 
 def _wait_for_workers(state: ClusterState, procs: list[subprocess.Popen[bytes]], workers: int) -> None:

@@ -193,12 +193,19 @@ def _frame(spark: SparkSession, tag: str, n: int) -> DataFrame:
     return spark.range(n).select(F.col("id").cast("int").alias("id"), F.lit(tag).alias("writer"))
 
 
+def _race(spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch, table: str,
+          mode: str) -> list[object]:
+    """Version 0 of ``table`` by a base writer (5 rows), then writers a (10 rows) and b (20 rows)
+    committing in ``mode`` at the same moment; their results or exceptions."""
+    store.write(_frame(spark, "base", 5), table, mode, COMMIT)
+    _racing(monkeypatch, 2)
+    return _in_threads(lambda: store.write(_frame(spark, "a", 10), table, mode, COMMIT),
+                       lambda: store.write(_frame(spark, "b", 20), table, mode, COMMIT))
+
+
 def test_two_overwrites_at_once_one_wins_cleanly(spark: SparkSession, store: TableStore,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    store.write(_frame(spark, "base", 5), "contested", "overwrite", COMMIT)
-    _racing(monkeypatch, 2)
-    a, b = _in_threads(lambda: store.write(_frame(spark, "a", 10), "contested", "overwrite", COMMIT),
-                       lambda: store.write(_frame(spark, "b", 20), "contested", "overwrite", COMMIT))
+    a, b = _race(spark, store, monkeypatch, "contested", "overwrite")
     outcomes = {"a": a, "b": b}
     failed = {k: v for k, v in outcomes.items() if isinstance(v, Exception)}
     rows = {r["writer"]: r["n"] for r in store.read("contested").groupBy("writer").agg(F.count("*").alias("n"))
@@ -227,10 +234,7 @@ def test_two_overwrites_at_once_one_wins_cleanly(spark: SparkSession, store: Tab
 
 def test_two_appends_at_once_both_land(spark: SparkSession, store: TableStore,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    store.write(_frame(spark, "base", 5), "appended", "append", COMMIT)
-    _racing(monkeypatch, 2)
-    a, b = _in_threads(lambda: store.write(_frame(spark, "a", 10), "appended", "append", COMMIT),
-                       lambda: store.write(_frame(spark, "b", 20), "appended", "append", COMMIT))
+    a, b = _race(spark, store, monkeypatch, "appended", "append")
     assert not isinstance(a, Exception) and not isinstance(b, Exception), (a, b)
     assert sorted([a.version, b.version]) == [1, 2]  # the later commit retried on top of the earlier
     rows = {r["writer"]: r["n"] for r in store.read("appended").groupBy("writer").agg(F.count("*").alias("n"))
