@@ -30,6 +30,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,15 @@ def _launch(name: str, args: list[str], directory: Path, env: dict[str, str]) ->
                             cwd=directory, start_new_session=True)
 
 
+def get_json(url: str, timeout: float = 5.0) -> Any:
+    """A JSON document from a loopback web UI (the master's status, a driver's REST API)."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read().decode())
+
+
 def master_status(master_ui: str, timeout: float = 5.0) -> dict:
     """The master's /json status: workers, their state and cores, running applications."""
-    with urllib.request.urlopen(f"{master_ui}/json/", timeout=timeout) as resp:  # noqa: S310 - loopback only
-        return json.loads(resp.read().decode())
+    return get_json(f"{master_ui}/json/", timeout)
 
 
 def _alive_workers(master_ui: str) -> int:
@@ -273,8 +279,9 @@ def stop(directory: str | Path) -> bool:
     return True
 
 
-def executor_pids(state: ClusterState, app_id: str | None = None) -> list[int]:
-    """Process ids of the executor JVMs running under this cluster's workers (optionally of one app)."""
+def executor_pids(state: ClusterState, app_id: str | None = None, executor_id: str | None = None) -> list[int]:
+    """Process ids of the executor JVMs running under this cluster's workers (optionally of one
+    application, and one executor id within it)."""
     workers = set(state.worker_pids)
     found = []
     for entry in Path("/proc").iterdir():
@@ -287,9 +294,17 @@ def executor_pids(state: ClusterState, app_id: str | None = None) -> list[int]:
             continue
         if pgid not in workers or b"org.apache.spark.executor.CoarseGrainedExecutorBackend" not in cmdline:
             continue
-        if app_id is None or app_id.encode() in cmdline:
-            found.append(int(entry.name))
+        if app_id is not None and app_id.encode() not in cmdline:
+            continue
+        if executor_id is not None and _argument(cmdline, b"--executor-id") != executor_id.encode():
+            continue
+        found.append(int(entry.name))
     return sorted(found)
+
+
+def _argument(cmdline: list[bytes], flag: bytes) -> bytes | None:
+    """The value after ``flag`` in a process's command line."""
+    return cmdline[cmdline.index(flag) + 1] if flag in cmdline[:-1] else None
 
 
 def main(argv: list[str] | None = None) -> int:

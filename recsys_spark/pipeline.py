@@ -208,7 +208,7 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
         # re-run adds no events, but the matrix still lacks the ones that landed).
         matrix = interaction_matrix(store.read(T.INTERACTIONS, version=events_version), icfg)
         report.writes.append(store.write(matrix, T.INTERACTION_MATRIX, "overwrite", ctx.commit(
-            source=src.path, preset=src.preset, files=len(todo), input_versions={T.INTERACTIONS: events_version})))
+            **commit.extra, input_versions={T.INTERACTIONS: events_version})))
 
     now = datetime.now(timezone.utc)
     ledger = spark.createDataFrame(

@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -174,11 +173,6 @@ def test_evaluation_metrics_match_local_mode(spark: SparkSession, walkthrough, l
 # -- an executor killed mid-stage ----------------------------------------------------------------
 
 
-def _get_json(url: str) -> object:
-    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - loopback only
-        return json.loads(resp.read().decode())
-
-
 class _ExecutorKiller(threading.Thread):
     """Watches the driver's REST API and SIGKILLs the JVM of an executor in the middle of a task.
 
@@ -199,7 +193,7 @@ class _ExecutorKiller(threading.Thread):
         self.done = threading.Event()
 
     def _api(self, path: str) -> object:
-        return _get_json(f"{self.ui}/api/v1/applications{path}")
+        return devcluster.get_json(f"{self.ui}/api/v1/applications{path}")
 
     def run(self) -> None:
         seen: dict[int, float] = {}
@@ -219,9 +213,10 @@ class _ExecutorKiller(threading.Thread):
                 continue
 
     def _kill(self, app: str, task: dict, where: str) -> bool:
-        pid = _executor_pid(self.state, app, task["executorId"])
-        if pid is None:
+        pids = devcluster.executor_pids(self.state, app, str(task["executorId"]))
+        if not pids:
             return False
+        pid = pids[0]
         os.kill(pid, signal.SIGKILL)
         self.kills.append({"executor": task["executorId"], "pid": pid, "task": task["taskId"], "stage": where})
         deadline = time.monotonic() + 30
@@ -238,17 +233,6 @@ class _ExecutorKiller(threading.Thread):
             if status == "SUCCESS":
                 return True  # too late: try another task
         return True
-
-
-def _executor_pid(state: devcluster.ClusterState, app: str, executor_id: str) -> int | None:
-    for pid in devcluster.executor_pids(state, app):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"--executor-id" in args and args[args.index(b"--executor-id") + 1] == executor_id.encode():
-            return pid
-    return None
 
 
 def _events(event_dir: Path) -> list[dict]:
