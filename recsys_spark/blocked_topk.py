@@ -94,7 +94,7 @@ def _kth_per_row(rows: np.ndarray, vals: np.ndarray, n_rows: int, k: int) -> np.
     return np.partition(padded, width - k, axis=1)[:, width - k]
 
 
-def _descending_key(vals: np.ndarray) -> np.ndarray:
+def descending_key(vals: np.ndarray) -> np.ndarray:
     """int64 keys whose ascending order is the float32 values' descending order (IEEE bit trick)."""
     bits = (vals.astype(np.float32) + np.float32(0)).view(np.uint32).astype(np.int64)  # -0.0 becomes +0.0
     ascending = np.where(bits & 0x80000000, 0xFFFFFFFF - bits, bits | 0x80000000)
@@ -105,7 +105,7 @@ def _best_first(rows: np.ndarray, vals: np.ndarray, ids: np.ndarray, ids_ascendi
     """Permutation ordering entries by (row asc, value desc, id asc)."""
     if ids_ascending and vals.dtype == np.float32:
         # entries arrive in column order, so a stable sort on one int64 key leaves ties by id already
-        return np.argsort((rows.astype(np.int64) << 32) | _descending_key(vals), kind="stable")
+        return np.argsort((rows.astype(np.int64) << 32) | descending_key(vals), kind="stable")
     return np.lexsort((ids, -vals, rows))
 
 

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k
 from recsys_spark.config import CandidatesConfig
+from recsys_spark.neighbour_votes import neighbour_vote_top_k
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,6 @@ def als_candidates(user_factors: DataFrame, item_factors: DataFrame, seen: DataF
                       F.lit("als").alias("source"))
 
 
-def recent_history(matrix: DataFrame, n: int) -> DataFrame:
-    """Each user's ``n`` most recent items (ties: stronger first, then lower item_idx)."""
-    order = Window.partitionBy("user_idx").orderBy(F.col("last_event_time").desc_nulls_last(),
-                                                    F.col("confidence").desc(), F.col("item_idx"))
-    return (matrix.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= n)
-            .select("user_idx", "item_idx"))
-
-
 def item_item_candidates(matrix: DataFrame, neighbors: DataFrame, users: DataFrame, k: int,
                          recent_items: int) -> DataFrame:
     """Top-k by the summed similarity of each item to the user's recent items, seen items excluded.
@@ -101,12 +94,8 @@ def item_item_candidates(matrix: DataFrame, neighbors: DataFrame, users: DataFra
         neighbors: (item_idx, neighbor_idx, similarity) of one method.
         users: (user_idx) of the users to score.
     """
-    hist = recent_history(matrix.join(users.select("user_idx"), "user_idx", "left_semi"), recent_items)
-    scored = (hist.join(neighbors.select("item_idx", "neighbor_idx", "similarity"), "item_idx")
-              .groupBy("user_idx", F.col("neighbor_idx").alias("item_idx"))
-              .agg(F.sum("similarity").cast("float").alias("score")))
-    unseen = scored.join(matrix.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
-    return _rank(unseen, k).withColumn("source", F.lit("item_item"))
+    history = matrix.join(users.select("user_idx"), "user_idx", "left_semi")
+    return neighbour_vote_top_k(history, neighbors, k, recent_items).withColumn("source", F.lit("item_item"))
 
 
 def blend_candidates(als: DataFrame, item_item: DataFrame, als_weight: float, k: int) -> DataFrame:

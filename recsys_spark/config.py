@@ -112,6 +112,16 @@ class SparkConfig(_Section):
     def _checkpoint(cls, v: str) -> str:
         return _check_folder(v, "spark.checkpoint_dir")
 
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _conf_scalars(cls, v: Any) -> Any:
+        # Spark properties are strings, but `--set spark.conf.spark.eventLog.enabled=true` and
+        # TOML `x = 4` parse as bool/int; write them the way Spark spells them.
+        if not isinstance(v, dict):
+            return v
+        return {k: (str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x)
+                for k, x in v.items()}
+
 
 class StorageConfig(_Section):
     root: str = "data/warehouse"
@@ -712,6 +722,11 @@ def _apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str
         node = data
         default: Any = _DEFAULTS
         for i, p in enumerate(parts[:-1]):
+            if isinstance(default, dict):
+                # inside a map (spark.conf, event_weights) the rest of the key is one map key:
+                # spark.conf.spark.eventLog.enabled sets "spark.eventLog.enabled"
+                parts = [*parts[:i], ".".join(parts[i:])]
+                break
             default = getattr(default, p, None) if isinstance(default, BaseModel) else None
             child = node.get(p)
             if child is None:

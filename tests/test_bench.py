@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from recsys_spark.bench import cli
 
 
@@ -28,8 +30,6 @@ def test_quick_benchmarks_write_every_section(tmp_path: Path) -> None:
 
 
 def test_unknown_benchmark_is_refused(capsys) -> None:  # noqa: ANN001
-    import pytest
-
     with pytest.raises(SystemExit) as exc:
         cli.main(["--only", "nope"])
     assert exc.value.code == 2
@@ -52,3 +52,15 @@ def test_calibrated_iterations_stretch_a_short_slope_until_it_lasts() -> None:
     assert calibrated_iterations(fit(0.1), 1, 2, 0.0) == (1, 2)
     # noise (hi no slower than lo): the hi fit's time per iteration bounds the estimate from above
     assert calibrated_iterations(lambda n: 1.0, 1, 3, 3.0) == (1, 10)
+
+
+def test_scale_ladders(capsys) -> None:  # noqa: ANN001
+    from recsys_spark.bench.pipeline import scale_points
+
+    assert scale_points(100_000, 10_000_000) == [100_000, 300_000, 1_000_000, 3_000_000, 10_000_000]
+    assert scale_points(100_000, 10_000_000, rungs=10) == [100_000, 1_000_000, 10_000_000]
+    assert scale_points(5_000, 10_000) == [5_000, 10_000]
+    assert scale_points(10_000_000, 10_000_000, rungs=10) == [10_000_000]
+    with pytest.raises(SystemExit):
+        cli.main(["--only", "pipeline", "--scale-rungs", "5"])
+    assert "--scale-rungs must be 3" in capsys.readouterr().err

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.candidates import (blend_candidates, cold_start_candidates, item_item_candidates,
-                                     popular_items, recent_history)
+from recsys_spark.candidates import blend_candidates, cold_start_candidates, item_item_candidates, popular_items
+from recsys_spark.neighbour_votes import recent_history
 
 T0 = datetime(2026, 9, 30, tzinfo=timezone.utc)
 MATRIX_SCHEMA = "user_idx INT, item_idx INT, confidence DOUBLE, last_event_time TIMESTAMP"

@@ -202,3 +202,12 @@ def test_delimiter_and_bounds() -> None:
         load_config(None, ["ingest.source.delimiter='\"'"])
     with pytest.raises(ConfigError, match=r"ingest.max_future_days: Input should be less than or equal to 1000000"):
         load_config(None, ["ingest.max_future_days=1e12"])  # would overflow the date arithmetic
+
+
+def test_set_reaches_dotted_spark_properties_and_writes_scalars_as_spark_spells_them() -> None:
+    cfg = load_config(None, ["spark.conf.spark.eventLog.enabled=true", "spark.conf.spark.sql.shuffle.partitions=7",
+                             "spark.conf.spark.memory.fraction=0.5", "spark.conf.spark.eventLog.dir=file:///tmp/ev"])
+    assert cfg.spark.conf == {"spark.eventLog.enabled": "true", "spark.sql.shuffle.partitions": "7",
+                              "spark.memory.fraction": "0.5", "spark.eventLog.dir": "file:///tmp/ev"}
+    with pytest.raises(ConfigError, match=r"spark\.conf\.x"):
+        load_config(None, ["spark.conf.x=[1, 2]"])

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     sizes = {name: (quick if args.quick else getattr(args, name)) for name, (_, quick, _) in sizes_spec.items()}
     repeats = 1 if args.quick else args.repeats
+    if sizes.get("scale_rungs", 3) not in (3, 10):
+        parser.error(f"--scale-rungs must be 3 (1-3-10 ladder) or 10 (powers of ten), not {sizes['scale_rungs']}")
 
     from recsys_spark.bench._common import BenchContext, cpu_seconds, machine, other_cpu_percent
     from recsys_spark.session import build_session

@@ -36,6 +36,8 @@ SIZES = {
     "scale_max_events": (1_000_000, 10_000,
                          "largest synthetic event count of the pipeline scaling benchmark; points run on the "
                          "1-3-10 ladder between min and max (e.g. 10000000 adds 3M and 10M)"),
+    "scale_rungs": (3, 3, "pipeline scaling ladder: 3 runs the 1-3-10 rungs between min and max, 10 only the "
+                          "powers of ten (0.1M, 1M, 10M)"),
     "scale_budget_s": (480, 0, "pipeline scaling: skip a larger point when the time spent plus its predicted "
                                "time would exceed this many seconds (0: no limit)"),
 }
@@ -59,17 +61,20 @@ _POLL_S = 0.2
 def run(ctx: BenchContext) -> dict[str, Any]:
     s = ctx.sizes
     return bench_pipeline(ctx.cfg, ctx.work / "pipeline", s["scale_min_events"], s["scale_max_events"],
-                          s["scale_budget_s"])
+                          s["scale_budget_s"], s["scale_rungs"])
 
 
 # -- scale points --------------------------------------------------------------------------------
 
 
-def scale_points(lo: int, hi: int) -> list[int]:
-    """``lo``, ``hi`` and the 1-3-10 ladder values strictly between them, ascending."""
+def scale_points(lo: int, hi: int, rungs: int = 3) -> list[int]:
+    """``lo``, ``hi`` and the ladder values strictly between them, ascending: 1-3-10 rungs
+    (``rungs=3``) or powers of ten only (``rungs=10``)."""
+    if rungs not in (3, 10):
+        raise ValueError(f"--scale-rungs must be 3 (1-3-10 ladder) or 10 (powers of ten), not {rungs}")
     if lo >= hi:
         return [hi]
-    ladder = {m * 10 ** e for e in range(1, 12) for m in (1, 3)}
+    ladder = {m * 10 ** e for e in range(1, 12) for m in ((1, 3) if rungs == 3 else (1,))}
     return sorted({lo, hi} | {v for v in ladder if lo < v < hi})
 
 
@@ -357,14 +362,14 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int, item
     return point
 
 
-def bench_pipeline(cfg: Config, work: Path, lo: int, hi: int, budget_s: int) -> dict[str, Any]:
+def bench_pipeline(cfg: Config, work: Path, lo: int, hi: int, budget_s: int, rungs: int = 3) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     raw = getattr(cfg, "_raw", None) or {}
     eval_users = cfg.evaluation.max_users or DEFAULT_EVAL_USERS
     points: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     started = time.perf_counter()
-    planned = scale_points(lo, hi)
+    planned = scale_points(lo, hi, rungs)
     for i, events in enumerate(planned):
         if points and budget_s > 0:
             # Predict from the last point: process startups are a fixed cost, the rest grows as the
