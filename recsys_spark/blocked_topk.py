@@ -25,6 +25,8 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark.ranking import kth_largest_per_sorted_row, ranks_in_runs, top_n_per_key
+
 log = logging.getLogger(__name__)
 
 #: Score-buffer budget per sub-multiplication (float32 entries): 4M entries = 16 MiB.
@@ -70,7 +72,7 @@ def top_k_rows(scores: np.ndarray, target_ids: np.ndarray, k: int) -> tuple[np.n
         bound = np.partition(scores[:, :m], m - kk, axis=1)[:, m - kk]
         rows, cols = np.nonzero(scores >= bound[:, None])
         vals = scores[rows, cols]
-        keep = vals >= _kth_per_row(rows, vals, n_rows, kk)[rows]
+        keep = vals >= kth_largest_per_sorted_row(rows, vals, n_rows, kk)[rows]
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
     else:
         rows, cols = np.nonzero(scores > -np.inf)
@@ -78,35 +80,9 @@ def top_k_rows(scores: np.ndarray, target_ids: np.ndarray, k: int) -> tuple[np.n
     keep = vals > -np.inf
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
     ascending = bool(np.all(target_ids[1:] > target_ids[:-1]))
-    order = _best_first(rows, vals, target_ids[cols], ids_ascending=ascending)
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    first = ranks_in_runs(rows) <= kk
-    return rows[first], cols[first], vals[first]
-
-
-def _kth_per_row(rows: np.ndarray, vals: np.ndarray, n_rows: int, k: int) -> np.ndarray:
-    """The k-th largest of each row's candidate values (``rows`` sorted), -inf where a row has fewer."""
-    counts = np.bincount(rows, minlength=n_rows)
-    width = max(int(counts.max(initial=0)), k)
-    starts = np.cumsum(counts) - counts
-    padded = np.full((n_rows, width), -np.inf, dtype=vals.dtype)
-    padded[rows, np.arange(len(rows)) - starts[rows]] = vals
-    return np.partition(padded, width - k, axis=1)[:, width - k]
-
-
-def descending_key(vals: np.ndarray) -> np.ndarray:
-    """int64 keys whose ascending order is the float32 values' descending order (IEEE bit trick)."""
-    bits = (vals.astype(np.float32) + np.float32(0)).view(np.uint32).astype(np.int64)  # -0.0 becomes +0.0
-    ascending = np.where(bits & 0x80000000, 0xFFFFFFFF - bits, bits | 0x80000000)
-    return 0xFFFFFFFF - ascending
-
-
-def _best_first(rows: np.ndarray, vals: np.ndarray, ids: np.ndarray, ids_ascending: bool) -> np.ndarray:
-    """Permutation ordering entries by (row asc, value desc, id asc)."""
-    if ids_ascending and vals.dtype == np.float32:
-        # entries arrive in column order, so a stable sort on one int64 key leaves ties by id already
-        return np.argsort((rows.astype(np.int64) << 32) | descending_key(vals), kind="stable")
-    return np.lexsort((ids, -vals, rows))
+    # entries arrive in column order, so with ids ascending ties already sit by id
+    kept, _ = top_n_per_key(rows, vals, target_ids[cols], kk, ids_ascending=ascending)
+    return rows[kept], cols[kept], vals[kept]
 
 
 def score_block(queries: np.ndarray, targets: np.ndarray, target_ids: np.ndarray, k: int,
@@ -233,23 +209,11 @@ def _score_cell(cell: pa.RecordBatch, k: int, min_score: float | None, qb_size: 
         names=["qb", "query", "target", "score", "rank"])
 
 
-def ranks_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
-    """1-based position of each element within its run of equal consecutive keys."""
-    if len(sorted_keys) == 0:
-        return np.empty(0, dtype=np.int32)
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    return (np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)])) + 1
-            ).astype(np.int32)
-
-
 def _merge_partials(table: pa.Table, k: int) -> pa.Table:
     """Keep each query's k best (query, target, score) rows by (score desc, target asc), ranked from 1."""
     q = table.column("query").to_numpy().astype(np.int64)
     t = table.column("target").to_numpy().astype(np.int64)
     s = table.column("score").to_numpy()
-    order = np.lexsort((t, -s, q))
-    q, t, s = q[order], t[order], s[order]
-    rank = ranks_in_runs(q)
-    keep = rank <= k
-    return pa.table({"query": pa.array(q[keep].astype(np.int32)), "target": pa.array(t[keep].astype(np.int32)),
-                     "score": pa.array(s[keep].astype(np.float32)), "rank": pa.array(rank[keep])})
+    kept, rank = top_n_per_key(q, s, t, k)
+    return pa.table({"query": pa.array(q[kept].astype(np.int32)), "target": pa.array(t[kept].astype(np.int32)),
+                     "score": pa.array(s[kept].astype(np.float32)), "rank": pa.array(rank)})

@@ -24,7 +24,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.blocked_topk import descending_key, ranks_in_runs
+from recsys_spark.ranking import ranks_in_runs, top_n_per_key
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,9 @@ def _score_block(users: np.ndarray, items: np.ndarray, is_recent: np.ndarray,
     keep[hit] = False
     uniq, score = uniq[keep], sums[keep].astype(np.float32)
     rows, cols = uniq // n_items, uniq % n_items
-    # keys are sorted by (user, item): a stable sort on (user, score desc) leaves ties by item asc
-    order = np.argsort((rows << 32) | descending_key(score), kind="stable")
-    rows, cols, score = rows[order], cols[order], score[order]
-    rank = ranks_in_runs(rows)
-    top = rank <= k
-    return _batch(rows[top], cols[top], score[top], rank[top])
+    # keys are sorted by (user, item), so ties already sit by item
+    kept, rank = top_n_per_key(rows, score, cols, k, ids_ascending=True)
+    return _batch(rows[kept], cols[kept], score[kept], rank)
 
 
 def _batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, ranks: np.ndarray) -> pa.RecordBatch:

@@ -29,8 +29,9 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy.sparse import csc_matrix, csr_matrix
 
-from recsys_spark.blocked_topk import BlockShape, blocked_top_k, ranks_in_runs
+from recsys_spark.blocked_topk import BlockShape, blocked_top_k
 from recsys_spark.config import SimilarityConfig
+from recsys_spark.ranking import kth_largest_per_row, top_n_per_key
 
 log = logging.getLogger(__name__)
 
@@ -186,50 +187,15 @@ def _cosine_cell(table: pa.Table, cell_of: dict[int, int], n_tb: int, top_n: int
                    counts[keep], top_n, with_block=True)
 
 
-#: Entries per padded buffer when finding each row's k-th largest value (float64: 32 MiB).
-_ROW_BUFFER = 1 << 22
-
-
-def kth_largest_per_row(indptr: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """The k-th largest value of each CSR row (-inf for a row with fewer than k entries).
-
-    Rows are padded with -inf into dense buffers and partitioned in one vectorised call per buffer;
-    rows go into buffers in order of length, so padding stays small however skewed the lengths.
-    """
-    lengths = np.diff(indptr)
-    kth = np.full(len(lengths), -np.inf)
-    long_rows = np.flatnonzero(lengths >= k)
-    long_rows = long_rows[np.argsort(lengths[long_rows], kind="stable")]
-    start = 0
-    while start < len(long_rows):
-        width = int(lengths[long_rows[start]])
-        stop = start + 1
-        while stop < len(long_rows) and (stop + 1 - start) * int(lengths[long_rows[stop]]) <= _ROW_BUFFER:
-            width = int(lengths[long_rows[stop]])
-            stop += 1
-        chunk = long_rows[start:stop]
-        counts = lengths[chunk]
-        padded = np.full((len(chunk), width), -np.inf)
-        local = np.repeat(np.arange(len(chunk)), counts)
-        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        padded[local, offsets] = values[np.repeat(indptr[chunk], counts) + offsets]
-        kth[chunk] = np.partition(padded, width - k, axis=1)[:, width - k]
-        start = stop
-    return kth
-
-
 def _ranked(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, counts: np.ndarray,
             top_n: int, with_block: bool) -> pa.Table:
     """Each source's ``top_n`` rows by (similarity desc, neighbour asc), ranked from 1."""
-    order = np.lexsort((dst, -sims, src))
-    src, dst, sims, counts, qb = src[order], dst[order], sims[order], counts[order], qb[order]
-    rank = ranks_in_runs(src)
-    keep = rank <= top_n
-    columns = {"item_idx": pa.array(src[keep].astype(np.int32)), "neighbor_idx": pa.array(dst[keep].astype(np.int32)),
-               "similarity": pa.array(sims[keep].astype(np.float64)), "rank": pa.array(rank[keep]),
-               "cooccurrence": pa.array(np.rint(counts[keep]).astype(np.int64))}
+    kept, rank = top_n_per_key(src, sims, dst, top_n)
+    columns = {"item_idx": pa.array(src[kept].astype(np.int32)), "neighbor_idx": pa.array(dst[kept].astype(np.int32)),
+               "similarity": pa.array(sims[kept].astype(np.float64)), "rank": pa.array(rank),
+               "cooccurrence": pa.array(np.rint(counts[kept]).astype(np.int64))}
     if with_block:
-        columns = {"qb": pa.array(qb[keep].astype(np.int32)), **columns}
+        columns = {"qb": pa.array(qb[kept].astype(np.int32)), **columns}
     return pa.table(columns)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from recsys_spark.config import SimilarityConfig
+from recsys_spark.ranking import kth_largest_per_row
 from recsys_spark.similarity import item_cosine
 
 # users x items, confidence values
@@ -222,14 +223,14 @@ def test_als_neighbours_sit_beside_cosine_ones(spark, cfg, ingest, store, tmp_pa
 
 @pytest.mark.parametrize("buffer", [8, 1 << 22])
 def test_kth_largest_per_row(monkeypatch: pytest.MonkeyPatch, buffer: int) -> None:
-    from recsys_spark import similarity
+    from recsys_spark import ranking
 
-    monkeypatch.setattr(similarity, "_ROW_BUFFER", buffer)  # tiny buffers: many chunks, one row each
+    monkeypatch.setattr(ranking, "_ROW_BUFFER", buffer)  # tiny buffers: many chunks, one row each
     rng = np.random.default_rng(3)
     lengths = np.r_[0, 1, 2, 3, 40, 3, 7, 2, 500, 9]
     indptr = np.r_[0, np.cumsum(lengths)]
     values = rng.integers(0, 6, indptr[-1]).astype(float)  # many ties
-    got = similarity.kth_largest_per_row(indptr, values, 3)
+    got = kth_largest_per_row(indptr, values, 3)
     for row, n in enumerate(lengths):
         row_values = np.sort(values[indptr[row]:indptr[row + 1]])[::-1]
         assert got[row] == (row_values[2] if n >= 3 else -np.inf)
