@@ -87,6 +87,14 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
     value = F.when(~F.col("value").rlike(control), F.trim("value").try_cast("double"))
     # -0 is 0: one spelling, so the same event never gets two content keys.
     value = F.when(value == 0, F.lit(0.0)).otherwise(value) if source.value_col else F.lit(1.0)
+    # Parsed fields are columns of their own before the checks read them: inlined, each reference
+    # in the reason chain below would parse the timestamp again (conditional branches are not
+    # shared), which made ingest 3x slower.
+    raw = raw.select("*", user.alias("_user"), item.alias("_item"), etype.alias("_etype"),
+                     event_time.alias("_event_time"), value.alias("_value"))
+    user, item, etype, value = F.col("_user"), F.col("_item"), F.col("_etype"), F.col("_value")
+    event_time = F.col("_event_time")
+    ts_ok = event_time.isNotNull() if has_ts else F.lit(True)
 
     lo = datetime.fromisoformat(cfg.min_event_time.replace("Z", "+00:00"))
     lo = lo if lo.tzinfo else lo.replace(tzinfo=timezone.utc)
