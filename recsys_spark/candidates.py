@@ -20,6 +20,7 @@ import logging
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark.blend import blend_top_k
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k
 from recsys_spark.config import CandidatesConfig
 from recsys_spark.neighbour_votes import neighbour_vote_top_k
@@ -100,17 +101,7 @@ def item_item_candidates(matrix: DataFrame, neighbors: DataFrame, users: DataFra
 
 def blend_candidates(als: DataFrame, item_item: DataFrame, als_weight: float, k: int) -> DataFrame:
     """Weighted sum of per-user min-max scaled scores of the two candidate lists."""
-    def scaled(df: DataFrame, name: str) -> DataFrame:
-        w = Window.partitionBy("user_idx")
-        lo, hi = F.min("score").over(w), F.max("score").over(w)
-        norm = F.when(hi > lo, (F.col("score") - lo) / (hi - lo)).otherwise(F.lit(1.0))
-        return df.select("user_idx", "item_idx", norm.alias(name))
-
-    both = scaled(als, "a").join(scaled(item_item, "b"), ["user_idx", "item_idx"], "full_outer")
-    score = (F.lit(als_weight) * F.coalesce("a", F.lit(0.0))
-             + F.lit(1.0 - als_weight) * F.coalesce("b", F.lit(0.0)))
-    return _rank(both.select("user_idx", "item_idx", score.cast("float").alias("score")), k) \
-        .withColumn("source", F.lit("blend"))
+    return blend_top_k(als, item_item, als_weight, k).withColumn("source", F.lit("blend"))
 
 
 def _rank(scored: DataFrame, k: int) -> DataFrame:

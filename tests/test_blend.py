@@ -1,0 +1,69 @@
+"""The numpy blend against the Spark SQL formulation it replaces (windows and a full outer join)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.blend import blend_partition, blend_top_k, min_max_scaled
+
+SCHEMA = "user_idx INT, item_idx INT, score FLOAT, rank INT"
+
+
+def _blend_sql(a: DataFrame, b: DataFrame, w: float, k: int) -> DataFrame:
+    def scaled(df: DataFrame, name: str) -> DataFrame:
+        win = Window.partitionBy("user_idx")
+        lo, hi = F.min("score").over(win), F.max("score").over(win)
+        norm = F.when(hi > lo, (F.col("score") - lo) / (hi - lo)).otherwise(F.lit(1.0))
+        return df.select("user_idx", "item_idx", norm.alias(name))
+
+    both = scaled(a, "a").join(scaled(b, "b"), ["user_idx", "item_idx"], "full_outer")
+    score = F.lit(w) * F.coalesce("a", F.lit(0.0)) + F.lit(1.0 - w) * F.coalesce("b", F.lit(0.0))
+    order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
+    return (both.select("user_idx", "item_idx", score.cast("float").alias("score"))
+            .withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
+            .select("user_idx", "item_idx", "score", "rank"))
+
+
+def _lists(seed: int) -> tuple[list, list]:
+    """Two lists over 80 users: overlapping items, users in only one list, one-row users, users
+    whose scores are all equal, negative and tied scores."""
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for u in range(80):
+        for out, p in ((a, 0.8), (b, 0.7)):
+            if rng.random() > p:
+                continue
+            n = int(rng.integers(1, 12))
+            items = rng.choice(30, size=n, replace=False)
+            flat = rng.random() < 0.1
+            scores = np.full(n, 0.5) if flat else rng.choice([-1.25, 0.0, 0.3, 2.5, float(rng.normal())], size=n)
+            out += [(u, int(i), float(s), r + 1) for r, (i, s) in enumerate(zip(items, scores))]
+    return a, b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("w", "k"), [(0.5, 10), (0.3, 4), (1.0, 20)])
+def test_blend_equals_the_sql_formulation(spark, seed: int, w: float, k: int) -> None:  # noqa: ANN001
+    a_rows, b_rows = _lists(seed)
+    a, b = spark.createDataFrame(a_rows, SCHEMA), spark.createDataFrame(b_rows, SCHEMA)
+    want = _blend_sql(a, b, w, k)
+    assert want.count() > 100
+    assert_df_equality(blend_top_k(a, b, w, k), want, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_min_max_scaled_per_user() -> None:
+    users = np.array([0, 0, 0, 4, 7, 7])
+    scores = np.array([1.0, 3.0, 2.0, 9.0, 5.0, 5.0], dtype=np.float32)
+    assert min_max_scaled(users, scores).tolist() == [0.0, 1.0, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_partition_of_one_source_only() -> None:
+    table = pa.table({"user_idx": pa.array([3, 3], pa.int32()), "item_idx": pa.array([9, 2], pa.int32()),
+                      "score": pa.array([1.0, 1.0], pa.float32()), "src": pa.array([1, 1], pa.int8())})
+    out = blend_partition(table, 0.75, 5).to_pydict()
+    assert out == {"user_idx": [3, 3], "item_idx": [2, 9], "score": [0.25, 0.25], "rank": [1, 2]}
