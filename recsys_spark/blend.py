@@ -80,17 +80,13 @@ def blend_partition(table: pa.Table, als_weight: float, k: int) -> pa.RecordBatc
     src = table.column("src").to_numpy()
     order = np.lexsort((items, users, src))  # source, then user: each source's users contiguous
     users, items, scores, src = users[order], items[order], scores[order], src[order]
-    scaled = np.empty(len(users))
-    for s in (0, 1):
-        mask = src == s
-        scaled[mask] = min_max_scaled(users[mask], scores[mask])
-    keys = (users << 32) | items
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    part_a = np.zeros(len(uniq))
-    part_b = np.zeros(len(uniq))
-    part_a[inverse[src == 0]] = scaled[src == 0]
-    part_b[inverse[src == 1]] = scaled[src == 1]
-    blended = (als_weight * part_a + (1.0 - als_weight) * part_b).astype(np.float32)
+    uniq, inverse = np.unique((users << 32) | items, return_inverse=True)
+    parts = []
+    for mask in (src == 0, src == 1):
+        part = np.zeros(len(uniq))
+        part[inverse[mask]] = min_max_scaled(users[mask], scores[mask])
+        parts.append(part)
+    blended = (als_weight * parts[0] + (1.0 - als_weight) * parts[1]).astype(np.float32)
     u, i = uniq >> 32, uniq & 0xFFFFFFFF
     # keys are sorted by (user, item), so ties already sit by item
     kept, rank = top_n_per_key(u, blended, i, k, ids_ascending=True)

@@ -24,6 +24,7 @@ from recsys_spark.blend import blend_top_k
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k
 from recsys_spark.config import CandidatesConfig
 from recsys_spark.neighbour_votes import neighbour_vote_top_k
+from recsys_spark.ranking import rank_per_user
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def cold_start_candidates(cold_users: DataFrame, seen: DataFrame, popular: DataF
     head = popular.where(F.col("rank") <= k + max_seen).select("item_idx", F.col("users").cast("float").alias("score"))
     pairs = cold_users.select("user_idx").crossJoin(F.broadcast(head))
     unseen = pairs.join(seen.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
-    return _rank(unseen, k).withColumn("source", F.lit("popular"))
+    return rank_per_user(unseen, k).withColumn("source", F.lit("popular"))
 
 
 def als_candidates(user_factors: DataFrame, item_factors: DataFrame, seen: DataFrame, k: int,
@@ -102,13 +103,6 @@ def item_item_candidates(matrix: DataFrame, neighbors: DataFrame, users: DataFra
 def blend_candidates(als: DataFrame, item_item: DataFrame, als_weight: float, k: int) -> DataFrame:
     """Weighted sum of per-user min-max scaled scores of the two candidate lists."""
     return blend_top_k(als, item_item, als_weight, k).withColumn("source", F.lit("blend"))
-
-
-def _rank(scored: DataFrame, k: int) -> DataFrame:
-    """Keep each user's k best (score desc, item_idx asc), ranked from 1."""
-    order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
-    return (scored.withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
-            .select("user_idx", "item_idx", F.col("score").cast("float"), "rank"))
 
 
 def split_by_history(matrix: DataFrame, min_history: int) -> tuple[DataFrame, DataFrame]:

@@ -82,8 +82,8 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
     has_ts = source.timestamp_format != "none"
     # Spark's casts silently drop control bytes ("1\x00" would be 1.0): such a field is corrupt.
     ts_text = F.when(~F.col("timestamp").rlike(control), F.col("timestamp"))
-    event_time, ts_ok = parse_timestamp(ts_text, source.timestamp_format) if has_ts else (
-        F.lit(None).cast("timestamp"), F.lit(True))
+    # parse_timestamp's own "parsed" flag is event_time.isNotNull(), taken below on the column
+    event_time = parse_timestamp(ts_text, source.timestamp_format)[0] if has_ts else F.lit(None).cast("timestamp")
     value = F.when(~F.col("value").rlike(control), F.trim("value").try_cast("double"))
     # -0 is 0: one spelling, so the same event never gets two content keys.
     value = F.when(value == 0, F.lit(0.0)).otherwise(value) if source.value_col else F.lit(1.0)

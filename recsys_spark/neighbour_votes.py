@@ -24,7 +24,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.ranking import ranks_in_runs, top_n_per_key
+from recsys_spark.ranking import rank_per_user, ranks_in_runs, top_n_per_key
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,4 @@ def votes_by_join(history: DataFrame, neighbours: DataFrame, k: int, recent: int
               .groupBy("user_idx", F.col("neighbor_idx").alias("item_idx"))
               .agg(F.sum("similarity").cast("float").alias("score")))
     unseen = scored.join(history.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
-    order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
-    return (unseen.withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
-            .select("user_idx", "item_idx", F.col("score").cast("float"), "rank"))
+    return rank_per_user(unseen, k)

@@ -1,6 +1,6 @@
-"""Vectorised per-row selection shared by the top-k kernels (numpy in, numpy out).
+"""Per-row selection shared by the top-k kernels: numpy kernels, and their Spark window twin.
 
-Every kernel here ranks entries grouped by a key (a user, a query row, an item) by value, highest
+Everything here ranks entries grouped by a key (a user, a query row, an item) by value, highest
 first, with ties to the lower id, so each list is a pure function of its inputs whatever order the
 entries arrived in.
 """
@@ -8,6 +8,8 @@ entries arrived in.
 from __future__ import annotations
 
 import numpy as np
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
 
 #: Entries per padded buffer when finding each row's k-th largest value (float64: 32 MiB).
 _ROW_BUFFER = 1 << 22
@@ -86,3 +88,10 @@ def kth_largest_per_sorted_row(rows: np.ndarray, vals: np.ndarray, n_rows: int, 
     indptr = np.zeros(n_rows + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
     return kth_largest_per_row(indptr, vals, k)
+
+
+def rank_per_user(scored: DataFrame, k: int) -> DataFrame:
+    """Each user's k best (user_idx, item_idx, score) rows by (score desc, item_idx asc), ranked from 1."""
+    order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
+    return (scored.withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
+            .select("user_idx", "item_idx", F.col("score").cast("float"), "rank"))
