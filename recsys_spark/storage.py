@@ -170,7 +170,7 @@ def _remove_empty_write_folders(fs: pafs.FileSystem, base: str) -> None:
 
 def _history(t: _Table, limit: int | None) -> list[HistoryEntry]:
     entries = []
-    for raw in t.delta().history(limit):
+    for raw in _commit_infos(t.delta(), limit):
         meta: dict[str, Any] = {}
         user = raw.get("userMetadata")
         if isinstance(user, str):
@@ -181,6 +181,24 @@ def _history(t: _Table, limit: int | None) -> list[HistoryEntry]:
         ts = datetime.fromtimestamp(raw.get("timestamp", 0) / 1000, tz=timezone.utc)
         entries.append(HistoryEntry(int(raw["version"]), ts, str(raw.get("operation", "")), meta))
     return entries
+
+
+def _commit_infos(dt: DeltaTable, limit: int | None, attempts: int = 20) -> list[dict[str, Any]]:
+    """``dt.history(limit)`` with version numbers that are right under concurrent commits.
+
+    deltalake numbers the commit infos downwards from the handle's loaded version, but lists them
+    from the newest commit in the log: a commit landing after the load shifts every number down
+    (deltalake 1.6.6; cf. delta-rs#4488). Versions only grow, so if the handle is still the latest
+    once the list is in hand, no commit landed in between and the numbers are right.
+    """
+    for _ in range(attempts):
+        loaded = dt.version()
+        infos = dt.history(limit)
+        dt.update_incremental()
+        if dt.version() == loaded:
+            return infos
+    raise StorageError(f"the history of table at {dt.table_uri} kept moving: {attempts} commits landed while "
+                       "it was read; retry")
 
 
 def _spark_uri(location: str) -> str:

@@ -178,6 +178,27 @@ def test_history_records_job_run_and_config(spark, store: TableStore) -> None:  
     assert (summary.version, summary.rows, summary.last_run_id) == (1, 4, "run-2")
 
 
+def test_history_numbers_versions_right_when_a_commit_lands_during_the_read(spark, store: TableStore,  # noqa: ANN001
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """deltalake numbers history from the handle's loaded version but lists from the newest commit:
+    a commit landing in between shifted every number down (a racing append reported version 0)."""
+    store.write(_df(spark, 2), "things", "overwrite", COMMIT)
+    store.write(_df(spark, 2), "things", "append", CommitInfo("ingest", "run-2", "cfg"))
+    history = DeltaTable.history
+    landed: list[int] = []
+
+    def another_writer_commits_first(self, limit=None):  # noqa: ANN001, ANN202
+        if not landed:  # once: between this handle's load and its listing
+            landed.append(1)
+            store.write(_df(spark, 1), "things", "append", CommitInfo("other", "run-3", "cfg"))
+        return history(self, limit)
+
+    monkeypatch.setattr(DeltaTable, "history", another_writer_commits_first)
+    h = store.history("things")
+    assert landed
+    assert [(e.version, e.metadata["run_id"]) for e in h] == [(2, "run-3"), (1, "run-2"), (0, "run-1")]
+
+
 def test_orphans_of_a_killed_write_are_invisible_and_vacuumed(spark, store: TableStore) -> None:  # noqa: ANN001
     store.write(_df(spark, 10), "things", "overwrite", COMMIT)
     store.write(_df(spark, 6), "things", "overwrite", COMMIT)
