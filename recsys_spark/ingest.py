@@ -34,8 +34,8 @@ def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
 
-def parse_timestamp(ts: Column, fmt: str) -> tuple[Column, Column]:
-    """(event_time, parsed_ok) from a string column in ``fmt`` (unix_s, unix_ms, iso, auto).
+def parse_timestamp(ts: Column, fmt: str) -> Column:
+    """The event time of a string column in ``fmt`` (unix_s, unix_ms, iso, auto); null when unparsable.
 
     Numbers are unix seconds or milliseconds (negative before 1970); ``auto`` reads numbers at or
     above 1e11 as milliseconds, and anything else as ISO-8601.
@@ -52,9 +52,8 @@ def parse_timestamp(ts: Column, fmt: str) -> tuple[Column, Column]:
     finite = seconds.isNotNull() & ~F.isnan(seconds) & (F.abs(seconds) < _MAX_ABS_SECONDS)
     from_number = F.when(finite, F.timestamp_micros(F.round(seconds * 1e6).cast("long")))
     if fmt in ("unix_s", "unix_ms"):
-        return from_number, from_number.isNotNull()
-    parsed = F.when(num.isNotNull(), from_number).otherwise(_from_iso(ts))
-    return parsed, parsed.isNotNull()
+        return from_number
+    return F.when(num.isNotNull(), from_number).otherwise(_from_iso(ts))
 
 
 def _from_iso(ts: Column) -> Column:
@@ -82,8 +81,7 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
     has_ts = source.timestamp_format != "none"
     # Spark's casts silently drop control bytes ("1\x00" would be 1.0): such a field is corrupt.
     ts_text = F.when(~F.col("timestamp").rlike(control), F.col("timestamp"))
-    # parse_timestamp's own "parsed" flag is event_time.isNotNull(), taken below on the column
-    event_time = parse_timestamp(ts_text, source.timestamp_format)[0] if has_ts else F.lit(None).cast("timestamp")
+    event_time = parse_timestamp(ts_text, source.timestamp_format) if has_ts else F.lit(None).cast("timestamp")
     value = F.when(~F.col("value").rlike(control), F.trim("value").try_cast("double"))
     # -0 is 0: one spelling, so the same event never gets two content keys.
     value = F.when(value == 0, F.lit(0.0)).otherwise(value) if source.value_col else F.lit(1.0)

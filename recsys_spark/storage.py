@@ -114,13 +114,13 @@ def describe_table(root: str, table: str) -> TableSummary:
     t = _Table(table, table_location(root, table))
     if not t.exists():
         return TableSummary(table, t.location, None, 0, 0, 0, None, None)
-    dt = t.delta()
-    adds = pa.table(dt.get_add_actions(flatten=True))
+    last = _history(t, 1)[0]
+    # the files of the version whose writer is reported, even if another commit lands meanwhile
+    adds = pa.table(t.delta(last.version).get_add_actions(flatten=True))
     rows = int(sum(v or 0 for v in adds.column("num_records").to_pylist())) if adds.num_rows else 0
     size = int(sum(adds.column("size_bytes").to_pylist())) if adds.num_rows else 0
-    last = _history(t, 1)[0].metadata
-    return TableSummary(table, t.location, dt.version(), rows, adds.num_rows, size,
-                        last.get("job"), last.get("run_id"))
+    return TableSummary(table, t.location, last.version, rows, adds.num_rows, size,
+                        last.metadata.get("job"), last.metadata.get("run_id"))
 
 
 def table_history(root: str, table: str, limit: int | None = None) -> list[HistoryEntry]:
