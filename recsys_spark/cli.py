@@ -111,9 +111,13 @@ def _recorded(spark, cfg: Config, ctx, call: Callable[[], None]) -> None:  # noq
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         error = str(exc) if isinstance(exc, RecsysError) else spark_error_summary(exc)
         try:
-            record_run(spark, TableStore(spark, cfg.storage), ctx, cfg, status, error)
-        except Exception:  # noqa: BLE001 - the job's own error matters more than its manifest's
-            log.warning("could not record run %s in the runs table", ctx.run_id, exc_info=True)
+            store = TableStore(spark, cfg.storage)
+            store.check_writable()  # an unwritable root is the job's own error: say it once
+            record_run(spark, store, ctx, cfg, status, error)
+        except Exception as record_error:  # noqa: BLE001 - the job's own error matters more than its manifest's
+            log.warning("could not record run %s in the runs table: %s", ctx.run_id,
+                        spark_error_summary(record_error))
+            log.debug("manifest failure", exc_info=True)
         raise
     record_run(spark, TableStore(spark, cfg.storage), ctx, cfg, "succeeded")
 
@@ -392,9 +396,15 @@ def _history(cfg: Config, table: str, limit: int) -> int:
 def _vacuum(cfg: Config, names: Sequence[str], hours: float | None, dry_run: bool) -> int:
     from recsys_spark.storage import vacuum_table
 
+    unknown = [n for n in names if n not in T.CATALOGUE]
+    if unknown:
+        # checked before any table is touched: a typo must not vacuum the others and exit 0
+        raise ConfigError(f"vacuum: unknown table {unknown[0]!r}; the tables are {', '.join(T.CATALOGUE)}")
     for name in names:
         removed = vacuum_table(cfg.storage, name, hours, dry_run)
-        if removed is not None:
+        if removed is None:
+            print(f"{name}: not written yet, nothing to vacuum")
+        else:
             print(f"{name}: {'would remove' if dry_run else 'removed'} {len(removed)} file(s)")
     return 0
 

@@ -308,6 +308,11 @@ class IngestConfig(_Section):
     max_reject_fraction: float = Field(0.05, ge=0.0, le=1.0)
     """If a larger share of the new rows is rejected, the job fails and commits nothing."""
 
+    max_conflict_retries: int = Field(10, ge=0, le=1000)
+    """Restarts of an ingest whose commits lost a race to a concurrent ingest into the same tables.
+    Each restart re-reads the ledger and the tables and commits only what is still new on top of
+    the winner; every lost race means the other run made progress, so a few suffice."""
+
     @field_validator("event_weights")
     @classmethod
     def _finite_weights(cls, v: dict[str, float]) -> dict[str, float]:

@@ -48,6 +48,26 @@ class UnknownItemError(RecsysError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownListError(RecsysError, ValueError):
+    """A strategy, neighbour method or popularity segment that the tables do not hold.
+
+    Never answered with another list: a service asking for a typo, or for a list that was never
+    built, would otherwise serve popularity to everyone without a sign of trouble.
+    """
+
+
+class UnknownStrategyError(UnknownListError):
+    """No ``user_candidates`` partition for this strategy."""
+
+
+class UnknownMethodError(UnknownListError):
+    """No ``item_neighbors`` partition for this method."""
+
+
+class UnknownSegmentError(UnknownListError):
+    """No ``popular_items`` list for this segment."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
     """One candidate for a user."""
@@ -82,6 +102,7 @@ class _Table:
         self._datasets: dict[Any, pads.Dataset] = {}
         self._dt: DeltaTable | None = None
         self.version: int | None = None
+        self._values: dict[tuple[int | None, str], list[str]] = {}
         self._open()
 
     def _open(self) -> None:
@@ -93,9 +114,11 @@ class _Table:
                 raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
             return  # may appear later; refresh() will pick it up
         except Exception as exc:  # e.g. a pinned version that was never written or was vacuumed
-            raise StorageError(f"cannot open table {self.name!r} at {self.location}"
-                               f"{f' version {self.pinned}' if self.pinned is not None else ''}: {exc}") from None
-        self._dt, self.version, self._datasets = dt, dt.version(), {}
+            if self.pinned is not None:
+                raise StorageError(f"table {self.name!r} has no version {self.pinned}: "
+                                   f"{T.available_versions(self.location)}") from None
+            raise StorageError(f"cannot open table {self.name!r} at {self.location}: {exc}") from None
+        self._dt, self.version, self._datasets, self._values = dt, dt.version(), {}, {}
 
     @property
     def exists(self) -> bool:
@@ -112,8 +135,27 @@ class _Table:
             else:
                 self._dt.update_incremental()
                 if self._dt.version() != before:
-                    self.version, self._datasets = self._dt.version(), {}
+                    self.version, self._datasets, self._values = self._dt.version(), {}, {}
             return self.version != before
+
+    def values(self, column: str) -> list[str]:
+        """Sorted distinct values of ``column`` in the version being served (empty: no table).
+
+        A partition column is read from the log alone; another column (popular_items' segment, one
+        small file) from the data.
+        """
+        if self._dt is None:
+            return []
+        key = (self.version, column)
+        values = self._values.get(key)
+        if values is None:
+            if column in self._dt.metadata().partition_columns:
+                found = {p[column] for p in self._dt.partitions()}
+            else:
+                found = set(self.dataset().to_table(columns=[column]).column(column).to_pylist())
+            values = sorted(v for v in found if v is not None)
+            self._values = {key: values, **{k: v for k, v in self._values.items() if k[0] == self.version}}
+        return values
 
     def dataset(self, partition: tuple[str, str] | None = None) -> pads.Dataset:
         if self._dt is None:
@@ -157,6 +199,37 @@ class Recommendations:
         self._checked = time.monotonic()
         self._popular: dict[tuple[int | None, str], list[Recommendation]] = {}
 
+    def strategies(self) -> list[str]:
+        """The candidate strategies user_candidates holds at the version served."""
+        return self._tables[T.USER_CANDIDATES].values("strategy")
+
+    def neighbor_methods(self) -> list[str]:
+        """The neighbour methods item_neighbors holds at the version served."""
+        return self._tables[T.ITEM_NEIGHBORS].values("method")
+
+    def segments(self) -> list[str]:
+        """The popularity segments popular_items holds at the version served."""
+        return self._tables[T.POPULAR_ITEMS].values("segment")
+
+    _LISTS = {
+        T.USER_CANDIDATES: ("strategy", UnknownStrategyError,
+                            "pick one of those, or build it with `recsys-spark topk` (candidates.strategies)"),
+        T.ITEM_NEIGHBORS: ("method", UnknownMethodError,
+                           "pick one of those, or build it with `recsys-spark item-similarity --set "
+                           "similarity.method=...`"),
+        T.POPULAR_ITEMS: ("segment", UnknownSegmentError, "`topk` writes the overall and recent lists"),
+    }
+
+    def _check_list(self, table: str, value: str) -> None:
+        """Raise when the served version of ``table`` has no list ``value`` (see UnknownListError)."""
+        kind, error, hint = self._LISTS[table]
+        t = self._tables[table]
+        if not t.exists:
+            return  # dataset() names the job to run
+        available = t.values(kind)
+        if value not in available:
+            raise error(f"unknown {kind} {value!r}: {table} version {t.version} holds {available}; {hint}")
+
     @classmethod
     def open(cls, root: str, **kwargs: Any) -> Recommendations:
         """Open the tables under ``root`` (see :class:`Recommendations` for the options)."""
@@ -188,10 +261,11 @@ class Recommendations:
 
     def for_users(self, user_ids: Iterable[str], k: int = 10) -> dict[str, list[Recommendation]]:
         """Top-k candidates of several users in one read."""
-        ids = list(dict.fromkeys(str(u) for u in user_ids))
+        ids = _keys(user_ids, "user")
         if not ids:
             return {}
         self._maybe_refresh()
+        self._check_list(T.USER_CANDIDATES, self.strategy)
         table = self._tables[T.USER_CANDIDATES].rows(
             "user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"],
             ("strategy", self.strategy))
@@ -211,6 +285,7 @@ class Recommendations:
         """The popularity list (``cold_start_segment`` by default), as unknown users get it."""
         seg = segment or self.cold_start_segment
         self._maybe_refresh()
+        self._check_list(T.POPULAR_ITEMS, seg)
         t = self._tables[T.POPULAR_ITEMS]
         key = (t.version, seg)
         if key not in self._popular:
@@ -230,11 +305,12 @@ class Recommendations:
     def similar_items_batch(self, item_ids: Iterable[str], k: int = 10,
                             method: str | None = None) -> dict[str, list[Neighbor]]:
         """Neighbours of several items in one read."""
-        ids = list(dict.fromkeys(str(i) for i in item_ids))
+        ids = _keys(item_ids, "item")
         if not ids:
             return {}
         self._maybe_refresh()
         m = method or self.neighbor_method
+        self._check_list(T.ITEM_NEIGHBORS, m)
         table = self._tables[T.ITEM_NEIGHBORS].rows(
             "item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", m))
         found: dict[str, list[Neighbor]] = {}
@@ -251,3 +327,13 @@ class Recommendations:
                 raise UnknownItemError(f"unknown item id {unknown[0]!r}: it is not in the items table "
                                        f"({self._tables[T.ITEMS].location}, version {self._tables[T.ITEMS].version})")
         return {i: sorted(found.get(i, []), key=lambda n: n.rank) for i in ids}
+
+
+def _keys(ids: Iterable[str], kind: str) -> list[str]:
+    """Distinct lookup keys, in order; a blank one is an error rather than an unknown id."""
+    keys = list(dict.fromkeys(str(i) for i in ids))
+    blank = [k for k in keys if not k.strip()]
+    if blank:
+        raise RecsysError(f"{kind} id {blank[0]!r} is blank: ids are never empty (ingest rejects them), so this "
+                          "is a caller's bug, not an unknown id")
+    return keys

@@ -11,6 +11,24 @@ Two engines write genuine Delta tables:
 
 A write is visible only once its commit lands, so a job killed mid-write leaves the previous
 version intact; its orphaned files are invisible and ``vacuum`` removes them.
+
+Conditional commits. ``write(..., expected_version=V)`` commits only if the table is still at
+version V, the version the caller read (``None``: only if the table does not exist yet); otherwise
+it raises :class:`ConcurrentWriteError` and nothing becomes visible. This is Delta's own
+optimistic concurrency, narrowed: the log allows one writer per version number (an atomic
+put-if-absent of ``_delta_log/<V+1>.json``), and a conditional commit gives up instead of
+retrying on top of the winner, because what it wrote was computed from version V. Ingest builds
+on it (see ``pipeline``): a run whose inputs moved while it worked restarts from the new state
+rather than appending events or ids a concurrent run already added. A lock file would not do:
+object stores have no locks, and a killed holder would leave one behind.
+
+* delta-rs: the transaction is opened on the handle loaded at version V, with no commit
+  retries: deltalake then tries exactly V+1 and fails if another commit took it.
+* delta-spark: Delta's idempotent-write options, with the table's own app id and the version the
+  commit will create as ``txnVersion``. A second writer that read V either meets the first
+  one's transaction record (Delta skips its write, which we detect: its write id is not in the
+  log) or commits at the same moment and gets Delta's ``ConcurrentTransactionException``. This
+  holds against other conditional writers, which every writer of the ingest tables is.
 """
 
 from __future__ import annotations
@@ -25,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -43,12 +61,15 @@ from pyspark.sql.types import StringType, StructField, StructType
 from recsys_spark.config import StorageConfig
 from recsys_spark.errors import ConcurrentWriteError, SchemaMismatchError, StorageError
 from recsys_spark.session import delta_jars_loaded
-from recsys_spark.tables import table_location
+from recsys_spark.tables import available_versions, table_location
 
 log = logging.getLogger(__name__)
 
 WriteMode = Literal["overwrite", "append"]
 EngineName = Literal["delta-spark", "delta-rs"]
+#: ``write(expected_version=ANY_VERSION)``: commit on top of whatever version is latest.
+ANY_VERSION: Final = "any"
+ExpectedVersion = int | None | Literal["any"]
 
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 # String statistics longer than this are left out: a truncated max would be wrong for pruning.
@@ -338,8 +359,9 @@ class _Table:
         except TableNotFoundError:
             raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
         except DeltaError as exc:
-            if version is not None and "version" in str(exc).lower():
-                raise StorageError(f"table {self.name!r} has no version {version}: {exc}") from None
+            if version is not None:
+                raise StorageError(f"table {self.name!r} has no version {version}: "
+                                   f"{available_versions(self.rs_uri)}") from None
             raise StorageError(f"cannot open table {self.name!r} at {self.location}: {exc}") from None
 
     def exists(self) -> bool:
@@ -371,6 +393,24 @@ class TableStore:
         if wanted == "auto":
             return "delta-spark" if loaded else "delta-rs"
         return wanted  # type: ignore[return-value]
+
+    def check_writable(self) -> None:
+        """Fail now, naming the root and the cause, if this store cannot write under its root.
+
+        A job would otherwise do all its work first and then die in Spark's Parquet write with a
+        JVM stack that names neither. The probe is a hidden empty file at the root (outside every
+        table), created and removed again, so object stores are checked the same way.
+        """
+        fs, base = _filesystem(self.root)
+        probe = f"{base.rstrip('/')}/.recsys-write-check-{uuid.uuid4().hex[:12]}"
+        try:
+            fs.create_dir(base, recursive=True)
+            with fs.open_output_stream(probe) as out:
+                out.write(b"")
+            fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as exc:
+            raise StorageError(f"storage.root {self.cfg.root!r} ({self.root}) is not writable: {exc}. "
+                               "Fix its permissions or point storage.root elsewhere; nothing was run") from None
 
     # -- locations -------------------------------------------------------------------------------
 
@@ -465,6 +505,7 @@ class TableStore:
         partition_by: Sequence[str] = (),
         replace: Mapping[str, str] | None = None,
         row_group_bytes: int | None = None,
+        expected_version: ExpectedVersion = ANY_VERSION,
     ) -> WriteResult:
         """Commit ``df`` as a new version of ``table``; nothing is visible unless the commit lands.
 
@@ -473,10 +514,15 @@ class TableStore:
                 (e.g. {"method": "als"}) and keep the rest; every row of ``df`` must belong to them.
             row_group_bytes: Parquet row-group size; small groups let a key lookup on sorted data
                 read one group instead of a whole file.
+            expected_version: commit only if the table is still at this version (the one the
+                caller read ``df``'s inputs from), or, with None, only if it does not exist yet.
+                The default, :data:`ANY_VERSION`, commits on top of whatever is latest (a blind
+                append retries past concurrent appends).
 
         Raises:
             SchemaMismatchError: the table exists and ``df`` has other columns or types.
-            ConcurrentWriteError: another writer overwrote the table first.
+            ConcurrentWriteError: another writer overwrote the table first, or the table is no
+                longer at ``expected_version``.
         """
         if mode not in ("overwrite", "append"):
             raise StorageError(f"unknown write mode {mode!r} for table {table!r}")
@@ -492,13 +538,17 @@ class TableStore:
         new_schema = DeltaSchema.from_arrow(arrow)
         if t.exists():
             self._check_compatible(t, new_schema, partition_by)
+        # Fail before the Parquet write when the table has already moved: the common case of a
+        # lost race costs no data files at all.
+        _check_expected(t, expected_version)
         write_id = f"w{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         meta = commit.as_metadata(write_id)
         if self.engine == "delta-spark":
-            result = self._write_delta_spark(df, t, mode, partition_by, meta, replace, row_group_bytes)
+            result = self._write_delta_spark(df, t, mode, partition_by, meta, replace, row_group_bytes,
+                                             expected_version)
         else:
             result = self._write_delta_rs(df, t, mode, partition_by, arrow, new_schema, meta, write_id, replace,
-                                          row_group_bytes)
+                                          row_group_bytes, expected_version)
         log.info("%s %s: version %d, %d rows in %d files (%s, run %s)", mode, table, result.version,
                  result.rows, result.files, result.engine, commit.run_id)
         return result
@@ -516,10 +566,16 @@ class TableStore:
 
     def _write_delta_spark(self, df: DataFrame, t: _Table, mode: str, partition_by: list[str],
                            meta: dict[str, Any], replace: Mapping[str, str] | None,
-                           row_group_bytes: int | None) -> WriteResult:
+                           row_group_bytes: int | None, expected: ExpectedVersion) -> WriteResult:
         if partition_by and not replace:
             df = df.repartition(*partition_by)
         writer = df.write.format("delta").mode(mode).option("userMetadata", json.dumps(meta))
+        if expected is None:
+            writer = writer.mode("errorifexists")  # version 0 is created by exactly one writer
+        elif expected != ANY_VERSION:
+            # Delta skips a write whose (app id, txnVersion) is not above the table's record, and
+            # fails one committing at the same moment: see the module docstring.
+            writer = writer.option("txnAppId", _txn_app_id(t)).option("txnVersion", str(int(expected) + 1))
         if row_group_bytes:
             writer = writer.option("parquet.block.size", str(row_group_bytes))
         if replace:
@@ -528,7 +584,19 @@ class TableStore:
                 f"`{k}` = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in replace.items()))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        writer.save(t.spark_uri)
+        try:
+            writer.save(t.spark_uri)
+        except Exception as exc:
+            text = str(exc)
+            if expected == ANY_VERSION or not any(
+                    m in text for m in ("ConcurrentTransaction", "DELTA_CONCURRENT", "already exists",
+                                        "PATH_ALREADY_EXISTS", "TABLE_ALREADY_EXISTS")):
+                raise
+            raise _moved(t, expected, text.splitlines()[0]) from None
+        if expected != ANY_VERSION and not any(
+                e.metadata.get("write_id") == meta["write_id"] for e in self.history(t.name, limit=50)):
+            # Delta skipped the write: another conditional writer recorded this txnVersion first.
+            raise _moved(t, expected, "Delta skipped the write: another writer committed that version")
         version = self._version_of(t, meta["write_id"])
         stats = pa.table(t.delta(version).get_add_actions(flatten=True))
         rows = int(sum(v or 0 for v in stats.column("num_records").to_pylist()))
@@ -538,7 +606,7 @@ class TableStore:
     def _write_delta_rs(self, df: DataFrame, t: _Table, mode: str, partition_by: list[str],
                         arrow: pa.Schema, new_schema: DeltaSchema, meta: dict[str, Any],
                         write_id: str, replace: Mapping[str, str] | None,
-                        row_group_bytes: int | None) -> WriteResult:
+                        row_group_bytes: int | None, expected: ExpectedVersion) -> WriteResult:
         folder = f"{t.location}/{write_id}"
         if partition_by and not replace:
             # One task per partition value: otherwise every task writes a small file into every
@@ -559,10 +627,18 @@ class TableStore:
                 if stray:
                     raise StorageError(f"overwriting partitions {wanted} of table {t.name!r}: the data also has "
                                        f"rows of other partitions (e.g. {stray[0]}); nothing was written")
+            conditional = expected != ANY_VERSION
+            # A conditional commit must land at exactly the version after the one it was computed
+            # from: no retries on top of a winner.
             props = CommitProperties(custom_metadata={"userMetadata": json.dumps(meta)},
-                                     max_commit_retries=self.cfg.max_commit_retries)
-            if t.exists():
-                t.delta().create_write_transaction(
+                                     max_commit_retries=0 if conditional else self.cfg.max_commit_retries)
+            # the table as it was read (a conditional commit) or as it is now; None: create it
+            if conditional:
+                base = t.delta(int(expected)) if expected is not None else None
+            else:
+                base = t.delta() if t.exists() else None
+            if base is not None:
+                base.create_write_transaction(
                     actions, mode=mode, schema=new_schema, partition_by=partition_by or None,
                     partition_filters=[(k, "=", str(v)) for k, v in replace.items()] if replace else None,
                     commit_properties=props)
@@ -572,12 +648,16 @@ class TableStore:
                     commit_properties=props)
         except CommitFailedError as exc:
             _remove_tree(folder)
+            if expected != ANY_VERSION:
+                raise _moved(t, expected, str(exc)) from None
             raise ConcurrentWriteError(
                 f"another writer committed to table {t.name!r} first; this {mode} was rolled back "
                 f"and can be re-run: {exc}") from None
         except DeltaError as exc:
             _remove_tree(folder)
             if "already exists" in str(exc).lower():
+                if expected != ANY_VERSION:
+                    raise _moved(t, expected, str(exc)) from None
                 raise ConcurrentWriteError(
                     f"table {t.name!r} was created by another writer at the same time; re-run: {exc}") from None
             raise StorageError(f"commit to table {t.name!r} failed, nothing was written: {exc}") from None
@@ -585,7 +665,9 @@ class TableStore:
             # Uncommitted files are invisible anyway; removing them just saves a vacuum.
             _remove_tree(folder)
             raise
-        version = self._version_of(t, write_id)
+        # a conditional commit landed exactly after the version it expected
+        version = self._version_of(t, write_id) if expected == ANY_VERSION else (
+            0 if expected is None else int(expected) + 1)
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
         return WriteResult(t.name, version, rows, len(actions), sum(a.size for a in actions), "delta-rs")
 
@@ -608,6 +690,31 @@ class TableStore:
         if removed is None:
             raise StorageError(f"table {table!r} does not exist at {self.location(table)}")
         return removed
+
+
+def _txn_app_id(t: _Table) -> str:
+    """The Delta app id of conditional writes to a table (its transaction record lives in its log)."""
+    return f"recsys-spark/conditional/{t.name}"
+
+
+def _describe_expected(expected: ExpectedVersion) -> str:
+    return "not to exist yet" if expected is None else f"to be at version {expected}"
+
+
+def _moved(t: _Table, expected: ExpectedVersion, why: str) -> ConcurrentWriteError:
+    now = t.delta().version() if t.exists() else None
+    where = "does not exist" if now is None else f"is at version {now}"
+    return ConcurrentWriteError(
+        f"table {t.name!r} moved while this run worked: it expected the table {_describe_expected(expected)}, "
+        f"and it {where}; another writer committed first, so nothing was committed ({why})")
+
+
+def _check_expected(t: _Table, expected: ExpectedVersion) -> None:
+    if expected == ANY_VERSION:
+        return
+    now = t.delta().version() if t.exists() else None
+    if now != expected:
+        raise _moved(t, expected, "found before writing")
 
 
 def _partition_string(value: Any) -> str | None:

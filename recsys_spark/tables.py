@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Final
 
+from deltalake import DeltaTable
+
 from recsys_spark.errors import StorageError
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -57,3 +59,18 @@ def table_location(root: str, table: str) -> str:
         )
     root = root if "://" in root else str(Path(root).expanduser().resolve())
     return f"{root.rstrip('/')}/{table}"
+
+
+def available_versions(uri: str) -> str:
+    """What a reader asking for a missing version can have instead, e.g. "it has versions 0..7"."""
+    try:
+        dt = DeltaTable(uri)
+    except Exception:  # noqa: BLE001 - no table at all is itself the answer
+        return "the table does not exist"
+    latest = dt.version()
+    try:
+        # vacuumed or expired log entries move the oldest version a reader can open forward
+        oldest = min(int(h["version"]) for h in dt.history())
+    except Exception:  # noqa: BLE001 - the range stays informative without the history
+        oldest = 0
+    return f"it has versions {oldest}..{latest}" if latest != oldest else f"it has version {latest} only"

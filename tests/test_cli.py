@@ -68,3 +68,21 @@ def test_cli_ingest_and_tables_end_to_end(spark, cfg, tmp_path: Path, capsys: py
     assert main([*args, "history", "interactions"]) == 0
     assert "job=ingest" in capsys.readouterr().out
     assert main([*args, "vacuum", "--retention-hours", "0", "--dry-run"]) == 0
+
+
+def test_an_unwritable_table_root_fails_before_any_work(spark, cfg, tmp_path: Path,  # noqa: ANN001
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tmp_path / "raw.csv"
+    raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\ne1,u1,i1,view,2026-09-01T00:00:00Z,1\n")
+    def last_job() -> int:  # job ids only grow, whatever the tracker has forgotten
+        return max(spark.sparkContext.statusTracker().getJobIdsForGroup(None), default=-1)
+
+    jobs_before = last_job()
+    args = ["--set", "storage.root=/proc/recsys-warehouse", "--set", f"ingest.source.path={raw}",
+            "--set", "spark.master=local[2]", "--set", "spark.ui_enabled=false"]
+    assert main([*args, "ingest"]) == 2
+    err = capsys.readouterr().err
+    assert "error: storage.root '/proc/recsys-warehouse' (/proc/recsys-warehouse) is not writable" in err
+    assert "Traceback" not in err and "\tat " not in err
+    # it stopped before reading the input: no Spark job ran
+    assert last_job() == jobs_before

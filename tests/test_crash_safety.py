@@ -303,3 +303,20 @@ def test_a_crash_before_the_matrix_commit_is_repaired_by_the_rerun(spark: SparkS
     got, want = (TableStore(spark, c.storage).read(T.INTERACTION_MATRIX) for c in (killed, clean))
     assert got.count() == want.count() > 0
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_two_conditional_appends_from_one_version_at_once_exactly_one_lands(
+        spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both writers read version 0 and commit at the same moment: Delta's log takes one of them."""
+    store.write(_frame(spark, "base", 5), "conditional", "append", COMMIT)
+    _racing(monkeypatch, 2)
+    a, b = _in_threads(
+        lambda: store.write(_frame(spark, "a", 10), "conditional", "append", COMMIT, expected_version=0),
+        lambda: store.write(_frame(spark, "b", 20), "conditional", "append", COMMIT, expected_version=0))
+    failed = [r for r in (a, b) if isinstance(r, Exception)]
+    assert len(failed) == 1 and isinstance(failed[0], ConcurrentWriteError), (a, b)
+    assert "moved while this run worked" in str(failed[0])
+    winner = "a" if failed[0] is b else "b"
+    rows = {r["writer"]: r["n"] for r in store.read("conditional").groupBy("writer").agg(F.count("*").alias("n"))
+            .collect()}
+    assert rows == {"base": 5, winner: {"a": 10, "b": 20}[winner]} and store.version("conditional") == 1

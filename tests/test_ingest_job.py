@@ -90,7 +90,9 @@ def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, ingest, cfg
     # The same events under another name (a copy) add nothing either: events are keyed.
     _write(tmp_path / "in" / "copy-of-day1.csv", GOOD_LINES)
     copy = ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
-    assert copy.events_added == 0 and copy.rows_duplicate == len(GOOD_LINES)
+    # they are reported as already stored, not as duplicates within the batch
+    assert copy.events_added == 0 and copy.rows_already_stored == len(GOOD_LINES) and copy.rows_duplicate == 0
+    assert f"already stored: {len(GOOD_LINES)}" in copy.render() and "duplicates dropped: 0" in copy.render()
     assert store.read(T.INTERACTIONS).count() == len(GOOD_LINES)
     assert store.version(T.INTERACTIONS) == before[T.INTERACTIONS]
 

@@ -323,3 +323,81 @@ def test_overwrite_of_one_partition_keeps_the_others(spark, store: TableStore) -
     assert store.version("nb") == 2 and {p.name for p in Path(store.location("nb")).iterdir()} == before
     with pytest.raises(StorageError, match="mode 'overwrite'"):
         store.write(spark.createDataFrame(rows, schema), "nb", "append", COMMIT, ["method"], replace={"method": "a"})
+
+
+# -- conditional commits: the version read, or nothing ----------------------------------------------
+
+
+def _write_folders(location: str) -> list[Path]:
+    return [p for p in Path(location).iterdir() if p.is_dir() and not p.name.startswith("_")]
+
+
+def test_a_conditional_append_lands_right_after_the_version_it_read(spark, store: TableStore) -> None:  # noqa: ANN001
+    first = store.write(_df(spark, 5), "cond", "append", COMMIT, expected_version=None)
+    second = store.write(_df(spark, 5, 5), "cond", "append", COMMIT, expected_version=first.version)
+    assert (first.version, second.version) == (0, 1)
+    assert store.read("cond").count() == 10
+    assert store.history("cond", limit=1)[0].metadata["write_id"]  # the usual commit metadata
+
+
+@pytest.mark.parametrize("mode", ["append", "overwrite"])
+def test_a_conditional_write_to_a_table_that_moved_commits_nothing(spark, store: TableStore, mode: str) -> None:  # noqa: ANN001
+    from recsys_spark.errors import ConcurrentWriteError
+
+    store.write(_df(spark, 5), "moved", "append", COMMIT)
+    read = store.version("moved")
+    store.write(_df(spark, 3, 100), "moved", "append", COMMIT)  # another writer, after our read
+    with pytest.raises(ConcurrentWriteError, match=r"table 'moved' moved while this run worked: it expected the "
+                                                   r"table to be at version 0, and it is at version 1"):
+        store.write(_df(spark, 7, 200), "moved", mode, COMMIT, expected_version=read)
+    assert store.version("moved") == 1 and store.read("moved").count() == 8
+    assert len(_write_folders(store.location("moved"))) == 2  # no files of the refused write
+
+
+def test_a_conditional_create_fails_when_the_table_already_exists(spark, store: TableStore) -> None:  # noqa: ANN001
+    from recsys_spark.errors import ConcurrentWriteError
+
+    store.write(_df(spark, 5), "created", "append", COMMIT, expected_version=None)
+    with pytest.raises(ConcurrentWriteError, match="expected the table not to exist yet, and it is at version 0"):
+        store.write(_df(spark, 5), "created", "append", COMMIT, expected_version=None)
+    assert store.read("created").count() == 5
+
+
+def test_the_commit_itself_refuses_a_stale_version(spark, store: TableStore, monkeypatch) -> None:  # noqa: ANN001
+    """The up-front version check passes, then another commit lands before ours: Delta's log refuses
+    the second writer of version 1 (the race a barrier forces in test_crash_safety, made sequential)."""
+    from recsys_spark import storage
+    from recsys_spark.errors import ConcurrentWriteError
+
+    store.write(_df(spark, 5), "stale", "append", COMMIT)
+    add_actions = storage._add_actions
+
+    def another_writer_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        actions = add_actions(*args, **kwargs)
+        DeltaTable(store.location("stale")).create_write_transaction([], mode="append", schema=DeltaTable(
+            store.location("stale")).schema())
+        return actions
+
+    monkeypatch.setattr(storage, "_add_actions", another_writer_first)
+    with pytest.raises(ConcurrentWriteError, match="moved while this run worked"):
+        store.write(_df(spark, 5, 5), "stale", "append", COMMIT, expected_version=0)
+    monkeypatch.undo()
+    assert store.version("stale") == 1 and store.read("stale").count() == 5
+    assert len(_write_folders(store.location("stale"))) == 1  # the refused write's folder is removed
+
+
+def test_reading_a_version_that_does_not_exist_names_the_versions_there_are(spark, store: TableStore) -> None:  # noqa: ANN001
+    for offset in (0, 5, 10):
+        store.write(_df(spark, 5, offset), "versions", "append", COMMIT)
+    with pytest.raises(StorageError, match=r"table 'versions' has no version 99: it has versions 0\.\.2$"):
+        store.read("versions", version=99)
+
+
+def test_an_unwritable_table_root_fails_up_front_naming_it(spark, cfg) -> None:  # noqa: ANN001
+    # /proc refuses new entries even to root, as a read-only mount or a foreign bucket would
+    bad = TableStore(spark, cfg.with_overrides(["storage.root=/proc/recsys-warehouse"]).storage)
+    with pytest.raises(StorageError, match=r"storage.root '/proc/recsys-warehouse' \(/proc/recsys-warehouse\) is "
+                                           r"not writable: .*nothing was run"):
+        bad.check_writable()
+    TableStore(spark, cfg.storage).check_writable()  # a normal root passes, and is left as it was
+    assert not [p for p in Path(cfg.storage.root).iterdir() if p.name.startswith(".recsys-write-check")]
