@@ -396,6 +396,8 @@ def _history(cfg: Config, table: str, limit: int) -> int:
 def _vacuum(cfg: Config, names: Sequence[str], hours: float | None, dry_run: bool) -> int:
     from recsys_spark.storage import vacuum_table
 
+    for name in names:
+        T.table_location(cfg.storage.root, name)  # a name that would leave the root says so first
     unknown = [n for n in names if n not in T.CATALOGUE]
     if unknown:
         # checked before any table is touched: a typo must not vacuum the others and exit 0

@@ -9,6 +9,8 @@ the ledger last (a file counts as ingested only once all of that has landed).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -632,11 +634,25 @@ def _search_als(train: DataFrame, cfg: Config, shape) -> tuple[dict, list[dict]]
     return {k: best[k] for k in ("rank", "reg_param", "alpha")}, results
 
 
+def _point_latest_at(run_dir: Path) -> None:
+    """Make ``<output_dir>/latest`` the run's folder, atomically: a symlink swapped with os.replace.
+
+    Two evaluations finishing at once each swap the link, and either way it names one whole run;
+    replacing a copied folder (remove, then rename) let the second one fail on the first's.
+    """
+    latest = run_dir.parent / "latest"
+    if latest.is_dir() and not latest.is_symlink():
+        shutil.rmtree(latest)  # a folder left by an earlier version of this job
+    tmp = run_dir.parent / f".latest-{run_dir.name}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name, target_is_directory=True)  # relative: the folder may be moved
+    os.replace(tmp, latest)
+
+
 def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> EvaluationResult:
     """Fit every configured model and baseline on each split's training part, score the test part,
     and write evaluation_summary, evaluation.json and report.html."""
     import json
-    import shutil
 
     from recsys_spark.blocked_topk import BlockShape
     from recsys_spark.evaluation import (als_recs, beats, item_item_recs, item_popularity, mean_std,
@@ -747,12 +763,7 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
     json_path = out_dir / "evaluation.json"
     json_path.write_text(json.dumps(summary, indent=2, default=str))
     report_path = render_report(summary, out_dir / "report.html")
-    latest = Path(ec.output_dir) / "latest"
-    tmp = Path(ec.output_dir) / f".latest-{ctx.run_id}"
-    shutil.copytree(out_dir, tmp)
-    if latest.exists():
-        shutil.rmtree(latest)
-    tmp.rename(latest)
+    _point_latest_at(out_dir)
 
     rows = [(ctx.run_id, r["split"], r["model"], models_meta[r["model"]]["kind"],
              models_meta[r["model"]]["model_version"], r["metric"], r["k"], r["value"],

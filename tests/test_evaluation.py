@@ -127,3 +127,37 @@ def test_other_datasets(spark, ingest, cfg, store, shared_data: Path, tmp_path: 
     # a global time cutoff leaves few users with both history and held-out items (28 on ml-latest-small)
     assert ndcg["popularity"] > ndcg["random"] and s["splits"][0]["test_users"] >= 20
     print(dataset, {m: round(v, 4) for m, v in ndcg.items()}, s["flags"])
+
+
+def test_latest_report_is_swapped_atomically_even_by_concurrent_runs(tmp_path: Path) -> None:
+    import threading
+
+    from recsys_spark.pipeline import _point_latest_at
+
+    (tmp_path / "latest").mkdir()  # the copied folder an earlier version left
+    (tmp_path / "latest" / "old.txt").write_text("old")
+    runs = []
+    for name in ("run-a", "run-b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.json").write_text(name)
+        runs.append(tmp_path / name)
+    _point_latest_at(runs[0])
+    assert (tmp_path / "latest" / "evaluation.json").read_text() == "run-a"
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.add((tmp_path / "latest" / "evaluation.json").read_text())  # never missing, never mixed
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    swappers = [threading.Thread(target=lambda r=r: [_point_latest_at(r) for _ in range(200)]) for r in runs]
+    for t in swappers:
+        t.start()
+    for t in swappers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert seen <= {"run-a", "run-b"} and (tmp_path / "latest").is_symlink()
+    assert not list(tmp_path.glob(".latest-*"))
