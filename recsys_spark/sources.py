@@ -13,6 +13,8 @@ quarantine a bad row with its raw text, file and line number:
 Text formats are read line by line with Spark's text reader and parsed with ``from_csv`` /
 ``from_json``, so a malformed line is kept rather than dropped. Line numbers are exact and
 1-based: each file block's first row id and row count give the block's offset in its file.
+Spark's reader ends a line at LF, CR or CRLF, so the driver, which reads line 1 as the header,
+splits by the same rule: with any other rule a CR-only file's header would be the whole file.
 """
 
 from __future__ import annotations
@@ -144,12 +146,18 @@ def _is_binary(sample: bytes, encoding: str) -> bool:
     return bad > BINARY_FRACTION * len(sample)
 
 
+#: What ends a line for Spark's text reader (Hadoop's LineRecordReader without a custom
+#: delimiter): LF, CR, or CRLF as one end. bytes.splitlines() splits at exactly these, so the
+#: driver's line 1 is Spark's line 1 whatever the file's line endings.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
 def _read_head(stream: pa.NativeFile, head: bytes, until_newline: int) -> bytes:
-    """``head`` and what follows in ``stream``: at least SNIFF_BYTES, then up to a newline or ``until_newline`` bytes."""
+    """``head`` and what follows in ``stream``: at least SNIFF_BYTES, then up to a line end or ``until_newline`` bytes."""
     while True:
         chunk = stream.read(SNIFF_BYTES)
         head += chunk
-        if not chunk or (len(head) >= SNIFF_BYTES and (b"\n" in head or len(head) > until_newline)):
+        if not chunk or (len(head) >= SNIFF_BYTES and (_LINE_END.search(head) or len(head) > until_newline)):
             return head
 
 
@@ -162,6 +170,8 @@ def _sniff(f: SourceFile, source: SourceConfig, max_line_bytes: int) -> str | No
     if f.size == 0:
         return None
     ext = _extension(f.path)
+    if ext.lower() in _CODECS and ext != ext.lower():
+        _check_codec_case(f, ext)
     if ext in _CODECS and _CODECS[ext] is None:
         if source.format != "json" and source.header:
             raise InputError(f"cannot read the header of {f.path}: ingest reads *.gz and *.bz2 compressed "
@@ -169,18 +179,21 @@ def _sniff(f: SourceFile, source: SourceConfig, max_line_bytes: int) -> str | No
         return ""  # Spark decompresses it; the driver cannot look inside
     fs, p = _fs(f.path)
     codec = _CODECS.get(ext)
-    with fs.open_input_stream(p, compression=None) as raw:  # the default would guess by extension
-        magic = raw.read(8)
-        if codec:
-            want = b"\x1f\x8b" if codec == "gzip" else b"BZh"
-            if not magic.startswith(want):
-                raise InputError(f"{f.path} is named *{ext} but is not {codec} data; rename or recompress it")
-        else:
-            for prefix, kind, hint in _MAGIC:
-                if magic.startswith(prefix):
-                    raise InputError(f"{f.path} is {kind}, not {source.format} text "
-                                     f"(ingest.source.format = {source.format!r}): {hint}")
-            head = _read_head(raw, magic, max_line_bytes)
+    try:
+        with fs.open_input_stream(p, compression=None) as raw:  # the default would guess by extension
+            magic = raw.read(8)
+            if codec:
+                want = b"\x1f\x8b" if codec == "gzip" else b"BZh"
+                if not magic.startswith(want):
+                    raise InputError(f"{f.path} is named *{ext} but is not {codec} data; rename or recompress it")
+            else:
+                for prefix, kind, hint in _MAGIC:
+                    if magic.startswith(prefix):
+                        raise InputError(f"{f.path} is {kind}, not {source.format} text "
+                                         f"(ingest.source.format = {source.format!r}): {hint}")
+                head = _read_head(raw, magic, max_line_bytes)
+    except (OSError, pa.ArrowException) as exc:  # vanished, unreadable, or a read error of the filesystem
+        raise InputError(f"{f.path} could not be read: {exc}") from None
     if codec:
         try:
             with fs.open_input_stream(p, compression=codec) as stream:
@@ -189,6 +202,28 @@ def _sniff(f: SourceFile, source: SourceConfig, max_line_bytes: int) -> str | No
             raise InputError(f"{f.path} could not be decompressed ({codec}): {exc}. The file is truncated or "
                              "corrupt; nothing was read from it") from None
     return _check_text(f.path, head, source, max_line_bytes)
+
+
+def _check_codec_case(f: SourceFile, ext: str) -> None:
+    """Refuse a compression extension that is not lower-case (``x.csv.GZ``).
+
+    Hadoop picks the decompressor by a case-sensitive suffix, so Spark would read the compressed
+    bytes of ``x.csv.GZ`` as text lines; no setting changes that without a codec class of our own.
+    """
+    fs, p = _fs(f.path)
+    renamed = f.path[: len(f.path) - len(ext)] + ext.lower()
+    codec = _CODECS[ext.lower()]
+    if codec:
+        try:
+            with fs.open_input_stream(p, compression=None) as raw:
+                magic = raw.read(4)
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{f.path} could not be read: {exc}") from None
+        if not magic.startswith(b"\x1f\x8b" if codec == "gzip" else b"BZh"):
+            raise InputError(f"{f.path} is named *{ext} but is not {codec} data; rename or recompress it")
+    raise InputError(f"{f.path} ends in {ext!r}, but Spark decompresses a file only when its extension is "
+                     f"lower-case ({ext.lower()!r}); it would read the compressed bytes as text. "
+                     f"Rename it to {renamed}")
 
 
 def _check_text(path: str, head: bytes, source: SourceConfig, max_line_bytes: int) -> str | None:
@@ -205,9 +240,9 @@ def _check_text(path: str, head: bytes, source: SourceConfig, max_line_bytes: in
                          f"{encoding} (binary data, or a wide encoding such as UTF-16 without a byte-order mark)")
     if not head.strip():
         return None
-    newline = head.find(b"\n")
-    first = head if newline < 0 else head[:newline]
-    first_text = first.decode("utf-8" if encoding != "ISO-8859-1" else "latin-1", errors="replace").rstrip("\r")
+    end = _LINE_END.search(head)
+    first = head if end is None else head[:end.start()]
+    first_text = first.decode("utf-8" if encoding != "ISO-8859-1" else "latin-1", errors="replace")
     if source.format == "json":
         start = head.lstrip()[:1]
         if start == b"[":
@@ -227,10 +262,27 @@ def _check_text(path: str, head: bytes, source: SourceConfig, max_line_bytes: in
     return first_text
 
 
-def _split_header(line: str, sep: str) -> list[str]:
-    # The same quoting rules as the rows (RFC 4180: quotes doubled inside quoted fields).
-    fields = next(csv.reader([line], delimiter=sep, quotechar='"', doublequote=True), [])
-    return [h.strip() for h in fields]
+def _split_header(line: str, sep: str, path: str) -> list[str]:
+    """The column names in line 1 of ``path``, by the same quoting rules as the rows (RFC 4180)."""
+    if line.count('"') % 2:
+        # A row like this is malformed_row; as the header it would leave every column misnamed.
+        raise InputError(f"line 1 of {path} (the header) has an unbalanced quote: {_shown(line)}. Fix or remove "
+                         "the stray quote (a quote inside a quoted name is doubled: \"a \"\"b\"\"\")")
+    try:
+        fields = next(csv.reader([line], delimiter=sep, quotechar='"', doublequote=True), [])
+    except csv.Error as exc:  # no case is known to reach this; a traceback must not, whatever the line
+        raise InputError(f"line 1 of {path} (the header) cannot be parsed: {exc}: {_shown(line)}") from None
+    names = [h.strip() for h in fields]
+    # A tab is a delimiter in the wrong setting, which _check_columns explains better.
+    bad = [i + 1 for i, n in enumerate(names) if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", n)]
+    if bad:
+        raise InputError(f"line 1 of {path} (the header) has control characters (NUL, ...) in column(s) {bad}: "
+                         f"{_shown(line)}. Is it the right file, and ingest.source.encoding right?")
+    return names
+
+
+def _shown(line: str) -> str:
+    return repr(line if len(line) <= 200 else line[:200] + "...")
 
 
 def _text_columns(source: SourceConfig, files: Sequence[SourceFile], firsts: dict[str, str | None]) -> list[str]:
@@ -244,7 +296,7 @@ def _text_columns(source: SourceConfig, files: Sequence[SourceFile], firsts: dic
         line = firsts.get(f.path)
         if line is None:
             continue  # an empty file has no header and no rows
-        headers[f.path] = _split_header(line.lstrip("\ufeff"), source.separator)
+        headers[f.path] = _split_header(line.lstrip("\ufeff"), source.separator, f.path)
     if not headers:
         return []
     first_path, first = next(iter(headers.items()))
