@@ -15,11 +15,17 @@ Text formats are read line by line with Spark's text reader and parsed with ``fr
 1-based: each file block's first row id and row count give the block's offset in its file.
 Spark's reader ends a line at LF, CR or CRLF, so the driver, which reads line 1 as the header,
 splits by the same rule: with any other rule a CR-only file's header would be the whole file.
+
+Parquet columns are checked on the driver from the footers, before Spark reads a byte: Spark fails
+a whole read on a type it cannot convert (and names neither file nor column), and reads some types
+into text that means something else (a float id as "1.0", a list as "[a]"). Each mapped field
+therefore accepts a fixed set of Arrow kinds (_READS) and refuses the rest with the fix.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -464,31 +470,164 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
     return lines.select(*out)
 
 
-def _parquet_schemas(source: SourceConfig, files: Sequence[SourceFile]) -> list[str]:
-    """Column names of the Parquet files, after checking each is Parquet with the mapped columns
-    and that a mapped column has the same type in every file (Spark cannot read a mix)."""
+#: The option that maps each field, for messages.
+_OPTION = {"user_id": "user_col", "item_id": "item_col", "event_type": "event_type_col", "value": "value_col",
+           "timestamp": "timestamp_col", "event_id": "event_id_col"}
+_ROLE = {"user_id": "user id", "item_id": "item id", "event_type": "event type", "value": "value",
+         "timestamp": "event time", "event_id": "event id"}
+_ID_KINDS = frozenset({"int", "integer decimal", "string", "binary"})
+#: The kinds of Arrow type (see _arrow_kind) each field reads correctly; anything else is refused
+#: up front, because Spark would either fail mid-read or turn it into text that means something else.
+_READS = {
+    "user_id": _ID_KINDS, "item_id": _ID_KINDS, "event_type": _ID_KINDS,
+    "event_id": _ID_KINDS | {"null"},  # a column of no ids at all: events are keyed by content
+    "value": _ID_KINDS | {"decimal", "float32", "float64"},
+    # float32 steps by 128 s around today's unix times: it cannot hold an event time
+    "timestamp": _ID_KINDS | {"decimal", "float64", "date", "timestamp"},
+}
+#: What to tell the user when a kind cannot be a field (``{role}`` is filled in).
+_KIND_FIX = {
+    "float32": "write it as int64 or string: a float id reads as '1.0', which never matches the id '1' of "
+               "another file (pandas makes an int column with missing values float64; use its 'Int64' dtype)",
+    "float64": "write it as int64 or string: a float id reads as '1.0', which never matches the id '1' of "
+               "another file (pandas makes an int column with missing values float64; use its 'Int64' dtype)",
+    "decimal": "write it as int64 or string: a decimal with a fraction is not an id",
+    "bool": "a boolean is not a {role}; write it as a number (1 / 0) or a string, or map another column",
+    "fixed_binary": "write it as a string (a UUID in its 36-character text form)",
+    "date": "a date is not a {role}; is ingest.source.{option} the right column?",
+    "timestamp": "a time is not a {role}; is ingest.source.{option} the right column?",
+    "duration": "write it as a plain number in the unit you mean (e.g. seconds)",
+    "nested": "a list, struct or map is not a {role}; flatten it to one scalar column",
+    "null": "the column holds no values at all (Arrow type null), so every row would be rejected; is "
+            "ingest.source.{option} the right column?",
+    "other": "write it as a string or a number",
+}
+_TIME_FIX = {
+    "float32": "float32 cannot hold a unix time (its steps are 128 s around today's times); write it as int64 "
+               "or float64",
+    "duration": "a duration is not a point in time; write the event time as a timestamp or as unix seconds",
+}
+
+
+def _arrow_kind(t: pa.DataType) -> str:
+    """The kind of an Arrow type, as far as reading a field from it goes."""
+    if pa.types.is_dictionary(t):  # pandas categoricals: Parquet stores the values
+        return _arrow_kind(t.value_type)
+    if isinstance(t, pa.ExtensionType):
+        return _arrow_kind(t.storage_type)
+    checks = ((pa.types.is_null, "null"), (pa.types.is_boolean, "bool"), (pa.types.is_integer, "int"),
+              (pa.types.is_float16, "float16"), (pa.types.is_float32, "float32"), (pa.types.is_float64, "float64"),
+              (pa.types.is_string, "string"), (pa.types.is_large_string, "string"),
+              (pa.types.is_string_view, "string"), (pa.types.is_binary, "binary"),
+              (pa.types.is_large_binary, "binary"), (pa.types.is_binary_view, "binary"),
+              (pa.types.is_fixed_size_binary, "fixed_binary"), (pa.types.is_date, "date"),
+              (pa.types.is_timestamp, "timestamp"), (pa.types.is_time, "time"),
+              (pa.types.is_duration, "duration"), (pa.types.is_nested, "nested"))
+    if pa.types.is_decimal(t):
+        return "integer decimal" if t.scale == 0 else "decimal"
+    return next((kind for check, kind in checks if check(t)), "other")
+
+
+def _spark_unreadable(column: pq.ColumnSchema) -> str | None:
+    """What to do about a Parquet column Spark 4 cannot read at all (it fails on the footer), or None."""
+    logical = column.logical_type.type
+    if logical == "FLOAT16":
+        return "Spark cannot read float16; cast it to float32 or float64, or drop the column"
+    if logical == "TIME":
+        return "Spark cannot read a time of day; write it as a string, or drop the column"
+    if logical == "UUID":
+        return "Spark cannot read the Parquet UUID type; write it as a string, or drop the column"
+    if logical == "DECIMAL" and column.precision > 38:
+        return (f"Spark reads decimals of at most 38 digits, this one has {column.precision}; cast it to float64 "
+                "or a smaller decimal, or drop the column")
+    return None
+
+
+def _is_nanos(column: pq.ColumnSchema) -> bool:
+    """INT64 TIMESTAMP(NANOS): pandas' datetime64[ns], which Spark reads as bigint nanoseconds
+    (spark.sql.legacy.parquet.nanosAsLong, set by the session; without it the read fails)."""
+    if column.physical_type != "INT64" or column.logical_type.type != "TIMESTAMP":
+        return False
+    return json.loads(column.logical_type.to_json()).get("timeUnit") == "nanoseconds"
+
+
+def _top_level(leaf_path: str, names: Sequence[str]) -> str:
+    # Leaf paths join nested names with '.', and a top-level name may itself hold a '.'.
+    return max((n for n in names if leaf_path == n or leaf_path.startswith(n + ".")), key=len, default=leaf_path)
+
+
+def _check_parquet_field(source: SourceConfig, key: str, col: str, t: pa.DataType, path: str) -> None:
+    kind = _arrow_kind(t)
+    role, option = _ROLE[key], _OPTION[key]
+    where = f"column {col!r} of {path} (the {role}, ingest.source.{option})"
+    if kind not in _READS[key]:
+        fix = (_TIME_FIX.get(kind) if key == "timestamp" else None) or _KIND_FIX.get(kind, _KIND_FIX["other"])
+        raise InputError(f"{where} is {t}, which ingest does not read as a {role}: "
+                         + fix.format(role=role, option=option))
+    if key != "timestamp" or kind in ("string", "binary"):
+        return
+    fmt = source.timestamp_format
+    if kind in ("date", "timestamp") and fmt not in ("auto", "iso"):
+        raise InputError(f"{where} is {t}, a native time, but ingest.source.timestamp_format = {fmt!r} reads "
+                         "numbers; set it to 'auto' (or 'iso')")
+    if kind not in ("date", "timestamp") and fmt == "iso":
+        raise InputError(f"{where} is {t}, a number, but ingest.source.timestamp_format = 'iso' reads ISO-8601 "
+                         "strings; set it to 'unix_s', 'unix_ms' or 'auto'")
+
+
+def _parquet_schemas(source: SourceConfig, files: Sequence[SourceFile]) -> tuple[list[str], set[str]]:
+    """Column names of the Parquet files and which of them hold nanosecond timestamps, after checking
+    that each file is Parquet, that Spark can read every column, that each mapped column has a type
+    its field reads correctly (see _READS), and the same type in every file (Spark cannot read a mix)."""
     columns: list[str] | None = None
+    nanos: set[str] = set()
     types: dict[str, tuple[str, str]] = {}  # column -> (type, first file with it)
     for f in files:
         fs, p = _fs(f.path)
         try:
             with fs.open_input_file(p) as fh:
-                schema = pq.read_schema(fh)
+                parquet = pq.ParquetFile(fh)
+                schema, leaves, rows = parquet.schema_arrow, parquet.schema, parquet.metadata.num_rows
         except Exception as exc:  # pyarrow raises several types for "not a Parquet file"
             raise InputError(f"{f.path} is not a readable Parquet file: {exc}") from None
+        for i in range(len(leaves)):
+            leaf = leaves.column(i)
+            fix = _spark_unreadable(leaf)
+            if fix:
+                top = _top_level(leaf.path, schema.names)
+                inner = f" (its field {leaf.path!r})" if leaf.path != top else ""
+                raise InputError(f"column {top!r} of {f.path} is {schema.field(top).type}{inner}: {fix}")
+            if _is_nanos(leaf) and leaf.path in schema.names:
+                nanos.add(leaf.path)
         _check_columns(source, schema.names, f"Parquet file {f.path}")
         columns = columns or schema.names
-        for col in filter(None, _mapped(source).values()):
-            kind = str(schema.field(col).type)
+        for key, col in _mapped(source).items():
+            if not col:
+                continue
+            t = schema.field(col).type
+            if rows:  # a file without rows has nothing to misread (pandas types its empty columns null)
+                _check_parquet_field(source, key, col, t, f.path)
+            kind = str(t.value_type if pa.types.is_dictionary(t) else t)
             seen = types.setdefault(col, (kind, f.path))
             if seen[0] != kind:
                 raise InputError(f"column {col!r} is {kind} in {f.path} but {seen[0]} in {seen[1]}; Spark cannot "
                                  "read Parquet files whose column types differ. Ingest them separately")
-    return columns or []
+    return columns or [], nanos
+
+
+def _nanos_to_timestamp(name: str) -> Column:
+    """A bigint of nanoseconds since 1970 as a timestamp, truncated to microseconds (Spark's unit).
+
+    Integer arithmetic only (a double has 53 bits, nanoseconds since 1970 need 61), and floored,
+    so that 1969-12-31T23:59:59.9999995 is ...59.999999, not ...00.000000: `div` truncates toward
+    zero and `%` takes the dividend's sign, so a negative remainder takes one microsecond off.
+    """
+    c = _ddl_name(name)
+    return F.expr(f"timestamp_micros(({c} div 1000) - CASE WHEN {c} % 1000 < 0 THEN 1 ELSE 0 END)")
 
 
 def _read_parquet(spark: SparkSession, source: SourceConfig, files: Sequence[SourceFile]) -> DataFrame:
-    _parquet_schemas(source, files)
+    _, nanos = _parquet_schemas(source, files)
     df = spark.read.parquet(*[_spark_path(f.path) for f in files])
     file_paths = {f.path: f.path for f in files}
     with file_read_errors(files):
@@ -497,21 +636,36 @@ def _read_parquet(spark: SparkSession, source: SourceConfig, files: Sequence[Sou
     data_cols = list(df.columns)
     df = (df.withColumn("_fp", F.col("_metadata.file_path")).withColumn("_row", F.col("_metadata.row_index"))
           .join(F.broadcast(names), "_fp"))
-    out = [F.col("source_file"),
-           (F.col("_row") + 1).alias("line_number"),
-           _raw_line(F.to_json(F.struct(*[F.col(_ddl_name(c)) for c in data_cols]))).alias("raw_line"),
-           F.lit(None).cast("string").alias("parse_error")]
+
+    def column(name: str) -> Column:
+        return _nanos_to_timestamp(name) if name in nanos else F.col(_ddl_name(name))
+
+    not_utf8: Column = F.lit(False)
+    fields = []
     for key, col in _mapped(source).items():
         if not col:
-            out.append(F.lit(None).cast("string").alias(key))
+            fields.append(F.lit(None).cast("string").alias(key))
             continue
         dtype = df.schema[col].dataType.typeName()
-        field = F.col(_ddl_name(col))
-        if key == "timestamp" and dtype in ("timestamp", "timestamp_ntz"):
+        field = column(col)
+        if col in nanos or dtype in ("timestamp", "timestamp_ntz"):
+            # the same ISO string for every Parquet time type; a zone-less one (NTZ) is UTC, the session zone
             field = F.date_format(field, "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
         elif dtype in ("float", "double"):
             field = F.when(F.isnan(field), "NaN").otherwise(field.cast("string"))
-        out.append(field.cast("string").alias(key))
+        elif dtype == "binary":
+            # Strings written without the UTF8 annotation (older Hive / Impala exports): text when
+            # they are UTF-8, else the row is invalid_encoding, as a text line would be.
+            text = field.cast("string")
+            valid = F.is_valid_utf8(text)
+            not_utf8 = not_utf8 | (field.isNotNull() & ~valid)
+            field = F.when(valid, text).otherwise(F.decode(field, "ISO-8859-1"))
+        fields.append(field.cast("string").alias(key))
+    out = [F.col("source_file"),
+           (F.col("_row") + 1).alias("line_number"),
+           _raw_line(F.to_json(F.struct(*[column(c).alias(c) for c in data_cols]))).alias("raw_line"),
+           F.when(not_utf8, F.lit("invalid_encoding")).cast("string").alias("parse_error"),
+           *fields]
     return df.select(*out)
 
 
