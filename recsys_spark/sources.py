@@ -20,17 +20,23 @@ Parquet columns are checked on the driver from the footers, before Spark reads a
 a whole read on a type it cannot convert (and names neither file nor column), and reads some types
 into text that means something else (a float id as "1.0", a list as "[a]"). Each mapped field
 therefore accepts a fixed set of Arrow kinds (_READS) and refuses the rest with the fix.
+
+Local input folders are walked here rather than by pyarrow, which follows a symbolic link back up
+the tree some 40 levels deep before the OS stops it, and skips a dangling link without a word.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
+import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -93,39 +99,118 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(("_", ".")) for part in relative.split("/"))
 
 
-def list_source_files(path: str, option: str = "ingest.source.path") -> list[SourceFile]:
-    """The files to ingest under ``path`` (a file, or a directory read recursively, hidden files skipped).
+@dataclass(frozen=True)
+class SourceScan:
+    """What a scan of ``ingest.source.path`` found: the files to read, and the links it did not follow."""
 
-    ``option`` is the config key ``path`` came from, so that errors name it.
+    files: list[SourceFile]
+    #: Symbolic links whose target does not exist (skipped, with a warning).
+    dangling_links: list[str] = field(default_factory=list)
+    #: Links to a directory that is already on the path from the input root (entering one would
+    #: list the same files again, level after level), and links in a cycle of links; not entered.
+    symlink_loops: list[str] = field(default_factory=list)
+
+
+def _not_regular(path: str, option: str, root: str) -> InputError:
+    return InputError(f"{path} (under {option} {root!r}) is not a regular file (a pipe, socket or device?); "
+                      "move it out of the input directory")
+
+
+def _walk_local(base: str, option: str, root: str) -> SourceScan:
+    """Every non-hidden regular file under the local directory ``base``, following links.
+
+    pyarrow's recursive listing follows a link back up the tree until the OS says ELOOP (about
+    40 levels, each listing everything again) and drops a dangling link silently. This walk keeps
+    the (st_dev, st_ino) of the directories on the current path, so a link to one of them is cut
+    at once, and names what it skipped. A directory or file reached along two different paths is
+    listed once per path: the path is the ledger's identity, and the dedupe keeps each event once.
+    """
+    files: list[SourceFile] = []
+    dangling: list[str] = []
+    loops: list[str] = []
+
+    top = os.stat(base)
+    todo: list[tuple[str, frozenset[tuple[int, int]]]] = [(base, frozenset({(top.st_dev, top.st_ino)}))]
+    while todo:  # a stack, not recursion: a deep tree must not hit Python's recursion limit
+        folder, on_path = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            raise InputError(f"{folder} (under {option} {root!r}) cannot be listed: {exc.strerror}") from None
+        for entry in entries:
+            if entry.name.startswith(("_", ".")):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                if not entry.is_symlink():
+                    raise InputError(f"{entry.path} (under {option} {root!r}) disappeared while the input was "
+                                     "being listed; is another process moving files? Re-run when it is done") from None
+                log.warning("skipping %s: a symbolic link to %s, which does not exist",
+                            entry.path, os.readlink(entry.path))
+                dangling.append(entry.path)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:  # a -> b -> a: links that never reach a file
+                    log.warning("skipping %s: a cycle of symbolic links that never reaches a file", entry.path)
+                    loops.append(entry.path)
+                    continue
+                raise InputError(f"{entry.path} (under {option} {root!r}) cannot be read: {exc.strerror}") from None
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in on_path:
+                    log.warning("not entering %s: a symbolic link to %s, a directory it is already inside "
+                                "(a loop)", entry.path, os.path.realpath(entry.path))
+                    loops.append(entry.path)
+                    continue
+                todo.append((entry.path, on_path | {key}))
+            elif stat.S_ISREG(st.st_mode):
+                files.append(SourceFile(entry.path, int(st.st_size), int(st.st_mtime_ns // 1_000_000)))
+            else:
+                raise _not_regular(entry.path, option, root)
+    return SourceScan(files, dangling, loops)
+
+
+def scan_source_files(path: str, option: str = "ingest.source.path") -> SourceScan:
+    """The files to ingest under ``path`` (a file, or a directory read recursively, hidden files
+    skipped), and the symbolic links that were skipped.
+
+    ``option`` is the config key ``path`` came from, so that errors name it. Local directories are
+    walked here (see :func:`_walk_local`); remote ones are listed by pyarrow (object stores have no links).
     """
     fs, base = _fs(path)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise InputError(f"{option} {path!r} does not exist")
+    prefix = "" if isinstance(fs, pafs.LocalFileSystem) else path.split("://", 1)[0] + "://"
     if info.type == pafs.FileType.File:
-        infos = [info]
+        scan = SourceScan([SourceFile(prefix + info.path, int(info.size), int((info.mtime_ns or 0) // 1_000_000))])
+    elif info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
+        scan = _walk_local(base, option, path)
     elif info.type == pafs.FileType.Directory:
         listed = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
                   if not _hidden(i.path[len(base):].lstrip("/"))]
         odd = [i.path for i in listed if i.type not in (pafs.FileType.File, pafs.FileType.Directory)]
         if odd:
-            raise InputError(f"{odd[0]} (under {option} {path!r}) is not a regular file (a pipe, socket or "
-                             "device?); move it out of the input directory")
-        infos = [i for i in listed if i.type == pafs.FileType.File]
-        if not infos:
-            raise InputError(f"{option} {path!r} is a directory with no input files in it")
+            raise _not_regular(prefix + odd[0], option, path)
+        scan = SourceScan([SourceFile(prefix + i.path, int(i.size), int((i.mtime_ns or 0) // 1_000_000))
+                           for i in listed if i.type == pafs.FileType.File])
     else:
         raise InputError(f"{option} {path!r} is neither a regular file nor a directory (a pipe, socket or device?)")
-    prefix = "" if isinstance(fs, pafs.LocalFileSystem) else path.split("://", 1)[0] + "://"
-    files = sorted(
-        (SourceFile(prefix + i.path, int(i.size), int((i.mtime_ns or 0) // 1_000_000)) for i in infos),
-        key=lambda f: f.path,
-    )
+    if not scan.files:
+        raise InputError(f"{option} {path!r} is a directory with no input files in it")
+    files = sorted(scan.files, key=lambda f: f.path)
     for f in files:
         # Hadoop parses "a:b" in a path as a URI scheme, so Spark cannot open such a file at all.
         if ":" in f.path.split("://", 1)[-1]:
             raise InputError(f"{f.path}: Spark cannot read a file whose name contains ':'; rename it")
-    return files
+    return SourceScan(files, scan.dangling_links, scan.symlink_loops)
+
+
+def list_source_files(path: str, option: str = "ingest.source.path") -> list[SourceFile]:
+    """The files to ingest under ``path``: :func:`scan_source_files` without the skipped links."""
+    return scan_source_files(path, option).files
 
 
 def _spark_path(path: str) -> str:

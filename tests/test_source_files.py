@@ -1,5 +1,5 @@
 """What the driver makes of input files before and while Spark reads them: Parquet column types
-(every Arrow type an exporter may write, for every mapped field).
+(every Arrow type an exporter may write, for every mapped field) and symbolic links in input folders.
 
 Parquet cases read through ``read_source`` + ``validate_events`` (the ingest job's own path, without
 the commits), so each costs one small Spark read; rejections happen on the driver, before Spark.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import logging
+import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,11 +24,13 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from recsys_spark import tables as T
 from recsys_spark import sources
 from recsys_spark.config import Config
 from recsys_spark.errors import InputError
 from recsys_spark.ingest import validate_events
-from recsys_spark.sources import SourceFile, list_source_files, read_source
+from recsys_spark.sources import SourceFile, list_source_files, read_source, scan_source_files
+from recsys_spark.storage import TableStore
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 # Two instants, one before 1970 (floor, not truncation toward zero, matters there), both whole seconds
@@ -268,3 +272,76 @@ def test_an_empty_parquet_file_is_not_refused_for_a_null_typed_column(base_confi
                              "ts": pa.array([], pa.int64())}), path)
     cfg = _parquet_config(base_config, tmp_path)
     assert sources._parquet_schemas(cfg.ingest.source, [SourceFile(str(path), 1, 0)]) == (["user", "item", "ts"], set())
+
+
+# -- symbolic links in input folders --------------------------------------------------------------------
+
+
+def _tree(root: Path) -> Path:
+    """in/a.csv, in/sub/b.csv, in/sub/up -> .. (a loop), in/sub/self -> . (a loop), in/gone -> missing."""
+    (root / "in" / "sub").mkdir(parents=True)
+    for name in ("in/a.csv", "in/sub/b.csv"):
+        (root / name).write_text("event_id,user_id,item_id,event_type,timestamp,value\n"
+                                 f"{name},u-{name},i,view,2026-09-01T10:00:00Z,1\n")
+    os.symlink("..", root / "in" / "sub" / "up")
+    os.symlink(".", root / "in" / "sub" / "self")
+    os.symlink(root / "missing.csv", root / "in" / "gone.csv")
+    return root / "in"
+
+
+def test_a_symlink_loop_is_entered_once_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _tree(tmp_path)
+    listed: list[str] = []
+    scandir = os.scandir
+    monkeypatch.setattr(sources.os, "scandir", lambda p: (listed.append(str(p)), scandir(p))[1])
+    with caplog.at_level(logging.WARNING, logger="recsys_spark.sources"):
+        scan = scan_source_files(str(folder))
+    assert [f.path for f in scan.files] == [str(folder / "a.csv"), str(folder / "sub" / "b.csv")]
+    assert sorted(listed) == [str(folder), str(folder / "sub")]  # each directory listed once, not 41 times
+    assert sorted(scan.symlink_loops) == [str(folder / "sub" / "self"), str(folder / "sub" / "up")]
+    assert scan.dangling_links == [str(folder / "gone.csv")]
+    text = caplog.text
+    assert f"not entering {folder / 'sub' / 'up'}: a symbolic link to {folder}" in text
+    assert f"skipping {folder / 'gone.csv'}: a symbolic link to {tmp_path / 'missing.csv'}, which does not exist" in text
+    assert list_source_files(str(folder)) == scan.files
+
+
+def test_a_cycle_of_links_that_never_reaches_a_file_is_skipped_and_named(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.csv").write_text("x\n")
+    os.symlink(folder / "ping", folder / "pong")
+    os.symlink(folder / "pong", folder / "ping")
+    scan = scan_source_files(str(folder))
+    assert [f.path for f in scan.files] == [str(folder / "a.csv")]
+    assert scan.symlink_loops == [str(folder / "ping"), str(folder / "pong")] and scan.dangling_links == []
+
+
+def test_links_to_files_and_to_directories_elsewhere_are_followed_once_per_path(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "deep").mkdir(parents=True)
+    (elsewhere / "deep" / "c.csv").write_text("x\n" * 3)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    os.symlink(elsewhere / "deep" / "c.csv", folder / "c-link.csv")
+    os.symlink(elsewhere, folder / "more")
+    scan = scan_source_files(str(folder))
+    assert [(f.path, f.size) for f in scan.files] == [(str(folder / "c-link.csv"), 6),
+                                                      (str(folder / "more" / "deep" / "c.csv"), 6)]
+    assert (scan.dangling_links, scan.symlink_loops) == ([], [])
+
+
+def test_a_folder_with_links_ingests_each_file_once_under_its_link_path(
+        spark: SparkSession, ingest: Callable[..., Any], base_config: Config, tmp_path: Path) -> None:
+    folder = _tree(tmp_path)
+    os.symlink(folder / "a.csv", folder / "sub" / "a-again.csv")  # the same file by a second path
+    cfg = base_config.with_overrides([f"storage.root={tmp_path / 'warehouse'}", f"ingest.source.path={folder}",
+                                      "ingest.source.preset=synthetic"])
+    report = ingest(cfg)
+    assert (report.files_seen, report.rows_read, report.rows_duplicate, report.events_added) == (3, 3, 1, 2)
+    store = TableStore(spark, cfg.storage)
+    ledger = sorted(r.path for r in store.read(T.INGESTED_FILES).collect())
+    assert ledger == [str(folder / "a.csv"), str(folder / "sub" / "a-again.csv"), str(folder / "sub" / "b.csv")]
+    stored = sorted(r.source_file for r in store.read(T.INTERACTIONS).collect())
+    assert stored == [str(folder / "a.csv"), str(folder / "sub" / "b.csv")]
