@@ -22,9 +22,14 @@ DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 # Settings every session needs whatever launched it: the delta-rs engine commits Parquet that
 # other Delta readers must understand (INT96 timestamps are not Delta), times are UTC, and
-# Hadoop's _SUCCESS markers would be stray files inside Delta table folders.
+# Hadoop's _SUCCESS markers would be stray files inside Delta table folders. Spark 4 cannot read
+# INT64 TIMESTAMP(NANOS), which pandas' to_parquet writes for every datetime64[ns] column, and
+# fails the whole read on the footer; read as bigint nanoseconds instead, ingest
+# (sources._read_parquet) turns them into exact instants. Spark never writes nanoseconds, so no
+# table of ours is read differently.
 _REQUIRED_CONF = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
     "spark.sql.session.timeZone": "UTC",
     "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
 }

@@ -3,7 +3,7 @@
 Each case is a file (committed under tests/hostile/, or built here when big or binary) and its exact
 expected outcome: rows accepted and quarantined, with the reason of every rejected line, or one
 clear error naming the file. Cases of one batch share a reader config and are ingested together in
-one run (outcomes are told apart by source file), so the whole corpus costs four ingests; error
+one run (outcomes are told apart by source file), so the whole corpus costs five ingests; error
 cases run alone, and most of them fail on the driver before Spark reads anything.
 """
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -131,6 +132,14 @@ MAKERS: dict[str, Callable[[Path], Any]] = {
     "parquet_values": lambda p: pq.write_table(_parquet(_INT64_IDS), p),
     "parquet_empty": lambda p: pq.write_table(_parquet(_INT64_IDS, 0), p),
     "parquet_string_user": lambda p: pq.write_table(_parquet(pa.array([str(i) for i in range(9)])), p),
+    # what pandas writes: datetime64[ns] as INT64 TIMESTAMP(NANOS, false), and NaT as null
+    "pandas_naive_ns": lambda p: pd.DataFrame({
+        "user": ["pd-u1", "pd-u2", "pd-u3"], "item": ["pd-i1", "pd-i2", "pd-i3"],
+        "ts": pd.to_datetime(["2026-08-29 10:40:00.123456789", "1999-12-31 23:59:59.9999999", None]),
+        "w": [1.0, 2.0, 1.0]}).to_parquet(p),
+    # an int column with a missing value: pandas makes it float64
+    "pandas_float_ids": lambda p: pd.DataFrame({
+        "user": [1, None], "item": ["pf-i1", "pf-i2"], "ts": [1788000000, 1788000000], "w": [1.0, 1.0]}).to_parquet(p),
     "one_row": lambda p: p.write_text(HEADER + f"one-{p.name},one-{p.name},one-i,view,{WHEN},1\n"),
     "fifo": lambda p: os.mkfifo(p),
     "empty_dir": lambda p: p.mkdir(),
