@@ -29,7 +29,7 @@ from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_
 from recsys_spark.run import RunContext
 from recsys_spark.session import released_caches
 from recsys_spark.similarity import capped_users, item_cosine, item_factor_cosine
-from recsys_spark.sources import SourceFile, file_read_errors, list_source_files, read_source
+from recsys_spark.sources import SourceFile, file_read_errors, list_source_files, read_source, scan_source_files
 from recsys_spark.storage import CommitInfo, TableStore, WriteResult
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,10 @@ class IngestReport:
     writes: list[WriteResult] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     """Races lost to concurrent writers; each restarted the commits on top of the winner."""
+    dangling_links: list[str] = field(default_factory=list)
+    """Symbolic links under the input path whose target does not exist (skipped)."""
+    symlink_loops: list[str] = field(default_factory=list)
+    """Links back into a directory already being read (not entered, so no file is read twice)."""
 
     def render(self) -> str:
         lines = [
@@ -68,6 +72,9 @@ class IngestReport:
             f"new events: {self.events_added:,}",
             f"  new users: {self.new_users:,}; new items: {self.new_items:,}",
         ]
+        if self.dangling_links or self.symlink_loops:
+            lines.append(f"  links skipped: {len(self.dangling_links)} dangling, {len(self.symlink_loops)} looping back "
+                         "into a folder already read (see the warnings)")
         if self.conflicts:
             lines.append(f"  {len(self.conflicts)} race(s) lost to a concurrent ingest; restarted on top of it "
                          "each time")
@@ -165,7 +172,8 @@ def run_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> IngestRepor
     """
     store = _writable_store(spark, cfg)
     src, icfg = cfg.ingest.source, cfg.ingest
-    files = list_source_files(src.path)
+    scan = scan_source_files(src.path)
+    files = scan.files
     validated: DataFrame | None = None
     per_file: Counter[tuple[str, str | None]] = Counter()
     conflicts: list[str] = []
@@ -174,7 +182,8 @@ def run_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> IngestRepor
             versions = {t: store.version(t) for t in _INGEST_TABLES}
             todo = _new_files(store, files, versions[T.INGESTED_FILES])
             report = IngestReport(ctx.run_id, files_seen=len(files), files_skipped=len(files) - len(todo),
-                                  conflicts=list(conflicts))
+                                  conflicts=list(conflicts), dangling_links=list(scan.dangling_links),
+                                  symlink_loops=list(scan.symlink_loops))
             if not todo:
                 log.info("all %d file(s) under %s were ingested before; nothing to do", len(files), src.path)
                 return report

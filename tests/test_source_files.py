@@ -340,6 +340,9 @@ def test_a_folder_with_links_ingests_each_file_once_under_its_link_path(
                                       "ingest.source.preset=synthetic"])
     report = ingest(cfg)
     assert (report.files_seen, report.rows_read, report.rows_duplicate, report.events_added) == (3, 3, 1, 2)
+    # the links it did not follow are counted in the report, not only logged
+    assert report.dangling_links == [str(folder / "gone.csv")] and len(report.symlink_loops) == 2
+    assert "links skipped: 1 dangling, 2 looping back into a folder already read" in report.render()
     store = TableStore(spark, cfg.storage)
     ledger = sorted(r.path for r in store.read(T.INGESTED_FILES).collect())
     assert ledger == [str(folder / "a.csv"), str(folder / "sub" / "a-again.csv"), str(folder / "sub" / "b.csv")]
