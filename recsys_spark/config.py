@@ -12,6 +12,7 @@ import codecs
 import copy
 import hashlib
 import json
+import math
 import posixpath
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,8 @@ from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from recsys_spark.errors import ConfigError
 
@@ -183,6 +185,14 @@ SOURCE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Rating scales of the presets of rated data, applied to ingest.min_rating / max_rating unless set.
+PRESET_RATING_RANGES: dict[str, tuple[float, float]] = {
+    "movielens-100k": (1.0, 5.0),
+    "movielens-csv": (0.5, 5.0),  # half stars
+    "amazon-5core": (1.0, 5.0),
+}
+
+
 class SourceConfig(_Section):
     preset: Literal["custom", "synthetic", "movielens-100k", "movielens-csv", "lastfm-plays", "amazon-5core"] = "synthetic"
     """A named reader for a known log format (fills the fields below), or "custom"."""
@@ -294,10 +304,12 @@ class IngestConfig(_Section):
     """Events later than now + this many days are rejected (timestamp_out_of_range)."""
 
     min_rating: float | None = None
-    """Explicit feedback: ratings below this are rejected (value_out_of_range). None: no lower bound but >= 0."""
+    """Explicit feedback: ratings below this are rejected (value_out_of_range). None: no lower bound but >= 0.
+    The movielens-100k and amazon-5core presets set 1, movielens-csv 0.5, unless you set it."""
 
     max_rating: float | None = None
-    """Explicit feedback: ratings above this are rejected (value_out_of_range)."""
+    """Explicit feedback: ratings above this are rejected (value_out_of_range). The movielens-100k,
+    movielens-csv and amazon-5core presets set 5, unless you set it."""
 
     max_id_length: int = Field(256, ge=1)
     """Ids longer than this many characters are rejected (oversize_field)."""
@@ -307,6 +319,39 @@ class IngestConfig(_Section):
 
     max_reject_fraction: float = Field(0.05, ge=0.0, le=1.0)
     """If a larger share of the new rows is rejected, the job fails and commits nothing."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_rating_range(cls, data: Any) -> Any:
+        # The presets fill SourceConfig, but the rating scale is validation's, so it is filled here;
+        # a bound the user set wins, as with any preset field.
+        if not isinstance(data, Mapping):
+            return data
+        source = data.get("source", {})
+        preset = source.preset if isinstance(source, SourceConfig) else (
+            source.get("preset", "synthetic") if isinstance(source, Mapping) else None)
+        if preset not in PRESET_RATING_RANGES:
+            return data
+        lo, hi = PRESET_RATING_RANGES[preset]
+        return {"min_rating": lo, "max_rating": hi, **data}
+
+    @field_validator("min_rating", "max_rating")
+    @classmethod
+    def _finite_bound(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"ingest.{info.field_name} must be a finite number, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IngestConfig:
+        if self.min_rating is not None and self.max_rating is not None and self.min_rating > self.max_rating:
+            preset = self.source.preset
+            origin = (f" (the {preset} preset sets {PRESET_RATING_RANGES[preset][0]:g} .. "
+                      f"{PRESET_RATING_RANGES[preset][1]:g} unless you set them)" if preset in PRESET_RATING_RANGES
+                      else "")
+            raise ValueError(f"ingest.min_rating = {self.min_rating:g} is above ingest.max_rating = "
+                             f"{self.max_rating:g}: no rating could pass{origin}")
+        return self
 
     @field_validator("event_weights")
     @classmethod
