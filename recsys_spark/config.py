@@ -26,6 +26,9 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from recsys_spark.errors import ConfigError
 
 DEFAULT_CONFIG = Path("conf/local.toml")
+#: The largest finite float32. MLlib's ALS (like any float32 ALS) holds ratings and confidences in
+#: float32, so no event weight may exceed it.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Section(BaseModel):
@@ -311,6 +314,21 @@ class IngestConfig(_Section):
     """Explicit feedback: ratings above this are rejected (value_out_of_range). The movielens-100k,
     movielens-csv and amazon-5core presets set 5, unless you set it."""
 
+    max_value: float | None = Field(None, gt=0)
+    """Implicit feedback: values (play counts, quantities) above this are rejected (value_out_of_range),
+    before value_transform. None: no bound, but an event whose weight is not finite or exceeds
+    float32's largest value (3.4e38), which ALS cannot hold, is weight_out_of_range."""
+
+    null_tokens: list[str] = Field(default_factory=lambda: ["NULL", "null", "Null", "\\N", "None"])
+    """A field (id, event type, value, time or event id) equal to one of these after trimming is missing
+    (missing_user_id, missing_value, ...; a missing event id means the event has none). SQL exports
+    write NULL or \\N for missing values. Case-sensitive; [] makes every string a value."""
+
+    id_normalization: Literal["NFC", "NFKC", "none"] = "NFC"
+    """Unicode normalisation of user and item ids, so that one name typed as composed or decomposed
+    characters ("zoë" as o + U+0308) is one user. NFKC also folds compatibility forms (full-width
+    letters, ligatures); none keeps ids as written (ids are still trimmed)."""
+
     max_id_length: int = Field(256, ge=1)
     """Ids longer than this many characters are rejected (oversize_field)."""
 
@@ -335,11 +353,21 @@ class IngestConfig(_Section):
         lo, hi = PRESET_RATING_RANGES[preset]
         return {"min_rating": lo, "max_rating": hi, **data}
 
-    @field_validator("min_rating", "max_rating")
+    @field_validator("min_rating", "max_rating", "max_value")
     @classmethod
     def _finite_bound(cls, v: float | None, info: ValidationInfo) -> float | None:
         if v is not None and not math.isfinite(v):
             raise ValueError(f"ingest.{info.field_name} must be a finite number, got {v}")
+        return v
+
+    @field_validator("null_tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        for token in v:
+            # fields are compared after trimming, so a blank or padded token could never match
+            if not token.strip() or token != token.strip():
+                raise ValueError(f"token {token!r} is blank or padded with spaces; list the "
+                                 "token itself (fields are trimmed before they are compared)")
         return v
 
     @model_validator(mode="after")
@@ -351,6 +379,9 @@ class IngestConfig(_Section):
                       else "")
             raise ValueError(f"ingest.min_rating = {self.min_rating:g} is above ingest.max_rating = "
                              f"{self.max_rating:g}: no rating could pass{origin}")
+        if self.max_value is not None and self.source.feedback == "explicit":
+            raise ValueError("ingest.max_value bounds implicit values; ratings (ingest.source.feedback = "
+                             "'explicit') are bounded by ingest.min_rating / ingest.max_rating")
         return self
 
     @field_validator("event_weights")
@@ -359,6 +390,10 @@ class IngestConfig(_Section):
         for k, w in v.items():
             if not (w == w and abs(w) != float("inf")) or w < 0:
                 raise ValueError(f"ingest.event_weights.{k} must be a finite number >= 0, got {w}")
+            if w > FLOAT32_MAX:
+                raise ValueError(f"ingest.event_weights.{k} = {w:g} exceeds float32's largest value "
+                                 f"({FLOAT32_MAX:.4g}), which ALS holds weights in: every event would be "
+                                 "weight_out_of_range")
         return v
 
     @field_validator("min_event_time", mode="before")

@@ -236,3 +236,21 @@ def test_presets_of_rated_data_set_their_rating_scale_unless_the_user_sets_it(pr
     built = IngestConfig(source=SourceConfig(preset=preset, **({"timestamp_col": "ts"} if preset == "custom" else {})))
     assert (built.min_rating, built.max_rating) == scale
 
+
+def test_ingest_bounds_null_tokens_and_weights_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.max_value bounds implicit values; ratings .* are bounded by "
+                                          r"ingest\.min_rating / ingest\.max_rating"):
+        load_config(None, ["ingest.source.preset=amazon-5core", "ingest.max_value=100"])
+    with pytest.raises(ConfigError, match=r"ingest\.max_value: Input should be greater than 0"):
+        load_config(None, ["ingest.max_value=0"])
+    with pytest.raises(ConfigError, match=r"ingest\.max_rating must be a finite number, got nan"):
+        load_config(None, ["ingest.max_rating=nan"])
+    with pytest.raises(ConfigError, match=r"ingest\.null_tokens: token ' NULL' is blank or padded"):
+        load_config(None, ['ingest.null_tokens=[" NULL"]'])
+    with pytest.raises(ConfigError, match=r"ingest\.event_weights\.view = 1e\+39 exceeds float32's largest value"):
+        load_config(None, ["ingest.event_weights.view=1e39"])
+    with pytest.raises(ConfigError, match=r"ingest\.id_normalization"):
+        load_config(None, ["ingest.id_normalization=NFD"])
+    cfg = load_config(None, ["ingest.max_value=1e6", "ingest.null_tokens=[]", "ingest.id_normalization=none"]).ingest
+    assert (cfg.max_value, cfg.null_tokens, cfg.id_normalization) == (1e6, [], "none")
+    assert load_config(None, []).ingest.null_tokens == ["NULL", "null", "Null", "\\N", "None"]
