@@ -134,15 +134,14 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
     is trimmed of Unicode whitespace and is missing when it is one of ``ingest.null_tokens``; user
     and item ids are then normalised (``ingest.id_normalization``).
     """
-    tokens = cfg.null_tokens
+    fields = ("user_id", "item_id", "event_type", "value", "timestamp", "event_id")
     # Cleaned fields are columns of their own before anything reads them twice.
-    raw = raw.select("*", *[clean_field(F.col(k), tokens).alias(f"_{k}") for k in
-                            ("user_id", "item_id", "event_type", "value", "timestamp", "event_id")])
+    raw = raw.select("*", *[clean_field(F.col(k), cfg.null_tokens).alias(f"_{k}") for k in fields])
     has_ts = source.timestamp_format != "none"
     user = normalize_id(F.col("_user_id"), cfg.id_normalization)
     item = normalize_id(F.col("_item_id"), cfg.id_normalization)
     etype = F.lower(F.col("_event_type")) if source.event_type_col else F.lit(source.default_event_type)
-    # Spark's ISO parser silently drops control bytes ("2026-09-01\x00" would be a date): corrupt.
+    # Spark's casts silently drop control bytes: a time holding one is corrupt, not a time.
     ts_text = F.when(~F.col("_timestamp").rlike(_CONTROL), F.col("_timestamp"))
     event_time = parse_timestamp(ts_text, source.timestamp_format) if has_ts else F.lit(None).cast("timestamp")
     value = parse_number(F.col("_value"))
