@@ -12,6 +12,7 @@ import codecs
 import copy
 import hashlib
 import json
+import math
 import posixpath
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -19,11 +20,15 @@ from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from recsys_spark.errors import ConfigError
 
 DEFAULT_CONFIG = Path("conf/local.toml")
+#: The largest finite float32. MLlib's ALS (like any float32 ALS) holds ratings and confidences in
+#: float32, so no event weight may exceed it.
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Section(BaseModel):
@@ -183,6 +188,14 @@ SOURCE_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Rating scales of the presets of rated data, applied to ingest.min_rating / max_rating unless set.
+PRESET_RATING_RANGES: dict[str, tuple[float, float]] = {
+    "movielens-100k": (1.0, 5.0),
+    "movielens-csv": (0.5, 5.0),  # half stars
+    "amazon-5core": (1.0, 5.0),
+}
+
+
 class SourceConfig(_Section):
     preset: Literal["custom", "synthetic", "movielens-100k", "movielens-csv", "lastfm-plays", "amazon-5core"] = "synthetic"
     """A named reader for a known log format (fills the fields below), or "custom"."""
@@ -294,10 +307,27 @@ class IngestConfig(_Section):
     """Events later than now + this many days are rejected (timestamp_out_of_range)."""
 
     min_rating: float | None = None
-    """Explicit feedback: ratings below this are rejected (value_out_of_range). None: no lower bound but >= 0."""
+    """Explicit feedback: ratings below this are rejected (value_out_of_range). None: no lower bound but >= 0.
+    The movielens-100k and amazon-5core presets set 1, movielens-csv 0.5, unless you set it."""
 
     max_rating: float | None = None
-    """Explicit feedback: ratings above this are rejected (value_out_of_range)."""
+    """Explicit feedback: ratings above this are rejected (value_out_of_range). The movielens-100k,
+    movielens-csv and amazon-5core presets set 5, unless you set it."""
+
+    max_value: float | None = Field(None, gt=0)
+    """Implicit feedback: values (play counts, quantities) above this are rejected (value_out_of_range),
+    before value_transform. None: no bound, but an event whose weight is not finite or exceeds
+    float32's largest value (3.4e38), which ALS cannot hold, is weight_out_of_range."""
+
+    null_tokens: list[str] = Field(default_factory=lambda: ["NULL", "null", "Null", "\\N", "None"])
+    """A field (id, event type, value, time or event id) equal to one of these after trimming is missing
+    (missing_user_id, missing_value, ...; a missing event id means the event has none). SQL exports
+    write NULL or \\N for missing values. Case-sensitive; [] makes every string a value."""
+
+    id_normalization: Literal["NFC", "NFKC", "none"] = "NFC"
+    """Unicode normalisation of user and item ids, so that one name typed as composed or decomposed
+    characters ("zoë" as o + U+0308) is one user. NFKC also folds compatibility forms (full-width
+    letters, ligatures); none keeps ids as written (ids are still trimmed)."""
 
     max_id_length: int = Field(256, ge=1)
     """Ids longer than this many characters are rejected (oversize_field)."""
@@ -313,12 +343,62 @@ class IngestConfig(_Section):
     Each restart re-reads the ledger and the tables and commits only what is still new on top of
     the winner; every lost race means the other run made progress, so a few suffice."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_rating_range(cls, data: Any) -> Any:
+        # The presets fill SourceConfig, but the rating scale is validation's, so it is filled here;
+        # a bound the user set wins, as with any preset field.
+        if not isinstance(data, Mapping):
+            return data
+        source = data.get("source", {})
+        preset = source.preset if isinstance(source, SourceConfig) else (
+            source.get("preset", "synthetic") if isinstance(source, Mapping) else None)
+        if preset not in PRESET_RATING_RANGES:
+            return data
+        lo, hi = PRESET_RATING_RANGES[preset]
+        return {"min_rating": lo, "max_rating": hi, **data}
+
+    @field_validator("min_rating", "max_rating", "max_value")
+    @classmethod
+    def _finite_bound(cls, v: float | None, info: ValidationInfo) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"ingest.{info.field_name} must be a finite number, got {v}")
+        return v
+
+    @field_validator("null_tokens")
+    @classmethod
+    def _tokens(cls, v: list[str]) -> list[str]:
+        for token in v:
+            # fields are compared after trimming, so a blank or padded token could never match
+            if not token.strip() or token != token.strip():
+                raise ValueError(f"token {token!r} is blank or padded with spaces; list the "
+                                 "token itself (fields are trimmed before they are compared)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IngestConfig:
+        if self.min_rating is not None and self.max_rating is not None and self.min_rating > self.max_rating:
+            preset = self.source.preset
+            origin = (f" (the {preset} preset sets {PRESET_RATING_RANGES[preset][0]:g} .. "
+                      f"{PRESET_RATING_RANGES[preset][1]:g} unless you set them)" if preset in PRESET_RATING_RANGES
+                      else "")
+            raise ValueError(f"ingest.min_rating = {self.min_rating:g} is above ingest.max_rating = "
+                             f"{self.max_rating:g}: no rating could pass{origin}")
+        if self.max_value is not None and self.source.feedback == "explicit":
+            raise ValueError("ingest.max_value bounds implicit values; ratings (ingest.source.feedback = "
+                             "'explicit') are bounded by ingest.min_rating / ingest.max_rating")
+        return self
+
     @field_validator("event_weights")
     @classmethod
     def _finite_weights(cls, v: dict[str, float]) -> dict[str, float]:
         for k, w in v.items():
             if not (w == w and abs(w) != float("inf")) or w < 0:
                 raise ValueError(f"ingest.event_weights.{k} must be a finite number >= 0, got {w}")
+            if w > FLOAT32_MAX:
+                raise ValueError(f"ingest.event_weights.{k} = {w:g} exceeds float32's largest value "
+                                 f"({FLOAT32_MAX:.4g}), which ALS holds weights in: every event would be "
+                                 "weight_out_of_range")
         return v
 
     @field_validator("min_event_time", mode="before")

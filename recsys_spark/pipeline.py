@@ -403,21 +403,21 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
         raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark ingest` first")
     train = training_frame(store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]), cfg.als)
     train = train.persist(StorageLevel.MEMORY_AND_DISK)
+    user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
+    item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
     try:
         n = train.count()
         if n == 0:
             raise StorageError(f"interaction_matrix has no {cfg.als.feedback} feedback to train on "
                                f"(als.feedback = {cfg.als.feedback!r})")
         started = time.perf_counter()
-        model = fit_als(train, cfg.als)
+        model = fit_als(train, cfg.als, user_ids, item_ids)  # checks the values first, naming bad pairs by id
         seconds = time.perf_counter() - started
         rmse = training_rmse(model, train, cfg.als)
     finally:
         train.unpersist()
     model_version = f"als-{ctx.run_id}"
     users, items = factor_frames(model)
-    user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
-    item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
     commit = ctx.commit(model_version=model_version, input_versions=inputs)
     out = {
         T.USER_FACTORS: store.write(

@@ -78,6 +78,10 @@ _WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"),
               (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"))
 _CONTROL_BYTES = bytes([*range(0, 9), *range(14, 32), 127])
 _C1_BYTES = bytes(range(0x80, 0xA0))  # C1 controls: never in real ISO-8859-1 text
+#: A JSON \uD800-\uDFFF escape that is not half of a surrogate pair: no UTF-8 text can hold it.
+#: An escaped backslash before "u" ("\\ud800") is text, not an escape.
+_LONE_SURROGATE = (r"(?<!\\)(?:\\\\)*(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                   r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
 
 
 @dataclass(frozen=True)
@@ -532,6 +536,14 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
         plain = F.regexp_replace(line, r"[+-]?\b(NaN|Infinity|INF)\b", "0")  # non-standard numbers from_json allows
         broken = ~too_long & ((F.coalesce(F.json_array_length(F.concat(F.lit("["), plain, F.lit("]"))), F.lit(0)) != 1)
                               | ~F.rtrim(line).endswith("}"))
+        # The JSON type of each field (a boolean is no id; the string parse renders true as "true").
+        # The VARIANT parse fails where a field holds a lone surrogate escape, which the string
+        # parse would store as "?".
+        kinds_ddl = ", ".join([*(c.replace(" STRING", " VARIANT") for c in schema_cols), "`_corrupt` STRING"])
+        kinds = F.from_json(F.when(~too_long, line), kinds_ddl, opts)
+        keys = F.json_object_keys(F.when(~too_long, line))
+        lines = lines.withColumn("_k", kinds).withColumn(
+            "_dup", F.size(keys) != F.size(F.array_distinct(keys)))  # from_json keeps the last, silently
     else:
         # RFC 4180: a quote inside a quoted field is doubled. Every complete one-line record has an
         # even number of quotes; an odd count is a field cut by a line break or a stray quote.
@@ -539,8 +551,12 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
         broken = ((F.length(line) - F.length(F.replace(line, F.lit('"'), F.lit("")))) % 2) == 1
     lines = lines.withColumn("_p", parsed)
     error = (F.when(~F.col("_valid"), "invalid_encoding")
-             .when(too_long, "oversize_line")
-             .when(F.col("_p").isNull() | F.col("_p._corrupt").isNotNull() | broken, "malformed_row"))
+             .when(too_long, "oversize_line"))
+    if source.format == "json":
+        error = error.when(F.col("_k._corrupt").isNotNull() & line.rlike(_LONE_SURROGATE), "invalid_encoding")
+    error = error.when(F.col("_p").isNull() | F.col("_p._corrupt").isNotNull() | broken, "malformed_row")
+    if source.format == "json":
+        error = error.when(F.col("_dup"), "duplicate_key")
     out = [F.col("source_file"), F.col("line_number"), _raw_line(line).alias("raw_line"),
            error.alias("parse_error")]
     for key, col in _mapped(source).items():
@@ -551,6 +567,9 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
             # from_json renders the bare NaN / Infinity it accepts as quoted strings; unquote them
             # so that they are rejected as non_finite_value, like "NaN" in any other format.
             field = F.regexp_replace(field, r'^"([+-]?(NaN|Infinity))"$', "$1")
+            if key in ("user_id", "item_id", "event_id"):
+                field = F.when(F.schema_of_variant(F.col("_k").getField(col)) == "BOOLEAN",
+                               F.lit("\x00<boolean>")).otherwise(field)
         out.append(field.alias(key))
     return lines.select(*out)
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.als import build_als, factor_frames, fit_als, training_frame
+from recsys_spark.als import build_als, check_training_values, factor_frames, fit_als, training_frame
 from recsys_spark.config import AlsConfig
+from recsys_spark.errors import InputError
 from recsys_spark.pipeline import run_train_als
 from recsys_spark.run import RunContext
 
@@ -59,6 +60,74 @@ def test_train_job_writes_factors_and_a_model_row(spark, cfg, ingest, store, tmp
     assert models[0].train_rmse is None
     assert json.loads(models[1].input_versions)[T.INTERACTION_MATRIX] == store.version(T.INTERACTION_MATRIX)
     assert uf.first().model_version == models[1].model_version
+
+
+def _matrix(spark, rows: list[tuple[int, int, float]]):  # noqa: ANN001, ANN202
+    return spark.createDataFrame([(u, i, v, v) for u, i, v in rows],
+                                 "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE")
+
+
+def test_training_values_beyond_float32_are_an_error_naming_the_pairs_and_the_options(spark) -> None:  # noqa: ANN001
+    matrix = _matrix(spark, [(0, 0, 1e38), (0, 1, 1.0), (1, 0, 3.5e38), (1, 1, 2.0)])
+    users = spark.createDataFrame([(0, "alice"), (1, "bob")], "user_idx INT, user_id STRING")
+    items = spark.createDataFrame([(0, "apple"), (1, "pear")], "item_idx INT, item_id STRING")
+    implicit = AlsConfig(alpha=10.0)
+    with pytest.raises(InputError) as err:
+        check_training_values(training_frame(matrix, implicit), implicit, users, items)
+    message = str(err.value)
+    # 1 + 10 x 1e38 overflows float32 (alpha is the cause); 3.5e38 does on its own
+    assert "2 training pair(s) have a value ALS cannot hold: implicit ALS weighs 1 + als.alpha x confidence " \
+           "(als.alpha = 10), which must be finite in float32 (at most 3.403e+38)" in message
+    assert "(user_id 'alice', item_id 'apple'): confidence 1e+38 -> 1e+39" in message
+    assert "(user_id 'bob', item_id 'apple'): confidence 3.5e+38 -> 3.5e+39" in message
+    assert "pear" not in message
+    assert all(o in message for o in ("lower als.alpha", 'ingest.value_transform = "log1p"', "ingest.max_value"))
+    with pytest.raises(InputError, match=r"^1 training pair\(s\)"):
+        check_training_values(training_frame(matrix, AlsConfig(alpha=1.0)), AlsConfig(alpha=1.0), users, items)
+    check_training_values(training_frame(matrix, AlsConfig(alpha=0.5)), AlsConfig(alpha=0.5), users, items)
+
+    explicit = AlsConfig(feedback="explicit")
+    ratings = _matrix(spark, [(0, 0, 4.0), (1, 1, float("inf")), (1, 0, float("nan"))])
+    with pytest.raises(InputError) as err:  # without id maps the pairs are named by index
+        check_training_values(training_frame(ratings, explicit), explicit)
+    assert "(user_idx 1, item_idx 0): rating nan" in str(err.value)
+    assert "(user_idx 1, item_idx 1): rating inf" in str(err.value)
+    assert "ingest.max_rating" in str(err.value)
+
+
+def test_more_than_five_bad_pairs_are_counted_not_listed(spark) -> None:  # noqa: ANN001
+    matrix = _matrix(spark, [(u, 0, 1e39) for u in range(7)])
+    with pytest.raises(InputError) as err:
+        check_training_values(training_frame(matrix, AlsConfig()), AlsConfig())
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("7 training pair(s)")
+    assert [ln.strip().split(")")[0] for ln in lines[1:6]] == [f"(user_idx {u}, item_idx 0" for u in range(5)]
+    assert lines[6].strip() == "... and 2 more"
+
+
+def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(spark, cfg, ingest, store,  # noqa: ANN001
+                                                                          tmp_path: Path) -> None:
+    raw = tmp_path / "plays.csv"
+    # each play count fits float32, so ingest keeps them; their sum for (u1, i1) does not
+    raw.write_text("user,item,plays\nu1,i1,3e38\nu1,i1,2e38\nu1,i2,3\nu2,i1,4\nu2,i2,1\n")
+    report = ingest(cfg, f"ingest.source.path={raw}", "ingest.source.preset=custom", "ingest.source.user_col=user",
+                    "ingest.source.item_col=item", "ingest.source.value_col=plays", "ingest.source.timestamp_format=none")
+    assert (report.events_added, report.rows_rejected) == (5, 0)
+    c = cfg.with_overrides(["als.rank=2", "als.max_iter=1", "als.alpha=1.0"])
+    with pytest.raises(InputError, match=r"^1 training pair\(s\) .*\n    \(user_id 'u1', item_id 'i1'\): "
+                                         r"confidence 5e\+38 -> 5e\+38"):
+        run_train_als(spark, c, RunContext.new("train-als", c))
+    assert store.version(T.USER_FACTORS) is None and store.version(T.MODELS) is None
+
+
+def test_evaluation_fits_check_their_training_values_too(spark) -> None:  # noqa: ANN001
+    from recsys_spark.blocked_topk import BlockShape
+    from recsys_spark.evaluation import als_recs
+
+    train = _matrix(spark, [(0, 0, 1.0), (0, 1, 1e38), (1, 0, 2.0)])
+    users = spark.createDataFrame([(0,), (1,)], "user_idx INT")
+    with pytest.raises(InputError, match=r"\(user_idx 0, item_idx 1\): confidence 1e\+38 -> 1e\+39"):
+        als_recs(train, users, 2, AlsConfig(rank=2, max_iter=1), BlockShape())
 
 
 @pytest.mark.realdata

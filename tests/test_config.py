@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_spark.config import SOURCE_PRESETS, Config, load_config
+from recsys_spark.config import SOURCE_PRESETS, Config, IngestConfig, SourceConfig, load_config
 from recsys_spark.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -211,3 +211,46 @@ def test_set_reaches_dotted_spark_properties_and_writes_scalars_as_spark_spells_
                               "spark.memory.fraction": "0.5", "spark.eventLog.dir": "file:///tmp/ev"}
     with pytest.raises(ConfigError, match=r"spark\.conf\.x"):
         load_config(None, ["spark.conf.x=[1, 2]"])
+
+
+def test_min_rating_above_max_rating_is_an_error_naming_both_keys() -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.min_rating = 4 is above ingest\.max_rating = 2"):
+        load_config(None, ["ingest.min_rating=4", "ingest.max_rating=2"])
+    with pytest.raises(ConfigError, match=r"ingest\.min_rating = 1 is above ingest\.max_rating = 0\.5: .*the "
+                                          r"movielens-100k preset sets 1 \.\. 5"):
+        load_config(None, ["ingest.source.preset=movielens-100k", "ingest.max_rating=0.5"])
+    assert load_config(None, ["ingest.min_rating=3", "ingest.max_rating=3"]).ingest.max_rating == 3.0
+
+
+@pytest.mark.parametrize(("preset", "scale"), [("movielens-100k", (1.0, 5.0)), ("movielens-csv", (0.5, 5.0)),
+                                               ("amazon-5core", (1.0, 5.0)), ("synthetic", (None, None)),
+                                               ("lastfm-plays", (None, None)), ("custom", (None, None))])
+def test_presets_of_rated_data_set_their_rating_scale_unless_the_user_sets_it(preset: str, scale: tuple) -> None:
+    base = [f"ingest.source.preset={preset}"] + (["ingest.source.timestamp_col=ts"] if preset == "custom" else [])
+    ingest = load_config(None, base).ingest
+    assert (ingest.min_rating, ingest.max_rating) == scale
+    own = load_config(None, [*base, "ingest.max_rating=10"]).ingest
+    assert (own.min_rating, own.max_rating) == (scale[0], 10.0)
+    assert load_config(None, [*base, "ingest.min_rating=0"]).ingest.min_rating == 0.0
+    # the same when the config is built in code around a SourceConfig
+    built = IngestConfig(source=SourceConfig(preset=preset, **({"timestamp_col": "ts"} if preset == "custom" else {})))
+    assert (built.min_rating, built.max_rating) == scale
+
+
+def test_ingest_bounds_null_tokens_and_weights_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"ingest\.max_value bounds implicit values; ratings .* are bounded by "
+                                          r"ingest\.min_rating / ingest\.max_rating"):
+        load_config(None, ["ingest.source.preset=amazon-5core", "ingest.max_value=100"])
+    with pytest.raises(ConfigError, match=r"ingest\.max_value: Input should be greater than 0"):
+        load_config(None, ["ingest.max_value=0"])
+    with pytest.raises(ConfigError, match=r"ingest\.max_rating must be a finite number, got nan"):
+        load_config(None, ["ingest.max_rating=nan"])
+    with pytest.raises(ConfigError, match=r"ingest\.null_tokens: token ' NULL' is blank or padded"):
+        load_config(None, ['ingest.null_tokens=[" NULL"]'])
+    with pytest.raises(ConfigError, match=r"ingest\.event_weights\.view = 1e\+39 exceeds float32's largest value"):
+        load_config(None, ["ingest.event_weights.view=1e39"])
+    with pytest.raises(ConfigError, match=r"ingest\.id_normalization"):
+        load_config(None, ["ingest.id_normalization=NFD"])
+    cfg = load_config(None, ["ingest.max_value=1e6", "ingest.null_tokens=[]", "ingest.id_normalization=none"]).ingest
+    assert (cfg.max_value, cfg.null_tokens, cfg.id_normalization) == (1e6, [], "none")
+    assert load_config(None, []).ingest.null_tokens == ["NULL", "null", "Null", "\\N", "None"]

@@ -41,6 +41,18 @@ def _raw(spark, rows: list[dict]):  # noqa: ANN001, ANN202
     ("unix_s", "2026-09-01", None),
     ("auto", "1e300", None),
     ("auto", "NaN", None),
+    # unix times are plain decimals too: Java's parseDouble would read all of these
+    ("unix_s", "874724710d", None),
+    ("unix_s", "0x1.a1p29", None),
+    ("unix_s", "\uff18\uff17\uff14\uff17\uff12\uff14\uff17\uff11\uff10", None),
+    ("unix_ms", "874724710500f", None),
+    ("unix_ms", "874_724_710_500", None),
+    ("auto", "874724710D", None),
+    ("auto", "--874724710", None),
+    ("unix_s", "+874724710", "1997-09-20T03:05:10"),
+    ("unix_ms", "8.747247105E11", "1997-09-20T03:05:10.500"),
+    ("auto", "8.7472471e8", "1997-09-20T03:05:10"),
+    ("auto", "874724710\u00a0", "1997-09-20T03:05:10"),
 ])
 def test_parse_timestamp(spark, fmt: str, text: str, expected: str | None) -> None:  # noqa: ANN001
     parsed = parse_timestamp(F.col("t"), fmt)
@@ -85,6 +97,84 @@ def test_validation_reasons(spark, change: dict, reason: str | None) -> None:  #
     raw = _raw(spark, [{**GOOD, **change}])
     got = validate_events(raw, IMPLICIT, IngestConfig(), NOW).first()
     assert got.reason == reason
+
+
+def _validated(spark, rows: list[dict], source: SourceConfig = IMPLICIT, cfg: IngestConfig | None = None):  # noqa: ANN001, ANN202
+    return validate_events(_raw(spark, rows), source, cfg or IngestConfig(), NOW).orderBy("line_number").collect()
+
+
+def test_a_value_is_a_plain_decimal_number_or_it_is_rejected(spark) -> None:  # noqa: ANN001
+    cases = {
+        # Java's parseDouble (Spark's cast) reads the first three as 5, 5 and 8
+        "5d": "unparsable_value", "5f": "unparsable_value", "0x1p3": "unparsable_value",
+        "1,5": "unparsable_value", "1_000": "unparsable_value", "--5": "unparsable_value",
+        "0b101": "unparsable_value", "5 5": "unparsable_value", "1e": "unparsable_value", ".": "unparsable_value",
+        "5\n": "unparsable_value", "\uff15": "unparsable_value", "\u0665": "unparsable_value",
+        "\u221e": "non_finite_value", "-\u221e": "non_finite_value", "inf": "non_finite_value",
+        "+NaN": "non_finite_value", "INFINITY": "non_finite_value", "1e400": "non_finite_value",
+        ".5": 0.5, "5.": 5.0, "+5": 5.0, "1e5": 1e5, "1E-3": 0.001, "-0": 0.0, "\u00a05\u3000": 5.0,
+    }
+    got = _validated(spark, [{**GOOD, "value": v} for v in cases])
+    assert {v: r.reason or r.value_num for v, r in zip(cases, got)} == cases
+
+
+def test_null_tokens_are_missing_in_every_field_and_a_null_event_id_is_no_id(spark) -> None:  # noqa: ANN001
+    src = IMPLICIT.model_copy(update={"event_id_col": "id"})
+    rows = [{**GOOD, "user_id": "NULL"}, {**GOOD, "item_id": "\\N"}, {**GOOD, "event_type": "None"},
+            {**GOOD, "timestamp": "Null"}, {**GOOD, "value": "null"}, {**GOOD, "user_id": " NULL\u00a0"},
+            {**GOOD, "user_id": "nULL"}, {**GOOD, "event_id": "NULL"}, {**GOOD, "event_id": "e1"}]
+    got = _validated(spark, rows, src)
+    assert [r.reason for r in got] == ["missing_user_id", "missing_item_id", "missing_event_type", "missing_timestamp",
+                                       "missing_value", "missing_user_id", None, None, None]
+    events = accepted_events(validate_events(_raw(spark, rows[6:]), src, IngestConfig(), NOW), src, IngestConfig())
+    keys = [r.event_key for r in events.collect()]
+    assert len(keys) == 3 and [k for k in keys if k.startswith("id:")] == ["id:e1"]  # NULL is keyed by content
+    # the tokens are configurable: [] makes "NULL" a user like any other
+    assert [r.user_id for r in _validated(spark, rows[:1], src, IngestConfig(null_tokens=[]))] == ["NULL"]
+
+
+def test_invisible_reordering_and_control_characters_make_an_id_invalid(spark) -> None:  # noqa: ANN001
+    src = IMPLICIT.model_copy(update={"event_id_col": "id"})
+    invalid = ["a\u0085b", "a\u0080", "a\u009f", "a\u2028b", "a\u2029b", "\u200ertl", "a\u200fb", "ab\u202ecd",
+               "\u2066x\u2069", "a\u061cb", "zw\u200bsp", "wj\u2060x", "bom\ufeffx", "a\tb", "a\u0000"]
+    rows = ([{**GOOD, "user_id": u} for u in invalid] + [{**GOOD, "item_id": "i\u202a"}, {**GOOD, "event_id": "e\u0085"}]
+            + [{**GOOD, "user_id": "\U0001F469\u200d\U0001F4BB"}, {**GOOD, "user_id": "\u0628\u200c\u0627"}])
+    got = _validated(spark, rows, src)
+    assert [r.reason for r in got] == ["invalid_id"] * (len(invalid) + 2) + [None, None]  # ZWJ / ZWNJ inside are text
+
+
+def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one_user(spark) -> None:  # noqa: ANN001
+    spelled = {
+        "zo\u00eb": "zo\u00eb", "zoe\u0308": "zo\u00eb", "caf\u00e9": "caf\u00e9", "cafe\u0301": "caf\u00e9",
+        "nb\u00a0": "nb", "\u2007nb\u202f": "nb", "\u200bzw": "zw", "zw\u200b\ufeff": "zw", "\u3000ideo\u2003": "ideo",
+        "end\u200d": "end", "\uff5a\uff4f": "\uff5a\uff4f", "plain": "plain",
+    }
+    got = _validated(spark, [{**GOOD, "user_id": u, "item_id": u} for u in spelled])
+    assert [(r.user_id, r.item_id, r.reason) for r in got] == [(v, v, None) for v in spelled.values()]
+    # NFKC also folds compatibility forms (full-width letters); "none" keeps every spelling apart
+    nfkc = _validated(spark, [{**GOOD, "user_id": "\uff5a\uff4fe\u0308"}], cfg=IngestConfig(id_normalization="NFKC"))
+    assert nfkc[0].user_id == "zo\u00eb"
+    raw = _validated(spark, [{**GOOD, "user_id": u} for u in spelled], cfg=IngestConfig(id_normalization="none"))
+    assert [r.user_id for r in raw][:4] == ["zo\u00eb", "zoe\u0308", "caf\u00e9", "cafe\u0301"]
+    assert [r.user_id for r in raw][4:6] == ["nb", "nb"]  # trimming does not depend on normalisation
+
+
+def test_a_weight_beyond_float32_is_rejected_and_the_checked_weight_is_the_one_stored(spark) -> None:  # noqa: ANN001
+    cfg = IngestConfig(event_weights={"view": 1.0, "purchase": 5.0})
+    rows = [{**GOOD, "value": "1e308"}, {**GOOD, "event_type": "purchase", "value": "1e38"},
+            {**GOOD, "value": "3e38"}, {**GOOD, "event_type": "purchase", "value": "2"}]
+    validated = validate_events(_raw(spark, rows), IMPLICIT, cfg, NOW)
+    got = validated.orderBy("line_number").collect()
+    assert [r.reason for r in got] == ["weight_out_of_range", "weight_out_of_range", None, None]
+    assert {r.value: r.weight for r in accepted_events(validated, IMPLICIT, cfg).collect()} == {3e38: 3e38, 2.0: 10.0}
+    # log1p tames the same value: the weight is checked after value_transform
+    tamed = _validated(spark, rows[:1], cfg=cfg.model_copy(update={"value_transform": "log1p"}))
+    assert tamed[0].reason is None and tamed[0].weight == pytest.approx(709.196, abs=1e-3)
+
+
+def test_max_value_rejects_larger_implicit_values(spark) -> None:  # noqa: ANN001
+    got = _validated(spark, [{**GOOD, "value": v} for v in ("1000", "1000.5")], cfg=IngestConfig(max_value=1000.0))
+    assert [r.reason for r in got] == [None, "value_out_of_range"]
 
 
 def test_explicit_ratings_range(spark) -> None:  # noqa: ANN001
