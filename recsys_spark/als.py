@@ -16,6 +16,7 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from recsys_spark.confidence import confidence_value
 from recsys_spark.config import FLOAT32_MAX, AlsConfig
 from recsys_spark.errors import InputError
 
@@ -23,10 +24,12 @@ log = logging.getLogger(__name__)
 
 
 def training_frame(matrix: DataFrame, cfg: AlsConfig) -> DataFrame:
-    """(user_idx, item_idx, value): confidence for implicit, rating (non-null only) for explicit."""
+    """(user_idx, item_idx, value): for implicit feedback r, the pair's confidence after
+    ``als.confidence`` (MLlib then weighs it 1 + alpha x r); for explicit, the rating (non-null only)."""
     if cfg.feedback == "explicit":
         return matrix.where(F.col("rating").isNotNull()).select("user_idx", "item_idx", F.col("rating").alias("value"))
-    return matrix.where(F.col("confidence") > 0).select("user_idx", "item_idx", F.col("confidence").alias("value"))
+    r = confidence_value(F.col("confidence"), cfg.confidence, cfg.epsilon)
+    return matrix.where(F.col("confidence") > 0).select("user_idx", "item_idx", r.alias("value"))
 
 
 def build_als(cfg: AlsConfig, default_blocks: int) -> ALS:

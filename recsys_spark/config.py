@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
@@ -154,6 +154,10 @@ class StorageConfig(_Section):
 
 
 FeedbackKind = Literal["implicit", "explicit"]
+#: How a pair's confidence becomes a model's weight (recsys_spark/confidence.py).
+ConfidenceTransform = Literal["binary", "linear", "log"]
+#: The candidate lists (user_candidates partitions) the pipeline can build.
+Strategy = Literal["als", "item_item", "ease", "rp3beta", "blend"]
 SourceFormat = Literal["csv", "tsv", "json", "parquet"]
 TimestampFormat = Literal["auto", "unix_s", "unix_ms", "iso", "none"]
 
@@ -486,17 +490,15 @@ class GenerateConfig(_Section):
         return _as_iso(v)
 
 
-class SimilarityConfig(_Section):
-    method: Literal["cosine", "als"] = "cosine"
-    """cosine: behavioural neighbours, exact cosine of interaction-matrix columns (block-sparse products);
-    als: latent neighbours, cosine of ALS item factors (dense blocked top-N; run train-als first).
-    Each method replaces only its own partition of item_neighbors, so both can be kept side by side."""
+class CosineConfig(_Section):
+    """similarity.method = "cosine": exact cosine of interaction-matrix columns."""
 
-    weighting: Literal["binary", "confidence"] = "binary"
-    """method cosine: binary counts any interaction as 1; confidence uses the matrix's confidence values."""
+    confidence: ConfidenceTransform = "binary"
+    """How a pair's interaction_matrix.confidence v becomes its matrix entry r (the same r weighs
+    the user's votes in candidates): binary r = 1, linear r = v, log r = log(1 + v / epsilon)."""
 
-    top_n: int = Field(50, ge=1, le=10_000)
-    """Neighbours kept per item."""
+    epsilon: float = Field(1.0, gt=0.0)
+    """The scale of confidence = "log": r = log(1 + v / epsilon)."""
 
     min_similarity: float = Field(0.0, ge=0.0, le=1.0)
     """Pairs below this cosine are dropped."""
@@ -504,14 +506,113 @@ class SimilarityConfig(_Section):
     min_cooccurrence: int = Field(1, ge=1)
     """Pairs seen together by fewer users than this are dropped (a noise guard)."""
 
+    top_n: int | None = Field(None, ge=1, le=100_000)
+    """Neighbours kept per item; None: similarity.top_n."""
+
+
+class EaseConfig(_Section):
+    """similarity.method = "ease": EASE (Steck 2019), B = I - P / diag(P) with P = (X'X + l2 I)^-1.
+
+    Each item is a closed-form linear model of all others; X'X comes from the block-sparse
+    products, and the solve runs densely on the driver."""
+
+    confidence: ConfidenceTransform = "linear"
+    """How a pair's confidence v becomes its entry of X (and its vote weight in candidates):
+    binary r = 1, linear r = v, log r = log(1 + v / epsilon)."""
+
+    epsilon: float = Field(1.0, gt=0.0)
+    """The scale of confidence = "log"."""
+
+    l2: float = Field(500.0, gt=0.0)
+    """The L2 penalty lambda added to the Gram matrix's diagonal, in units of r squared (it
+    scales with the confidence transform); chosen on validation data by the search."""
+
+    max_items: int = Field(25_000, ge=2)
+    """The largest catalogue solved densely on the driver. The solve holds about two n x n float64
+    matrices (16 n^2 bytes: 10 GB at 25,000 items); the need is estimated and logged first, and a
+    larger catalogue is an error naming this option."""
+
+    top_n: int | None = Field(None, ge=1, le=100_000)
+    """Weights kept per item, the largest in absolute value (negative ones too: they lower a
+    candidate's score); None: similarity.top_n."""
+
+
+class Rp3betaConfig(_Section):
+    """similarity.method = "rp3beta": a three-step random walk user -> item -> user -> item
+    (Paudel et al. 2017): W_ij = sum_u P(u|i)^alpha P(j|u)^alpha / popularity(j)^beta."""
+
+    confidence: ConfidenceTransform = "binary"
+    """How a pair's confidence v becomes the walk's edge weight (and the vote weight)."""
+
+    epsilon: float = Field(1.0, gt=0.0)
+    """The scale of confidence = "log"."""
+
+    alpha: float = Field(1.0, ge=0.0, le=4.0)
+    """Exponent on the transition probabilities (1 is a plain random walk)."""
+
+    beta: float = Field(0.5, ge=0.0, le=2.0)
+    """Popularity penalty: each target item's score is divided by its popularity^beta."""
+
+    min_similarity: float = Field(0.0, ge=0.0)
+    """Pairs below this weight are dropped."""
+
+    top_n: int | None = Field(None, ge=1, le=100_000)
+    """Neighbours kept per item; None: similarity.top_n."""
+
+
+class FactorCosineConfig(_Section):
+    """similarity.method = "als": cosine of ALS item factors (latent neighbours)."""
+
+    min_similarity: float = Field(0.0, ge=0.0, le=1.0)
+    """Pairs below this cosine are dropped."""
+
+    top_n: int | None = Field(None, ge=1, le=100_000)
+    """Neighbours kept per item; None: similarity.top_n."""
+
+
+NeighborMethod = Literal["cosine", "als", "ease", "rp3beta"]
+MethodConfig = CosineConfig | EaseConfig | Rp3betaConfig | FactorCosineConfig
+
+
+class SimilarityConfig(_Section):
+    method: NeighborMethod = "cosine"
+    """What the item-similarity job computes into its partition of item_neighbors (each method
+    replaces only its own, so all can be kept side by side): cosine, behavioural neighbours from
+    the interaction matrix; als, latent neighbours from ALS item factors (run train-als first);
+    ease, EASE's item weights; rp3beta, random-walk neighbours. Each has its own section below."""
+
+    top_n: int = Field(50, ge=1, le=100_000)
+    """Neighbours kept per item, unless the method's own top_n says otherwise."""
+
     max_user_items: int = Field(500, ge=2)
-    """method cosine: a longer user history is cut to its strongest items before pairing (cost grows
-    with its square)."""
+    """cosine, ease, rp3beta: a longer user history is cut to its strongest items before pairing
+    (cost grows with its square)."""
 
     block_items: int = Field(32768, ge=1, le=1_000_000)
-    """Items per target block. method cosine: one task holds the interaction columns of one target block
-    and one (smaller) query block; method als: one task holds two blocks of factors and a bounded score
-    buffer. Either way memory does not grow with the catalogue."""
+    """Items per target block. cosine, ease, rp3beta: one task holds the interaction columns of one
+    target block and one (smaller) query block; als: one task holds two blocks of factors and a
+    bounded score buffer. Either way memory does not grow with the catalogue."""
+
+    cosine: CosineConfig = Field(default_factory=CosineConfig)
+    """method cosine."""
+
+    ease: EaseConfig = Field(default_factory=EaseConfig)
+    """method ease."""
+
+    rp3beta: Rp3betaConfig = Field(default_factory=Rp3betaConfig)
+    """method rp3beta."""
+
+    als: FactorCosineConfig = Field(default_factory=FactorCosineConfig)
+    """method als."""
+
+    def params(self, method: NeighborMethod | None = None) -> MethodConfig:
+        """The section of ``method`` (default: ``self.method``)."""
+        return getattr(self, method or self.method)
+
+    def top_n_of(self, method: NeighborMethod | None = None) -> int:
+        """Neighbours kept per item by ``method``: its own top_n, else the shared one."""
+        own = self.params(method).top_n
+        return own if own is not None else self.top_n
 
 
 class AlsConfig(_Section):
@@ -528,7 +629,14 @@ class AlsConfig(_Section):
     """L2 regularisation (scaled by each user's / item's number of ratings, as in MLlib)."""
 
     alpha: float = Field(10.0, ge=0.0)
-    """Implicit feedback: confidence = 1 + alpha * interaction_matrix.confidence."""
+    """Implicit feedback: a pair weighs 1 + alpha * r, r the pair's confidence after ``confidence``."""
+
+    confidence: ConfidenceTransform = "linear"
+    """Implicit feedback: how interaction_matrix.confidence v becomes r: binary r = 1, linear r = v,
+    log r = log(1 + v / epsilon) (see recsys_spark/confidence.py)."""
+
+    epsilon: float = Field(1.0, gt=0.0)
+    """The scale of confidence = "log": r = log(1 + v / epsilon)."""
 
     nonnegative: bool = False
     """Constrain factors to be non-negative."""
@@ -547,9 +655,11 @@ class AlsConfig(_Section):
 
 
 class CandidatesConfig(_Section):
-    strategies: list[Literal["als", "item_item", "blend"]] = Field(default_factory=lambda: ["als"], min_length=1)
+    strategies: list[Strategy] = Field(default_factory=lambda: ["als"], min_length=1)
     """Candidate lists to build, each into its own partition of user_candidates: als (factor
-    scores), item_item (summed neighbour similarity of the user's recent items), blend (both)."""
+    scores), item_item (summed neighbour similarity of the user's recent items, method
+    neighbor_method), ease and rp3beta (the votes of the user's history through those methods'
+    item_neighbors), blend (a weighted sum of blend_weights' sources, each min-max scaled per user)."""
 
     k: int = Field(100, ge=1, le=10_000)
     """Candidates kept per user."""
@@ -573,8 +683,13 @@ class CandidatesConfig(_Section):
     neighbor_method: Literal["cosine", "als"] = "cosine"
     """item_item: which item_neighbors partition to use."""
 
-    blend_als_weight: float = Field(0.5, ge=0.0, le=1.0)
-    """blend: weight of the (per-user min-max scaled) ALS score; item_item gets 1 minus this."""
+    max_history_votes: int = Field(500, ge=1)
+    """ease, rp3beta: at most this many of the user's most recent items vote. Both models score a
+    user from the whole history; the cap only bounds the work of the heaviest users."""
+
+    blend_weights: dict[str, float] = Field(default_factory=lambda: {"als": 0.5, "item_item": 0.5})
+    """blend: source strategy -> weight; each source's scores are min-max scaled per user to [0, 1]
+    and the weighted sum ranks the list. Chosen on validation data by the search (tuning.blend)."""
 
     user_block: int = Field(4096, ge=1)
     """als: users per block of the blocked top-k (one task holds one user block)."""
@@ -593,6 +708,19 @@ class CandidatesConfig(_Section):
     def _unique(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"candidates.strategies lists a strategy twice: {v}")
+        return v
+
+    @field_validator("blend_weights")
+    @classmethod
+    def _blend_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        sources = [s for s in get_args(Strategy) if s != "blend"]
+        unknown = sorted(set(v) - set(sources))
+        if unknown:
+            raise ValueError(f"candidates.blend_weights: unknown source(s) {unknown}; sources are {sources}")
+        if any(not math.isfinite(w) or w < 0 for w in v.values()):
+            raise ValueError(f"candidates.blend_weights must be finite and >= 0, got {v}")
+        if not any(w > 0 for w in v.values()):
+            raise ValueError(f"candidates.blend_weights needs a source with a positive weight, got {v}")
         return v
 
 

@@ -21,14 +21,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
-from recsys_spark.config import Config
+from recsys_spark.config import Config, SimilarityConfig
 from recsys_spark.errors import ConcurrentWriteError, RejectThresholdError, StorageError
 from recsys_spark.generate import synthetic_events
 from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, rejected_rows,
                                  validate_events, with_dense_ids)
 from recsys_spark.run import RunContext
 from recsys_spark.session import released_caches
-from recsys_spark.similarity import capped_users, item_cosine, item_factor_cosine
+from recsys_spark.similarity import capped_users, fit_item_neighbors
 from recsys_spark.sources import SourceFile, file_read_errors, list_source_files, read_source, scan_source_files
 from recsys_spark.storage import CommitInfo, TableStore, WriteResult
 
@@ -350,7 +350,7 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
         factors = store.read(T.ITEM_FACTORS, version=version)
         first = factors.select("model_version").first()
         model_version = first[0] if first else f"als-{ctx.run_id}"
-        neighbors = item_factor_cosine(factors, cfg.similarity)
+        neighbors = fit_item_neighbors(cfg.similarity, item_factors=factors)
         inputs = {T.ITEM_FACTORS: version}
         capped = 0
         matrix = None
@@ -363,8 +363,8 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
         if capped:
             log.info("%d users have more than %d items; their histories are capped",
                      capped, cfg.similarity.max_user_items)
-        model_version = f"cosine-{ctx.run_id}"
-        neighbors = item_cosine(matrix, cfg.similarity)
+        model_version = f"{method}-{ctx.run_id}"
+        neighbors = fit_item_neighbors(cfg.similarity, matrix=matrix)
         inputs = {T.INTERACTION_MATRIX: version}
     try:
         items_version = store.version(T.ITEMS)
@@ -381,7 +381,9 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
                      # the lookup layout: files cover disjoint item_id ranges, sorted inside, so a
                      # reader's min/max statistics select one file and one row group per key
                      .repartitionByRange("item_id").sortWithinPartitions("item_id", "rank"))
-        commit = ctx.commit(model_version=model_version, input_versions=inputs, capped_users=capped, method=method)
+        # the transform is what candidates weigh this method's votes with (candidates.vote_weights_of)
+        commit = ctx.commit(model_version=model_version, input_versions=inputs, capped_users=capped, method=method,
+                            params=cfg.similarity.model_dump(mode="json"))
         return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit, ["method"], replace={"method": method},
                            row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
     finally:
@@ -442,47 +444,62 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
     return out
 
 
+def _neighbor_params(store: TableStore, version: int, method: str) -> SimilarityConfig:
+    """The similarity settings the ``method`` partition of item_neighbors ``version`` was fitted with."""
+    newer = (store.version(T.ITEM_NEIGHBORS) or 0) - version
+    for entry in store.history(T.ITEM_NEIGHBORS, limit=newer + 200):
+        if entry.version <= version and entry.metadata.get("method") == method:
+            params = entry.metadata.get("params")
+            # partitions written before the settings were recorded: binary cosine, unweighted votes
+            return SimilarityConfig.model_validate(params) if params else SimilarityConfig(method=method)
+    return SimilarityConfig(method=method)
+
+
 def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str, WriteResult]:
     """popular_items, then one user_candidates partition per configured strategy.
 
-    Every list is built from the latest inputs; the commit records their versions. Users below
+    Every list is built from the latest inputs by :class:`candidates.CandidateBuilder` (the code
+    evaluation scores too); the commit records their versions. Users below
     ``candidates.min_history`` items, and users a strategy cannot score (no factors yet, no
     neighbours), get the popularity list, tagged source "popular".
     """
     import math
 
-    from recsys_spark.blocked_topk import BlockShape
-    from recsys_spark.candidates import (als_candidates, blend_candidates, cold_start_candidates,
-                                         item_item_candidates, log_config, popular_items, user_history_sizes)
+    from recsys_spark.candidates import (CandidateBuilder, ModelInputs, log_config, needed_neighbor_methods,
+                                         needed_sources, popular_items, user_history_sizes)
+    from recsys_spark.similarity import vote_weight
 
     cc = cfg.candidates
     log_config(cc)
     store = _writable_store(spark, cfg)
+    methods = needed_neighbor_methods(cc)
     needs = [T.INTERACTION_MATRIX, T.USERS, T.ITEMS]
-    if {"als", "blend"} & set(cc.strategies):
+    if "als" in needed_sources(cc):
         needs += [T.USER_FACTORS, T.ITEM_FACTORS]
-    if {"item_item", "blend"} & set(cc.strategies):
+    if methods:
         needs.append(T.ITEM_NEIGHBORS)
     inputs = {t: store.version(t) for t in needs}
     missing = [t for t, v in inputs.items() if v is None]
     if missing:
         raise StorageError(f"tables {missing} do not exist yet: run ingest, train-als and item-similarity first "
                            f"(candidates.strategies = {list(cc.strategies)})")
-    if T.ITEM_NEIGHBORS in inputs and cc.neighbor_method not in store.partition_values(T.ITEM_NEIGHBORS, "method"):
-        raise StorageError(f"item_neighbors has no {cc.neighbor_method!r} neighbours: run `recsys-spark "
-                           f"item-similarity --set similarity.method={cc.neighbor_method}` first")
+    built = store.partition_values(T.ITEM_NEIGHBORS, "method") if methods else set()
+    for method in methods:
+        if method not in built:
+            raise StorageError(f"item_neighbors has no {method!r} neighbours: run `recsys-spark "
+                               f"item-similarity --set similarity.method={method}` first "
+                               f"(candidates.strategies = {list(cc.strategies)})")
 
     matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]).persist(
         StorageLevel.MEMORY_AND_DISK)
     user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
     item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
     out: dict[str, WriteResult] = {}
-    lists: dict[str, DataFrame] = {}  # each source computed once, reused by blend
+    sizes = popular = None
     try:
         sizes = user_history_sizes(matrix).persist()
         n_users = sizes.count()
-        popular = popular_items(matrix, cc.popularity_window_days, cc.popular_k)
-        lists["_sizes"], lists["_popular"] = sizes, popular.persist()
+        popular = popular_items(matrix, cc.popularity_window_days, cc.popular_k).persist()
         pop_version = f"popular-{ctx.run_id}"
         commit = ctx.commit(input_versions=inputs)
         out[T.POPULAR_ITEMS] = store.write(
@@ -491,52 +508,38 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
                     F.lit(pop_version).alias("model_version"))
             .repartition(1).sortWithinPartitions("segment", "rank"), T.POPULAR_ITEMS, "overwrite", commit)
         segment = popular.where(F.col("segment") == cc.cold_start_segment).select("rank", "item_idx", "users")
-        warm = sizes.where(F.col("n_items") >= cc.min_history).select("user_idx")
         n_files = max(1, math.ceil(n_users * cc.k / cc.rows_per_file))
-        shape = BlockShape(cc.user_block, cc.item_block)
 
-        model_versions: dict[str, str] = {}
-
-        def source(name: str) -> DataFrame:
-            if name not in lists:
-                if name == "als":
-                    uf = store.read(T.USER_FACTORS, version=inputs[T.USER_FACTORS])
-                    itf = store.read(T.ITEM_FACTORS, version=inputs[T.ITEM_FACTORS])
-                    model_versions[name] = itf.select("model_version").first()[0]
-                    scored = als_candidates(uf.join(warm, "user_idx", "left_semi"), itf, matrix, cc.k, shape)
-                elif name == "item_item":
-                    nb = store.read(T.ITEM_NEIGHBORS, version=inputs[T.ITEM_NEIGHBORS],
-                                    where=f"method = '{cc.neighbor_method}'")
-                    model_versions[name] = nb.select("model_version").first()[0]
-                    scored = item_item_candidates(matrix, nb, warm, cc.k, cc.recent_items)
-                else:
-                    scored = blend_candidates(source("als"), source("item_item"), cc.blend_als_weight, cc.k)
-                    model_versions[name] = f"{model_versions['als']}+{model_versions['item_item']}"
-                lists[name] = scored.persist(StorageLevel.MEMORY_AND_DISK)
-            return lists[name]
-
-        for strategy in cc.strategies:
-            scored = source(strategy)
-            covered = scored.select("user_idx").distinct()
-            cold = sizes.join(covered, "user_idx", "left_anti")
-            max_seen = cold.agg(F.max("n_items")).first()[0] or 0
-            fallback = cold_start_candidates(cold, matrix, segment, cc.k, min(max_seen, cc.popular_k))
-            model_version = model_versions[strategy]
-            rows = (scored.unionByName(fallback)
-                    .join(user_ids, "user_idx").join(F.broadcast(item_ids), "item_idx")
-                    .select("user_id", "user_idx", "rank", "item_id", "item_idx", "score", "source",
-                            F.lit(model_version).alias("model_version"), F.lit(strategy).alias("strategy"))
-                    # the lookup layout: files cover disjoint user_id ranges, sorted inside
-                    .repartitionByRange(n_files, "user_id").sortWithinPartitions("user_id", "rank"))
-            commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy)
-            out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
-                rows, T.USER_CANDIDATES, "overwrite", commit, ["strategy"], replace={"strategy": strategy},
-                row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
-            log.info("candidates %s: %d users, of which %d cold (popularity)", strategy, n_users, cold.count())
+        versions: dict[str, str] = {}
+        uf = itf = None
+        if T.ITEM_FACTORS in inputs:
+            uf = store.read(T.USER_FACTORS, version=inputs[T.USER_FACTORS])
+            itf = store.read(T.ITEM_FACTORS, version=inputs[T.ITEM_FACTORS])
+            versions["als"] = itf.select("model_version").first()[0]
+        neighbors, weights = {}, {}
+        for method in methods:
+            neighbors[method] = store.read(T.ITEM_NEIGHBORS, version=inputs[T.ITEM_NEIGHBORS],
+                                           where=f"method = '{method}'")
+            versions[method] = neighbors[method].select("model_version").first()[0]
+            weights[method] = vote_weight(_neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method), method)
+        model = ModelInputs(matrix, uf, itf, neighbors, weights, versions)
+        with CandidateBuilder(model, sizes, segment, cc) as builder:
+            for strategy, lists in builder.strategies():
+                model_version = builder.model_version(strategy)
+                rows = (lists.join(user_ids, "user_idx").join(F.broadcast(item_ids), "item_idx")
+                        .select("user_id", "user_idx", "rank", "item_id", "item_idx", "score", "source",
+                                F.lit(model_version).alias("model_version"), F.lit(strategy).alias("strategy"))
+                        # the lookup layout: files cover disjoint user_id ranges, sorted inside
+                        .repartitionByRange(n_files, "user_id").sortWithinPartitions("user_id", "rank"))
+                commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy)
+                out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
+                    rows, T.USER_CANDIDATES, "overwrite", commit, ["strategy"], replace={"strategy": strategy},
+                    row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
+                log.info("candidates %s: %d users", strategy, n_users)
     finally:
-        for df in lists.values():
-            df.unpersist()
-        matrix.unpersist()
+        for df in (sizes, popular, matrix):
+            if df is not None:
+                df.unpersist()
     return out
 
 

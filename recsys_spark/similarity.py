@@ -1,7 +1,7 @@
 """Item-item cosine similarity as block-sparse matrix products (DataFrame in, DataFrame out).
 
 cos(i, j) = sum_u r_ui * r_uj / (||r_i|| * ||r_j||), over the columns of the interaction matrix
-(r = 1 for "binary", r = confidence for "confidence").
+(r = the pair's confidence after ``similarity.cosine.confidence``: binary, linear or log).
 
 The item catalogue is cut into query blocks and target blocks of consecutive item ids. Each
 (query block, target block) cell is one task: it receives the complete columns of both blocks,
@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 from scipy.sparse import csc_matrix, csr_matrix
 
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k
+from recsys_spark.confidence import confidence_value
 from recsys_spark.config import SimilarityConfig
 from recsys_spark.ranking import kth_largest_per_row, top_n_per_key
 
@@ -65,7 +66,8 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
         rank 1..top_n by similarity desc, then neighbor_idx asc.
     """
     spark = matrix.sparkSession
-    value = F.lit(1.0) if params.weighting == "binary" else F.col("confidence").cast("double")
+    own = params.cosine
+    value = confidence_value(F.col("confidence"), own.confidence, own.epsilon)
     ratings = matrix.select("user_idx", "item_idx", value.alias("r")).where(F.col("r") > 0)
     max_item = ratings.agg(F.max("item_idx")).first()[0]
     if max_item is None:
@@ -96,13 +98,13 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
                # execution cannot pack cells onto one core, and no two cells share a task
                .repartition(n_cells, "key"))
     cell_of = {k: c for c, k in enumerate(keys)}
-    min_sim, min_cooc, top_n = params.min_similarity, params.min_cooccurrence, params.top_n
+    min_sim, min_cooc, top_n = own.min_similarity, own.min_cooccurrence, params.top_n_of("cosine")
 
     def cell(table: pa.Table) -> pa.Table:
         return _cosine_cell(table, cell_of, n_tb, top_n, min_sim, min_cooc)
 
-    log.info("item cosine: %s weighting, top %d, min similarity %g, min co-occurrence %d, histories capped at %d; "
-             "%d items in %d query x %d target block(s) of %d x %d", params.weighting, top_n, min_sim, min_cooc,
+    log.info("item cosine: %s confidence, top %d, min similarity %g, min co-occurrence %d, histories capped at %d; "
+             "%d items in %d query x %d target block(s) of %d x %d", own.confidence, top_n, min_sim, min_cooc,
              params.max_user_items, n_items, n_qb, n_tb, query_size, target_size)
     partial = entries.groupBy("key").applyInArrow(cell, _PARTIAL_SCHEMA)
     if n_tb == 1:
@@ -238,13 +240,41 @@ def item_factor_cosine(item_factors: DataFrame, params: SimilarityConfig) -> Dat
         neighbours need not share any user.
     """
     unit = normalize(item_factors.select("item_idx", F.col("factors").alias("vector")))
+    top_n, min_similarity = params.top_n_of("als"), params.als.min_similarity
     top = blocked_top_k(
         unit.withColumnRenamed("item_idx", "query"), unit.withColumnRenamed("item_idx", "target"),
-        params.top_n, exclude=unit.select(F.col("item_idx").alias("query"), F.col("item_idx").alias("target")),
+        top_n, exclude=unit.select(F.col("item_idx").alias("query"), F.col("item_idx").alias("target")),
         shape=BlockShape(params.block_items, params.block_items),
-        min_score=params.min_similarity if params.min_similarity > 0 else None)
+        min_score=min_similarity if min_similarity > 0 else None)
     log.info("item factor cosine: top %d, min similarity %g, blocks of %d items",
-             params.top_n, params.min_similarity, params.block_items)
+             top_n, min_similarity, params.block_items)
     return top.select(F.col("query").alias("item_idx"), F.col("target").alias("neighbor_idx"),
                       F.col("score").cast("double").alias("similarity"), "rank",
                       F.lit(None).cast("long").alias("cooccurrence"))
+
+
+def vote_weight(params: SimilarityConfig, method: str | None = None) -> tuple[str, float] | None:
+    """How votes through ``method``'s neighbours are weighted in candidates: by the confidence
+    transform its fit used (None: each vote counts 1, for binary values and latent neighbours)."""
+    own = params.params(method)
+    confidence = getattr(own, "confidence", "binary")
+    return None if confidence == "binary" else (confidence, own.epsilon)
+
+
+def fit_item_neighbors(params: SimilarityConfig, matrix: DataFrame | None = None,
+                       item_factors: DataFrame | None = None) -> DataFrame:
+    """The ``params.method`` neighbours: (item_idx, neighbor_idx, similarity, rank, cooccurrence).
+
+    Args:
+        matrix: (user_idx, item_idx, confidence) rows, for the behavioural methods.
+        item_factors: (item_idx, factors), for method als.
+    """
+    if params.method == "als":
+        if item_factors is None:
+            raise ValueError("similarity.method = 'als' needs item factors")
+        return item_factor_cosine(item_factors, params)
+    if matrix is None:
+        raise ValueError(f"similarity.method = {params.method!r} needs the interaction matrix")
+    if params.method == "cosine":
+        return item_cosine(matrix, params)
+    raise ValueError(f"similarity.method {params.method!r} is not implemented")

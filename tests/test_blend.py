@@ -14,46 +14,51 @@ from recsys_spark.blend import blend_partition, blend_top_k, min_max_scaled
 SCHEMA = "user_idx INT, item_idx INT, score FLOAT, rank INT"
 
 
-def _blend_sql(a: DataFrame, b: DataFrame, w: float, k: int) -> DataFrame:
+def _blend_sql(sources: list[tuple[DataFrame, float]], k: int) -> DataFrame:
     def scaled(df: DataFrame, name: str) -> DataFrame:
         win = Window.partitionBy("user_idx")
         lo, hi = F.min("score").over(win), F.max("score").over(win)
         norm = F.when(hi > lo, (F.col("score") - lo) / (hi - lo)).otherwise(F.lit(1.0))
         return df.select("user_idx", "item_idx", norm.alias(name))
 
-    both = scaled(a, "a").join(scaled(b, "b"), ["user_idx", "item_idx"], "full_outer")
-    score = F.lit(w) * F.coalesce("a", F.lit(0.0)) + F.lit(1.0 - w) * F.coalesce("b", F.lit(0.0))
+    total = sum(w for _, w in sources)
+    both, score = None, None
+    for i, (df, w) in enumerate(sources):
+        part = scaled(df, f"s{i}")
+        both = part if both is None else both.join(part, ["user_idx", "item_idx"], "full_outer")
+        term = F.lit(w / total) * F.coalesce(f"s{i}", F.lit(0.0))
+        score = term if score is None else score + term
     order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
     return (both.select("user_idx", "item_idx", score.cast("float").alias("score"))
             .withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
             .select("user_idx", "item_idx", "score", "rank"))
 
 
-def _lists(seed: int) -> tuple[list, list]:
-    """Two lists over 80 users: overlapping items, users in only one list, one-row users, users
+def _lists(seed: int, n: int = 2) -> list[list]:
+    """``n`` lists over 80 users: overlapping items, users in only some lists, one-row users, users
     whose scores are all equal, negative and tied scores."""
     rng = np.random.default_rng(seed)
-    a, b = [], []
+    lists: list[list] = [[] for _ in range(n)]
     for u in range(80):
-        for out, p in ((a, 0.8), (b, 0.7)):
+        for out, p in zip(lists, (0.8, 0.7, 0.6)):
             if rng.random() > p:
                 continue
-            n = int(rng.integers(1, 12))
-            items = rng.choice(30, size=n, replace=False)
+            m = int(rng.integers(1, 12))
+            items = rng.choice(30, size=m, replace=False)
             flat = rng.random() < 0.1
-            scores = np.full(n, 0.5) if flat else rng.choice([-1.25, 0.0, 0.3, 2.5, float(rng.normal())], size=n)
+            scores = np.full(m, 0.5) if flat else rng.choice([-1.25, 0.0, 0.3, 2.5, float(rng.normal())], size=m)
             out += [(u, int(i), float(s), r + 1) for r, (i, s) in enumerate(zip(items, scores))]
-    return a, b
+    return lists
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize(("w", "k"), [(0.5, 10), (0.3, 4), (1.0, 20)])
-def test_blend_equals_the_sql_formulation(spark, seed: int, w: float, k: int) -> None:  # noqa: ANN001
-    a_rows, b_rows = _lists(seed)
-    a, b = spark.createDataFrame(a_rows, SCHEMA), spark.createDataFrame(b_rows, SCHEMA)
-    want = _blend_sql(a, b, w, k)
+@pytest.mark.parametrize(("weights", "k"), [((0.5, 0.5), 10), ((0.3, 0.7), 4), ((1.0, 0.0), 20),
+                                            ((0.2, 0.5, 0.3), 10), ((2.0, 1.0, 1.0), 6)])
+def test_blend_equals_the_sql_formulation(spark, seed: int, weights: tuple[float, ...], k: int) -> None:  # noqa: ANN001
+    sources = [(spark.createDataFrame(rows, SCHEMA), w) for rows, w in zip(_lists(seed, len(weights)), weights)]
+    want = _blend_sql(sources, k)
     assert want.count() > 100
-    assert_df_equality(blend_top_k(a, b, w, k), want, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(blend_top_k(sources, k), want, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_min_max_scaled_per_user() -> None:
@@ -65,5 +70,5 @@ def test_min_max_scaled_per_user() -> None:
 def test_partition_of_one_source_only() -> None:
     table = pa.table({"user_idx": pa.array([3, 3], pa.int32()), "item_idx": pa.array([9, 2], pa.int32()),
                       "score": pa.array([1.0, 1.0], pa.float32()), "src": pa.array([1, 1], pa.int8())})
-    out = blend_partition(table, 0.75, 5).to_pydict()
+    out = blend_partition(table, [0.75, 0.25], 5).to_pydict()
     assert out == {"user_idx": [3, 3], "item_idx": [2, 9], "score": [0.25, 0.25], "rank": [1, 2]}

@@ -84,7 +84,7 @@ def test_topk_job_end_to_end_and_lookups_match(spark, cfg, ingest, store, tmp_pa
     from recsys_spark.run import RunContext
 
     ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
-    c = cfg.with_overrides(["als.rank=4", "als.max_iter=5", "similarity.min_cooccurrence=1",
+    c = cfg.with_overrides(["als.rank=4", "als.max_iter=5", "similarity.cosine.min_cooccurrence=1",
                             "candidates.k=5", "candidates.min_history=3", "candidates.user_block=7",
                             "candidates.item_block=8", "candidates.rows_per_file=1000",
                             'candidates.strategies=["als", "item_item", "blend"]'])

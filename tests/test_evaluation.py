@@ -40,7 +40,7 @@ def _synthetic(cfg, tmp_path: Path):  # noqa: ANN001, ANN202
         "generate.num_events=12000", "generate.partitions=2", f"ingest.source.path={tmp_path / 'raw'}",
         "ingest.source.preset=synthetic", "ingest.max_reject_fraction=0.05", "als.rank=8", "als.max_iter=5",
         f"evaluation.output_dir={tmp_path / 'reports'}", "evaluation.ks=[5, 10, 20]",
-        "similarity.min_cooccurrence=1",
+        "similarity.cosine.min_cooccurrence=1",
     ])
 
 
@@ -83,7 +83,7 @@ def test_movielens_100k_official_folds(spark, ingest, cfg, store, shared_data: P
     c = cfg.with_overrides([
         f"ingest.source.path={base / 'u.data'}", "ingest.source.preset=movielens-100k",
         "als.feedback=implicit", "als.rank=32", "als.max_iter=15", "als.reg_param=0.05", "als.alpha=5.0",
-        "similarity.top_n=100", "similarity.min_cooccurrence=1", "similarity.max_user_items=1000",
+        "similarity.top_n=100", "similarity.cosine.min_cooccurrence=1", "similarity.max_user_items=1000",
         "candidates.recent_items=1000", "evaluation.split=given",
         f"evaluation.given_train={base / '{fold}.base'}", f"evaluation.given_test={base / '{fold}.test'}",
         'evaluation.folds=["u1", "u2", "u3", "u4", "u5"]', "evaluation.ks=[5, 10, 20]",
@@ -117,7 +117,7 @@ def test_other_datasets(spark, ingest, cfg, store, shared_data: Path, tmp_path: 
         source = [f"ingest.source.path={shared_data / 'hetrec2011-lastfm-2k' / 'user_artists.dat'}",
                   "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p", "evaluation.split=random",
                   "evaluation.test_fraction=0.2"]
-    c = cfg.with_overrides([*source, "als.rank=32", "als.max_iter=10", "similarity.min_cooccurrence=1",
+    c = cfg.with_overrides([*source, "als.rank=32", "als.max_iter=10", "similarity.cosine.min_cooccurrence=1",
                             "candidates.recent_items=1000", "evaluation.ks=[10, 20]",
                             f"evaluation.output_dir={tmp_path / 'reports'}"])
     ingest(c)

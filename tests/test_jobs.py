@@ -34,7 +34,7 @@ def test_pipeline_jobs_under_spark_submit(tmp_path: Path) -> None:
     steps = [
         ("ingest.py", ["--set", f"ingest.source.path={raw}", "--set", "ingest.source.preset=movielens-100k"]),
         ("train_als.py", ["--set", "als.rank=4", "--set", "als.max_iter=3"]),
-        ("item_similarity.py", ["--set", "similarity.min_cooccurrence=1"]),
+        ("item_similarity.py", ["--set", "similarity.cosine.min_cooccurrence=1"]),
         ("item_similarity.py", ["--set", "similarity.method=als", "--set", "similarity.top_n=5"]),
     ]
     for job, extra in steps:

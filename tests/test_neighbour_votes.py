@@ -38,12 +38,13 @@ def _random_inputs(seed: int, n_users: int = 60, n_items: int = 40) -> tuple[lis
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("k", "recent"), [(5, 3), (50, 20)])
-def test_kernel_equals_the_sql_joins(spark, seed: int, k: int, recent: int) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("weight", [None, ("linear", 1.0), ("log", 0.5)])
+def test_kernel_equals_the_sql_joins(spark, seed: int, k: int, recent: int, weight) -> None:  # noqa: ANN001
     history, neighbours = _random_inputs(seed)
     hist = spark.createDataFrame(history, HISTORY_SCHEMA)
     nb = spark.createDataFrame(neighbours, NEIGHBOUR_SCHEMA)
-    got = nv.neighbour_vote_top_k(hist, nb, k, recent)
-    want = nv.votes_by_join(hist, nb, k, recent)
+    got = nv.neighbour_vote_top_k(hist, nb, k, recent, weight)
+    want = nv.votes_by_join(hist, nb, k, recent, weight)
     assert want.count() > 0
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
 
@@ -73,3 +74,13 @@ def test_no_neighbours_gives_no_rows(spark) -> None:  # noqa: ANN001
     hist = spark.createDataFrame([(0, 0, 1.0, T0)], HISTORY_SCHEMA)
     nb = spark.createDataFrame([], NEIGHBOUR_SCHEMA)
     assert nv.neighbour_vote_top_k(hist, nb, 5, 3).count() == 0
+
+
+def test_weighted_votes_carry_the_voters_confidence(spark) -> None:  # noqa: ANN001
+    """score(u, j) = sum over voters i of r(confidence_ui) x similarity(i, j): the EASE scoring x_u . B."""
+    hist = spark.createDataFrame([(0, 0, 4.0, T0), (0, 1, 1.0, T0 - timedelta(days=1))], HISTORY_SCHEMA)
+    nb = spark.createDataFrame([(0, 3, 0.5), (1, 3, -0.25), (1, 4, 0.5)], NEIGHBOUR_SCHEMA)
+    linear = [tuple(r) for r in nv.neighbour_vote_top_k(hist, nb, 10, 5, ("linear", 1.0)).orderBy("rank").collect()]
+    assert linear == [(0, 3, 1.75, 1), (0, 4, 0.5, 2)]  # 4 x 0.5 - 1 x 0.25, and 1 x 0.5
+    plain = [tuple(r) for r in nv.neighbour_vote_top_k(hist, nb, 10, 5).orderBy("rank").collect()]
+    assert plain == [(0, 4, 0.5, 1), (0, 3, 0.25, 2)]

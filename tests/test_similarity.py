@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_spark.config import SimilarityConfig
+from recsys_spark.config import CosineConfig, FactorCosineConfig, SimilarityConfig
 from recsys_spark.ranking import kth_largest_per_row
 from recsys_spark.similarity import item_cosine
 
@@ -39,7 +39,7 @@ def test_binary_cosine_matches_the_formula(spark) -> None:  # noqa: ANN001
 
 
 def test_weighted_cosine(spark) -> None:  # noqa: ANN001
-    s = _sims(spark, SimilarityConfig(weighting="confidence"))
+    s = _sims(spark, SimilarityConfig(cosine=CosineConfig(confidence="linear")))
     # i1 = (1, 1, 2, 0), i2 = (0, 1, 1, 0)
     assert s[(1, 2)][0] == pytest.approx((1 + 2) / (math.sqrt(6) * math.sqrt(2)))
 
@@ -48,9 +48,9 @@ def test_top_n_order_and_pruning(spark) -> None:  # noqa: ANN001
     s = _sims(spark, SimilarityConfig(top_n=1))
     assert {k: v[1] for k, v in s.items()} == {(0, 1): 1, (1, 0): 1, (2, 1): 1}
     # i1's neighbours i0 and i2 tie at 2/sqrt(6): the lower index wins
-    s = _sims(spark, SimilarityConfig(min_cooccurrence=2))
+    s = _sims(spark, SimilarityConfig(cosine=CosineConfig(min_cooccurrence=2)))
     assert set(s) == {(0, 1), (1, 0), (1, 2), (2, 1)}
-    s = _sims(spark, SimilarityConfig(min_similarity=0.6))
+    s = _sims(spark, SimilarityConfig(cosine=CosineConfig(min_similarity=0.6)))
     assert set(s) == {(0, 1), (1, 0), (1, 2), (2, 1)}  # 0.5 for (0, 2) is dropped
     ranks = _sims(spark, SimilarityConfig())
     assert ranks[(1, 0)][1] == 1 and ranks[(1, 2)][1] == 2
@@ -59,7 +59,7 @@ def test_top_n_order_and_pruning(spark) -> None:  # noqa: ANN001
 def test_heavy_user_history_is_capped(spark) -> None:  # noqa: ANN001
     # u9 interacted with 4 items; capped at 2 it keeps its two strongest (i2: 5, i3: 4)
     rows = MATRIX + [(9, 0, 1.0), (9, 1, 1.0), (9, 2, 5.0), (9, 3, 4.0)]
-    s = _sims(spark, SimilarityConfig(weighting="confidence", max_user_items=2), rows)
+    s = _sims(spark, SimilarityConfig(cosine=CosineConfig(confidence="linear"), max_user_items=2), rows)
     # with u9 capped, i0 and i1 gain nothing from u9, and i2/i3 co-occur through u9 only
     assert s[(2, 3)][2] == 1
     assert s[(0, 1)][2] == 2
@@ -75,7 +75,7 @@ def _reference(rows: list[tuple[int, int, float]], params: SimilarityConfig) -> 
     n_items = max(i for _, i, _ in rows) + 1
     by_user: dict[int, list[tuple[float, int]]] = {}
     for u, i, c in rows:
-        by_user.setdefault(u, []).append((-(1.0 if params.weighting == "binary" else c), i))
+        by_user.setdefault(u, []).append((-(1.0 if params.cosine.confidence == "binary" else c), i))
     x = np.zeros((n_users, n_items))
     for u, hist in by_user.items():
         for neg, i in sorted(hist)[:params.max_user_items]:
@@ -85,21 +85,21 @@ def _reference(rows: list[tuple[int, int, float]], params: SimilarityConfig) -> 
     out = []
     for i in range(n_items):
         cand = sorted((-dots[i, j] / (norms[i] * norms[j]), j) for j in range(n_items)
-                      if j != i and counts[i, j] >= max(1, params.min_cooccurrence)
-                      and dots[i, j] / (norms[i] * norms[j]) >= params.min_similarity)
+                      if j != i and counts[i, j] >= max(1, params.cosine.min_cooccurrence)
+                      and dots[i, j] / (norms[i] * norms[j]) >= params.cosine.min_similarity)
         out += [(i, j, -neg, rank, int(counts[i, j])) for rank, (neg, j) in enumerate(cand[:params.top_n], 1)]
     return out
 
 
 @pytest.mark.parametrize("block_items", [3, 1000])
-@pytest.mark.parametrize("weighting", ["binary", "confidence"])
-def test_blocking_never_changes_the_result(spark, block_items: int, weighting: str) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("confidence", ["binary", "linear"])
+def test_blocking_never_changes_the_result(spark, block_items: int, confidence: str) -> None:  # noqa: ANN001
     # integer confidences keep every dot product exact, so ties must break identically
     rng = np.random.default_rng(11)
     pairs = {(int(u), int(min(rng.zipf(1.5), 23) - 1)) for u in rng.integers(0, 40, 300)}
     rows = [(u, i, float(rng.integers(1, 5))) for u, i in sorted(pairs)]
-    params = SimilarityConfig(weighting=weighting, top_n=4, max_user_items=6, min_cooccurrence=2,
-                              block_items=block_items)
+    params = SimilarityConfig(cosine=CosineConfig(confidence=confidence, min_cooccurrence=2), top_n=4,
+                              max_user_items=6, block_items=block_items)
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     got = [tuple(r) for r in item_cosine(df, params).select(
         "item_idx", "neighbor_idx", "similarity", "rank", "cooccurrence").orderBy("item_idx", "rank").collect()]
@@ -146,7 +146,7 @@ def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, sto
     raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "\n".join(
         f"e{k},u{u},i{i},view,2026-09-01T00:00:00Z,1"
         for k, (u, i) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 3)])) + "\n")
-    cfg = cfg.with_overrides(["similarity.min_cooccurrence=1", "similarity.top_n=10"])
+    cfg = cfg.with_overrides(["similarity.cosine.min_cooccurrence=1", "similarity.top_n=10"])
     ingest(cfg, f"ingest.source.path={raw}")
     result = run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
     rows = store.read(T.ITEM_NEIGHBORS).collect()
@@ -175,7 +175,7 @@ def test_factor_cosine_matches_numpy(spark, block_items: int) -> None:  # noqa: 
     v = rng.normal(size=(11, 4)).astype(np.float32)
     v[7] = 0.0  # a zero vector has no direction: no neighbours, and it is nobody's neighbour
     df = spark.createDataFrame([(i, x.tolist()) for i, x in enumerate(v)], "item_idx INT, factors ARRAY<FLOAT>")
-    params = SimilarityConfig(method="als", top_n=3, min_similarity=0.1, block_items=block_items)
+    params = SimilarityConfig(method="als", top_n=3, als=FactorCosineConfig(min_similarity=0.1), block_items=block_items)
     got = item_factor_cosine(df, params).orderBy("item_idx", "rank").collect()
 
     unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)

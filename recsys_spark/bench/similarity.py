@@ -48,11 +48,13 @@ _SEED = 7
 # -- data ----------------------------------------------------------------------------------------
 
 
-def _values(matrix: DataFrame, weighting: str) -> DataFrame:
+def _values(matrix: DataFrame, confidence: str) -> DataFrame:
     """(user_idx, item_idx, r): the values item_cosine takes from the matrix, for the baselines."""
     from pyspark.sql import functions as F
 
-    value = F.lit(1.0) if weighting == "binary" else F.col("confidence").cast("double")
+    from recsys_spark.confidence import confidence_value
+
+    value = confidence_value(F.col("confidence"), confidence)
     return matrix.select("user_idx", "item_idx", value.alias("r")).where(F.col("r") > 0)
 
 
@@ -62,8 +64,8 @@ def _exact_params(params: SimilarityConfig, max_history: int) -> SimilarityConfi
     max_user_items has no upper bound, so the longest history caps nobody (the cap's window still
     runs: it is part of the job).
     """
-    return params.model_copy(update={"max_user_items": max(2, max_history), "min_cooccurrence": 1,
-                                     "min_similarity": 0.0})
+    cosine = params.cosine.model_copy(update={"min_cooccurrence": 1, "min_similarity": 0.0})
+    return params.model_copy(update={"max_user_items": max(2, max_history), "cosine": cosine})
 
 
 # -- contenders ----------------------------------------------------------------------------------
@@ -299,11 +301,11 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
                   .select("user_idx", "item_idx", "confidence").persist(StorageLevel.MEMORY_AND_DISK))
         matrix.count()  # every contender starts from the cached matrix, none pays the Delta read
         default = cfg.similarity
-        weighting, top_n = default.weighting, default.top_n
+        confidence, top_n = default.cosine.confidence, default.top_n_of("cosine")
 
         # the driver-side copy implicit is fitted on; the same values ours and MLlib read
         start = time.perf_counter()
-        t = _values(matrix, weighting).toArrow()
+        t = _values(matrix, confidence).toArrow()
         users, items = t["user_idx"].to_numpy(), t["item_idx"].to_numpy()
         n_users, n_items = int(users.max()) + 1, int(items.max()) + 1
         csr = sp.csr_matrix((t["r"].to_numpy().astype(np.float32), (users, items)), shape=(n_users, n_items))
@@ -317,7 +319,7 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
             return item_cosine(matrix, params)
 
         def mllib_df() -> DataFrame:
-            return _column_similarities(spark, _values(matrix, weighting), n_users, n_items, top_n)
+            return _column_similarities(spark, _values(matrix, confidence), n_users, n_items, top_n)
 
         def noop(df: DataFrame) -> None:
             df.write.format("noop").mode("overwrite").save()
@@ -370,7 +372,7 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
     return {
         "events": written, "users": n_users, "items": n_items, "nonzeros": int(csr.nnz),
         "max_history": int(history.max()), "cooccurrences": cooccurrences,
-        "weighting": weighting, "top_n": top_n, "threads": threads, "prepare_s": prepare_s,
+        "confidence": confidence, "top_n": top_n, "threads": threads, "prepare_s": prepare_s,
         "default_params": {"max_user_items": default.max_user_items, "min_cooccurrence": default.min_cooccurrence,
                            "min_similarity": default.min_similarity,
                            "users_capped": int((history > default.max_user_items).sum())},
@@ -405,7 +407,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
     c, t, p, d = s["check"], s["target"], s["profile"], s["default_params"]
     lines = [f"## Item-item cosine vs columnSimilarities and implicit ({s['events']:,} synthetic events: "
              f"{s['users']:,} users × {s['items']:,} items, {s['nonzeros']:,} non-zeros, top {s['top_n']})", "",
-             f"All three read the same interaction matrix ({s['weighting']} values) from the project's generate + "
+             f"All three read the same interaction matrix ({s['confidence']} values) from the project's generate + "
              f"ingest; its {s['cooccurrences']:,} (user, item pair) co-occurrences are the work of an exact cosine. "
              f"Ours runs with every filter at its most permissive (history cap {s['max_history']} = the longest "
              "history, min co-occurrence 1, min similarity 0), so all three compute the exact cosine. "
