@@ -9,7 +9,7 @@ BENCH_OUT ?= .
 CONFIG ?= conf/local.toml
 ARGS   ?=
 
-.PHONY: setup demo test bench evaluate-ml100k dist clean clean-data check-java cluster-up cluster-down
+.PHONY: setup demo test bench quality ml100k ml100k-all dist clean clean-data check-java cluster-up cluster-down
 
 setup: $(STAMP)
 
@@ -42,10 +42,30 @@ test: setup
 bench: setup
 	$(BIN)/python -m recsys_spark.bench --out $(BENCH_OUT) $(ARGS)
 
-# ML-100K on its five official folds (needs ../shared/data): the README's evaluation table.
-evaluate-ml100k: setup
-	$(BIN)/recsys-spark --config conf/movielens-100k.toml ingest
-	$(BIN)/recsys-spark --config conf/movielens-100k.toml evaluate
+# Recommendation quality on the public datasets (../shared/data) against implicit and a numpy EASE,
+# in the same run on the same splits: its section of BENCHMARKS.md, merged into the last full run.
+quality: setup
+	$(BIN)/python -m recsys_spark.bench --only quality --merge --out $(BENCH_OUT) $(ARGS)
+
+# ML-100K, one official fold (needs ../shared/data): the served tables built from uN.base alone,
+# through the commands a user runs, into data/ml-100k/uN/warehouse; then those very lists scored
+# against uN.test. `make ml100k-all` runs the five folds and prints the README's table.
+FOLD   ?= u1
+ML100K ?= ../shared/data/ml-100k
+ML100K_RUN = $(BIN)/recsys-spark --config conf/movielens-100k.toml \
+	--set storage.root=data/ml-100k/$(FOLD)/warehouse --set spark.checkpoint_dir=data/ml-100k/$(FOLD)/checkpoints \
+	--set evaluation.output_dir=data/ml-100k/$(FOLD)/reports --set ingest.source.path=$(ML100K)/$(FOLD).base
+ml100k: setup
+	@test -f $(ML100K)/$(FOLD).base || { echo "error: $(ML100K)/$(FOLD).base not found; set ML100K=<ml-100k folder>"; exit 2; }
+	$(ML100K_RUN) ingest
+	$(ML100K_RUN) train-als
+	for method in cosine ease rp3beta; do $(ML100K_RUN) --set similarity.method=$$method item-similarity || exit 1; done
+	$(ML100K_RUN) topk
+	$(ML100K_RUN) --set evaluation.split=served --set evaluation.given_test=$(ML100K)/$(FOLD).test evaluate
+
+ml100k-all: setup
+	for fold in u1 u2 u3 u4 u5; do $(MAKE) --no-print-directory ml100k FOLD=$$fold || exit 1; done
+	$(BIN)/recsys-spark compare data/ml-100k/u?/reports/latest/evaluation.json
 
 # For spark-submit: dist/recsys_spark.zip goes to --py-files; the wheel installs the library
 # (and its dependencies) on nodes that lack them.

@@ -69,6 +69,12 @@ def popular_items(matrix: DataFrame, window_days: int, top: int) -> DataFrame:
             .select("segment", F.col("rank").cast("int"), "item_idx", "users"))
 
 
+def cold_start_segment(matrix: DataFrame, cfg: CandidatesConfig) -> DataFrame:
+    """The popularity list cold users get: (rank, item_idx, users) of ``cold_start_segment``."""
+    popular = popular_items(matrix, cfg.popularity_window_days, cfg.popular_k)
+    return popular.where(F.col("segment") == cfg.cold_start_segment).select("rank", "item_idx", "users")
+
+
 def cold_start_candidates(cold_users: DataFrame, seen: DataFrame, popular: DataFrame, k: int,
                           max_seen: int) -> DataFrame:
     """Popular items for users with little history: the list minus what each has seen.
@@ -120,6 +126,12 @@ def sources_of(strategy: Strategy, cfg: CandidatesConfig) -> list[str]:
 def neighbor_method_of(source: str, cfg: CandidatesConfig) -> str | None:
     """The item_neighbors method a source votes through (None for als)."""
     return {"item_item": cfg.neighbor_method, "ease": "ease", "rp3beta": "rp3beta"}.get(source)
+
+
+def every_blend_source(cfg: CandidatesConfig) -> CandidatesConfig:
+    """``cfg`` with every source blend_weights names at a positive weight: what a blend search
+    needs fitted, since it may raise a source the configuration weighs 0."""
+    return cfg.model_copy(update={"blend_weights": {s: 1.0 for s in cfg.blend_weights}})
 
 
 def needed_sources(cfg: CandidatesConfig) -> list[str]:
@@ -209,7 +221,16 @@ class CandidateBuilder:
     def strategy(self, strategy: Strategy) -> DataFrame:
         """The strategy's list for every user: its scored rows, and the popularity list (minus seen
         items) for cold users and users it could not score. (user_idx, item_idx, score, rank, source)."""
-        scored = self.source(strategy)
+        return self._with_cold_start(self.source(strategy))
+
+    def blend(self, weights: Mapping[str, float]) -> DataFrame:
+        """A blend of the (cached) source lists with other ``weights``, cold start included: the
+        blend search weighs the same lists many ways."""
+        used = {s: w for s, w in weights.items() if w > 0}
+        scored = blend_candidates({s: self.source(s) for s in used}, used, self.cfg.k)
+        return self._with_cold_start(scored)
+
+    def _with_cold_start(self, scored: DataFrame) -> DataFrame:
         covered = scored.select("user_idx").distinct()
         cold = self.users.join(covered, "user_idx", "left_anti")
         max_seen = cold.agg(F.max("n_items")).first()[0] or 0

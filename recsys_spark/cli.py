@@ -331,6 +331,9 @@ def _build_parser() -> argparse.ArgumentParser:
     look.add_argument("--json", action="store_true", help="print JSON")
     demo = add("demo", "the whole pipeline on the synthetic log (generated if missing): ingest, ALS, item neighbours, tables")
     demo.add_argument("--fresh", action="store_true", help="regenerate the synthetic log")
+    comp = add("compare", "the headline table of several evaluation.json files together, mean ± std over all "
+               "their splits (no Spark needed)")
+    comp.add_argument("files", nargs="+", metavar="EVALUATION_JSON")
     add("tables", "list the tables with version and row count (no Spark needed)")
     hist = add("history", "show a table's versions and which run wrote each (no Spark needed)")
     hist.add_argument("table", choices=list(T.CATALOGUE))
@@ -354,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tables":
             print_tables(cfg)
             return 0
+        if args.command == "compare":
+            return _compare(args.files)
         if args.command == "history":
             return _history(cfg, args.table, args.limit)
         if args.command == "lookup":
@@ -379,6 +384,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return _guard(go)
+
+
+def _compare(files: Sequence[str]) -> int:
+    """``recsys-spark compare``: evaluation.json files of several runs (e.g. one per fold) as one table."""
+    import json
+    from pathlib import Path
+
+    from recsys_spark.evaluation import combined_summary, headline_table
+
+    summaries, names = [], []
+    for f in files:
+        path = Path(f)
+        try:
+            summaries.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read evaluation file {path}: {exc}") from None
+        # data/ml-100k/u1/reports/latest/evaluation.json -> u1: the first folder that tells the runs apart
+        names.append(path.resolve().parent.name if path.resolve().parent.name != "latest" else
+                     next((p.name for p in path.resolve().parents if p.name not in ("latest", "reports")), f))
+    if len(set(names)) != len(names):
+        names = [str(Path(f)) for f in files]
+    print(headline_table(combined_summary(summaries, names)))
+    return 0
 
 
 def _history(cfg: Config, table: str, limit: int) -> int:

@@ -605,6 +605,10 @@ class SimilarityConfig(_Section):
     als: FactorCosineConfig = Field(default_factory=FactorCosineConfig)
     """method als."""
 
+    tune: bool = False
+    """Choose the method's settings (ease: l2 and confidence; rp3beta: alpha and beta) by the search
+    ([tuning]) on a validation carve-out before the fit; recorded in the item_neighbors commit."""
+
     def params(self, method: NeighborMethod | None = None) -> MethodConfig:
         """The section of ``method`` (default: ``self.method``)."""
         return getattr(self, method or self.method)
@@ -653,6 +657,10 @@ class AlsConfig(_Section):
     checkpoint_interval: int = Field(5, ge=1)
     """Checkpoint every this many iterations, so long lineages do not overflow the stack."""
 
+    tune: bool = False
+    """Choose rank, reg_param, alpha and confidence by the search ([tuning]) on a validation
+    carve-out before the fit; the choice and every trial are recorded in the models row."""
+
 
 class CandidatesConfig(_Section):
     strategies: list[Strategy] = Field(default_factory=lambda: ["als"], min_length=1)
@@ -686,6 +694,10 @@ class CandidatesConfig(_Section):
     max_history_votes: int = Field(500, ge=1)
     """ease, rp3beta: at most this many of the user's most recent items vote. Both models score a
     user from the whole history; the cap only bounds the work of the heaviest users."""
+
+    tune: bool = False
+    """Choose blend_weights by the search ([tuning]) on a validation carve-out: each source is
+    refitted on the rest of the data and the weights that rank the held-out items best win."""
 
     blend_weights: dict[str, float] = Field(default_factory=lambda: {"als": 0.5, "item_item": 0.5})
     """blend: source strategy -> weight; each source's scores are min-max scaled per user to [0, 1]
@@ -725,9 +737,11 @@ class CandidatesConfig(_Section):
 
 
 class EvaluationConfig(_Section):
-    split: Literal["random", "time", "leave_last", "given"] = "random"
+    split: Literal["random", "time", "leave_last", "given", "served"] = "random"
     """random: per-user stratified by test_fraction; time: global cutoff; leave_last: each user's
-    leave_last_n most recent items; given: separate train/test files (given_train, given_test)."""
+    leave_last_n most recent items; given: separate train/test files (given_train, given_test);
+    served: no fitting at all, the lists user_candidates serves now are scored against the
+    given_test file(s), the training data being interaction_matrix (what they were built from)."""
 
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     """random: share of each user's items held out; time: share of pairs after the cutoff when
@@ -762,9 +776,10 @@ class EvaluationConfig(_Section):
     """Explicit data: a held-out rating at or above this is relevant (and its grade feeds graded
     NDCG). Implicit data: every held-out interaction is relevant."""
 
-    models: list[Literal["als", "item_item", "popularity", "random"]] = Field(
-        default_factory=lambda: ["als", "item_item", "popularity", "random"], min_length=1)
-    """What to evaluate; popularity and random are the baselines."""
+    baselines: list[Literal["popularity", "random"]] = Field(default_factory=lambda: ["popularity", "random"])
+    """Baselines scored beside every strategy of candidates.strategies (which are all evaluated,
+    from lists made by the code that writes user_candidates): popularity is the most popular
+    unseen training items, random is seeded uniformly random unseen items."""
 
     headline_metric: Literal["ndcg", "precision", "recall", "map", "mrr", "hit_rate"] = "ndcg"
     """The metric a model must beat most-popular on (else it is flagged in the report)."""
@@ -774,18 +789,6 @@ class EvaluationConfig(_Section):
 
     output_dir: str = "data/reports"
     """Where evaluation.json and report.html go (a folder per run, plus latest/)."""
-
-    search_rank: list[int] = Field(default_factory=list)
-    """Hyperparameter search grid for ALS rank (empty: no search, use als.rank)."""
-
-    search_reg_param: list[float] = Field(default_factory=list)
-    """Search grid for als.reg_param (empty: als.reg_param only)."""
-
-    search_alpha: list[float] = Field(default_factory=list)
-    """Search grid for als.alpha (empty: als.alpha only)."""
-
-    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    """Search: share of each user's training items carved off as the validation split."""
 
     @field_validator("time_cutoff", mode="before")
     @classmethod
@@ -805,6 +808,8 @@ class EvaluationConfig(_Section):
             raise ValueError(f"evaluation.ks must be positive, got {self.ks}")
         if self.split == "given" and not (self.given_train and self.given_test):
             raise ValueError("evaluation.split = 'given' needs evaluation.given_train and evaluation.given_test")
+        if self.split == "served" and not self.given_test:
+            raise ValueError("evaluation.split = 'served' needs evaluation.given_test (the held-out file(s))")
         if self.time_cutoff is not None:
             try:
                 datetime.fromisoformat(self.time_cutoff.replace("Z", "+00:00"))
@@ -812,12 +817,71 @@ class EvaluationConfig(_Section):
                 raise ValueError(f"evaluation.time_cutoff {self.time_cutoff!r} is not an ISO-8601 instant") from None
         return self
 
-    def search_grid(self, als: AlsConfig) -> list[dict[str, Any]]:
-        """Every ALS parameter combination of the search (one entry, the configured one, without a search)."""
-        ranks = self.search_rank or [als.rank]
-        regs = self.search_reg_param or [als.reg_param]
-        alphas = self.search_alpha or [als.alpha]
-        return [{"rank": r, "reg_param": g, "alpha": a} for r in ranks for g in regs for a in alphas]
+
+class TuningConfig(_Section):
+    """The hyperparameter search: what it may choose, and its budget.
+
+    Every search is judged on a validation carve-out of the training data it is given (never a
+    test fold): each user's ``validation_fraction`` of items, by the evaluation's headline metric
+    at its headline k. It runs when a stage asks for it: ``als.tune`` (train-als),
+    ``similarity.tune`` (item-similarity), ``candidates.tune`` (topk's blend weights), and in
+    ``evaluate`` on each split's training part for each of them that is set.
+    """
+
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Share of each user's training items carved off as the validation part."""
+
+    seed: int = 7
+    """Seed of the carve-out and of the random search."""
+
+    max_seconds: float = Field(1800.0, gt=0.0)
+    """Budget of one search: trials not started by then are skipped (and logged as such)."""
+
+    als_trials: int = Field(12, ge=1, le=1000)
+    """ALS: configurations drawn at random (log-uniform) from the ranges below for the first rung."""
+
+    als_keep: float = Field(0.34, gt=0.0, le=1.0)
+    """ALS, successive halving: share of the first rung's trials refitted with als.max_iter iterations."""
+
+    als_short_iter: int = Field(5, ge=1, le=200)
+    """ALS: iterations of the first rung (cheap fits that rank the configurations)."""
+
+    als_rank: list[int] = Field(default_factory=lambda: [16, 32, 64, 128], min_length=1)
+    """ALS ranks to draw from."""
+
+    als_reg_param: list[float] = Field(default_factory=lambda: [0.003, 3.0], min_length=2, max_length=2)
+    """ALS regularisation range (log-uniform); MLlib scales it by each row's number of ratings."""
+
+    als_alpha: list[float] = Field(default_factory=lambda: [0.1, 50.0], min_length=2, max_length=2)
+    """ALS confidence weight alpha range (log-uniform)."""
+
+    als_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear", "log"],
+                                                      min_length=1)
+    """ALS confidence transforms to draw from."""
+
+    ease_l2: list[float] = Field(default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0],
+                                 min_length=1)
+    """EASE: L2 penalties tried (a log grid; units of r squared, so the right range moves with the transform)."""
+
+    ease_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear"], min_length=1)
+    """EASE: confidence transforms tried (each needs its own Gram matrix)."""
+
+    rp3_alpha: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0], min_length=1)
+    """RP3beta: alpha values tried."""
+
+    rp3_beta: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1)
+    """RP3beta: beta values tried."""
+
+    blend_steps: int = Field(4, ge=1, le=20)
+    """Blend: weights are tried on a grid of 1 / blend_steps over the simplex of its sources."""
+
+    @field_validator("als_reg_param", "als_alpha")
+    @classmethod
+    def _range(cls, v: list[float], info: ValidationInfo) -> list[float]:
+        lo, hi = v
+        if not (0 < lo <= hi and math.isfinite(hi)):
+            raise ValueError(f"tuning.{info.field_name} must be a range 0 < low <= high, got {list(v)}")
+        return v
 
 
 class Config(_Section):
@@ -845,6 +909,9 @@ class Config(_Section):
 
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     """Held-out evaluation of the models against baselines."""
+
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    """The hyperparameter search (on a validation carve-out of the training data)."""
 
     @model_validator(mode="after")
     def _paths_outside_table_root(self) -> Config:

@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
-from recsys_spark.config import Config, SimilarityConfig
+from recsys_spark.config import AlsConfig, CandidatesConfig, Config, SimilarityConfig
 from recsys_spark.errors import ConcurrentWriteError, RejectThresholdError, StorageError
 from recsys_spark.generate import synthetic_events
 from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, rejected_rows,
@@ -31,6 +31,7 @@ from recsys_spark.session import released_caches
 from recsys_spark.similarity import capped_users, fit_item_neighbors
 from recsys_spark.sources import SourceFile, file_read_errors, list_source_files, read_source, scan_source_files
 from recsys_spark.storage import CommitInfo, TableStore, WriteResult
+from recsys_spark.tuning import SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -354,6 +355,7 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
         inputs = {T.ITEM_FACTORS: version}
         capped = 0
         matrix = None
+        similarity, search = cfg.similarity, None
     else:
         version = store.version(T.INTERACTION_MATRIX)
         if version is None:
@@ -364,7 +366,21 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
             log.info("%d users have more than %d items; their histories are capped",
                      capped, cfg.similarity.max_user_items)
         model_version = f"{method}-{ctx.run_id}"
-        neighbors = fit_item_neighbors(cfg.similarity, matrix=matrix)
+        similarity, search = cfg.similarity, None
+        from recsys_spark.fitting import TUNABLE_METHODS
+
+        if similarity.tune and method not in TUNABLE_METHODS:
+            log.info("similarity.tune: method %s has no settings to search; fitting it as configured", method)
+        elif similarity.tune:
+            from recsys_spark.fitting import tune_neighbors
+            from recsys_spark.tuning import carve_validation
+
+            validation = carve_validation(matrix, cfg)
+            try:
+                similarity, search = tune_neighbors(cfg, method, validation)
+            finally:
+                validation.release()
+        neighbors = fit_item_neighbors(similarity, matrix=matrix)
         inputs = {T.INTERACTION_MATRIX: version}
     try:
         items_version = store.version(T.ITEMS)
@@ -383,7 +399,8 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
                      .repartitionByRange("item_id").sortWithinPartitions("item_id", "rank"))
         # the transform is what candidates weigh this method's votes with (candidates.vote_weights_of)
         commit = ctx.commit(model_version=model_version, input_versions=inputs, capped_users=capped, method=method,
-                            params=cfg.similarity.model_dump(mode="json"))
+                            params=similarity.model_dump(mode="json"),
+                            **({"search": search.as_record()} if search else {}))
         return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit, ["method"], replace={"method": method},
                            row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
     finally:
@@ -403,24 +420,35 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
     missing = [t for t, v in inputs.items() if v is None]
     if missing:
         raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark ingest` first")
-    train = training_frame(store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]), cfg.als)
-    train = train.persist(StorageLevel.MEMORY_AND_DISK)
+    matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX])
+    als, search = cfg.als, None
+    if als.tune:
+        from recsys_spark.fitting import tune_als
+        from recsys_spark.tuning import carve_validation
+
+        validation = carve_validation(matrix, cfg)
+        try:
+            als, search = tune_als(cfg, validation)
+        finally:
+            validation.release()
+    train = training_frame(matrix, als).persist(StorageLevel.MEMORY_AND_DISK)
     user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
     item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
     try:
         n = train.count()
         if n == 0:
-            raise StorageError(f"interaction_matrix has no {cfg.als.feedback} feedback to train on "
-                               f"(als.feedback = {cfg.als.feedback!r})")
+            raise StorageError(f"interaction_matrix has no {als.feedback} feedback to train on "
+                               f"(als.feedback = {als.feedback!r})")
         started = time.perf_counter()
-        model = fit_als(train, cfg.als, user_ids, item_ids)  # checks the values first, naming bad pairs by id
+        model = fit_als(train, als, user_ids, item_ids)  # checks the values first, naming bad pairs by id
         seconds = time.perf_counter() - started
-        rmse = training_rmse(model, train, cfg.als)
+        rmse = training_rmse(model, train, als)
     finally:
         train.unpersist()
     model_version = f"als-{ctx.run_id}"
     users, items = factor_frames(model)
-    commit = ctx.commit(model_version=model_version, input_versions=inputs)
+    commit = ctx.commit(model_version=model_version, input_versions=inputs,
+                        **({"tuned": search.best, "tuned_value": search.best_value} if search else {}))
     out = {
         T.USER_FACTORS: store.write(
             users.join(user_ids, "user_idx").select("user_idx", "user_id", "factors",
@@ -431,7 +459,8 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
                                                      F.lit(model_version).alias("model_version"))
             .repartitionByRange("item_idx").sortWithinPartitions("item_idx"), T.ITEM_FACTORS, "overwrite", commit),
     }
-    params = cfg.als.model_dump(mode="json")
+    # the settings fitted with; a search's choice and every trial it made ride along
+    params = {**als.model_dump(mode="json"), **({"search": search.as_record()} if search else {})}
     row = [(model_version, ctx.run_id, "als", json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True),
             n, out[T.USER_FACTORS].rows, out[T.ITEM_FACTORS].rows, float(seconds), rmse, blas_in_use(spark),
             ctx.started_at)]
@@ -455,6 +484,46 @@ def _neighbor_params(store: TableStore, version: int, method: str) -> Similarity
     return SimilarityConfig(method=method)
 
 
+def _served_als(store: TableStore, item_factors_version: int | None) -> AlsConfig | None:
+    """The ALS settings the served item_factors were fitted with (their models row), or None."""
+    import json
+
+    if item_factors_version is None or not store.exists(T.MODELS):
+        return None
+    first = store.read(T.ITEM_FACTORS, version=item_factors_version).select("model_version").first()
+    rows = store.read(T.MODELS).where(F.col("model_version") == first[0]).select("params").collect() if first else []
+    if not rows:
+        return None
+    return AlsConfig.model_validate({k: v for k, v in json.loads(rows[0].params).items() if k != "search"})
+
+
+def _tuned_blend(store: TableStore, cfg: Config, matrix: DataFrame,
+                 inputs: dict[str, int | None]) -> tuple[CandidatesConfig, SearchResult]:
+    """candidates.tune: blend weights searched on a validation carve-out of ``matrix``, each source
+    refitted there with the settings its served model was fitted with."""
+    from recsys_spark.candidates import every_blend_source, needed_neighbor_methods
+    from recsys_spark.fitting import fit_as_configured, tune_blend
+    from recsys_spark.tuning import carve_validation
+
+    every = every_blend_source(cfg.candidates)
+    similarity = cfg.similarity
+    for method in needed_neighbor_methods(every):
+        fitted_with = _neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method)
+        similarity = similarity.model_copy(update={method: fitted_with.params(method)})
+    served = cfg.model_copy(update={"als": _served_als(store, inputs.get(T.ITEM_FACTORS)) or cfg.als,
+                                    "similarity": similarity, "candidates": every})
+    validation = carve_validation(matrix, cfg)
+    try:
+        fitted = fit_as_configured(validation.fit, served)
+        try:
+            weights, search = tune_blend(served, validation, fitted)
+        finally:
+            fitted.release()
+    finally:
+        validation.release()
+    return cfg.candidates.model_copy(update={"blend_weights": weights}), search
+
+
 def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str, WriteResult]:
     """popular_items, then one user_candidates partition per configured strategy.
 
@@ -465,16 +534,19 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
     """
     import math
 
-    from recsys_spark.candidates import (CandidateBuilder, ModelInputs, log_config, needed_neighbor_methods,
-                                         needed_sources, popular_items, user_history_sizes)
+    from recsys_spark.candidates import (CandidateBuilder, ModelInputs, every_blend_source, log_config,
+                                         needed_neighbor_methods, needed_sources, popular_items,
+                                         user_history_sizes)
     from recsys_spark.similarity import vote_weight
 
     cc = cfg.candidates
     log_config(cc)
     store = _writable_store(spark, cfg)
-    methods = needed_neighbor_methods(cc)
+    # a blend search may weigh in a source configured at 0: everything it could use must exist
+    scope = every_blend_source(cc) if cc.tune else cc
+    methods = needed_neighbor_methods(scope)
     needs = [T.INTERACTION_MATRIX, T.USERS, T.ITEMS]
-    if "als" in needed_sources(cc):
+    if "als" in needed_sources(scope):
         needs += [T.USER_FACTORS, T.ITEM_FACTORS]
     if methods:
         needs.append(T.ITEM_NEIGHBORS)
@@ -523,6 +595,9 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
             versions[method] = neighbors[method].select("model_version").first()[0]
             weights[method] = vote_weight(_neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method), method)
         model = ModelInputs(matrix, uf, itf, neighbors, weights, versions)
+        search = None
+        if cc.tune and "blend" in cc.strategies:
+            cc, search = _tuned_blend(store, cfg, matrix, inputs)
         with CandidateBuilder(model, sizes, segment, cc) as builder:
             for strategy, lists in builder.strategies():
                 model_version = builder.model_version(strategy)
@@ -531,7 +606,9 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
                                 F.lit(model_version).alias("model_version"), F.lit(strategy).alias("strategy"))
                         # the lookup layout: files cover disjoint user_id ranges, sorted inside
                         .repartitionByRange(n_files, "user_id").sortWithinPartitions("user_id", "rank"))
-                commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy)
+                tuned = {"blend_weights": cc.blend_weights, "search": search.as_record()} if (
+                    search and strategy == "blend") else {}
+                commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy, **tuned)
                 out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
                     rows, T.USER_CANDIDATES, "overwrite", commit, ["strategy"], replace={"strategy": strategy},
                     row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
@@ -555,43 +632,23 @@ class EvaluationResult:
 
     def headline_table(self) -> str:
         """A plain-text table of the headline metrics, mean ± std over splits."""
-        from recsys_spark.evaluation import mean_std
+        from recsys_spark.evaluation import headline_table
 
-        s = self.summary
-        k = s["headline"]["k"]
-        metrics = ["ndcg", "precision", "recall", "map", "coverage"]
-        lines = [f"{'model':<22}" + "".join(f"{m + '@' + str(k):>20}" for m in metrics)]
-        for model in s["models"]:
-            cells = []
-            for m in metrics:
-                vals = [r["value"] for r in s["results"] if r["model"] == model and r["metric"] == m
-                        and r["k"] == k and r["value"] is not None]
-                if vals:
-                    mean, std = mean_std(vals)
-                    cells.append(f"{mean:.4f} ± {std:.4f}" if len(vals) > 1 else f"{mean:.4f}")
-                else:
-                    cells.append("-")
-            kind = " (baseline)" if s["models"][model]["kind"] == "baseline" else ""
-            lines.append(f"{model + kind:<22}" + "".join(f"{c:>20}" for c in cells))
-        lines += [f"flag: {f}" for f in s["flags"]]
-        return "\n".join(lines)
+        return headline_table(self.summary)
 
 
-def _given_matrices(spark: SparkSession, cfg: Config, store: TableStore, fold: str | None,
-                    inputs: dict[str, int | None]) -> tuple[DataFrame, DataFrame]:
-    """Train and test matrices from the ``given`` files, mapped to the stored dense ids."""
-    ec, icfg = cfg.evaluation, cfg.ingest
+def _given_matrix(spark: SparkSession, cfg: Config, store: TableStore, path: str, key: str,
+                  inputs: dict[str, int | None]) -> DataFrame:
+    """The matrix of the files at ``path`` (config key ``key``), mapped to the stored dense ids; pairs
+    of users or items the tables do not know are left out."""
+    icfg = cfg.ingest
     users = store.read(T.USERS, version=inputs[T.USERS])
     items = store.read(T.ITEMS, version=inputs[T.ITEMS])
-    out = []
-    for key, pattern in (("evaluation.given_train", ec.given_train), ("evaluation.given_test", ec.given_test)):
-        path = pattern.replace("{fold}", fold) if fold else pattern
-        files = list_source_files(path, key)
-        raw = read_source(spark, icfg.source, files, icfg.max_line_bytes)
-        validated = validate_events(raw, icfg.source, icfg, datetime.now(timezone.utc))
-        events = with_dense_ids(accepted_events(validated, icfg.source, icfg), users, items)
-        out.append(interaction_matrix(events, icfg))
-    return out[0], out[1]
+    files = list_source_files(path, key)
+    raw = read_source(spark, icfg.source, files, icfg.max_line_bytes)
+    validated = validate_events(raw, icfg.source, icfg, datetime.now(timezone.utc))
+    events = with_dense_ids(accepted_events(validated, icfg.source, icfg), users, items)
+    return interaction_matrix(events, icfg)
 
 
 def _splits(spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFrame,
@@ -599,12 +656,17 @@ def _splits(spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFra
     from recsys_spark.splits import given_split, leave_last_split, random_split, time_split
 
     ec = cfg.evaluation
+    if ec.split == "served":
+        test = _given_matrix(spark, cfg, store, ec.given_test, "evaluation.given_test", inputs)
+        return [("served", {"test": ec.given_test}, *given_split(matrix, test))]
     if ec.split == "given":
         out = []
         for fold in ec.folds or [None]:
-            train, test = given_split(*_given_matrices(spark, cfg, store, fold, inputs))
-            out.append((fold or "given", {"train": ec.given_train.replace("{fold}", fold or ""),
-                                          "test": ec.given_test.replace("{fold}", fold or "")}, train, test))
+            paths = [(key, pattern.replace("{fold}", fold) if fold else pattern)
+                     for key, pattern in (("evaluation.given_train", ec.given_train),
+                                          ("evaluation.given_test", ec.given_test))]
+            train, test = (_given_matrix(spark, cfg, store, path, key, inputs) for key, path in paths)
+            out.append((fold or "given", {"train": paths[0][1], "test": paths[1][1]}, *given_split(train, test)))
         return out
     if ec.split == "random":
         return [("random", {"test_fraction": ec.test_fraction, "seed": ec.seed},
@@ -614,36 +676,6 @@ def _splits(spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFra
         return [("time", {"time_cutoff": ec.time_cutoff, "test_fraction": ec.test_fraction},
                  *time_split(matrix, cutoff, ec.test_fraction))]
     return [("leave_last", {"n": ec.leave_last_n}, *leave_last_split(matrix, ec.leave_last_n))]
-
-
-def _search_als(train: DataFrame, cfg: Config, shape) -> tuple[dict, list[dict]]:  # noqa: ANN001
-    """Grid search over ALS parameters on a validation split carved from ``train`` (NDCG at the headline k)."""
-    from recsys_spark.evaluation import als_recs
-    from recsys_spark.metrics import ranking_metrics
-    from recsys_spark.splits import random_split, relevant_items
-
-    ec = cfg.evaluation
-    grid = ec.search_grid(cfg.als)
-    if len(grid) == 1:
-        return grid[0], []
-    sub, valid = random_split(train, ec.validation_fraction, ec.seed + 1)
-    sub = sub.persist(StorageLevel.MEMORY_AND_DISK)
-    truth = relevant_items(valid, ec.rating_threshold).join(sub.select("user_idx").distinct(), "user_idx").persist()
-    sub.count(), truth.count()  # materialised here, so released_caches below leaves them alone
-    users = truth.select("user_idx").distinct()
-    results = []
-    for params in grid:
-        als_cfg = cfg.als.model_copy(update=params)
-        with released_caches(sub.sparkSession):
-            recs, _, _ = als_recs(sub, users, ec.headline_k, als_cfg, shape)
-            value = (ranking_metrics(recs, truth, [ec.headline_k])
-                     .where(F.col("metric") == ec.headline_metric).first())
-        results.append({**params, ec.headline_metric: value.value if value else None})
-        log.info("search %s: %s@%d = %s", params, ec.headline_metric, ec.headline_k, results[-1][ec.headline_metric])
-    sub.unpersist()
-    truth.unpersist()
-    best = max(results, key=lambda r: r[ec.headline_metric] or -1.0)
-    return {k: best[k] for k in ("rank", "reg_param", "alpha")}, results
 
 
 def _point_latest_at(run_dir: Path) -> None:
@@ -662,30 +694,32 @@ def _point_latest_at(run_dir: Path) -> None:
 
 
 def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> EvaluationResult:
-    """Fit every configured model and baseline on each split's training part, score the test part,
-    and write evaluation_summary, evaluation.json and report.html."""
+    """Score every strategy of ``candidates.strategies`` and every baseline on each split's test
+    part, and write evaluation_summary, evaluation.json and report.html.
+
+    The strategies' models are fitted on each split's training part (settings searched on its
+    validation carve-out where a stage's ``tune`` is set) and their lists made by the code that
+    writes user_candidates; with ``evaluation.split = "served"`` nothing is fitted and the lists
+    user_candidates serves now are scored against ``evaluation.given_test``.
+    """
     import json
 
-    from recsys_spark.blocked_topk import BlockShape
-    from recsys_spark.evaluation import (als_recs, beats, item_item_recs, item_popularity, mean_std,
-                                         popularity_recs, random_recs)
-    from recsys_spark.metrics import catalogue_metrics, ranking_metrics, rating_errors
+    from recsys_spark.evaluation import beats, evaluate_split, headline_values
     from recsys_spark.report import render_report
-    from recsys_spark.splits import relevant_items
 
     ec = cfg.evaluation
     store = _writable_store(spark, cfg)
-    inputs = {t: store.version(t) for t in (T.INTERACTION_MATRIX, T.USERS, T.ITEMS)}
+    tables = [T.INTERACTION_MATRIX, T.USERS, T.ITEMS] + ([T.USER_CANDIDATES] if ec.split == "served" else [])
+    inputs = {t: store.version(t) for t in tables}
     missing = [t for t, v in inputs.items() if v is None]
     if missing:
-        raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark ingest` first")
+        first = "topk" if missing == [T.USER_CANDIDATES] else "ingest"
+        raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark {first}` first")
     matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]).persist(
         StorageLevel.MEMORY_AND_DISK)
     n_items = store.read(T.ITEMS, version=inputs[T.ITEMS]).count()
     matrix.count()  # materialised before the per-split released_caches blocks
     graded = matrix.where(F.col("rating").isNotNull()).limit(1).count() > 0
-    k_max = max(ec.ks)
-    shape = BlockShape(cfg.candidates.user_block, cfg.candidates.item_block)
     results: list[dict] = []
     splits_meta: list[dict] = []
     models_meta: dict[str, dict] = {}
@@ -695,78 +729,39 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
             with released_caches(spark):  # every model fitted on this split is freed with it
                 train = train.persist(StorageLevel.MEMORY_AND_DISK)
                 test = test.persist(StorageLevel.MEMORY_AND_DISK)
-                truth = relevant_items(test, ec.rating_threshold).join(train.select("user_idx").distinct(), "user_idx")
-                if ec.max_users:
-                    sample = (truth.select("user_idx").distinct()
-                              .orderBy(F.xxhash64(F.lit(ec.seed), "user_idx"), "user_idx").limit(ec.max_users))
-                    truth = truth.join(sample, "user_idx", "left_semi")
-                truth = truth.persist()
-                users = truth.select("user_idx").distinct().persist()
-                pop = item_popularity(train).persist()
-                n_train_users = train.select("user_idx").distinct().count()
-                meta = {"name": name, "kind": ec.split, "params": params, "train_rows": train.count(),
-                        "test_rows": test.count(), "test_users": users.count(), "relevant_rows": truth.count()}
-                splits_meta.append(meta)
-                log.info("split %s: %d train pairs, %d test pairs, %d users with relevant test items", name,
-                         meta["train_rows"], meta["test_rows"], meta["test_users"])
+                served = _served_lists(store, inputs) if ec.split == "served" else None
+                scored = evaluate_split(name, train, test, cfg, n_items=n_items, graded=graded, served=served)
+                splits_meta.append({**scored.meta, "params": params})
+                results += scored.results
+                for model, meta in scored.models.items():
+                    entry = models_meta.setdefault(model, {"kind": meta["kind"], "params": meta["params"],
+                                                           "model_version": f"{model}-{ctx.run_id}", "splits": {}})
+                    entry["splits"][name] = {k: v for k, v in meta.items() if k != "kind"}
                 if not popularity_curve:
-                    counts = sorted((r.users for r in pop.collect()), reverse=True)
+                    counts = scored.popularity_counts
                     step = max(1, len(counts) // 2000)
-                    popularity_curve = {"n_items": n_items, "n_interactions": meta["train_rows"],
-                                        "item_counts_desc": counts[::step], "item_rank": list(range(1, len(counts) + 1, step))}
-                item_factors = None
-                for model in ec.models:
-                    if model == "als":
-                        best, search = _search_als(train, cfg, shape)
-                        als_cfg = cfg.als.model_copy(update=best)
-                        recs, item_factors, als_model = als_recs(train, users, k_max, als_cfg, shape)
-                        models_meta[model] = {"kind": "model", "params": als_cfg.model_dump(mode="json"),
-                                              "search": search, "model_version": f"als-{ctx.run_id}"}
-                        if als_cfg.feedback == "explicit":
-                            pred = als_model.setColdStartStrategy("drop").transform(
-                                test.where(F.col("rating").isNotNull()).select("user_idx", "item_idx", "rating"))
-                            errors = rating_errors(pred.select("rating", F.col("prediction").cast("double")))
-                            results += [{"split": name, "model": model, "metric": m, "k": 0, "value": errors[m]}
-                                        for m in ("rmse", "mae")]
-                    elif model == "item_item":
-                        recs = item_item_recs(train, users, k_max, cfg)
-                        models_meta[model] = {"kind": "model", "params": cfg.similarity.model_dump(mode="json") | {
-                            "recent_items": cfg.candidates.recent_items}, "model_version": f"cosine-{ctx.run_id}"}
-                    elif model == "popularity":
-                        recs = popularity_recs(train, users, k_max)
-                        models_meta[model] = {"kind": "baseline", "params": {}, "model_version": f"popular-{ctx.run_id}"}
-                    else:
-                        recs = random_recs(train, users, n_items, k_max, ec.seed)
-                        models_meta[model] = {"kind": "baseline", "params": {"seed": ec.seed},
-                                              "model_version": f"random-{ctx.run_id}"}
-                    recs = recs.select("user_idx", "item_idx", "rank").persist(StorageLevel.MEMORY_AND_DISK)
-                    scores = ranking_metrics(recs, truth, ec.ks, graded=graded).unionByName(
-                        catalogue_metrics(recs, ec.ks, n_items=n_items, item_popularity=pop, n_users=n_train_users,
-                                          item_factors=item_factors))
-                    results += [{"split": name, "model": model, "metric": r.metric, "k": int(r.k),
-                                 "value": None if r.value is None else float(r.value)} for r in scores.collect()]
-                    recs.unpersist()
-                    log.info("evaluated %s on %s", model, name)
-                for df in (train, test, truth, users, pop):
-                    df.unpersist()
+                    popularity_curve = {"n_items": n_items, "n_interactions": scored.meta["train_rows"],
+                                        "item_counts_desc": counts[::step],
+                                        "item_rank": list(range(1, len(counts) + 1, step))}
+                train.unpersist()
+                test.unpersist()
     finally:
         matrix.unpersist()
 
-    def headline(model: str) -> float | None:
-        vals = [r["value"] for r in results if r["model"] == model and r["metric"] == ec.headline_metric
-                and r["k"] == ec.headline_k and r["value"] is not None]
-        return mean_std(vals)[0] if vals else None
-
+    means = headline_values(results, ec.headline_metric, ec.headline_k)
+    strategies = [m for m, meta in models_meta.items() if meta["kind"] == "model" and m in means]
+    best = max(strategies, key=lambda m: means[m]) if strategies else None
     flags = []
     if "popularity" in models_meta:
-        base = headline("popularity")
+        base = means.get("popularity")
         for model, meta in models_meta.items():
-            if meta["kind"] == "model" and not beats(headline(model), base):
+            if meta["kind"] == "model" and not beats(means.get(model), base):
                 flags.append(f"model {model!r} does not beat most-popular on {ec.headline_metric}@{ec.headline_k} "
-                             f"({headline(model)} vs {base})")
+                             f"({means.get(model)} vs {base})")
     summary = {
         "run_id": ctx.run_id, "created_at": ctx.started_at.isoformat(), "dataset": cfg.ingest.source.preset,
         "ks": list(ec.ks), "headline": {"metric": ec.headline_metric, "k": ec.headline_k},
+        "best": None if best is None else {"model": best, "value": means[best]},
         "splits": splits_meta, "models": models_meta, "results": results, "flags": flags,
         "popularity": popularity_curve, "input_versions": inputs, "config": cfg.model_dump(mode="json"),
     }
@@ -785,3 +780,11 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
                                      "evaluated_at TIMESTAMP")
     written = store.write(df.coalesce(1), T.EVALUATION_SUMMARY, "append", ctx.commit(input_versions=inputs))
     return EvaluationResult(ctx.run_id, summary, json_path, report_path, written)
+
+
+def _served_lists(store: TableStore, inputs: dict[str, int | None]) -> dict[str, DataFrame]:
+    """strategy -> (user_idx, item_idx, rank) of every list user_candidates serves at the version read."""
+    version = inputs[T.USER_CANDIDATES]
+    served = sorted(store.partition_values(T.USER_CANDIDATES, "strategy"))
+    return {s: store.read(T.USER_CANDIDATES, version=version, where=f"strategy = '{s}'")
+            .select("user_idx", "item_idx", "rank") for s in served}

@@ -47,13 +47,23 @@ def _synthetic(cfg, tmp_path: Path):  # noqa: ANN001, ANN202
 def test_evaluate_job_writes_table_json_and_report(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
     from recsys_spark.pipeline import run_evaluate, run_generate
 
-    c = _synthetic(cfg, tmp_path).with_overrides(["evaluation.search_rank=[4, 8]", "evaluation.max_users=150"])
+    c = _synthetic(cfg, tmp_path).with_overrides([
+        'candidates.strategies=["als", "item_item", "blend"]', "evaluation.max_users=150", "als.tune=true",
+        "tuning.als_trials=2", "tuning.als_rank=[4, 8]", "tuning.als_short_iter=2"])
     run_generate(spark, c)
     ingest(c)
     res = run_evaluate(spark, c, RunContext.new("evaluate", c))
     s = json.loads(res.json_path.read_text())
-    assert set(s["models"]) == {"als", "item_item", "popularity", "random"}
-    assert len(s["models"]["als"]["search"]) == 2 and s["models"]["als"]["params"]["rank"] in (4, 8)
+    # every served strategy is evaluated, beside the baselines
+    assert set(s["models"]) == {"als", "item_item", "blend", "popularity", "random"}
+    search = s["models"]["als"]["splits"]["random"]["search"]["als"]
+    assert len(search["trials"]) == 3  # two short fits, and the better one again at full length
+    assert {t["rung"] for t in search["trials"]} == {0, 1}
+    assert s["models"]["als"]["params"]["als"]["rank"] == search["best"]["rank"] in (4, 8)
+    assert s["models"]["blend"]["splits"]["random"]["search"]["als"] == search  # blend's ALS source is the same fit
+    strategies = ("als", "item_item", "blend")
+    assert s["best"]["model"] in strategies
+    assert f"best: {s['best']['model']}" in res.headline_table()
     table = store.read(T.EVALUATION_SUMMARY)
     assert table.count() == len(s["results"]) == res.table.rows
     metrics = {r["metric"] for r in s["results"]}
@@ -66,7 +76,7 @@ def test_evaluate_job_writes_table_json_and_report(spark, cfg, ingest, store, tm
 
     assert value("popularity", "ndcg") > value("random", "ndcg")
     # a model that does not beat most-popular on the headline metric is flagged, and only then
-    for model in ("als", "item_item"):
+    for model in strategies:
         flagged = any(f"model {model!r} does not beat most-popular" in f for f in s["flags"])
         assert flagged == (value(model, "ndcg") <= value("popularity", "ndcg"))
     assert value("random", "coverage", 20) > value("popularity", "coverage", 20)
@@ -161,3 +171,58 @@ def test_latest_report_is_swapped_atomically_even_by_concurrent_runs(tmp_path: P
     reader.join()
     assert seen <= {"run-a", "run-b"} and (tmp_path / "latest").is_symlink()
     assert not list(tmp_path.glob(".latest-*"))
+
+
+def _ndcg_at(lists: dict[int, list[int]], relevant: dict[int, set[int]], k: int) -> float:
+    """Mean NDCG@k over the users of ``relevant`` (binary gains), the README's definition."""
+    total = 0.0
+    for user, rel in relevant.items():
+        ranked = lists.get(user, [])[:k]
+        dcg = sum(1 / np.log2(r + 2) for r, item in enumerate(ranked) if item in rel)
+        total += dcg / sum(1 / np.log2(r + 2) for r in range(min(len(rel), k)))
+    return total / len(relevant)
+
+
+def test_what_is_evaluated_is_exactly_what_is_served(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+    """topk's lists, scored by the served split, equal a numpy NDCG of the table's own rows; and a
+    given split that fits on the same training file scores its lists, made by the same code, the same."""
+    from recsys_spark.pipeline import (run_candidates, run_evaluate, run_generate, run_item_similarity,
+                                       run_train_als)
+
+    c = _synthetic(cfg, tmp_path).with_overrides([
+        'candidates.strategies=["item_item", "blend"]', "candidates.blend_weights={item_item = 0.7, als = 0.3}",
+        "candidates.k=20", "evaluation.ks=[10]"])
+    run_generate(spark, c)
+    ingest(c)
+    for job, run in (("train-als", run_train_als), ("item-similarity", run_item_similarity), ("topk", run_candidates)):
+        run(spark, c, RunContext.new(job, c))
+    # a held-out file of unseen (user, item) pairs of known users and items
+    users = {r.user_idx: r.user_id for r in store.read(T.USERS).collect()}
+    items = {r.item_idx: r.item_id for r in store.read(T.ITEMS).collect()}
+    seen = {(r.user_idx, r.item_idx) for r in store.read(T.INTERACTION_MATRIX).collect()}
+    rng = np.random.default_rng(5)
+    relevant: dict[int, set[int]] = {}
+    while sum(len(v) for v in relevant.values()) < 600:
+        u, i = int(rng.choice(list(users))), int(rng.choice(list(items)))
+        if (u, i) not in seen:
+            relevant.setdefault(u, set()).add(i)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "held_out.csv").write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "".join(
+        f"t{u}-{i},{users[u]},{items[i]},view,2026-10-01T00:00:00Z,1\n" for u, rel in relevant.items() for i in rel))
+    served = c.with_overrides(["evaluation.split=served", f"evaluation.given_test={tmp_path / 'test'}"])
+    s = run_evaluate(spark, served, RunContext.new("evaluate", served)).summary
+    got = {r["model"]: r["value"] for r in s["results"] if r["metric"] == "ndcg" and r["k"] == 10}
+    assert set(got) == {"item_item", "blend", "popularity", "random"}
+    for strategy in ("item_item", "blend"):
+        lists: dict[int, list[int]] = {}
+        for r in store.read(T.USER_CANDIDATES).where(f"strategy = '{strategy}'").orderBy("user_idx", "rank").collect():
+            lists.setdefault(r.user_idx, []).append(r.item_idx)
+        assert got[strategy] == pytest.approx(_ndcg_at(lists, relevant, 10), abs=1e-9), strategy
+    assert got["item_item"] > got["random"]  # the comparison means something
+
+    # a given split fitting on the same log makes the same item_item lists, so scores them the same
+    given = c.with_overrides(["evaluation.split=given", f"evaluation.given_train={tmp_path / 'raw'}",
+                              f"evaluation.given_test={tmp_path / 'test'}"])
+    g = run_evaluate(spark, given, RunContext.new("evaluate", given)).summary
+    again = {r["model"]: r["value"] for r in g["results"] if r["metric"] == "ndcg" and r["k"] == 10}
+    assert again["item_item"] == pytest.approx(got["item_item"], abs=1e-12)

@@ -24,7 +24,11 @@ BENCHMARKS = {
     "similarity": "similarity",
     "lookup": "lookup",
     "pipeline": "pipeline",
+    "quality": "quality",
 }
+#: What runs without --only: quality takes the better part of an hour (every dataset, every split,
+#: every search) and has a make target of its own (`make quality`), which merges its section in.
+DEFAULT_ONLY = [name for name in BENCHMARKS if name != "quality"]
 
 
 def _module(name: str) -> Any:
@@ -46,7 +50,11 @@ def render(results: dict[str, Any]) -> str:
     ]
     for name in BENCHMARKS:
         if name in results:
-            lines += _module(name).markdown(results[name])
+            section = _module(name).markdown(results[name])
+            measured = results[name].get("measured")
+            if measured:  # merged in from a run of its own (--merge)
+                section[1:1] = ["", f"_This section: measured {measured['date']} with `{measured['command']}`._"]
+            lines += section
             other = results[name].get("other_cpu_percent")
             if other is not None and other > BUSY_MACHINE_PERCENT:
                 lines[-1:] = [f"Other processes used {other:.0f}% of the machine's CPU during this benchmark, so "
@@ -65,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="recsys-spark-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (CI smoke run)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated benchmarks to run (default: all of {','.join(BENCHMARKS)})")
+    parser.add_argument("--only", default=",".join(DEFAULT_ONLY),
+                        help=f"comma-separated benchmarks to run, of {','.join(BENCHMARKS)} "
+                             f"(default: {','.join(DEFAULT_ONLY)})")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other benchmarks' results already in --out and replace only those run")
     sizes_spec = {name: spec for bench in BENCHMARKS for name, spec in _module(bench).SIZES.items()}
     for name, (default, _, help_) in sizes_spec.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=help_)
@@ -126,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (out / "benchmarks.json").exists():
+        earlier = json.loads((out / "benchmarks.json").read_text())
+        kept = {name: earlier[name] for name in BENCHMARKS if name in earlier and name not in results}
+        # each section says when and how it was measured, since the page now holds several runs
+        for name, section in kept.items():
+            section.setdefault("measured", {"date": earlier["date"], "command": earlier["command"]})
+        for name in only:
+            results[name]["measured"] = {"date": results["date"], "command": results["command"]}
+        results = {**results, **kept}
     report = render(results)
     (out / "benchmarks.json").write_text(json.dumps(results, indent=2))
     (out / "BENCHMARKS.md").write_text(report)
