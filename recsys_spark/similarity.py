@@ -229,7 +229,7 @@ def column_norms(columns: csc_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0)).ravel())
 
 
-def _cross_products(queries: csc_matrix, targets: csc_matrix) -> csr_matrix:
+def cross_products(queries: csc_matrix, targets: csc_matrix) -> csr_matrix:
     """Q^T T as CSR: entry (i, j) sums r_ui * r_uj over shared users.
 
     Column order within a row depends only on the operands' sparsity pattern, so two products of the
@@ -270,7 +270,7 @@ def cooccurrence_counts(cell: Cell, products: csr_matrix) -> np.ndarray:
     """Users each pair of ``products`` (the cell's Q^T T) shares, in the order of products.data.
 
     Values are > 0, so the product of the two sparsity patterns has the same entries as
-    ``products`` and lists them in the same order (see _cross_products).
+    ``products`` and lists them in the same order (see cross_products).
     """
     if np.all(cell.queries.data == 1.0) and np.all(cell.targets.data == 1.0):
         return products.data
@@ -278,7 +278,7 @@ def cooccurrence_counts(cell: Cell, products: csr_matrix) -> np.ndarray:
     def pattern(m: csc_matrix) -> csc_matrix:
         return csc_matrix((np.ones_like(m.data), m.indices, m.indptr), shape=m.shape)
 
-    return _cross_products(pattern(cell.queries), pattern(cell.targets)).data
+    return cross_products(pattern(cell.queries), pattern(cell.targets)).data
 
 
 def product_entries(cell: Cell, products: csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +293,7 @@ def _cosine_cell(table: pa.Table, cell_of: Mapping[int, int], n_tb: int, top_n: 
     if cell is None:
         return empty_partial()
     qn, tn = column_norms(cell.queries), column_norms(cell.targets)
-    dots = _cross_products(cell.queries, cell.targets)
+    dots = cross_products(cell.queries, cell.targets)
     counts = cooccurrence_counts(cell, dots)
     rows, cols = product_entries(cell, dots)
     sims = dots.data / (qn[rows] * tn[cols])
@@ -391,7 +391,8 @@ def fit_item_neighbors(params: SimilarityConfig, matrix: DataFrame | None = None
     """The ``params.method`` neighbours: (item_idx, neighbor_idx, similarity, rank, cooccurrence).
 
     Args:
-        matrix: (user_idx, item_idx, confidence) rows, for the behavioural methods.
+        matrix: (user_idx, item_idx, confidence) rows, for the behavioural methods (cosine, ease,
+            rp3beta).
         item_factors: (item_idx, factors), for method als.
     """
     if params.method == "als":
@@ -402,4 +403,13 @@ def fit_item_neighbors(params: SimilarityConfig, matrix: DataFrame | None = None
         raise ValueError(f"similarity.method = {params.method!r} needs the interaction matrix")
     if params.method == "cosine":
         return item_cosine(matrix, params)
+    # both build on this module's cell kernel, so they import it: importing them here avoids the cycle
+    if params.method == "ease":
+        from recsys_spark.ease import item_ease
+
+        return item_ease(matrix, params)
+    if params.method == "rp3beta":
+        from recsys_spark.rp3beta import item_rp3beta
+
+        return item_rp3beta(matrix, params)
     raise ValueError(f"similarity.method {params.method!r} is not implemented")
