@@ -1,4 +1,4 @@
-"""Item-item cosine similarity as block-sparse matrix products (DataFrame in, DataFrame out).
+"""Item-item similarity as block-sparse matrix products (DataFrame in, DataFrame out).
 
 cos(i, j) = sum_u r_ui * r_uj / (||r_i|| * ||r_j||), over the columns of the interaction matrix
 (r = the pair's confidence after ``similarity.cosine.confidence``: binary, linear or log).
@@ -12,6 +12,13 @@ merged per query block. Query blocks are small enough that every core has a few 
 blocks are ``block_items`` wide, so a task holds at most one block of columns whatever the size of
 the catalogue. Shuffled data is nnz x (query blocks + target blocks), never items x items.
 
+The same cell kernel (:func:`block_products`) serves every behavioural method: each entry carries
+one value for the query side and one for the target side, and a method's kernel turns the cell's
+product into its rows. Cosine uses r on both sides and divides by the norms; EASE
+(recsys_spark/ease.py) emits the cell's Gram entries X'X, on the upper triangle only since the Gram
+is symmetric; RP3beta (recsys_spark/rp3beta.py) puts the two transition probabilities on the two
+sides and scales the target columns by popularity.
+
 A few heavy users would dominate the co-occurrences (and say little about similarity), so each
 user's history is capped at ``max_user_items`` items, keeping the strongest (then lowest
 item_idx, for determinism). Norms are taken over the same capped matrix, so every similarity is an
@@ -20,24 +27,27 @@ exact cosine of that matrix and lies in [0, 1] for non-negative values.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from scipy.sparse import csc_matrix, csr_matrix
 
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k
 from recsys_spark.confidence import confidence_value
-from recsys_spark.config import SimilarityConfig
+from recsys_spark.config import ConfidenceTransform, SimilarityConfig
 from recsys_spark.ranking import kth_largest_per_row, top_n_per_key
 
 log = logging.getLogger(__name__)
 
 RESULT_SCHEMA = "item_idx INT, neighbor_idx INT, similarity DOUBLE, rank INT, cooccurrence LONG"
-_PARTIAL_SCHEMA = "qb INT, " + RESULT_SCHEMA
+PARTIAL_SCHEMA = "qb INT, " + RESULT_SCHEMA
 
 #: Cells per core: enough that one slow cell does not leave the other cores idle.
 _CELLS_PER_CORE = 2
@@ -55,6 +65,12 @@ def top_n_per_item(pairs: DataFrame, n: int) -> DataFrame:
     return pairs.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= n)
 
 
+def positive_ratings(matrix: DataFrame, transform: ConfidenceTransform, epsilon: float) -> DataFrame:
+    """(user_idx, item_idx, r): each pair's matrix entry after the confidence transform, zeros dropped."""
+    value = confidence_value(F.col("confidence"), transform, epsilon)
+    return matrix.select("user_idx", "item_idx", value.alias("r")).where(F.col("r") > 0)
+
+
 def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
     """Top-N cosine neighbours of every item.
 
@@ -67,47 +83,115 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
     """
     spark = matrix.sparkSession
     own = params.cosine
-    value = confidence_value(F.col("confidence"), own.confidence, own.epsilon)
-    ratings = matrix.select("user_idx", "item_idx", value.alias("r")).where(F.col("r") > 0)
+    ratings = positive_ratings(matrix, own.confidence, own.epsilon)
     max_item = ratings.agg(F.max("item_idx")).first()[0]
     if max_item is None:
         return spark.createDataFrame([], RESULT_SCHEMA)
-    n_items = max_item + 1
-    target_size = min(params.block_items, n_items)
-    n_tb = math.ceil(n_items / target_size)
-    cores = spark.sparkContext.defaultParallelism
-    query_size = max(1, min(target_size, math.ceil(n_items / (_CELLS_PER_CORE * cores))))
-    n_qb = math.ceil(n_items / query_size)
+    grid = cell_grid(max_item + 1, params.block_items, spark.sparkContext.defaultParallelism)
     capped = cap_user_history(ratings, params.max_user_items, "r")
-    n_cells = n_qb * n_tb
-    keys = _partition_keys(spark, n_cells)
+    min_sim, min_cooc, top_n = own.min_similarity, own.min_cooccurrence, params.top_n_of("cosine")
+    log.info("item cosine: %s confidence, top %d, min similarity %g, min co-occurrence %d, histories capped at %d; "
+             "%s", own.confidence, top_n, min_sim, min_cooc, params.max_user_items, grid)
+    kernel = functools.partial(_cosine_cell, top_n=top_n, min_similarity=min_sim, min_cooccurrence=min_cooc)
+    values = capped.select("user_idx", "item_idx", F.col("r").alias("q"), F.col("r").alias("t"))
+    return merge_partial_lists(block_products(values, grid, kernel, PARTIAL_SCHEMA), grid, top_n)
+
+
+# -- the block-sparse cell kernel ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CellGrid:
+    """How item ids 0..n_items-1 are cut into (query block, target block) cells, one task each."""
+
+    n_items: int
+    query_size: int
+    target_size: int
+    upper: bool = False
+    """A symmetric product (the Gram X'X): only pairs with query item <= target item are computed,
+    so cells wholly below the diagonal are never formed and the others skip their lower part."""
+
+    @property
+    def n_qb(self) -> int:
+        return math.ceil(self.n_items / self.query_size)
+
+    @property
+    def n_tb(self) -> int:
+        return math.ceil(self.n_items / self.target_size)
+
+    @property
+    def n_cells(self) -> int:
+        return self.n_qb * self.n_tb
+
+    def __str__(self) -> str:
+        half = ", upper triangle" if self.upper else ""
+        return (f"{self.n_items} items in {self.n_qb} query x {self.n_tb} target block(s) of "
+                f"{self.query_size} x {self.target_size}{half}")
+
+
+def cell_grid(n_items: int, block_items: int, cores: int, upper: bool = False) -> CellGrid:
+    """Target blocks ``block_items`` wide; query blocks small enough that every core has a few cells."""
+    target_size = max(1, min(block_items, n_items))
+    # in the upper triangle a cell's work shrinks with its query block's position: twice as many
+    # cells keep the cores evenly loaded
+    cells = _CELLS_PER_CORE * cores * (2 if upper else 1)
+    query_size = max(1, min(target_size, math.ceil(n_items / cells)))
+    return CellGrid(n_items, query_size, target_size, upper)
+
+
+#: A cell's computation: (its entries as an Arrow table, partition key -> cell id, target blocks)
+#: -> its result rows. Entries are (user, item, r, side, key), side 0 a query column, 1 a target one.
+CellKernel = Callable[[pa.Table, Mapping[int, int], int], pa.Table]
+
+
+def block_products(values: DataFrame, grid: CellGrid, kernel: CellKernel, schema: str) -> DataFrame:
+    """Run ``kernel`` on every cell of ``grid``; each cell receives the complete columns of its two blocks.
+
+    Args:
+        values: (user_idx, item_idx, q, t): every non-zero with its value on the query side (q) and
+            on the target side (t) of the cell product Q^T T (cosine and the Gram: both r).
+        schema: the kernel's result schema (DDL).
+    """
+    spark = values.sparkSession
+    keys = _partition_keys(spark, grid.n_cells)
+    qs, ts, n_qb, n_tb = grid.query_size, grid.target_size, grid.n_qb, grid.n_tb
+    qb = F.floor(F.col("item_idx") / qs).cast("int")
+    tb = F.floor(F.col("item_idx") / ts).cast("int")
+    if grid.upper:
+        # a query item meets target items from its query block's first item on, so its cells start
+        # at the target block holding that item; a target item meets the query blocks up to its own
+        first_tb, last_qb = F.floor(qb * qs / ts).cast("int"), qb
+    else:
+        first_tb, last_qb = F.lit(0), F.lit(n_qb - 1)
+
+    def placed(side: int, cell: Column, value: str) -> Column:
+        return F.struct(F.lit(side).alias("side"), cell.cast("int").alias("cell"), F.col(value).alias("r"))
+
     # each entry goes to every cell whose query block, or whose target block, holds its item: one
-    # explode, so the capped matrix is computed once
-    qb, tb = F.floor(F.col("item_idx") / query_size), F.floor(F.col("item_idx") / target_size)
-    key_of = F.array(*[F.lit(k) for k in keys])
+    # explode, so the (capped) values are computed once
     placements = F.concat(
-        F.transform(F.sequence(F.lit(0), F.lit(n_tb - 1)),
-                    lambda t: F.struct(F.lit(0).alias("side"), (qb * n_tb + t).cast("int").alias("cell"))),
-        F.transform(F.sequence(F.lit(0), F.lit(n_qb - 1)),
-                    lambda q: F.struct(F.lit(1).alias("side"), (q * n_tb + tb).cast("int").alias("cell"))))
-    entries = (capped.select(F.col("user_idx").cast("int").alias("user"), F.col("item_idx").cast("int").alias("item"),
-                             "r", F.explode(placements).alias("p"))
-               .select("user", "item", "r", F.col("p.side").cast("byte").alias("side"),
+        F.transform(F.sequence(first_tb, F.lit(n_tb - 1)), lambda t: placed(0, qb * n_tb + t, "q")),
+        F.transform(F.sequence(F.lit(0), last_qb), lambda q: placed(1, q * n_tb + tb, "t")))
+    key_of = F.array(*[F.lit(k) for k in keys])
+    entries = (values.select(F.col("user_idx").cast("int").alias("user"), F.col("item_idx").cast("int").alias("item"),
+                             F.explode(placements).alias("p"))
+               .select("user", "item", F.col("p.r").cast("double").alias("r"),
+                       F.col("p.side").cast("byte").alias("side"),
                        F.element_at(key_of, F.col("p.cell") + 1).alias("key"))
                # a fixed partition count, and keys that hash one cell to each partition: adaptive
                # execution cannot pack cells onto one core, and no two cells share a task
-               .repartition(n_cells, "key"))
+               .repartition(grid.n_cells, "key"))
     cell_of = {k: c for c, k in enumerate(keys)}
-    min_sim, min_cooc, top_n = own.min_similarity, own.min_cooccurrence, params.top_n_of("cosine")
 
     def cell(table: pa.Table) -> pa.Table:
-        return _cosine_cell(table, cell_of, n_tb, top_n, min_sim, min_cooc)
+        return kernel(table, cell_of, n_tb)
 
-    log.info("item cosine: %s confidence, top %d, min similarity %g, min co-occurrence %d, histories capped at %d; "
-             "%d items in %d query x %d target block(s) of %d x %d", own.confidence, top_n, min_sim, min_cooc,
-             params.max_user_items, n_items, n_qb, n_tb, query_size, target_size)
-    partial = entries.groupBy("key").applyInArrow(cell, _PARTIAL_SCHEMA)
-    if n_tb == 1:
+    return entries.groupBy("key").applyInArrow(cell, schema)
+
+
+def merge_partial_lists(partial: DataFrame, grid: CellGrid, top_n: int) -> DataFrame:
+    """Each item's ``top_n`` best neighbours from its per-target-block lists (PARTIAL_SCHEMA rows)."""
+    if grid.n_tb == 1:
         return partial.drop("qb")  # one target block: every list is complete
 
     def merge(table: pa.Table) -> pa.Table:
@@ -145,7 +229,7 @@ def column_norms(columns: csc_matrix) -> np.ndarray:
     return np.sqrt(np.asarray(columns.multiply(columns).sum(axis=0)).ravel())
 
 
-def _cross_products(queries: csc_matrix, targets: csc_matrix) -> csr_matrix:
+def cross_products(queries: csc_matrix, targets: csc_matrix) -> csr_matrix:
     """Q^T T as CSR: entry (i, j) sums r_ui * r_uj over shared users.
 
     Column order within a row depends only on the operands' sparsity pattern, so two products of the
@@ -154,43 +238,83 @@ def _cross_products(queries: csc_matrix, targets: csc_matrix) -> csr_matrix:
     return (queries.T.tocsr() @ targets.tocsr()).tocsr()
 
 
-def _cosine_cell(table: pa.Table, cell_of: dict[int, int], n_tb: int, top_n: int, min_similarity: float,
-                 min_cooccurrence: int) -> pa.Table:
-    """One (query block, target block) cell: each query item's best ``top_n`` target items."""
+@dataclass(frozen=True)
+class Cell:
+    """One cell's columns: users x items sparse matrices over the users its entries name."""
+
+    query_block: int
+    query_ids: np.ndarray
+    """Item ids of the query columns, ascending."""
+    queries: csc_matrix
+    target_ids: np.ndarray
+    """Item ids of the target columns, ascending."""
+    targets: csc_matrix
+
+
+def decode_cell(table: pa.Table, cell_of: Mapping[int, int], n_tb: int) -> Cell | None:
+    """The query and target columns of a cell's entries; None when one side has none (no pairs)."""
     side = table.column("side").to_numpy()
+    q, t = side == 0, side == 1
+    if not q.any() or not t.any():
+        return None
     user = table.column("user").to_numpy()
     item = table.column("item").to_numpy()
     r = table.column("r").to_numpy()
-    qb = cell_of[table.column("key")[0].as_py()] // n_tb if table.num_rows else 0
-    q, t = side == 0, side == 1
-    if not q.any() or not t.any():
-        return _empty_partial()
     users, local_user = np.unique(user, return_inverse=True)
     q_ids, qm = _sparse_columns(local_user[q], item[q], r[q], len(users))
     t_ids, tm = _sparse_columns(local_user[t], item[t], r[t], len(users))
-    qn, tn = column_norms(qm), column_norms(tm)
-    dots = _cross_products(qm, tm)
-    if np.all(r == 1.0):
-        counts = dots.data
-    else:  # values are > 0, so both products share one sparsity pattern and list entries alike
-        qm.data[:] = 1.0
-        tm.data[:] = 1.0
-        counts = _cross_products(qm, tm).data
-    rows = np.repeat(np.arange(dots.shape[0]), np.diff(dots.indptr))
-    cols = dots.indices
+    return Cell(cell_of[table.column("key")[0].as_py()] // n_tb, q_ids, qm, t_ids, tm)
+
+
+def cooccurrence_counts(cell: Cell, products: csr_matrix) -> np.ndarray:
+    """Users each pair of ``products`` (the cell's Q^T T) shares, in the order of products.data.
+
+    Values are > 0, so the product of the two sparsity patterns has the same entries as
+    ``products`` and lists them in the same order (see cross_products).
+    """
+    if np.all(cell.queries.data == 1.0) and np.all(cell.targets.data == 1.0):
+        return products.data
+
+    def pattern(m: csc_matrix) -> csc_matrix:
+        return csc_matrix((np.ones_like(m.data), m.indices, m.indptr), shape=m.shape)
+
+    return cross_products(pattern(cell.queries), pattern(cell.targets)).data
+
+
+def product_entries(cell: Cell, products: csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column) in the cell of each entry of a cell product, in the order of products.data."""
+    return np.repeat(np.arange(products.shape[0]), np.diff(products.indptr)), products.indices
+
+
+def _cosine_cell(table: pa.Table, cell_of: Mapping[int, int], n_tb: int, top_n: int, min_similarity: float,
+                 min_cooccurrence: int) -> pa.Table:
+    """One (query block, target block) cell: each query item's best ``top_n`` target items."""
+    cell = decode_cell(table, cell_of, n_tb)
+    if cell is None:
+        return empty_partial()
+    qn, tn = column_norms(cell.queries), column_norms(cell.targets)
+    dots = cross_products(cell.queries, cell.targets)
+    counts = cooccurrence_counts(cell, dots)
+    rows, cols = product_entries(cell, dots)
     sims = dots.data / (qn[rows] * tn[cols])
-    src, dst = q_ids[rows], t_ids[cols]
+    src, dst = cell.query_ids[rows], cell.target_ids[cols]
     valid = (src != dst) & (counts >= min_cooccurrence) & (sims >= min_similarity)
+    return best_of_cell(cell, dots.indptr, rows, src, dst, sims, counts, valid, top_n)
+
+
+def best_of_cell(cell: Cell, indptr: np.ndarray, rows: np.ndarray, src: np.ndarray, dst: np.ndarray,
+                 sims: np.ndarray, counts: np.ndarray, valid: np.ndarray, top_n: int) -> pa.Table:
+    """The ``top_n`` best valid entries of each row of a cell product, as PARTIAL_SCHEMA rows."""
     # sorting every pair costs far more than the product; only entries at or above their row's
     # top_n-th similarity can be ranked, so the exact sort below sees about top_n per row
     eligible = np.where(valid, sims, -np.inf)
-    keep = valid & (eligible >= kth_largest_per_row(dots.indptr, eligible, top_n)[rows])
-    return _ranked(np.full(int(keep.sum()), qb, dtype=np.int32), src[keep], dst[keep], sims[keep],
-                   counts[keep], top_n, with_block=True)
+    keep = valid & (eligible >= kth_largest_per_row(indptr, eligible, top_n)[rows])
+    return ranked_neighbours(np.full(int(keep.sum()), cell.query_block, dtype=np.int32), src[keep], dst[keep],
+                             sims[keep], counts[keep], top_n, with_block=True)
 
 
-def _ranked(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, counts: np.ndarray,
-            top_n: int, with_block: bool) -> pa.Table:
+def ranked_neighbours(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, counts: np.ndarray,
+                      top_n: int, with_block: bool) -> pa.Table:
     """Each source's ``top_n`` rows by (similarity desc, neighbour asc), ranked from 1."""
     kept, rank = top_n_per_key(src, sims, dst, top_n)
     columns = {"item_idx": pa.array(src[kept].astype(np.int32)), "neighbor_idx": pa.array(dst[kept].astype(np.int32)),
@@ -201,17 +325,18 @@ def _ranked(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, 
     return pa.table(columns)
 
 
-def _empty_partial() -> pa.Table:
+def empty_partial() -> pa.Table:
+    """No rows, in PARTIAL_SCHEMA."""
     e = np.empty(0, dtype=np.int64)
-    return _ranked(e, e, e, np.empty(0), e, 1, with_block=True)
+    return ranked_neighbours(e, e, e, np.empty(0), e, 1, with_block=True)
 
 
 def _merge_neighbours(table: pa.Table, top_n: int) -> pa.Table:
     """Merge one query block's per-target-block lists into each item's ``top_n`` best."""
     col = {name: table.column(name).to_numpy() for name in ("item_idx", "neighbor_idx", "similarity", "cooccurrence")}
-    return _ranked(np.zeros(table.num_rows, dtype=np.int32), col["item_idx"].astype(np.int64),
-                   col["neighbor_idx"].astype(np.int64), col["similarity"], col["cooccurrence"], top_n,
-                   with_block=False)
+    return ranked_neighbours(np.zeros(table.num_rows, dtype=np.int32), col["item_idx"].astype(np.int64),
+                             col["neighbor_idx"].astype(np.int64), col["similarity"], col["cooccurrence"], top_n,
+                             with_block=False)
 
 
 def capped_users(matrix: DataFrame, max_items: int) -> int:
@@ -266,7 +391,8 @@ def fit_item_neighbors(params: SimilarityConfig, matrix: DataFrame | None = None
     """The ``params.method`` neighbours: (item_idx, neighbor_idx, similarity, rank, cooccurrence).
 
     Args:
-        matrix: (user_idx, item_idx, confidence) rows, for the behavioural methods.
+        matrix: (user_idx, item_idx, confidence) rows, for the behavioural methods (cosine, ease,
+            rp3beta).
         item_factors: (item_idx, factors), for method als.
     """
     if params.method == "als":
@@ -277,4 +403,13 @@ def fit_item_neighbors(params: SimilarityConfig, matrix: DataFrame | None = None
         raise ValueError(f"similarity.method = {params.method!r} needs the interaction matrix")
     if params.method == "cosine":
         return item_cosine(matrix, params)
+    # both build on this module's cell kernel, so they import it: importing them here avoids the cycle
+    if params.method == "ease":
+        from recsys_spark.ease import item_ease
+
+        return item_ease(matrix, params)
+    if params.method == "rp3beta":
+        from recsys_spark.rp3beta import item_rp3beta
+
+        return item_rp3beta(matrix, params)
     raise ValueError(f"similarity.method {params.method!r} is not implemented")

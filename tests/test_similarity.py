@@ -245,3 +245,38 @@ def test_partition_keys_put_one_cell_in_each_partition(spark) -> None:  # noqa: 
     placed = (spark.createDataFrame([(k,) for k in keys], "key INT").repartition(7, "key")
               .select("key", F.spark_partition_id().alias("p")).collect())
     assert {r.key: r.p for r in placed} == {k: i for i, k in enumerate(keys)}
+
+
+def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(spark, cfg, ingest, store,  # noqa: ANN001
+                                                                    tmp_path: Path) -> None:
+    from recsys_spark import tables as T
+    from recsys_spark.cli import main
+    from recsys_spark.ease import item_ease
+    from recsys_spark.pipeline import _neighbor_params
+    from recsys_spark.similarity import vote_weight
+
+    rng = np.random.default_rng(2)
+    events = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 12, 60), rng.integers(0, 7, 60))})
+    raw = tmp_path / "log.csv"
+    raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "\n".join(
+        f"e{k},u{u},i{i},{('view', 'click', 'purchase')[k % 3]},2026-09-01T00:00:00Z,1"
+        for k, (u, i) in enumerate(events)) + "\n")
+    ingest(cfg, f"ingest.source.path={raw}")
+    args = ["--set", f"storage.root={cfg.storage.root}", "--set", "spark.master=local[2]",
+            "--set", "spark.ui_enabled=false", "--set", "similarity.top_n=4", "--set", "similarity.ease.l2=2.0"]
+    assert main([*args, "--set", "similarity.method=ease", "item-similarity"]) == 0
+    assert main([*args, "--set", "similarity.method=rp3beta", "item-similarity"]) == 0
+
+    assert store.partition_values(T.ITEM_NEIGHBORS, "method") == {"ease", "rp3beta"}
+    table = store.read(T.ITEM_NEIGHBORS)
+    written = {(r.item_idx, r.neighbor_idx): (r.similarity, r.rank) for r in table.where("method = 'ease'").collect()}
+    params = cfg.with_overrides(["similarity.method=ease", "similarity.top_n=4", "similarity.ease.l2=2.0"]).similarity
+    direct = {(r.item_idx, r.neighbor_idx): (r.similarity, r.rank)
+              for r in item_ease(store.read(T.INTERACTION_MATRIX), params).collect()}
+    assert written == direct and len(written) == 7 * 4
+    assert any(s < 0 for s, _ in written.values())
+    assert table.where("method = 'rp3beta'").count() == 7 * 4
+    # candidates weigh EASE's votes by the confidence transform the fit recorded
+    version = store.version(T.ITEM_NEIGHBORS)
+    assert vote_weight(_neighbor_params(store, version, "ease"), "ease") == ("linear", 1.0)
+    assert vote_weight(_neighbor_params(store, version, "rp3beta"), "rp3beta") is None  # binary: each vote counts 1

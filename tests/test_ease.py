@@ -1,0 +1,142 @@
+"""EASE: the Spark fit against a dense numpy EASE (np.linalg.inv), the in-place solve and the exact
+|weight| pruning against brute force, and the memory guard."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from recsys_spark import ease
+from recsys_spark.confidence import confidence_array
+from recsys_spark.config import EaseConfig, SimilarityConfig
+from recsys_spark.ease import ease_memory, ease_weights_in_place, item_ease, largest_abs_per_row
+from recsys_spark.errors import ConfigError
+
+
+def _rows(seed: int = 3) -> list[tuple[int, int, float]]:
+    """~40 users x 12 items with integer confidences 1..5, one user heavy enough to be capped."""
+    rng = np.random.default_rng(seed)
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, 40, 220), rng.integers(0, 12, 220))}
+    pairs |= {(40, i) for i in range(12)}  # the heavy user
+    return [(u, i, float(rng.integers(1, 6))) for u, i in sorted(pairs)]
+
+
+def _capped_matrix(rows: list[tuple[int, int, float]], transform: str, epsilon: float,
+                   max_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items, users x items X) with each history cut to its max_items strongest (ties: lower item)."""
+    items = np.array(sorted({i for _, i, _ in rows}))
+    x = np.zeros((max(u for u, _, _ in rows) + 1, len(items)))
+    by_user: dict[int, list[tuple[float, int]]] = {}
+    for u, i, c in rows:
+        by_user.setdefault(u, []).append((float(confidence_array(np.array([c]), transform, epsilon)[0]), i))
+    for u, history in by_user.items():
+        for r, i in sorted(history, key=lambda e: (-e[0], e[1]))[:max_items]:
+            x[u, np.searchsorted(items, i)] = r
+    return items, x
+
+
+def _reference_ease(x: np.ndarray, l2: float) -> np.ndarray:
+    """Steck's EASE with a plain inverse: B = I - P / diag(P), diagonal 0."""
+    p = np.linalg.inv(x.T @ x + l2 * np.eye(x.shape[1]))
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    return b
+
+
+def _fit(spark, rows, params: SimilarityConfig):  # noqa: ANN001, ANN202
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    return item_ease(df, params).orderBy("item_idx", "rank").collect()
+
+
+@pytest.mark.parametrize("block_items", [5, 1000])
+@pytest.mark.parametrize("confidence", ["binary", "linear", "log"])
+def test_spark_ease_equals_a_dense_numpy_inverse(spark, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                 confidence: str, block_items: int) -> None:
+    if block_items == 5:
+        # several target blocks and query blocks that straddle them; the Gram also arrives in chunks
+        monkeypatch.setattr(ease, "_COLLECT_BYTES", 40 * ease._GRAM_ENTRY_BYTES)
+    rows = _rows()
+    params = SimilarityConfig(method="ease", top_n=100, max_user_items=8, block_items=block_items,
+                              ease=EaseConfig(confidence=confidence, epsilon=2.0, l2=3.0))
+    got = _fit(spark, rows, params)
+
+    items, x = _capped_matrix(rows, confidence, 2.0, 8)
+    ref = _reference_ease(x, 3.0)
+    assert np.abs(ref).max() > 0.05  # weights large enough for a 1e-6 tolerance to mean something
+    dense = np.zeros_like(ref)
+    local = {int(item): k for k, item in enumerate(items)}
+    for r in got:
+        dense[local[r.item_idx], local[r.neighbor_idx]] = r.similarity
+    np.testing.assert_allclose(dense, ref, rtol=0, atol=1e-6)
+    # every non-zero off-diagonal weight is there (top_n exceeds the catalogue), each once
+    assert len(got) == int((ref != 0).sum()) == len(items) * (len(items) - 1)
+    counts = (x > 0).T.astype(int) @ (x > 0).astype(int)
+    assert all(r.cooccurrence == counts[local[r.item_idx], local[r.neighbor_idx]] for r in got)
+    for item in items:
+        mine = [r for r in got if r.item_idx == item]
+        assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
+        assert all(a.similarity >= b.similarity for a, b in zip(mine, mine[1:]))  # ranked by signed weight
+
+
+def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noqa: ANN001
+    rows = _rows(seed=8)
+    params = SimilarityConfig(method="ease", top_n=3, max_user_items=8, block_items=4,
+                              ease=EaseConfig(confidence="linear", l2=3.0))
+    got = _fit(spark, rows, params)
+    items, x = _capped_matrix(rows, "linear", 1.0, 8)
+    ref = _reference_ease(x, 3.0)
+    for k, item in enumerate(items):
+        by_size = np.argsort(-np.abs(ref[k]), kind="stable")
+        assert abs(ref[k, by_size[2]]) - abs(ref[k, by_size[3]]) > 1e-6  # no tie at the cut
+        mine = [r for r in got if r.item_idx == item]
+        assert {r.neighbor_idx for r in mine} == {int(items[j]) for j in by_size[:3]}
+        np.testing.assert_allclose([r.similarity for r in mine],
+                                   [ref[k, np.searchsorted(items, r.neighbor_idx)] for r in mine], atol=1e-6)
+    assert sum(r.similarity < 0 for r in got) > 0  # negative weights are kept, not only positive ones
+    assert {r.rank for r in got} == {1, 2, 3}
+
+
+def test_a_catalogue_above_max_items_is_a_config_error_naming_the_option(spark, caplog) -> None:  # noqa: ANN001
+    rows = _rows()
+    params = SimilarityConfig(method="ease", ease=EaseConfig(max_items=5))
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    with caplog.at_level(logging.INFO, logger="recsys_spark.ease"), pytest.raises(ConfigError) as err:
+        item_ease(df, params)
+    message = str(err.value)
+    assert "similarity.ease.max_items = 5" in message and "12 items" in message
+    assert f"{ease_memory(12, 50).total_bytes / 1e9:.2f} GB" in message and "SANSA" in message
+    assert any("the solve needs" in r.getMessage() for r in caplog.records)  # estimated and logged first
+
+
+def test_memory_estimate_counts_one_dense_matrix_and_the_kept_weights() -> None:
+    m = ease_memory(20_000, 50)
+    assert m.matrix_bytes == 8 * 20_000 ** 2
+    assert m.kept_bytes == ease._KEPT_ROW_BYTES * 20_000 * 50
+    assert ease_memory(10, 50).kept_bytes == ease._KEPT_ROW_BYTES * 10 * 9  # at most n - 1 neighbours per item
+    assert m.total_bytes == m.matrix_bytes + m.kept_bytes + m.buffer_bytes
+
+
+def test_in_place_solve_equals_the_inverse_formula_and_uses_the_gram_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ease, "_MIRROR_BLOCK", 3)  # several mirror blocks, one of them ragged
+    rng = np.random.default_rng(1)
+    x = rng.poisson(0.7, size=(30, 11)).astype(float)
+    gram = np.ascontiguousarray(x.T @ x)
+    out = ease_weights_in_place(gram, 4.0)
+    assert out is gram
+    np.testing.assert_allclose(out, _reference_ease(x, 4.0), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("buffer", [7, 1 << 21])
+def test_largest_abs_per_row_is_exact_with_ties_and_zeros(monkeypatch: pytest.MonkeyPatch, buffer: int) -> None:
+    monkeypatch.setattr(ease, "_ROW_BUFFER", buffer)  # 7: one row per buffer
+    rng = np.random.default_rng(4)
+    w = rng.integers(-3, 4, size=(9, 8)).astype(float)  # many ties, zeros and negatives
+    w[2] = 0.0
+    w[5, :6] = 0.0
+    for n in (1, 3, 8, 20):
+        rows, cols = largest_abs_per_row(w, n)
+        for r in range(len(w)):
+            order = sorted((-abs(v), c) for c, v in enumerate(w[r]) if v != 0)[:n]
+            assert sorted(cols[rows == r].tolist()) == sorted(c for _, c in order)
