@@ -514,7 +514,8 @@ class EaseConfig(_Section):
     """similarity.method = "ease": EASE (Steck 2019), B = I - P / diag(P) with P = (X'X + l2 I)^-1.
 
     Each item is a closed-form linear model of all others; X'X comes from the block-sparse
-    products, and the solve runs densely on the driver."""
+    products, and the solve runs densely on the driver. There is no min_similarity: the weights are
+    regression coefficients of either sign, pruned by top_n alone."""
 
     confidence: ConfidenceTransform = "linear"
     """How a pair's confidence v becomes its entry of X (and its vote weight in candidates):
@@ -528,9 +529,10 @@ class EaseConfig(_Section):
     scales with the confidence transform); chosen on validation data by the search."""
 
     max_items: int = Field(25_000, ge=2)
-    """The largest catalogue solved densely on the driver. The solve holds about two n x n float64
-    matrices (16 n^2 bytes: 10 GB at 25,000 items); the need is estimated and logged first, and a
-    larger catalogue is an error naming this option."""
+    """The largest catalogue solved densely on the driver. The solve holds one n x n float64 matrix,
+    factored and inverted in place (8 n^2 bytes: 5 GB at 25,000 items), in the Python driver rather
+    than the JVM heap; the need is estimated and logged first, and a larger catalogue is an error
+    naming this option."""
 
     top_n: int | None = Field(None, ge=1, le=100_000)
     """Weights kept per item, the largest in absolute value (negative ones too: they lower a

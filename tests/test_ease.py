@@ -81,19 +81,22 @@ def test_spark_ease_equals_a_dense_numpy_inverse(spark, monkeypatch: pytest.Monk
 
 
 def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noqa: ANN001
-    rows = _rows(seed=8)
+    # item ids with gaps: matrix positions are not ids, and pairs are keyed by the id range
+    rows = [(u, 3 * i + 1, c) for u, i, c in _rows(seed=8)]
     params = SimilarityConfig(method="ease", top_n=3, max_user_items=8, block_items=4,
                               ease=EaseConfig(confidence="linear", l2=3.0))
     got = _fit(spark, rows, params)
     items, x = _capped_matrix(rows, "linear", 1.0, 8)
     ref = _reference_ease(x, 3.0)
+    counts = (x > 0).T.astype(int) @ (x > 0).astype(int)
     for k, item in enumerate(items):
         by_size = np.argsort(-np.abs(ref[k]), kind="stable")
         assert abs(ref[k, by_size[2]]) - abs(ref[k, by_size[3]]) > 1e-6  # no tie at the cut
         mine = [r for r in got if r.item_idx == item]
         assert {r.neighbor_idx for r in mine} == {int(items[j]) for j in by_size[:3]}
-        np.testing.assert_allclose([r.similarity for r in mine],
-                                   [ref[k, np.searchsorted(items, r.neighbor_idx)] for r in mine], atol=1e-6)
+        at = [int(np.searchsorted(items, r.neighbor_idx)) for r in mine]
+        np.testing.assert_allclose([r.similarity for r in mine], ref[k, at], atol=1e-6)
+        assert [r.cooccurrence for r in mine] == counts[k, at].tolist()
     assert sum(r.similarity < 0 for r in got) > 0  # negative weights are kept, not only positive ones
     assert {r.rank for r in got} == {1, 2, 3}
 
@@ -118,11 +121,13 @@ def test_memory_estimate_counts_one_dense_matrix_and_the_kept_weights() -> None:
     assert m.total_bytes == m.matrix_bytes + m.kept_bytes + m.buffer_bytes
 
 
-def test_in_place_solve_equals_the_inverse_formula_and_uses_the_gram_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_in_place_solve_reads_the_upper_triangle_and_equals_the_inverse_formula(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ease, "_MIRROR_BLOCK", 3)  # several mirror blocks, one of them ragged
     rng = np.random.default_rng(1)
     x = rng.poisson(0.7, size=(30, 11)).astype(float)
     gram = np.ascontiguousarray(x.T @ x)
+    gram[np.tril_indices(11, -1)] = np.nan  # only the upper triangle is G's: the lower one is never read
     out = ease_weights_in_place(gram, 4.0)
     assert out is gram
     np.testing.assert_allclose(out, _reference_ease(x, 4.0), rtol=0, atol=1e-12)

@@ -22,6 +22,7 @@ BENCHMARKS = {
     "als": "als",
     "topk": "topk",
     "similarity": "similarity",
+    "ease": "ease",
     "lookup": "lookup",
     "pipeline": "pipeline",
     "quality": "quality",
