@@ -447,8 +447,20 @@ class GenerateConfig(_Section):
     activity_sigma: float = Field(1.2, ge=0.0, le=4.0)
     """Sigma of the log-normal user activity; larger means heavier power users."""
 
-    affinity: float = Field(3.0, ge=0.0, le=20.0)
-    """Strength of taste vs popularity: choice probability ~ popularity * exp(affinity * <u, v>)."""
+    affinity: float = Field(1.0, ge=0.0, le=20.0)
+    """Strength of taste vs popularity inside a genre: choice probability there ~ popularity(item)
+    * exp(affinity * <u, v>); 0 makes picks inside a genre follow popularity alone."""
+
+    num_genres: int = Field(40, ge=1, le=10_000)
+    """Number of latent genres (communities) the catalogue is split into; 1 means no genres."""
+
+    genre_concentration: float = Field(2.0, gt=0.0, le=10_000.0)
+    """Total concentration c of each user's Dirichlet(c * genre share) mix over genres: small c
+    concentrates a user on a few genres, large c gives everyone the catalogue-wide mix."""
+
+    mainstream_share: float = Field(0.3, ge=0.0, le=1.0)
+    """Share of a user's genre mix that is the catalogue-wide mix (hits everyone sees) rather than
+    the user's own genres."""
 
     days: int = Field(56, ge=1, le=3650)
     """Length of the time span the events cover."""

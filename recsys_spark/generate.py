@@ -1,8 +1,16 @@
 """The bundled synthetic interaction log.
 
-Users and items get hidden taste vectors; a user picks items with probability proportional to
-``popularity(item) * exp(affinity * <user, item>)``, so popularity follows a power law while
-co-occurrence carries real latent structure that ALS and item-item similarity can recover.
+Items fall into ``num_genres`` genres and have hidden taste vectors. A user has a taste vector and
+a mix over genres (a Dirichlet draw around the catalogue's mix, plus a ``mainstream_share`` of the
+catalogue's mix itself); a pick chooses a genre from that mix, then an item inside it with
+probability proportional to ``popularity(item) * exp(affinity * <user, item>)``. Popularity
+still follows a power law, and co-occurrence carries the structure real logs have: communities
+of taste (genres) and finer preferences inside them.
+
+Why genres: with taste vectors alone (the earlier design) every user sampled the same popular head
+and the demo's models barely beat popularity (NDCG@10 0.092-0.095 against 0.084), while on real
+data the best models reach about 2x popularity. With genres the demo gives blend 0.159, ALS 0.150,
+item-item 0.144 against popularity 0.082 (1.93x; ``make demo``, 1M events, seed 42).
 User activity is log-normal (a few power users, a long tail of one-timers). Every interaction
 starts with a view; clicks, add-to-carts and purchases follow as a funnel whose conversion rises
 with affinity. Times span ``days`` days with a diurnal cycle. A small share of events is emitted
@@ -34,11 +42,13 @@ EVENT_SCHEMA = StructType([
 ])
 
 # Funnel: P(next step | previous step) = sigmoid(bias + slope * affinity score).
-# The score is centred on the user's own picks, so rates hold whatever the affinity setting.
-_FUNNEL = (("click", -1.0, 1.5), ("add_to_cart", -1.2, 1.0), ("purchase", -0.4, 1.0))
+# The score <u, v> is centred on the user's own picks, so the rates do not drift with the user's
+# genres; slopes are set for the spread of picks' scores at the default affinity (std ~0.9).
+_FUNNEL = (("click", -1.0, 1.0), ("add_to_cart", -1.2, 0.7), ("purchase", -0.4, 0.7))
 _REPEAT_VIEW_RATE = 0.3
-# Expected events per interaction at the funnel above (measured), used to size users' activity.
-_EVENTS_PER_INTERACTION = 1.0 + _REPEAT_VIEW_RATE + 0.27 + 0.062 + 0.025
+# Expected events per interaction at the funnel above (measured at the defaults: 0.30 clicks,
+# 0.092 carts, 0.049 purchases per item), used to size users' activity.
+_EVENTS_PER_INTERACTION = 1.0 + _REPEAT_VIEW_RATE + 0.30 + 0.092 + 0.049
 # Share of the day's traffic per hour (UTC), evening peak.
 _DIURNAL = np.array([2, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 6, 5, 5, 5, 6, 7, 8, 9, 9, 8, 6, 4], dtype=float)
 _DIURNAL /= _DIURNAL.sum()
@@ -47,19 +57,82 @@ _CORRUPTIONS = ("empty_user", "bad_timestamp", "negative_value", "unknown_type",
 
 @dataclass(frozen=True)
 class _World:
-    """What every task needs: item tastes and popularity, drawn once from the seed."""
+    """What every task needs, drawn once from the seed: item tastes, popularity and genres."""
 
-    item_factors: np.ndarray
-    popularity_cdf: np.ndarray
+    item_factors: np.ndarray   # (num_items, rank), every row of norm sqrt(rank)
+    log_popularity: np.ndarray  # (num_items,) log of the Zipf weight
+    genre_items: np.ndarray    # item ids grouped by genre: genre g is genre_items[genre_start[g]:genre_start[g + 1]]
+    genre_start: np.ndarray    # (num_genres + 1,)
+    genre_share: np.ndarray    # (num_genres,) share of all popularity held by each genre's items
     num_items: int
+
+
+@dataclass(frozen=True)
+class UserProfile:
+    """The hidden state of one user, drawn first from the user's generator."""
+
+    taste: np.ndarray      # (rank,)
+    genre_mix: np.ndarray  # (num_genres,) sums to 1
+    interactions: int      # distinct items the user interacts with
 
 
 def _world(cfg: GenerateConfig) -> _World:
     rng = np.random.default_rng([cfg.seed, 0])
-    factors = rng.standard_normal((cfg.num_items, cfg.rank)).astype(np.float32)
+    factors = rng.standard_normal((cfg.num_items, cfg.rank))
+    # Equal norms: every item is equally likely to suit a random user, so taste does not bend popularity.
+    factors *= np.sqrt(cfg.rank) / np.maximum(np.linalg.norm(factors, axis=1, keepdims=True), 1e-12)
     ranks = rng.permutation(cfg.num_items) + 1  # item 0 is not always the most popular
-    pop = ranks.astype(np.float64) ** -cfg.popularity_exponent
-    return _World(factors, np.cumsum(pop / pop.sum()), cfg.num_items)
+    log_pop = -cfg.popularity_exponent * np.log(ranks.astype(np.float64))
+    genres = min(cfg.num_genres, cfg.num_items)
+    genre = rng.permutation(np.arange(cfg.num_items) % genres)  # genres of (nearly) equal size
+    order = np.argsort(genre, kind="stable")
+    start = np.searchsorted(genre[order], np.arange(genres + 1))
+    pop = np.exp(log_pop - log_pop.max())
+    share = np.bincount(genre, weights=pop, minlength=genres)
+    return _World(factors.astype(np.float32), log_pop, order, start, share / share.sum(), cfg.num_items)
+
+
+def _profile(rng: np.random.Generator, cfg: GenerateConfig, world: _World) -> UserProfile:
+    taste = rng.standard_normal(cfg.rank).astype(np.float32) / np.sqrt(cfg.rank)
+    mean_interactions = cfg.num_events / _EVENTS_PER_INTERACTION / cfg.num_users
+    activity = rng.lognormal(-cfg.activity_sigma**2 / 2, cfg.activity_sigma)  # mean 1
+    n = int(min(max(1, rng.poisson(mean_interactions * activity)), world.num_items // 2))
+    own = rng.dirichlet(cfg.genre_concentration * world.genre_share) if len(world.genre_share) > 1 \
+        else np.ones(1)
+    mix = cfg.mainstream_share * world.genre_share + (1.0 - cfg.mainstream_share) * own
+    return UserProfile(taste, mix / mix.sum(), n)
+
+
+def user_profile(user: int, cfg: GenerateConfig, world: _World) -> UserProfile:
+    """The hidden taste, genre mix and activity of ``user`` (what :func:`user_events` draws first)."""
+    return _profile(np.random.default_rng([cfg.seed, 1, user]), cfg, world)
+
+
+def _pick_items(rng: np.random.Generator, cfg: GenerateConfig, world: _World,
+                prof: UserProfile) -> tuple[np.ndarray, np.ndarray]:
+    """``prof.interactions`` distinct items and their taste scores <u, v>.
+
+    The genres the user draws from are those hit by ``interactions`` draws from the genre mix; the
+    items are then drawn without replacement (Gumbel top-n) from those genres' items, weighted by
+    mix(genre) * popularity(item) * exp(affinity * <u, v>) / Z(genre), where Z(genre) normalises
+    the item weights inside each genre. Only the drawn genres' items are scored.
+    """
+    n = prof.interactions
+    hit = np.flatnonzero(rng.multinomial(n, prof.genre_mix))
+    sizes = world.genre_start[hit + 1] - world.genre_start[hit]
+    if sizes.sum() < n:  # a very heavy user outgrows their genres: every genre is open
+        hit = np.arange(len(prof.genre_mix))
+        sizes = world.genre_start[1:] - world.genre_start[:-1]
+    pool = np.concatenate([world.genre_items[world.genre_start[g]:world.genre_start[g + 1]] for g in hit])
+    which = np.repeat(np.arange(len(hit)), sizes)
+    scores = world.item_factors[pool] @ prof.taste
+    logw = world.log_popularity[pool] + cfg.affinity * scores
+    logw -= logw.max()
+    z = np.bincount(which, weights=np.exp(logw), minlength=len(hit))
+    logw += np.log(prof.genre_mix[hit])[which] - np.log(z)[which]
+    keys = logw + rng.gumbel(size=len(pool))
+    pick = np.argpartition(-keys, n - 1)[:n] if n < len(pool) else np.arange(len(pool))
+    return pool[pick], scores[pick]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -73,18 +146,7 @@ def _iso(ts_ms: np.ndarray) -> np.ndarray:
 def user_events(user: int, cfg: GenerateConfig, world: _World, start_ms: int) -> pd.DataFrame:
     """All events of one user, from a generator seeded by (seed, user)."""
     rng = np.random.default_rng([cfg.seed, 1, user])
-    taste = rng.standard_normal(cfg.rank).astype(np.float32) / np.sqrt(cfg.rank)
-    mean_interactions = cfg.num_events / _EVENTS_PER_INTERACTION / cfg.num_users
-    activity = rng.lognormal(-cfg.activity_sigma**2 / 2, cfg.activity_sigma)  # mean 1
-    n = int(min(max(1, rng.poisson(mean_interactions * activity)), world.num_items // 2))
-
-    # Importance resampling: candidates by popularity, reweighted by taste, then n without replacement.
-    draws = np.searchsorted(world.popularity_cdf, rng.random(max(8 * n, 64)), side="right")
-    cand, counts = np.unique(np.minimum(draws, world.num_items - 1), return_counts=True)
-    scores = world.item_factors[cand] @ taste
-    w = counts * np.exp(cfg.affinity * (scores - scores.max()))
-    pick = rng.choice(len(cand), size=min(n, len(cand)), replace=False, p=w / w.sum())
-    items, score = cand[pick], scores[pick]
+    items, score = _pick_items(rng, cfg, world, _profile(rng, cfg, world))
 
     span_ms = cfg.days * 86_400_000
     day = rng.integers(0, cfg.days, size=len(items))

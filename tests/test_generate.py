@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from recsys_spark.config import GenerateConfig, load_config
-from recsys_spark.generate import _world, synthetic_events, user_events
+from recsys_spark.generate import _world, synthetic_events, user_events, user_profile
 
 START_MS = 1_788_220_800_000  # 2026-09-01T00:00:00Z
 
@@ -60,11 +60,29 @@ def test_choices_follow_hidden_tastes() -> None:
     rng = np.random.default_rng(0)
     chosen, random_ = [], []
     for u in range(300):
-        taste = np.random.default_rng([cfg.seed, 1, u]).standard_normal(cfg.rank) / np.sqrt(cfg.rank)
+        taste = user_profile(u, cfg, world).taste
         items = user_events(u, cfg, world, START_MS)["item_id"].str[1:].astype(int).unique()
         chosen.append((world.item_factors[items] @ taste).mean())
         random_.append((world.item_factors[rng.integers(0, cfg.num_items, 20)] @ taste).mean())
     assert np.mean(chosen) > np.mean(random_) + 0.5
+
+
+def test_users_keep_to_their_own_genres() -> None:
+    """Most of a user's items come from the genres their hidden mix favours, far above the catalogue's mix."""
+    cfg = _gen(corrupt_fraction=0.0, duplicate_fraction=0.0, num_genres=20)
+    world = _world(cfg)
+    genre_of = np.empty(cfg.num_items, dtype=int)
+    for g in range(len(world.genre_share)):
+        genre_of[world.genre_items[world.genre_start[g]:world.genre_start[g + 1]]] = g
+    own, expected = [], []
+    for u in range(300):
+        mix = user_profile(u, cfg, world).genre_mix
+        top = np.argsort(-mix)[:3]
+        items = user_events(u, cfg, world, START_MS)["item_id"].str[1:].astype(int).unique()
+        own.append(np.isin(genre_of[items], top).mean())
+        expected.append(world.genre_share[top].sum())
+    assert np.mean(own) > 0.5
+    assert np.mean(own) > 3 * np.mean(expected)
 
 
 def test_funnel_and_event_mix(sample: pd.DataFrame) -> None:
