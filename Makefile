@@ -50,9 +50,12 @@ quality: setup
 # ML-100K, one official fold (needs ../shared/data): the served tables built from uN.base alone,
 # through the commands a user runs, into data/ml-100k/uN/warehouse; then those very lists scored
 # against uN.test. `make ml100k-all` runs the five folds and prints the README's table.
+# TUNE=1 runs the searches (als.tune, similarity.tune, candidates.tune) on a validation carve-out
+# of uN.base instead of using the settings conf/movielens-100k.toml ships (which the searches chose on u1).
 FOLD   ?= u1
 ML100K ?= ../shared/data/ml-100k
-ML100K_RUN = $(BIN)/recsys-spark --config conf/movielens-100k.toml \
+ML100K_TUNE = $(if $(TUNE),--set als.tune=true --set similarity.tune=true --set candidates.tune=true)
+ML100K_RUN = $(BIN)/recsys-spark --config conf/movielens-100k.toml $(ML100K_TUNE) \
 	--set storage.root=data/ml-100k/$(FOLD)/warehouse --set spark.checkpoint_dir=data/ml-100k/$(FOLD)/checkpoints \
 	--set evaluation.output_dir=data/ml-100k/$(FOLD)/reports --set ingest.source.path=$(ML100K)/$(FOLD).base
 ml100k: setup

@@ -54,7 +54,7 @@ def test_blend_scales_each_source_per_user(spark) -> None:  # noqa: ANN001
     schema = "user_idx INT, item_idx INT, score FLOAT, rank INT"
     als = spark.createDataFrame([(0, 1, 10.0, 1), (0, 2, 6.0, 2), (0, 3, 2.0, 3)], schema)
     ii = spark.createDataFrame([(0, 3, 4.0, 1), (0, 4, 1.0, 2)], schema)
-    got = {r.item_idx: (r.score, r.rank) for r in blend_candidates(als, ii, 0.25, 10).collect()}
+    got = {r.item_idx: (r.score, r.rank) for r in blend_candidates({"als": als, "item_item": ii}, {"als": 0.25, "item_item": 0.75}, 10).collect()}
     # als scaled: 1 -> 1, 2 -> 0.5, 3 -> 0; item_item scaled: 3 -> 1, 4 -> 0
     assert got[1][0] == pytest.approx(0.25) and got[2][0] == pytest.approx(0.125)
     assert got[3][0] == pytest.approx(0.75) and got[4][0] == pytest.approx(0.0)

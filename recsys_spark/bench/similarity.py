@@ -357,7 +357,7 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
             sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
         stages, profile_error = _stage_profile(spark, group)
         t_ours = first + timed(lambda: noop(ours_df(exact)), repeats - 1)
-        differs = default.max_user_items < history.max() or default.min_cooccurrence > 1 or default.min_similarity > 0
+        differs = default.max_user_items < history.max() or default.cosine.min_cooccurrence > 1 or default.cosine.min_similarity > 0
         t_default = timed(lambda: noop(ours_df(default)), repeats) if configured_row and differs else None
         # past the budget its check run, a complete run that also collects the lists, is its only timing
         mllib_runs = repeats if mllib_check_s * repeats <= _MLLIB_BUDGET_S else 1
@@ -373,14 +373,14 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
         "events": written, "users": n_users, "items": n_items, "nonzeros": int(csr.nnz),
         "max_history": int(history.max()), "cooccurrences": cooccurrences,
         "confidence": confidence, "top_n": top_n, "threads": threads, "prepare_s": prepare_s,
-        "default_params": {"max_user_items": default.max_user_items, "min_cooccurrence": default.min_cooccurrence,
-                           "min_similarity": default.min_similarity,
+        "default_params": {"max_user_items": default.max_user_items, "min_cooccurrence": default.cosine.min_cooccurrence,
+                           "min_similarity": default.cosine.min_similarity,
                            "users_capped": int((history > default.max_user_items).sum())},
         "ours": {"what": f"item_cosine, exact (cap {exact.max_user_items} = longest history, min co-occurrence 1, "
                          "min similarity 0)", **summary(t_ours), "check_s": ours_check_s},
         "ours_default": None if t_default is None else {
             "what": f"item_cosine, configured (cap {default.max_user_items}, min co-occurrence "
-                    f"{default.min_cooccurrence}, min similarity {default.min_similarity:g})", **summary(t_default)},
+                    f"{default.cosine.min_cooccurrence}, min similarity {default.cosine.min_similarity:g})", **summary(t_default)},
         "mllib": {"what": "RowMatrix.columnSimilarities() (exact) + top-N window", **summary(t_mllib),
                   "check_s": mllib_check_s, "runs_capped": mllib_runs < repeats},
         "implicit": {"what": f"implicit CosineRecommender(K={top_n + 1}, num_threads={threads}).fit",
