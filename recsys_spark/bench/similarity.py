@@ -407,7 +407,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
     c, t, p, d = s["check"], s["target"], s["profile"], s["default_params"]
     lines = [f"## Item-item cosine vs columnSimilarities and implicit ({s['events']:,} synthetic events: "
              f"{s['users']:,} users × {s['items']:,} items, {s['nonzeros']:,} non-zeros, top {s['top_n']})", "",
-             f"All three read the same interaction matrix ({s['confidence']} values) from the project's generate + "
+             f"All three read the same interaction matrix ({s.get('confidence', s.get('weighting'))} values) from the project's generate + "
              f"ingest; its {s['cooccurrences']:,} (user, item pair) co-occurrences are the work of an exact cosine. "
              f"Ours runs with every filter at its most permissive (history cap {s['max_history']} = the longest "
              "history, min co-occurrence 1, min similarity 0), so all three compute the exact cosine. "
