@@ -230,6 +230,13 @@ class CandidateBuilder:
         scored = blend_candidates({s: self.source(s) for s in used}, used, self.cfg.k)
         return self._with_cold_start(scored)
 
+    def cold_start_lists(self, k: int) -> DataFrame:
+        """Every user's first ``k`` cold-start rows: what a user no source covers is given. The
+        same rows as ``_with_cold_start``'s for any such user (its popular head is as long or longer)."""
+        max_seen = self.users.agg(F.max("n_items")).first()[0] or 0
+        return cold_start_candidates(self.users, self.inputs.matrix, self.popular, k,
+                                     min(max_seen, self.cfg.popular_k))
+
     def _with_cold_start(self, scored: DataFrame) -> DataFrame:
         covered = scored.select("user_idx").distinct()
         cold = self.users.join(covered, "user_idx", "left_anti")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
+from recsys_spark.blend_search import LOCAL_METRICS, MAX_DRIVER_ROWS, CollectedBlend
 from recsys_spark.candidates import (CandidateBuilder, ModelInputs, cold_start_segment, every_blend_source,
                                      needed_neighbor_methods, needed_sources, neighbor_method_of, sources_of)
 from recsys_spark.config import AlsConfig, Config, SimilarityConfig
@@ -146,11 +148,19 @@ def tune_blend(cfg: Config, validation: Validation, fitted: FittedModels) -> tup
     metric = f"{validation.metric}@{validation.k}"
     popular = cold_start_segment(validation.fit, cfg.candidates)
     with CandidateBuilder(fitted.inputs, validation.users, popular, cc) as builder:
-        for s in sources:
-            builder.source(s)  # scored once, reused by every weight vector
+        lists = {s: builder.source(s) for s in sources}  # scored once, reused by every weight vector
 
-        def objective(weights: dict[str, float]) -> float | None:
+        def in_spark(weights: dict[str, float]) -> float | None:
             return validation_score(builder.blend(weights), validation)
+
+        objective: Callable[[dict[str, float]], float | None] = in_spark
+        rows = sum(df.count() for df in lists.values())
+        if validation.metric in LOCAL_METRICS and not validation.graded and rows <= MAX_DRIVER_ROWS:
+            objective = CollectedBlend.collect(lists, builder.cold_start_lists(validation.k), validation.truth,
+                                               validation.metric, validation.k).score
+        else:
+            log.info("blend search in Spark: %d source rows (driver limit %d), metric %s", rows, MAX_DRIVER_ROWS,
+                     metric)
 
         result = run_search("blend", blend_grid(sources, cfg.tuning.blend_steps), objective, metric, cfg.tuning)
     log.info("blend search chose %s (%s %.4f on validation)", result.best, metric, result.best_value)

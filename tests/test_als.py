@@ -120,14 +120,12 @@ def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(spark
     assert store.version(T.USER_FACTORS) is None and store.version(T.MODELS) is None
 
 
-def test_evaluation_fits_check_their_training_values_too(spark) -> None:  # noqa: ANN001
-    from recsys_spark.blocked_topk import BlockShape
-    from recsys_spark.evaluation import als_recs
+def test_evaluation_and_search_fits_check_their_training_values_too(spark) -> None:  # noqa: ANN001
+    from recsys_spark.fitting import fit_als_factors
 
     train = _matrix(spark, [(0, 0, 1.0), (0, 1, 1e38), (1, 0, 2.0)])
-    users = spark.createDataFrame([(0,), (1,)], "user_idx INT")
     with pytest.raises(InputError, match=r"\(user_idx 0, item_idx 1\): confidence 1e\+38 -> 1e\+39"):
-        als_recs(train, users, 2, AlsConfig(rank=2, max_iter=1), BlockShape())
+        fit_als_factors(train, AlsConfig(rank=2, max_iter=1))
 
 
 @pytest.mark.realdata

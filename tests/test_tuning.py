@@ -116,3 +116,94 @@ def test_a_search_starts_no_trial_once_its_budget_is_spent(monkeypatch: pytest.M
     # readings: started 0; trial 1 checks at 10, times 20..30; trial 2 checks 40 ... trial 3 checks 70 > 45
     assert tried == [0, 1]
     assert result.skipped == 8 and result.best == {"i": 1}
+
+
+def _lists_and_truth(seed: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, float]]]:
+    """Hostile lists: short and empty lists, an item listed twice, a truth pair listed twice,
+    truth users without a list and listed users without truth."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    recs = []
+    for u in range(40):
+        n = int(rng.integers(0, 14))
+        items = rng.choice(30, size=n, replace=False)
+        recs += [(u, int(i), r) for r, i in enumerate(items, 1)]
+    recs += [(3, recs[0][1], 12), (5, 7, 1), (5, 7, 4)]  # the same item twice in one list
+    truth = [(u, int(i), 1.0) for u in range(10, 50) for i in rng.choice(30, size=int(rng.integers(1, 9)),
+                                                                        replace=False)]
+    truth += [truth[0], truth[5]]  # a pair twice counts once
+    return recs, truth
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_driver_metric_equals_the_spark_metric(spark: SparkSession, seed: int) -> None:
+    import numpy as np
+
+    from recsys_spark.blend_search import LOCAL_METRICS, ranking_metric
+    from recsys_spark.metrics import ranking_metrics
+
+    recs, truth = _lists_and_truth(seed)
+    recs_df = spark.createDataFrame(recs, "user_idx int, item_idx int, rank int")
+    truth_df = spark.createDataFrame(truth, "user_idx int, item_idx int, grade double")
+    ks = [1, 3, 10]
+    expected = {(r.metric, r.k): r.value for r in ranking_metrics(recs_df, truth_df, ks).collect()}
+    u, i, r = (np.array(c) for c in zip(*recs))
+    tu, ti = (np.array(c) for c in zip(*[(t[0], t[1]) for t in truth]))
+    for metric in LOCAL_METRICS:
+        for k in ks:
+            got = ranking_metric(metric, k, u, i, r, tu, ti)
+            assert got == pytest.approx(expected[(metric, k)], abs=1e-12), (metric, k)
+
+
+def test_a_metric_without_a_driver_twin_is_refused() -> None:
+    import numpy as np
+
+    from recsys_spark.blend_search import ranking_metric
+
+    one = np.array([0])
+    with pytest.raises(ValueError, match="ndcg_graded.*known: ndcg, precision"):
+        ranking_metric("ndcg_graded", 10, one, one, one, one, one)
+
+
+def test_the_blend_search_on_the_driver_scores_every_trial_as_spark_does(
+        spark: SparkSession, base_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each weight vector's validation value, cold-start users included, equals the Spark path's."""
+    import datetime as dt
+
+    import numpy as np
+
+    from recsys_spark import fitting
+    from recsys_spark.candidates import every_blend_source
+
+    rng = np.random.default_rng(5)
+    t0 = dt.datetime(2026, 1, 1)
+    rows = []
+    for u in range(80):
+        n = 2 if u % 9 == 0 else int(rng.integers(6, 16))  # every ninth user stays cold after the carve-out
+        for i in rng.choice(40, size=n, replace=False):
+            rows.append((u, int(i), float(rng.integers(1, 4)), float(rng.integers(1, 6)),
+                         t0 + dt.timedelta(hours=int(rng.integers(0, 500)))))
+    train = spark.createDataFrame(rows, "user_idx int, item_idx int, confidence double, rating double, "
+                                        "last_event_time timestamp")
+    cfg = base_config.with_overrides([
+        'candidates.strategies=["als", "item_item", "blend"]', "candidates.blend_weights={als = 0.5, item_item = 0.5}",
+        "candidates.k=20", "candidates.min_history=3", "als.rank=4", "als.max_iter=3",
+        "similarity.cosine.min_cooccurrence=1", "tuning.validation_fraction=0.2", "tuning.blend_steps=2",
+        "evaluation.rating_threshold=3.0"])
+    v = carve_validation(train, cfg)
+    on_fit = fitting.fit_as_configured(v.fit, cfg.model_copy(
+        update={"candidates": every_blend_source(cfg.candidates)}))
+    try:
+        _, on_driver = fitting.tune_blend(cfg, v, on_fit)
+        monkeypatch.setattr(fitting, "MAX_DRIVER_ROWS", -1)  # the Spark path
+        _, in_spark = fitting.tune_blend(cfg, v, on_fit)
+    finally:
+        on_fit.release()
+        v.release()
+    assert [t.params for t in on_driver.trials] == [t.params for t in in_spark.trials]
+    assert len(on_driver.trials) == 3
+    driver_values = [t.value for t in on_driver.trials]
+    assert driver_values == pytest.approx([t.value for t in in_spark.trials], abs=1e-12)
+    assert len(set(driver_values)) > 1  # the weights matter, so equal values are not a coincidence
+    assert on_driver.best == in_spark.best

@@ -104,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
 
+    if "quality" in only:  # an hour of searches: their progress goes to stderr, as the jobs log it
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        for name in ("recsys_spark.tuning", "recsys_spark.fitting", "recsys_spark.bench"):
+            logging.getLogger(name).setLevel(logging.INFO)
     from recsys_spark.bench._common import BenchContext, cpu_seconds, machine, other_cpu_percent
     from recsys_spark.session import build_session
 
@@ -146,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             section.setdefault("measured", {"date": earlier["date"], "command": earlier["command"]})
         for name in only:
             results[name]["measured"] = {"date": results["date"], "command": results["command"]}
+            # a run over some of a section's datasets keeps the others' earlier figures
+            before = earlier.get(name, {}).get("datasets")
+            if isinstance(before, dict) and isinstance(results[name].get("datasets"), dict):
+                results[name]["datasets"] = {**{d: v for d, v in before.items() if d not in results[name]["datasets"]},
+                                             **results[name]["datasets"]}
         results = {**results, **kept}
     # the measurements first: a section that cannot be rendered must not cost the run's figures
     (out / "benchmarks.json").write_text(json.dumps(results, indent=2))

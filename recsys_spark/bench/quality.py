@@ -66,10 +66,24 @@ def data_root() -> Path:
     return Path(os.environ.get("RECSYS_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+#: short names for ``RECSYS_QUALITY_DATASETS`` (``make quality DATASETS="lastfm-2k amazon-5core"``).
+DATASET_IDS = dict(zip(["ml-100k", "lastfm-2k", "ml-latest-small", "ml-latest-small-last", "amazon-5core"], DATASETS))
+
+
+def selected() -> list[str]:
+    """The datasets to run: ``$RECSYS_QUALITY_DATASETS`` (ids, comma or space separated), else all."""
+    wanted = os.environ.get("RECSYS_QUALITY_DATASETS", "").replace(",", " ").split()
+    unknown = [w for w in wanted if w not in DATASET_IDS]
+    if unknown:
+        raise ValueError(f"RECSYS_QUALITY_DATASETS: unknown dataset(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(DATASET_IDS)}")
+    return [DATASET_IDS[w] for w in wanted] or list(DATASETS)
+
+
 def run(ctx: BenchContext) -> dict[str, Any]:
     root = data_root()
     out: dict[str, Any] = {"data_root": str(root), "datasets": {}}
-    names = ["Amazon 5-core (random 20% per user)"] if ctx.quick else list(DATASETS)
+    names = ["Amazon 5-core (random 20% per user)"] if ctx.quick else selected()
     for name in names:
         config, needs, sets = DATASETS[name]
         missing = [n for n in needs if not (root / n).exists()]
@@ -85,7 +99,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             overrides.append("evaluation.folds=" + "[" + ", ".join(f'"{f}"' for f in folds) + "]")
         if ctx.quick:
             overrides += _QUICK
+        start = time.perf_counter()
         out["datasets"][name] = quality_of(ctx, REPO / "conf" / config, overrides, ctx.quick)
+        out["datasets"][name]["wall_s"] = time.perf_counter() - start
+        out["datasets"][name]["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        log.info("quality of %s: %s, %.0f s", name, out["datasets"][name]["means"], out["datasets"][name]["wall_s"])
     return out
 
 
@@ -166,7 +184,7 @@ def _peers(spark: Any, cfg: Config, train: Any, test: Any, n_users: int, n_items
     k_val, k_test = cfg.evaluation.headline_k, max(cfg.evaluation.ks)
     out = []
     try:
-        for peer in peers(cfg.tuning.ease_l2, quick):
+        for peer in peers(cfg.tuning.ease_l2, quick, cfg.tuning.ease_confidence):
             start = time.perf_counter()
             best, best_value = peer.grid[0], None
             if len(peer.grid) > 1:
@@ -202,7 +220,9 @@ def markdown(s: dict[str, Any]) -> list[str]:
              "validation carve-out of it), and the peers are fitted on the same training part with their settings "
              "chosen on the same carve-out. Values are the mean over the splits; ratios compare against popularity "
              "and the best peer of the same run.", ""]
-    for name, d in s["datasets"].items():
+    order = [n for n in DATASETS if n in s["datasets"]] + [n for n in s["datasets"] if n not in DATASETS]
+    for name in order:
+        d = s["datasets"][name]
         if "skipped" in d:
             lines += [f"### {name}", "", f"Skipped: {d['skipped']}.", ""]
             continue
@@ -226,6 +246,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
             verdict = "at or above" if ratio >= 1 else "**below**"
             lines += ["", f"Best served strategy `{d['best_ours']}` is {verdict} the best peer `{best_peer}`: "
                           f"{ratio:.3f}×."]
-        lines += ["", "Time per model over all splits: " + ", ".join(f"{m} {t:.0f} s" for m, t in d["seconds"].items()),
-                  ""]
+        when = f" Measured {d['measured']}." if d.get("measured") else ""
+        lines += ["", "Time per model over all splits: " + ", ".join(f"{m} {t:.0f} s" for m, t in d["seconds"].items())
+                  + "." + when, ""]
     return lines
