@@ -254,3 +254,12 @@ def test_ingest_bounds_null_tokens_and_weights_are_checked() -> None:
     cfg = load_config(None, ["ingest.max_value=1e6", "ingest.null_tokens=[]", "ingest.id_normalization=none"]).ingest
     assert (cfg.max_value, cfg.null_tokens, cfg.id_normalization) == (1e6, [], "none")
     assert load_config(None, []).ingest.null_tokens == ["NULL", "null", "Null", "\\N", "None"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "conf").glob("*.toml")))
+def test_every_shipped_config_loads_and_says_where_its_model_settings_come_from(name: str) -> None:
+    text = (REPO / "conf" / name).read_text()
+    cfg = load_config(REPO / "conf" / name)
+    assert cfg.candidates.strategies
+    if name not in ("cluster.toml", "local-cluster.toml"):  # the cluster presets take local.toml's models
+        assert "Where these settings come from" in text or "Where the settings come from" in text, name
