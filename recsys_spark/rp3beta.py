@@ -39,9 +39,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.config import SimilarityConfig
-from recsys_spark.similarity import (PARTIAL_SCHEMA, RESULT_SCHEMA, best_of_cell, block_products, cap_user_history,
-                                     cell_grid, cooccurrence_counts, cross_products, decode_cell, empty_partial,
-                                     merge_partial_lists, positive_ratings, product_entries)
+from recsys_spark.similarity import (PARTIAL_SCHEMA, RESULT_SCHEMA, best_of_cell, block_products, capped_ratings,
+                                     cooccurrence_counts, cross_products, decode_cell, empty_partial,
+                                     merge_partial_lists, product_entries)
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,11 @@ def item_rp3beta(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
         (item_idx, neighbor_idx, similarity, rank, cooccurrence): similarity = W[item, neighbour],
         rank 1.. by weight desc, then neighbor_idx asc; cooccurrence the users of both items.
     """
-    spark = matrix.sparkSession
     own, top_n = params.rp3beta, params.top_n_of("rp3beta")
-    ratings = positive_ratings(matrix, own.confidence, own.epsilon)
-    max_item = ratings.agg(F.max("item_idx")).first()[0]
-    if max_item is None:
-        return spark.createDataFrame([], RESULT_SCHEMA)
-    grid = cell_grid(max_item + 1, params.block_items, spark.sparkContext.defaultParallelism)
-    capped = cap_user_history(ratings, params.max_user_items, "r")
+    prepared = capped_ratings(matrix, params, own.confidence, own.epsilon)
+    if prepared is None:
+        return matrix.sparkSession.createDataFrame([], RESULT_SCHEMA)
+    capped, grid = prepared
     log.info("RP3beta: %s confidence, alpha %g, beta %g, top %d, min similarity %g, histories capped at %d; %s",
              own.confidence, own.alpha, own.beta, top_n, own.min_similarity, params.max_user_items, grid)
     kernel = functools.partial(_rp3beta_cell, top_n=top_n, beta=own.beta, min_similarity=own.min_similarity)

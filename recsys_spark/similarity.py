@@ -81,14 +81,11 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
         (item_idx, neighbor_idx, similarity, rank, cooccurrence), both directions of every pair;
         rank 1..top_n by similarity desc, then neighbor_idx asc.
     """
-    spark = matrix.sparkSession
     own = params.cosine
-    ratings = positive_ratings(matrix, own.confidence, own.epsilon)
-    max_item = ratings.agg(F.max("item_idx")).first()[0]
-    if max_item is None:
-        return spark.createDataFrame([], RESULT_SCHEMA)
-    grid = cell_grid(max_item + 1, params.block_items, spark.sparkContext.defaultParallelism)
-    capped = cap_user_history(ratings, params.max_user_items, "r")
+    prepared = capped_ratings(matrix, params, own.confidence, own.epsilon)
+    if prepared is None:
+        return matrix.sparkSession.createDataFrame([], RESULT_SCHEMA)
+    capped, grid = prepared
     min_sim, min_cooc, top_n = own.min_similarity, own.min_cooccurrence, params.top_n_of("cosine")
     log.info("item cosine: %s confidence, top %d, min similarity %g, min co-occurrence %d, histories capped at %d; "
              "%s", own.confidence, top_n, min_sim, min_cooc, params.max_user_items, grid)
@@ -127,6 +124,18 @@ class CellGrid:
         half = ", upper triangle" if self.upper else ""
         return (f"{self.n_items} items in {self.n_qb} query x {self.n_tb} target block(s) of "
                 f"{self.query_size} x {self.target_size}{half}")
+
+
+def capped_ratings(matrix: DataFrame, params: SimilarityConfig, transform: ConfidenceTransform,
+                   epsilon: float) -> tuple[DataFrame, CellGrid] | None:
+    """The block kernel's input: (user_idx, item_idx, r) after the transform, each user's history
+    capped at ``max_user_items``, and the cell grid over the items; None when no entry is positive."""
+    ratings = positive_ratings(matrix, transform, epsilon)
+    max_item = ratings.agg(F.max("item_idx")).first()[0]
+    if max_item is None:
+        return None
+    grid = cell_grid(max_item + 1, params.block_items, matrix.sparkSession.sparkContext.defaultParallelism)
+    return cap_user_history(ratings, params.max_user_items, "r"), grid
 
 
 def cell_grid(n_items: int, block_items: int, cores: int, upper: bool = False) -> CellGrid:
