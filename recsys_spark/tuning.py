@@ -45,8 +45,8 @@ from recsys_spark.splits import random_split, relevant_items
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchResult", "Trial", "Validation", "als_space", "blend_grid", "carve_validation", "run_search",
-           "validation_score"]
+__all__ = ["SearchResult", "Trial", "Validation", "als_space", "blend_grid", "carve_validation", "log_uniform",
+           "run_search", "validation_score"]
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,8 @@ def _short(params: Mapping[str, Any]) -> str:
 # -- search spaces -------------------------------------------------------------------------------
 
 
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """A draw uniform in log between ``lo`` and ``hi`` (``lo`` when the range is empty)."""
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else float(lo)
 
 
@@ -182,8 +183,8 @@ def als_space(tc: TuningConfig) -> list[dict[str, Any]]:
     out = []
     for _ in range(tc.als_trials):
         out.append({"rank": int(rng.choice(tc.als_rank)),
-                    "reg_param": round(_log_uniform(rng, *tc.als_reg_param), 5),
-                    "alpha": round(_log_uniform(rng, *tc.als_alpha), 4),
+                    "reg_param": round(log_uniform(rng, *tc.als_reg_param), 5),
+                    "alpha": round(log_uniform(rng, *tc.als_alpha), 4),
                     "confidence": str(rng.choice(tc.als_confidence))})
     return out
 

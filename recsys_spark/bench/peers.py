@@ -129,14 +129,12 @@ def implicit_als_grid(trials: int = IMPLICIT_ALS_TRIALS, seed: int = 7) -> list[
     A random draw rather than the full product grid (3 x 5 x 3 x 3 = 135 points): on ML-100K a fit
     with validation scoring takes 2-4 s, so the grid cost ~7 minutes a split, while 24 draws give
     the peer twice our own search's budget (12 short fits and 4 full ones)."""
+    from recsys_spark.tuning import log_uniform
+
     rng = np.random.default_rng([seed, 2])
-
-    def log_uniform(lo: float, hi: float) -> float:
-        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
     return [{"factors": int(rng.choice(_IMPLICIT_FACTORS)),
-             "regularization": round(log_uniform(*_IMPLICIT_REGULARIZATION), 4),
-             "alpha": round(log_uniform(*_IMPLICIT_ALPHA), 4),
+             "regularization": round(log_uniform(rng, *_IMPLICIT_REGULARIZATION), 4),
+             "alpha": round(log_uniform(rng, *_IMPLICIT_ALPHA), 4),
              "confidence": str(rng.choice(_CONFIDENCES))} for _ in range(trials)]
 
 
