@@ -233,16 +233,16 @@ class CandidateBuilder:
     def cold_start_lists(self, k: int) -> DataFrame:
         """Every user's first ``k`` cold-start rows: what a user no source covers is given. The
         same rows as ``_with_cold_start``'s for any such user (its popular head is as long or longer)."""
-        max_seen = self.users.agg(F.max("n_items")).first()[0] or 0
-        return cold_start_candidates(self.users, self.inputs.matrix, self.popular, k,
-                                     min(max_seen, self.cfg.popular_k))
+        return self._cold_start_for(self.users, k)
+
+    def _cold_start_for(self, users: DataFrame, k: int) -> DataFrame:
+        max_seen = users.agg(F.max("n_items")).first()[0] or 0
+        return cold_start_candidates(users, self.inputs.matrix, self.popular, k, min(max_seen, self.cfg.popular_k))
 
     def _with_cold_start(self, scored: DataFrame) -> DataFrame:
         covered = scored.select("user_idx").distinct()
         cold = self.users.join(covered, "user_idx", "left_anti")
-        max_seen = cold.agg(F.max("n_items")).first()[0] or 0
-        fallback = cold_start_candidates(cold, self.inputs.matrix, self.popular, self.cfg.k,
-                                         min(max_seen, self.cfg.popular_k))
+        fallback = self._cold_start_for(cold, self.cfg.k)
         return scored.select("user_idx", "item_idx", "score", "rank", "source").unionByName(fallback)
 
     def strategies(self) -> Iterator[tuple[Strategy, DataFrame]]:
