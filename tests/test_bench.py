@@ -1,11 +1,9 @@
-"""The benchmark suite's --quick mode (what CI runs): every benchmark still works end to end."""
+"""The benchmark suite at its --quick sizes: every benchmark still runs and renders its section."""
 
 from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +11,61 @@ import pytest
 from recsys_spark.bench import cli
 
 
-def test_quick_benchmarks_write_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "-m", "recsys_spark.bench", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, check=False, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    results = json.loads((out / "benchmarks.json").read_text())
-    report = (out / "BENCHMARKS.md").read_text()
-    assert results["quick"] is True
-    for name in cli.DEFAULT_ONLY:  # quality needs the public datasets and has make quality of its own
-        assert name in results, name
-        assert results[name]["wall_s"] > 0
+@pytest.fixture(scope="module")
+def quick_results(spark, base_config, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: ANN001
+    """Every benchmark of a plain `make bench` at its --quick size, in the suite's own session.
+
+    The pipeline benchmark times each stage in a process of its own; here it runs two of them
+    (generate, ingest), which exercises all of its machinery (process-tree sampling, event-log
+    metrics, startup probe, report) without starting seven JVMs. `make bench ARGS=--quick` is the
+    complete smoke run.
+    """
+    import time
+
+    from recsys_spark.bench import pipeline
+    from recsys_spark.bench._common import BenchContext, machine
+
+    work = tmp_path_factory.mktemp("bench")
+    sizes = {name: quick for bench in cli.BENCHMARKS for name, (_, quick, _) in cli._module(bench).SIZES.items()}
+    events = sizes["events"]
+    cfg = base_config.with_overrides([
+        f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
+        f"generate.num_items={max(100, events // 50)}", f"spark.checkpoint_dir={work / 'checkpoints'}",
+        f"storage.root={work / 'warehouse'}"])
+    ctx = BenchContext(spark=spark, cfg=cfg, work=work, quick=True, repeats=1, sizes=sizes)
+    results: dict = {"date": "today", "command": "python -m recsys_spark.bench --quick", "quick": True,
+                     "sizes": sizes, "repeats": 1, "machine": machine(spark)}
+    for name in cli.DEFAULT_ONLY:
+        start = time.perf_counter()
+        if name == "pipeline":
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
+                results[name] = pipeline.bench_pipeline(cfg, work / "pipeline", 2_000, 2_000, 0)
+        else:
+            results[name] = cli._module(name).run(ctx)
+        results[name]["wall_s"] = time.perf_counter() - start
+    return results
+
+
+def test_quick_benchmarks_fill_every_section(quick_results: dict) -> None:
+    assert set(cli.DEFAULT_ONLY) <= set(quick_results)
+    assert all(quick_results[name]["wall_s"] > 0 for name in cli.DEFAULT_ONLY)
+    report = cli.render(json.loads(json.dumps(quick_results)))  # what benchmarks.json round-trips
     sections = [line for line in report.splitlines() if line.startswith("## ")]
     assert len(sections) >= len(cli.DEFAULT_ONLY), sections
     assert not re.search(r"\bnan\b", report, re.IGNORECASE), "a figure came out as NaN"
+
+
+def test_the_pipeline_benchmark_measures_each_stage_process(quick_results: dict) -> None:
+    point = quick_results["pipeline"]["points"][0]
+    assert point["ok"] and point["events_written"] > 1_000
+    assert point["startup_s"] > 0 and point["session_build_s"] > 0
+    for stage in ("generate", "ingest"):
+        s = point["stages"][stage]
+        assert s["exit_code"] == 0 and s["job_s"] > 0 and s["wall_s"] >= s["job_s"]
+        assert s["event_log_found"] and s["tasks"] > 0 and s["failed_tasks"] == 0
+        assert s["peak_jvm_rss_bytes"] > 0 and s["peak_rss_bytes"] >= s["peak_jvm_rss_bytes"]
+        assert s["cpu_s"] > 0
 
 
 def test_unknown_benchmark_is_refused(capsys) -> None:  # noqa: ANN001

@@ -88,50 +88,37 @@ def test_evaluate_job_writes_table_json_and_report(spark, cfg, ingest, store, tm
 
 
 @pytest.mark.realdata
-def test_movielens_100k_official_folds(spark, ingest, cfg, store, shared_data: Path, tmp_path: Path) -> None:  # noqa: ANN001
-    """conf/movielens-100k.toml with its shipped settings (the searches' choice) on the five folds:
-    every served strategy beats popularity on every fold, and the README's means hold.
+def test_movielens_100k_fold_u1(spark, ingest, cfg, store, shared_data: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """conf/movielens-100k.toml with its shipped settings (the searches' choice, made on a validation
+    carve-out of u1.base) on the official fold u1: every served strategy beats popularity, and the
+    best and ALS reach the fold's measured level.
 
-    Each fold is evaluated by its own `recsys-spark evaluate` process, as `make ml100k` runs a fold:
-    five folds of five strategies in one driver ran a 4 GB heap out of memory at the third fold."""
-    import os
-    import subprocess
-    import sys
-
+    One fold keeps the suite short; the README's five-fold means come from `make ml100k-all`, one
+    process per fold, and from `make quality`. Measured on u1 (NDCG@10): blend 0.486, EASE 0.481,
+    ALS 0.441, RP3beta 0.392, item-item 0.366, popularity 0.245.
+    """
     from recsys_spark.config import load_config
+    from recsys_spark.pipeline import run_evaluate
 
     base = shared_data / "ml-100k"
-    conf = REPO / "conf" / "movielens-100k.toml"
-    sets = [f"storage.root={cfg.storage.root}", f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
-            f"ingest.source.path={base / 'u.data'}", "als.tune=false", "similarity.tune=false", "candidates.tune=false",
-            f"evaluation.given_train={base / '{fold}.base'}", f"evaluation.given_test={base / '{fold}.test'}",
-            "evaluation.ks=[10]", "spark.ui_enabled=false", "spark.master=local[2]"]
-    c = load_config(conf, sets)
-    ingest(c)
-    folds = ["u1", "u2", "u3", "u4", "u5"]
+    c = load_config(REPO / "conf" / "movielens-100k.toml", [
+        f"storage.root={cfg.storage.root}", f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
+        f"ingest.source.path={base / 'u.data'}", "als.tune=false", "similarity.tune=false", "candidates.tune=false",
+        f"evaluation.given_train={base / '{fold}.base'}", f"evaluation.given_test={base / '{fold}.test'}",
+        'evaluation.folds=["u1"]', "evaluation.ks=[10]", f"evaluation.output_dir={tmp_path / 'reports'}"])
     strategies = list(c.candidates.strategies)
     assert strategies == ["als", "item_item", "ease", "rp3beta", "blend"]
-    cli = Path(sys.executable).parent / "recsys-spark"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    ndcg: dict[tuple[str, str], float] = {}
-    for fold in folds:
-        out = tmp_path / "reports" / fold
-        args = [*sets, f'evaluation.folds=["{fold}"]', f"evaluation.output_dir={out}"]
-        cmd = [str(cli), "--config", str(conf), *[a for s in args for a in ("--set", s)], "evaluate"]
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=1500)
-        assert done.returncode == 0, done.stderr[-3000:]
-        s = json.loads((out / "latest" / "evaluation.json").read_text())
-        assert [sp["name"] for sp in s["splits"]] == [fold]
-        assert s["splits"][0]["train_rows"] == 80_000 and s["splits"][0]["test_rows"] == 20_000
-        assert not s["flags"], (fold, s["flags"])
-        ndcg.update({(fold, r["model"]): r["value"] for r in s["results"] if r["metric"] == "ndcg" and r["k"] == 10})
-        for strategy in strategies:
-            assert ndcg[(fold, strategy)] > ndcg[(fold, "popularity")], (fold, strategy)
-        assert ndcg[(fold, "popularity")] > ndcg[(fold, "random")], fold
-    mean = {m: float(np.mean([ndcg[(f, m)] for f in folds])) for m in [*strategies, "popularity"]}
-    print("ML-100K mean NDCG@10:", mean)
-    assert max(mean[m] for m in strategies) >= 0.39
-    assert mean["als"] >= 0.37
+    ingest(c)
+    s = run_evaluate(spark, c, RunContext.new("evaluate", c)).summary
+    assert [sp["name"] for sp in s["splits"]] == ["u1"]
+    assert s["splits"][0]["train_rows"] == 80_000 and s["splits"][0]["test_rows"] == 20_000
+    assert not s["flags"], s["flags"]
+    ndcg = {r["model"]: r["value"] for r in s["results"] if r["metric"] == "ndcg" and r["k"] == 10}
+    print("ML-100K u1 NDCG@10:", {m: round(v, 4) for m, v in ndcg.items()})
+    for strategy in strategies:
+        assert ndcg[strategy] > ndcg["popularity"] > ndcg["random"], strategy
+    assert max(ndcg[m] for m in strategies) >= 0.47
+    assert ndcg["als"] >= 0.42
 
 
 @pytest.mark.realdata

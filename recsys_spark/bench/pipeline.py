@@ -32,7 +32,7 @@ from recsys_spark.config import Config
 TITLE = "End-to-end pipeline and scaling"
 #: Size options: name -> (full default, --quick value, help).
 SIZES = {
-    "scale_min_events": (100_000, 5_000, "smallest synthetic event count of the pipeline scaling benchmark"),
+    "scale_min_events": (100_000, 10_000, "smallest synthetic event count of the pipeline scaling benchmark"),
     "scale_max_events": (1_000_000, 10_000,
                          "largest synthetic event count of the pipeline scaling benchmark; points run on the "
                          "1-3-10 ladder between min and max (e.g. 10000000 adds 3M and 10M)"),
