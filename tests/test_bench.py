@@ -20,30 +20,19 @@ def quick_results(spark, base_config, tmp_path_factory: pytest.TempPathFactory) 
     metrics, startup probe, report) without starting seven JVMs. `make bench ARGS=--quick` is the
     complete smoke run.
     """
-    import time
-
     from recsys_spark.bench import pipeline
     from recsys_spark.bench._common import BenchContext, machine
 
     work = tmp_path_factory.mktemp("bench")
     sizes = {name: quick for bench in cli.BENCHMARKS for name, (_, quick, _) in cli._module(bench).SIZES.items()}
-    events = sizes["events"]
-    cfg = base_config.with_overrides([
-        f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
-        f"generate.num_items={max(100, events // 50)}", f"spark.checkpoint_dir={work / 'checkpoints'}",
-        f"storage.root={work / 'warehouse'}"])
+    sizes.update(scale_min_events=2_000, scale_max_events=2_000)
+    cfg = base_config.with_overrides([*cli.run_overrides(sizes["events"], work), f"storage.root={work / 'warehouse'}"])
     ctx = BenchContext(spark=spark, cfg=cfg, work=work, quick=True, repeats=1, sizes=sizes)
     results: dict = {"date": "today", "command": "python -m recsys_spark.bench --quick", "quick": True,
                      "sizes": sizes, "repeats": 1, "machine": machine(spark)}
-    for name in cli.DEFAULT_ONLY:
-        start = time.perf_counter()
-        if name == "pipeline":
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
-                results[name] = pipeline.bench_pipeline(cfg, work / "pipeline", 2_000, 2_000, 0)
-        else:
-            results[name] = cli._module(name).run(ctx)
-        results[name]["wall_s"] = time.perf_counter() - start
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
+        results.update(cli.run_benchmarks(ctx, cli.DEFAULT_ONLY))
     return results
 
 

@@ -10,9 +10,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_spark.config import load_config
+
+if TYPE_CHECKING:
+    from recsys_spark.bench._common import BenchContext
 
 #: Benchmarks in the order they run (and appear in the report): name -> module under recsys_spark.bench.
 #: Each module has TITLE, SIZES, run(BenchContext) -> dict and markdown(dict) -> list[str], and imports
@@ -34,6 +37,33 @@ DEFAULT_ONLY = [name for name in BENCHMARKS if name != "quality"]
 
 def _module(name: str) -> Any:
     return importlib.import_module(f"recsys_spark.bench.{BENCHMARKS[name]}")
+
+
+def run_overrides(events: int, work: Path) -> list[str]:
+    """Config overrides of a benchmark run: the shared synthetic log's size and a scratch checkpoint dir."""
+    return [f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
+            f"generate.num_items={max(100, events // 50)}", "spark.ui_enabled=false",
+            f"spark.checkpoint_dir={work / 'checkpoints'}"]
+
+
+def run_benchmarks(ctx: BenchContext, only: list[str]) -> dict[str, Any]:
+    """Run the benchmarks named in ``only`` in report order; name -> result, with wall time and how
+    busy the machine was meanwhile."""
+    from recsys_spark.bench._common import cpu_seconds, other_cpu_percent
+
+    results: dict[str, Any] = {}
+    for name in BENCHMARKS:
+        if name not in only:
+            continue
+        print(f"running benchmark {name} ...", file=sys.stderr, flush=True)
+        before, start = cpu_seconds(), time.perf_counter()
+        results[name] = _module(name).run(ctx)
+        results[name]["wall_s"] = time.perf_counter() - start
+        # a benchmark that measures other load its own way (pipeline: stage processes) keeps its figure
+        if results[name].get("other_cpu_percent") is None:
+            results[name]["other_cpu_percent"] = other_cpu_percent(before, cpu_seconds(), results[name]["wall_s"])
+        ctx.spark.catalog.clearCache()
+    return results
 
 
 def render(results: dict[str, Any]) -> str:
@@ -111,16 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
         for name in ("recsys_spark.tuning", "recsys_spark.fitting", "recsys_spark.bench"):
             logging.getLogger(name).setLevel(logging.INFO)
-    from recsys_spark.bench._common import BenchContext, cpu_seconds, machine, other_cpu_percent
+    from recsys_spark.bench._common import BenchContext, machine
     from recsys_spark.session import build_session
 
     work = Path(tempfile.mkdtemp(prefix="recsys-bench-"))
     events = sizes.get("events", 20_000)
-    cfg = load_config(args.config, [
-        f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
-        f"generate.num_items={max(100, events // 50)}", "spark.ui_enabled=false",
-        f"spark.checkpoint_dir={work / 'checkpoints'}", *args.set,
-    ])
+    cfg = load_config(args.config, [*run_overrides(events, work), *args.set])
     spark = build_session(cfg.spark, cfg.storage, app_name="recsys-spark bench")
     ctx = BenchContext(spark=spark, cfg=cfg, work=work, quick=args.quick, repeats=repeats, sizes=sizes)
     try:
@@ -129,17 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "python -m recsys_spark.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "quick": args.quick, "sizes": sizes, "repeats": repeats, "machine": machine(spark),
         }
-        for name in BENCHMARKS:
-            if name not in only:
-                continue
-            print(f"running benchmark {name} ...", file=sys.stderr, flush=True)
-            before, start = cpu_seconds(), time.perf_counter()
-            results[name] = _module(name).run(ctx)
-            results[name]["wall_s"] = time.perf_counter() - start
-            # a benchmark that measures other load its own way (pipeline: stage processes) keeps its figure
-            if results[name].get("other_cpu_percent") is None:
-                results[name]["other_cpu_percent"] = other_cpu_percent(before, cpu_seconds(), results[name]["wall_s"])
-            spark.catalog.clearCache()
+        results.update(run_benchmarks(ctx, only))
     finally:
         spark.stop()
         shutil.rmtree(work, ignore_errors=True)
