@@ -45,10 +45,11 @@ bench: setup
 # Recommendation quality on the public datasets (../shared/data) against implicit and a numpy EASE,
 # in the same run on the same splits: its section of BENCHMARKS.md, merged into the last full run.
 # DATASETS="lastfm-2k amazon-5core" runs some of ml-100k, lastfm-2k, ml-latest-small,
-# ml-latest-small-last and amazon-5core, keeping the others' earlier figures.
+# ml-latest-small-last and amazon-5core, keeping the others' earlier figures. TUNE=1 switches every
+# search on (als.tune, similarity.tune, candidates.tune) whatever the configs ship.
 DATASETS ?=
 quality: setup
-	RECSYS_QUALITY_DATASETS="$(DATASETS)" $(BIN)/python -m recsys_spark.bench --only quality --merge --out $(BENCH_OUT) $(ARGS)
+	RECSYS_QUALITY_DATASETS="$(DATASETS)" RECSYS_QUALITY_TUNE="$(TUNE)" $(BIN)/python -m recsys_spark.bench --only quality --merge --out $(BENCH_OUT) $(ARGS)
 
 # ML-100K, one official fold (needs ../shared/data): the served tables built from uN.base alone,
 # through the commands a user runs, into data/ml-100k/uN/warehouse; then those very lists scored

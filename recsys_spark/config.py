@@ -513,10 +513,15 @@ class CosineConfig(_Section):
     """The scale of confidence = "log": r = log(1 + v / epsilon)."""
 
     min_similarity: float = Field(0.0, ge=0.0, le=1.0)
-    """Pairs below this cosine are dropped."""
+    """Pairs below this (shrunk) cosine are dropped."""
 
     min_cooccurrence: int = Field(1, ge=1)
     """Pairs seen together by fewer users than this are dropped (a noise guard)."""
+
+    shrink: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    """Shrinkage: similarity = r_i . r_j / (||r_i|| ||r_j|| + shrink), which pulls pairs that few
+    users share toward 0 (Koren 2008). 0 is the exact cosine, under which two rare items one user
+    shares score 1 and outvote everything else on sparse logs."""
 
     top_n: int | None = Field(None, ge=1, le=100_000)
     """Neighbours kept per item; None: similarity.top_n."""
@@ -879,6 +884,9 @@ class TuningConfig(_Section):
 
     ease_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear"], min_length=1)
     """EASE: confidence transforms tried (each needs its own Gram matrix)."""
+
+    cosine_shrink: list[float] = Field(default_factory=lambda: [0.0, 10.0, 50.0, 200.0], min_length=1)
+    """Item-item cosine: shrink values tried (similarity.cosine.shrink; in units of the norms' product)."""
 
     rp3_alpha: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0], min_length=1)
     """RP3beta: alpha values tried."""

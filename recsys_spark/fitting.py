@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 __all__ = ["FittedModels", "fit_als_factors", "fit_as_configured", "fit_models", "tune_als", "tune_blend",
            "tune_neighbors"]
 
-#: Methods with settings to search, and what is searched.
-TUNABLE_METHODS = ("ease", "rp3beta")
+#: Methods with settings to search (see :func:`_method_space` for what is searched), and the
+#: strategy whose validation lists judge each.
+TUNABLE_METHODS = {"cosine": "item_item", "ease": "ease", "rp3beta": "rp3beta"}
 
 
 @dataclass
@@ -104,6 +105,8 @@ def tune_als(cfg: Config, validation: Validation) -> tuple[AlsConfig, SearchResu
 
 def _method_space(cfg: Config, method: str) -> list[dict[str, Any]]:
     tc = cfg.tuning
+    if method == "cosine":
+        return [{"shrink": v} for v in tc.cosine_shrink]
     if method == "ease":
         return [{"confidence": c, "l2": l2} for c in tc.ease_confidence for l2 in tc.ease_l2]
     if method == "rp3beta":
@@ -121,7 +124,7 @@ def tune_neighbors(cfg: Config, method: str, validation: Validation) -> tuple[Si
     """Grid search over a neighbour method's settings (see :func:`_method_space`)."""
     spark = validation.fit.sparkSession
     metric = f"{validation.metric}@{validation.k}"
-    strategy = "rp3beta" if method == "rp3beta" else "ease"
+    strategy = TUNABLE_METHODS[method]
     scoring = cfg.model_copy(update={"candidates": cfg.candidates.model_copy(update={"k": validation.k})})
 
     def objective(params: dict[str, Any]) -> float | None:

@@ -82,11 +82,12 @@ def _reference(rows: list[tuple[int, int, float]], params: SimilarityConfig) -> 
             x[u, i] = -neg
     dots, counts = x.T @ x, (x > 0).T.astype(float) @ (x > 0).astype(float)
     norms = np.sqrt((x * x).sum(axis=0))
+    sims = dots / (np.outer(norms, norms) + params.cosine.shrink)
     out = []
     for i in range(n_items):
-        cand = sorted((-dots[i, j] / (norms[i] * norms[j]), j) for j in range(n_items)
+        cand = sorted((-sims[i, j], j) for j in range(n_items)
                       if j != i and counts[i, j] >= max(1, params.cosine.min_cooccurrence)
-                      and dots[i, j] / (norms[i] * norms[j]) >= params.cosine.min_similarity)
+                      and sims[i, j] >= params.cosine.min_similarity)
         out += [(i, j, -neg, rank, int(counts[i, j])) for rank, (neg, j) in enumerate(cand[:params.top_n], 1)]
     return out
 
@@ -105,6 +106,28 @@ def test_blocking_never_changes_the_result(spark, block_items: int, confidence: 
         "item_idx", "neighbor_idx", "similarity", "rank", "cooccurrence").orderBy("item_idx", "rank").collect()]
     assert got == _reference(rows, params)
     assert len(got) > 40  # enough pairs survive the filters for the comparison to mean something
+
+
+def test_shrinkage_divides_by_the_norms_product_plus_shrink_and_demotes_rare_pairs(spark) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(5)
+    pairs = {(int(u), int(min(rng.zipf(1.5), 23) - 1)) for u in rng.integers(0, 40, 300)}
+    # items 30 and 31: one user, nobody else: their exact cosine is 1, the highest there is
+    rows = [(u, i, 1.0) for u, i in sorted(pairs)] + [(40, 30, 1.0), (40, 31, 1.0)]
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    exact = SimilarityConfig(cosine=CosineConfig(), top_n=5, max_user_items=50)
+    shrunk = SimilarityConfig(cosine=CosineConfig(shrink=4.0, min_similarity=0.05), top_n=5, max_user_items=50)
+    columns = ["item_idx", "neighbor_idx", "similarity", "rank", "cooccurrence"]
+    got = [tuple(r) for r in item_cosine(df, shrunk).select(*columns).orderBy("item_idx", "rank").collect()]
+    want = _reference(rows, shrunk)
+    assert [(i, j, rank, n) for i, j, _, rank, n in got] == [(i, j, rank, n) for i, j, _, rank, n in want]
+    assert [r[2] for r in got] == pytest.approx([r[2] for r in want], rel=1e-12)
+    by_pair = {(r[0], r[1]): r[2] for r in got}
+    assert by_pair[(30, 31)] == pytest.approx(1 / (1 + 4.0))  # 1 / (1 * 1 + shrink)
+    exact_sims = {(r.item_idx, r.neighbor_idx): r.similarity for r in item_cosine(df, exact).collect()}
+    assert exact_sims[(30, 31)] == pytest.approx(1.0)
+    # a pair many users share keeps most of its cosine, so it now outranks the one-user pair
+    supported = max((k for k in by_pair if k[0] < 30), key=by_pair.get)
+    assert by_pair[supported] > by_pair[(30, 31)] and exact_sims[supported] < 1.0
 
 
 @pytest.mark.realdata
@@ -156,6 +179,36 @@ def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, sto
     # items is an input too: its ids are joined into the lookup table
     assert meta["input_versions"] == {T.INTERACTION_MATRIX: store.version(T.INTERACTION_MATRIX),
                                       T.ITEMS: store.version(T.ITEMS)}
+
+
+def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  # noqa: ANN001
+        spark, cfg, ingest, store, tmp_path: Path) -> None:
+    from recsys_spark import tables as T
+    from recsys_spark.pipeline import run_generate, run_item_similarity
+    from recsys_spark.run import RunContext
+
+    c = cfg.with_overrides([
+        f"generate.output={tmp_path / 'raw'}", "generate.num_users=200", "generate.num_items=60",
+        "generate.num_events=4000", "generate.partitions=1", f"ingest.source.path={tmp_path / 'raw'}",
+        "ingest.source.preset=synthetic", "ingest.max_reject_fraction=0.05", "similarity.cosine.min_cooccurrence=1",
+        "similarity.top_n=20", "similarity.tune=true", "tuning.cosine_shrink=[0.0, 30.0]",
+        'candidates.strategies=["item_item"]'])
+    run_generate(spark, c)
+    ingest(c)
+    run_item_similarity(spark, c, RunContext.new("item-similarity", c))
+    meta = store.history(T.ITEM_NEIGHBORS)[0].metadata
+    search = meta["search"]
+    assert search["model"] == "cosine" and search["metric"] == "ndcg@10"
+    assert [t["params"] for t in search["trials"]] == [{"shrink": 0.0}, {"shrink": 30.0}]
+    assert all(t["value"] is not None for t in search["trials"])
+    best = max(search["trials"], key=lambda t: t["value"])
+    assert search["best"] == best["params"] and meta["params"]["cosine"]["shrink"] == best["params"]["shrink"]
+    # the table holds the chosen fit, on the whole matrix
+    written = {(r.item_idx, r.neighbor_idx): r.similarity for r in store.read(T.ITEM_NEIGHBORS).collect()}
+    chosen = c.similarity.model_copy(update={"cosine": c.similarity.cosine.model_copy(update=best["params"])})
+    refit = {(r.item_idx, r.neighbor_idx): r.similarity
+             for r in item_cosine(store.read(T.INTERACTION_MATRIX), chosen).collect()}
+    assert written.keys() == refit.keys() and all(written[k] == pytest.approx(refit[k]) for k in refit)
 
 
 def test_item_similarity_needs_the_matrix(spark, cfg) -> None:  # noqa: ANN001
