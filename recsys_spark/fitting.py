@@ -21,6 +21,7 @@ from recsys_spark.blend_search import LOCAL_METRICS, MAX_DRIVER_ROWS, CollectedB
 from recsys_spark.candidates import (CandidateBuilder, ModelInputs, cold_start_segment, every_blend_source,
                                      needed_neighbor_methods, needed_sources, neighbor_method_of, sources_of)
 from recsys_spark.config import AlsConfig, Config, SimilarityConfig
+from recsys_spark.ease import EaseGrams, fit_ease
 from recsys_spark.errors import ConfigError
 from recsys_spark.session import released_caches
 from recsys_spark.similarity import fit_item_neighbors, vote_weight
@@ -127,10 +128,14 @@ def tune_neighbors(cfg: Config, method: str, validation: Validation) -> tuple[Si
     strategy = TUNABLE_METHODS[method]
     scoring = cfg.model_copy(update={"candidates": cfg.candidates.model_copy(update={"k": validation.k})})
 
+    grams = EaseGrams(validation.fit) if method == "ease" else None  # one Gram per transform, not per l2
+
     def objective(params: dict[str, Any]) -> float | None:
         similarity = _with_method(cfg.similarity, method, params)
         with released_caches(spark):
-            neighbors = fit_item_neighbors(similarity, matrix=validation.fit).persist(StorageLevel.MEMORY_AND_DISK)
+            fitted = (fit_ease(validation.fit, similarity, grams).neighbors if grams is not None
+                      else fit_item_neighbors(similarity, matrix=validation.fit))
+            neighbors = fitted.persist(StorageLevel.MEMORY_AND_DISK)
             try:
                 inputs = ModelInputs(validation.fit, neighbors={method: neighbors},
                                      vote_weights={method: vote_weight(similarity, method)})
@@ -138,7 +143,11 @@ def tune_neighbors(cfg: Config, method: str, validation: Validation) -> tuple[Si
             finally:
                 neighbors.unpersist()
 
-    result = run_search(method, _method_space(cfg, method), objective, metric, cfg.tuning)
+    try:
+        result = run_search(method, _method_space(cfg, method), objective, metric, cfg.tuning)
+    finally:
+        if grams is not None:
+            grams.release()
     log.info("%s search chose %s (%s %.4f on validation)", method, result.best, metric, result.best_value)
     return _with_method(cfg.similarity, method, result.best), result
 

@@ -80,6 +80,30 @@ def test_spark_ease_equals_a_dense_numpy_inverse(spark, monkeypatch: pytest.Monk
         assert all(a.similarity >= b.similarity for a, b in zip(mine, mine[1:]))  # ranked by signed weight
 
 
+def test_a_search_fits_every_l2_from_one_gram_per_transform(spark, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    rows = _rows(seed=8)
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    built = []
+    spark_gram = ease._spark_gram
+    monkeypatch.setattr(ease, "_spark_gram", lambda *a: built.append(a[1].ease.confidence) or spark_gram(*a))
+    grams = ease.EaseGrams(df)
+    for confidence in ("binary", "linear"):
+        for l2 in (2.0, 30.0):
+            params = SimilarityConfig(method="ease", top_n=100, max_user_items=8,
+                                      ease=EaseConfig(confidence=confidence, l2=l2))
+            got = ease.fit_ease(df, params, grams).neighbors.collect()
+            items, x = _capped_matrix(rows, confidence, 1.0, 8)
+            ref = _reference_ease(x, l2)
+            dense = np.zeros_like(ref)
+            local = {int(item): k for k, item in enumerate(items)}
+            for r in got:
+                dense[local[r.item_idx], local[r.neighbor_idx]] = r.similarity
+            np.testing.assert_allclose(dense, ref, rtol=0, atol=1e-6)  # the solve did not eat the cached Gram
+            assert {r.cooccurrence for r in got} == {None}  # trials are never written, so they skip the counts
+    assert built == ["binary", "linear"]
+    grams.release()
+
+
 def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noqa: ANN001
     # item ids with gaps: matrix positions are not ids, and pairs are keyed by the id range
     rows = [(u, 3 * i + 1, c) for u, i, c in _rows(seed=8)]
