@@ -889,6 +889,11 @@ class TuningConfig(_Section):
     cosine_shrink: list[float] = Field(default_factory=lambda: [0.0, 10.0, 50.0, 200.0], min_length=1)
     """Item-item cosine: shrink values tried (similarity.cosine.shrink; in units of the norms' product)."""
 
+    cosine_top_n: list[int] = Field(default_factory=lambda: [100, 400], min_length=1)
+    """Item-item cosine: neighbours kept per item tried (similarity.cosine.top_n), each with every
+    shrink. The list is a model choice, not only a cost: on ML-100K u1.base's carve-out, 400
+    neighbours scored NDCG@10 0.178 where 100 scored 0.169."""
+
     rp3_alpha: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0], min_length=1)
     """RP3beta: alpha values tried."""
 

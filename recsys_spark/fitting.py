@@ -107,7 +107,7 @@ def tune_als(cfg: Config, validation: Validation) -> tuple[AlsConfig, SearchResu
 def _method_space(cfg: Config, method: str) -> list[dict[str, Any]]:
     tc = cfg.tuning
     if method == "cosine":
-        return [{"shrink": v} for v in tc.cosine_shrink]
+        return [{"top_n": n, "shrink": v} for n in tc.cosine_top_n for v in tc.cosine_shrink]
     if method == "ease":
         return [{"confidence": c, "l2": l2} for c in tc.ease_confidence for l2 in tc.ease_l2]
     if method == "rp3beta":

@@ -191,7 +191,7 @@ def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  
         f"generate.output={tmp_path / 'raw'}", "generate.num_users=200", "generate.num_items=60",
         "generate.num_events=4000", "generate.partitions=1", f"ingest.source.path={tmp_path / 'raw'}",
         "ingest.source.preset=synthetic", "ingest.max_reject_fraction=0.05", "similarity.cosine.min_cooccurrence=1",
-        "similarity.top_n=20", "similarity.tune=true", "tuning.cosine_shrink=[0.0, 30.0]",
+        "similarity.top_n=20", "similarity.tune=true", "tuning.cosine_shrink=[0.0, 30.0]", "tuning.cosine_top_n=[5]",
         'candidates.strategies=["item_item"]'])
     run_generate(spark, c)
     ingest(c)
@@ -199,10 +199,11 @@ def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  
     meta = store.history(T.ITEM_NEIGHBORS)[0].metadata
     search = meta["search"]
     assert search["model"] == "cosine" and search["metric"] == "ndcg@10"
-    assert [t["params"] for t in search["trials"]] == [{"shrink": 0.0}, {"shrink": 30.0}]
+    assert [t["params"] for t in search["trials"]] == [{"top_n": 5, "shrink": 0.0}, {"top_n": 5, "shrink": 30.0}]
     assert all(t["value"] is not None for t in search["trials"])
     best = max(search["trials"], key=lambda t: t["value"])
-    assert search["best"] == best["params"] and meta["params"]["cosine"]["shrink"] == best["params"]["shrink"]
+    assert search["best"] == best["params"]
+    assert {k: meta["params"]["cosine"][k] for k in ("top_n", "shrink")} == best["params"]
     # the table holds the chosen fit, on the whole matrix
     written = {(r.item_idx, r.neighbor_idx): r.similarity for r in store.read(T.ITEM_NEIGHBORS).collect()}
     chosen = c.similarity.model_copy(update={"cosine": c.similarity.cosine.model_copy(update=best["params"])})
