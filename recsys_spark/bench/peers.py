@@ -73,7 +73,10 @@ def ease_rank(x: sp.csr_matrix, params: dict[str, Any], users: np.ndarray, k: in
     values.data = confidence_array(values.data, params["confidence"])
     gram = (values.T @ values).toarray()
     gram[np.diag_indices_from(gram)] += params["l2"]
-    p = np.linalg.inv(gram)
+    from recsys_spark.ease import solver_threads
+
+    with solver_threads():  # every core, as our solve gets: the session leaves the driver one BLAS thread
+        p = np.linalg.inv(gram)
     b = -p / np.diag(p)
     b[np.diag_indices_from(b)] = 0.0
     parts = [top_k_unseen(values[block].toarray() @ b, x, block, k) for block in _in_blocks(users, 2048)]
