@@ -243,7 +243,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
         pop = means.get("popularity")
         best_peer = d["best_peer"]
         searched = (" with every search on (`make quality TUNE=1`), on each split's own validation carve-out"
-                    if d.get("searches_forced") else " with the settings it ships")
+                    if d.get("searches_forced") else " as it ships (its own `tune` flags)")
         lines += [f"### {name}", "",
                   f"`{d['config']}`{searched}, {len(d['splits'])} split(s); {metric}.", "",
                   f"| model | {metric} | × popularity | × best peer |", "|---|---|---|---|"]
