@@ -625,9 +625,9 @@ class SimilarityConfig(_Section):
     """method als."""
 
     tune: bool = False
-    """Choose the method's settings (cosine: shrink; ease: l2 and confidence; rp3beta: alpha and
-    beta) by the search ([tuning]) on a validation carve-out before the fit; recorded in the
-    item_neighbors commit."""
+    """Choose the method's settings (cosine: top_n and shrink; ease: l2 and confidence; rp3beta:
+    alpha and beta) by the search ([tuning]) on a validation carve-out before the fit; recorded in
+    the item_neighbors commit."""
 
     def params(self, method: NeighborMethod | None = None) -> MethodConfig:
         """The section of ``method`` (default: ``self.method``)."""

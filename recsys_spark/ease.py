@@ -157,10 +157,11 @@ def fit_ease(matrix: DataFrame, params: SimilarityConfig, grams: EaseGrams | Non
         return grams.fit(params)
     spark = matrix.sparkSession
     own, top_n = params.ease, params.top_n_of("ease")
-    items, memory = _catalogue(matrix, params)
+    ratings = positive_ratings(matrix, own.confidence, own.epsilon)
+    items, memory = _catalogue(ratings, params)
     if len(items) == 0:
         return EaseFit(spark.createDataFrame([], RESULT_SCHEMA), 0, 0, memory)
-    gram, grid = _spark_gram(matrix, params, items)
+    gram, grid = _spark_gram(ratings, params, items)
     seconds: dict[str, float] = {}
     try:
         entries, weights = _collected(gram, items, grid, seconds)
@@ -202,11 +203,12 @@ class EaseGrams:
         key = (own.confidence, own.epsilon, params.max_user_items, params.block_items)
         if key != self._key:
             self.release()
-            items, memory = _catalogue(self.matrix, params)
+            ratings = positive_ratings(self.matrix, own.confidence, own.epsilon)
+            items, memory = _catalogue(ratings, params)
             if len(items):
                 log.info("EASE search: the Gram stays on the driver between trials, a second matrix of %.2f GB",
                          memory.matrix_bytes / _GB)
-                gram, grid = _spark_gram(self.matrix, params, items)
+                gram, grid = _spark_gram(ratings, params, items)
                 try:
                     self._entries, self._upper = _collected(gram, items, grid, seconds)
                 finally:
@@ -231,10 +233,10 @@ class EaseGrams:
         self._key, self._upper, self._entries = None, None, 0
 
 
-def _catalogue(matrix: DataFrame, params: SimilarityConfig) -> tuple[np.ndarray, EaseMemory]:
-    """The matrix's item ids (ascending) and the solve's memory, logged and checked against max_items."""
+def _catalogue(ratings: DataFrame, params: SimilarityConfig) -> tuple[np.ndarray, EaseMemory]:
+    """The item ids (ascending) of ``positive_ratings`` rows and the solve's memory, logged and
+    checked against max_items."""
     own, top_n = params.ease, params.top_n_of("ease")
-    ratings = positive_ratings(matrix, own.confidence, own.epsilon)
     items = np.sort(ratings.select("item_idx").distinct().toArrow().column("item_idx").to_numpy()).astype(np.int64)
     memory = ease_memory(len(items), top_n)
     if len(items):
@@ -244,11 +246,10 @@ def _catalogue(matrix: DataFrame, params: SimilarityConfig) -> tuple[np.ndarray,
     return items, memory
 
 
-def _spark_gram(matrix: DataFrame, params: SimilarityConfig, items: np.ndarray) -> tuple[DataFrame, CellGrid]:
-    """The Gram's upper-triangle entries as a persisted DataFrame (the caller unpersists), and its grid."""
-    own = params.ease
-    spark = matrix.sparkSession
-    ratings = positive_ratings(matrix, own.confidence, own.epsilon)
+def _spark_gram(ratings: DataFrame, params: SimilarityConfig, items: np.ndarray) -> tuple[DataFrame, CellGrid]:
+    """The Gram of ``positive_ratings`` rows: its upper-triangle entries as a persisted DataFrame
+    (the caller unpersists), and its grid."""
+    spark = ratings.sparkSession
     grid = cell_grid(int(items[-1]) + 1, params.block_items, spark.sparkContext.defaultParallelism, upper=True)
     capped = cap_user_history(ratings, params.max_user_items, "r")
     values = capped.select("user_idx", "item_idx", F.col("r").alias("q"), F.col("r").alias("t"))

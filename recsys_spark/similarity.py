@@ -8,7 +8,7 @@ shares, and nobody else has, have cosine 1, and such pairs outvote every well-su
 neighbour. On Amazon 5-core (Musical Instruments; a validation carve-out of a random 80% training
 part, ``docs/examples/cosine_shrink.py``) the exact cosine's NDCG@10 was 0.042, below
 popularity's 0.050; shrink 50 gave 0.074. The search (``similarity.tune``) tries
-``tuning.cosine_shrink``.
+``tuning.cosine_top_n`` x ``tuning.cosine_shrink``.
 
 The item catalogue is cut into query blocks and target blocks of consecutive item ids. Each
 (query block, target block) cell is one task: it receives the complete columns of both blocks,

@@ -94,6 +94,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     root = data_root()
     out: dict[str, Any] = {"data_root": str(root), "datasets": {}}
     names = ["Amazon 5-core (random 20% per user)"] if ctx.quick else selected()
+    forced = searches_forced() and not ctx.quick
     for name in names:
         config, needs, sets = DATASETS[name]
         missing = [n for n in needs if not (root / n).exists()]
@@ -107,7 +108,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         if "ML-100K" in name:
             folds = [f"u{i}" for i in range(1, ctx.sizes["quality_folds"] + 1)]
             overrides.append("evaluation.folds=" + "[" + ", ".join(f'"{f}"' for f in folds) + "]")
-        if searches_forced() and not ctx.quick:
+        if forced:
             overrides += _TUNE
         if ctx.quick:
             overrides += _QUICK
@@ -115,7 +116,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         out["datasets"][name] = quality_of(ctx, REPO / "conf" / config, overrides, ctx.quick)
         out["datasets"][name]["wall_s"] = time.perf_counter() - start
         out["datasets"][name]["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        out["datasets"][name]["searches_forced"] = searches_forced() and not ctx.quick
+        out["datasets"][name]["searches_forced"] = forced
         log.info("quality of %s: %s, %.0f s", name, out["datasets"][name]["means"], out["datasets"][name]["wall_s"])
     return out
 
