@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
@@ -885,6 +885,12 @@ class TuningConfig(_Section):
 
     ease_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear"], min_length=1)
     """EASE: confidence transforms tried (each needs its own Gram matrix)."""
+
+    ease_top_n: list[Annotated[int, Field(ge=1, le=100_000)]] | None = Field(None, min_length=1)
+    """EASE: weights kept per item tried (similarity.ease.top_n), each with every l2; None tries
+    only the configured one. Each l2 is solved once and pruned to each top_n. The pruning moves the
+    best l2: on ml-latest-small (a numpy EASE, random 20% per user held out), keeping 500 of 9,724
+    weights cost 5% of NDCG@10 at l2 2000 and 1.6% at l2 5000, and keeping 2,000 cost 2.8% and 0.5%."""
 
     cosine_shrink: list[float] = Field(default_factory=lambda: [0.0, 10.0, 50.0, 200.0], min_length=1)
     """Item-item cosine: shrink values tried (similarity.cosine.shrink; in units of the norms' product)."""

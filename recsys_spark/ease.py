@@ -185,8 +185,9 @@ class EaseGrams:
     13 s, solve 29 s, prune 2 s, co-occurrence and frame 44 s. A trial from the cache is the
     copy, the solve, the prune and the frame.
 
-    The cache holds one Gram (the last transform asked for) beside the trial's working copy: two
-    dense matrices on the driver during a search, where a fit holds one.
+    The cache holds one Gram (the last transform asked for) and one solved B (the last l2 asked
+    for): two dense matrices on the driver during a search, where a fit holds one. A trial that
+    only changes top_n (``tuning.ease_top_n``) re-prunes the kept B and solves nothing.
     """
 
     def __init__(self, matrix: DataFrame) -> None:
@@ -195,6 +196,7 @@ class EaseGrams:
         self._items = np.empty(0, dtype=np.int64)
         self._upper: np.ndarray | None = None
         self._entries = 0
+        self._solved: tuple[float, np.ndarray] | None = None  # (l2, B) of the last trial
 
     def fit(self, params: SimilarityConfig) -> EaseFit:
         spark = self.matrix.sparkSession
@@ -217,11 +219,14 @@ class EaseGrams:
         memory = ease_memory(len(self._items), top_n)
         if self._upper is None:
             return EaseFit(spark.createDataFrame([], RESULT_SCHEMA), 0, 0, memory)
-        start = time.perf_counter()
-        weights = self._upper.copy()
-        seconds["copy"] = time.perf_counter() - start
-        rows, cols, kept = _solved_and_pruned(weights, own.l2, top_n, seconds)
-        del weights
+        if self._solved is None or self._solved[0] != own.l2:
+            self._solved = None  # the old B goes before the copy: two dense matrices at most
+            start = time.perf_counter()
+            weights = self._upper.copy()
+            seconds["copy"] = time.perf_counter() - start
+            _solve(weights, own.l2, seconds)
+            self._solved = (own.l2, weights)
+        rows, cols, kept = _pruned(self._solved[1], top_n, seconds)
         items = self._items
         ranked = ranked_neighbours(np.zeros(len(rows), np.int32), items[rows], items[cols], kept,
                                    np.zeros(len(rows)), top_n, with_block=False)
@@ -230,7 +235,7 @@ class EaseGrams:
         return EaseFit(neighbors, len(items), self._entries, memory, seconds)
 
     def release(self) -> None:
-        self._key, self._upper, self._entries = None, None, 0
+        self._key, self._upper, self._entries, self._solved = None, None, 0, None
 
 
 def _catalogue(ratings: DataFrame, params: SimilarityConfig) -> tuple[np.ndarray, EaseMemory]:
@@ -272,16 +277,27 @@ def _collected(gram: DataFrame, items: np.ndarray, grid: CellGrid, seconds: dict
 def _solved_and_pruned(weights: np.ndarray, l2: float, top_n: int,
                        seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, columns, weights) of each row's ``top_n`` largest |B| entries; ``weights`` is overwritten."""
+    _solve(weights, l2, seconds)
+    return _pruned(weights, top_n, seconds)
+
+
+def _solve(weights: np.ndarray, l2: float, seconds: dict[str, float]) -> None:
+    """B from the Gram's upper triangle in ``weights``, in place, on every core."""
     start = time.perf_counter()
     with solver_threads():
         ease_weights_in_place(weights, l2)
     seconds["solve"] = time.perf_counter() - start
+    log.info("EASE: solved in %.1f s (collect %.1f s)", seconds["solve"], seconds.get("collect", 0.0))
+
+
+def _pruned(weights: np.ndarray, top_n: int, seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, weights) of each row's ``top_n`` largest |B| entries; ``weights`` is read only."""
     start = time.perf_counter()
     rows, cols = largest_abs_per_row(weights, top_n)
     kept = weights[rows, cols]
     seconds["prune"] = time.perf_counter() - start
-    log.info("EASE: solved in %.1f s (collect %.1f s), %d weights kept (%d negative) in %.1f s",
-             seconds["solve"], seconds.get("collect", 0.0), len(kept), int((kept < 0).sum()), seconds["prune"])
+    log.info("EASE: %d weights kept (%d negative, top %d per item) in %.1f s",
+             len(kept), int((kept < 0).sum()), top_n, seconds["prune"])
     return rows, cols, kept
 
 

@@ -104,6 +104,31 @@ def test_a_search_fits_every_l2_from_one_gram_per_transform(spark, monkeypatch: 
     grams.release()
 
 
+def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(
+        spark, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    rows = _rows(seed=8)
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    solved = []
+    solve = ease.ease_weights_in_place
+    monkeypatch.setattr(ease, "ease_weights_in_place", lambda g, l2: solved.append(l2) or solve(g, l2))
+    grams = ease.EaseGrams(df)
+    items, x = _capped_matrix(rows, "linear", 1.0, 8)
+    for l2 in (2.0, 30.0):
+        ref = _reference_ease(x, l2)
+        for top_n in (2, 5, 100):
+            params = SimilarityConfig(method="ease", top_n=top_n, max_user_items=8,
+                                      ease=EaseConfig(confidence="linear", l2=l2))
+            got = ease.fit_ease(df, params, grams).neighbors.collect()
+            for k, item in enumerate(items):
+                mine = sorted((r for r in got if r.item_idx == item), key=lambda r: r.rank)
+                by_size = np.argsort(-np.abs(ref[k]), kind="stable")[:min(top_n, len(items) - 1)]
+                assert {r.neighbor_idx for r in mine} == {int(items[j]) for j in by_size}
+                at = [int(np.searchsorted(items, r.neighbor_idx)) for r in mine]
+                np.testing.assert_allclose([r.similarity for r in mine], ref[k, at], rtol=0, atol=1e-6)
+    assert solved == [2.0, 30.0]  # the second and third top_n re-pruned the kept B
+    grams.release()
+
+
 def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noqa: ANN001
     # item ids with gaps: matrix positions are not ids, and pairs are keyed by the id range
     rows = [(u, 3 * i + 1, c) for u, i, c in _rows(seed=8)]

@@ -55,6 +55,17 @@ def test_the_carve_out_is_seeded(spark: SparkSession, base_config: Config) -> No
             v.release()
 
 
+def test_the_ease_space_tries_each_top_n_with_every_l2_and_top_n_varies_fastest(base_config: Config) -> None:
+    from recsys_spark.fitting import _method_space
+
+    plain = base_config.with_overrides(["tuning.ease_l2=[10.0, 100.0]", 'tuning.ease_confidence=["binary"]'])
+    assert _method_space(plain, "ease") == [{"confidence": "binary", "l2": 10.0}, {"confidence": "binary", "l2": 100.0}]
+    grid = plain.with_overrides(["tuning.ease_top_n=[50, 500]"])
+    assert _method_space(grid, "ease") == [
+        {"confidence": "binary", "l2": 10.0, "top_n": 50}, {"confidence": "binary", "l2": 10.0, "top_n": 500},
+        {"confidence": "binary", "l2": 100.0, "top_n": 50}, {"confidence": "binary", "l2": 100.0, "top_n": 500}]
+
+
 def test_the_als_space_is_seeded_and_inside_its_ranges() -> None:
     tc = TuningConfig(als_trials=40, als_rank=[16, 128], als_reg_param=[0.01, 1.0], als_alpha=[0.5, 20.0],
                       als_confidence=["binary", "log"], seed=11)
