@@ -32,6 +32,13 @@ Design, and why:
   candidate's score, and on ML-100K keeping each item's 400 largest positive weights costs 0.012
   NDCG@10 where the 400 largest by |w| cost 0.001. Selection is exact (ties to the lower item id);
   exact zeros (items the regression never relates) are not neighbours.
+* **Or the budget is spent over all of B** (``similarity.ease.prune = "global"``): the n x top_n
+  entries largest in |B| anywhere, so the table is as big but rows differ in length. A score sums
+  a history's rows; a per-item quota keeps weak weights of items with few strong associations and
+  drops strong ones of items with many. On ml-latest-small (numpy EASE, linear, l2 3000) keeping
+  2,000 per item cost 1.1% of the unpruned NDCG@10 and 2,000 per item on average globally 0.1%
+  (at 500: 2.2% and 0.6%). The threshold is found exactly in two passes over B without a copy
+  (:func:`largest_abs_overall`).
 * **Ranked by signed weight**, highest first: the kept set is what the scores need, the order is
   what a similar-items lookup shows (``rank <= k``), where rank 1 must be the strongest positive
   association and a negative weight, "users of i are less likely to want j", comes last.
@@ -64,7 +71,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from scipy.linalg import lapack
 
-from recsys_spark.config import SimilarityConfig
+from recsys_spark.config import EasePrune, SimilarityConfig
 from recsys_spark.errors import ConfigError
 from recsys_spark.similarity import (RESULT_SCHEMA, CellGrid, block_products, cap_user_history, cell_grid,
                                      cooccurrence_counts, cross_products, decode_cell, positive_ratings,
@@ -82,6 +89,9 @@ _GRAM_ENTRY_BYTES = 16
 _ROW_BUFFER = 1 << 21
 #: Driver bytes per kept weight before it becomes a DataFrame (the arrays and their Arrow copy).
 _KEPT_ROW_BYTES = 64
+#: |w| buckets: the top bits of a float64 with its sign cleared (11 exponent and 8 mantissa bits)
+#: order as the values do, so a bucket is 1/256 of a binade and counting them is one bincount.
+_BUCKET_SHIFT = 44
 #: Rows mirrored at once (the copy is a strided transpose; blocks keep it cache-friendly).
 _MIRROR_BLOCK = 512
 
@@ -165,10 +175,11 @@ def fit_ease(matrix: DataFrame, params: SimilarityConfig, grams: EaseGrams | Non
     seconds: dict[str, float] = {}
     try:
         entries, weights = _collected(gram, items, grid, seconds)
-        rows, cols, kept = _solved_and_pruned(weights, own.l2, top_n, seconds)
+        rows, cols, kept = _solved_and_pruned(weights, own.l2, top_n, own.prune, seconds)
         del weights  # the n x n matrix goes before Spark is asked for anything more
         start = time.perf_counter()
-        neighbors = _ranked_with_cooccurrence(spark, gram, items[rows], items[cols], kept, top_n, grid.n_items)
+        neighbors = _ranked_with_cooccurrence(spark, gram, items[rows], items[cols], kept,
+                                              _row_limit(top_n, own.prune, len(items)), grid.n_items)
         seconds["cooccurrence"] = time.perf_counter() - start
     finally:
         gram.unpersist()
@@ -187,7 +198,8 @@ class EaseGrams:
 
     The cache holds one Gram (the last transform asked for) and one solved B (the last l2 asked
     for): two dense matrices on the driver during a search, where a fit holds one. A trial that
-    only changes top_n (``tuning.ease_top_n``) re-prunes the kept B and solves nothing.
+    only changes top_n or prune (``tuning.ease_top_n``, ``tuning.ease_prune``) re-prunes the kept B
+    and solves nothing.
     """
 
     def __init__(self, matrix: DataFrame) -> None:
@@ -226,10 +238,10 @@ class EaseGrams:
             seconds["copy"] = time.perf_counter() - start
             _solve(weights, own.l2, seconds)
             self._solved = (own.l2, weights)
-        rows, cols, kept = _pruned(self._solved[1], top_n, seconds)
+        rows, cols, kept = _pruned(self._solved[1], top_n, own.prune, seconds)
         items = self._items
         ranked = ranked_neighbours(np.zeros(len(rows), np.int32), items[rows], items[cols], kept,
-                                   np.zeros(len(rows)), top_n, with_block=False)
+                                   np.zeros(len(rows)), _row_limit(top_n, own.prune, len(items)), with_block=False)
         neighbors = (spark.createDataFrame(ranked, RESULT_SCHEMA)
                      .withColumn("cooccurrence", F.lit(None).cast("long")))
         return EaseFit(neighbors, len(items), self._entries, memory, seconds)
@@ -245,8 +257,10 @@ def _catalogue(ratings: DataFrame, params: SimilarityConfig) -> tuple[np.ndarray
     items = np.sort(ratings.select("item_idx").distinct().toArrow().column("item_idx").to_numpy()).astype(np.int64)
     memory = ease_memory(len(items), top_n)
     if len(items):
-        log.info("EASE: %d items, %s confidence, l2 %g, top %d by |weight|, histories capped at %d; the solve "
-                 "needs %s", len(items), own.confidence, own.l2, top_n, params.max_user_items, memory)
+        log.info("EASE: %d items, %s confidence, l2 %g, top %d by |weight| (%s), histories capped at %d; the "
+                 "solve needs %s", len(items), own.confidence, own.l2, top_n,
+                 "per item" if own.prune == "item" else "per item on average, over all of B",
+                 params.max_user_items, memory)
         check_ease_size(memory, own.max_items)
     return items, memory
 
@@ -274,11 +288,11 @@ def _collected(gram: DataFrame, items: np.ndarray, grid: CellGrid, seconds: dict
     return entries, dense
 
 
-def _solved_and_pruned(weights: np.ndarray, l2: float, top_n: int,
+def _solved_and_pruned(weights: np.ndarray, l2: float, top_n: int, prune: EasePrune,
                        seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, columns, weights) of each row's ``top_n`` largest |B| entries; ``weights`` is overwritten."""
+    """(rows, columns, weights) of B's entries kept by :func:`_pruned`; ``weights`` is overwritten."""
     _solve(weights, l2, seconds)
-    return _pruned(weights, top_n, seconds)
+    return _pruned(weights, top_n, prune, seconds)
 
 
 def _solve(weights: np.ndarray, l2: float, seconds: dict[str, float]) -> None:
@@ -290,14 +304,22 @@ def _solve(weights: np.ndarray, l2: float, seconds: dict[str, float]) -> None:
     log.info("EASE: solved in %.1f s (collect %.1f s)", seconds["solve"], seconds.get("collect", 0.0))
 
 
-def _pruned(weights: np.ndarray, top_n: int, seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows, columns, weights) of each row's ``top_n`` largest |B| entries; ``weights`` is read only."""
+def _pruned(weights: np.ndarray, top_n: int, prune: EasePrune,
+            seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, weights) of the |B| entries kept: each row's ``top_n`` largest (prune "item")
+    or the n x ``top_n`` largest of all (prune "global"); ``weights`` is read only."""
     start = time.perf_counter()
-    rows, cols = largest_abs_per_row(weights, top_n)
+    n = len(weights)
+    if prune == "global":
+        rows, cols = largest_abs_overall(weights, n * min(top_n, max(n - 1, 0)))
+    else:
+        rows, cols = largest_abs_per_row(weights, top_n)
     kept = weights[rows, cols]
     seconds["prune"] = time.perf_counter() - start
-    log.info("EASE: %d weights kept (%d negative, top %d per item) in %.1f s",
-             len(kept), int((kept < 0).sum()), top_n, seconds["prune"])
+    lengths = np.bincount(rows, minlength=n) if n else np.zeros(1, np.int64)
+    log.info("EASE: %d weights kept (%d negative, top %d per item%s; %d to %d per item) in %.1f s",
+             len(kept), int((kept < 0).sum()), top_n, "" if prune == "item" else " on average, over all of B",
+             int(lengths.min()), int(lengths.max()), seconds["prune"])
     return rows, cols, kept
 
 
@@ -460,6 +482,60 @@ def largest_abs_per_row(weights: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
         rows.append(r + s)
         cols.append(c)
     return np.concatenate(rows), np.concatenate(cols)
+
+
+def _row_limit(top_n: int, prune: EasePrune, n_items: int) -> int:
+    """The most rows an item can keep: its quota, or under global pruning every other item."""
+    return top_n if prune == "item" else max(n_items, 1)
+
+
+def largest_abs_overall(weights: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the ``count`` entries of ``weights`` largest in absolute value, zeros never kept.
+
+    Exact: entries tied at the count-th largest |value| are kept in row-major order until there
+    are ``count``. Rows come in order, columns ascending within a row.
+
+    Two passes over the rows in blocks, and no copy of the matrix: the first counts the entries of
+    each |value| bucket (``_BUCKET_SHIFT``), which finds the bucket holding the count-th largest;
+    the second keeps every entry above that bucket and selects exactly among the few inside it.
+    """
+    n_rows, n_cols = weights.shape
+    chunk = max(1, _ROW_BUFFER // max(n_cols, 1))
+    counts = np.zeros(1 << (63 - _BUCKET_SHIFT), np.int64)
+    for s in range(0, n_rows, chunk):
+        a = np.abs(weights[s:s + chunk])
+        counts += np.bincount((a.view(np.int64) >> _BUCKET_SHIFT).ravel(), minlength=len(counts))
+        counts[0] -= np.count_nonzero(a == 0)  # zeros share bucket 0 with subnormals; they are never kept
+    from_top = np.cumsum(counts[::-1])
+    if count <= 0 or from_top[-1] == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if count >= from_top[-1]:
+        edge, need = -1, 0  # every non-zero is kept
+    else:
+        at = int(np.searchsorted(from_top, count))  # the first bucket from the top reaching count
+        edge = len(counts) - 1 - at
+        need = count - int(from_top[at] - counts[edge])
+    rows, cols = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    tie_rows, tie_cols, tie_vals = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0)]
+    for s in range(0, n_rows, chunk):
+        a = np.abs(weights[s:s + chunk])
+        bucket = a.view(np.int64) >> _BUCKET_SHIFT
+        r, c = np.nonzero((bucket > edge) & (a != 0)) if edge < 0 else np.nonzero(bucket > edge)
+        rows.append(r + s)
+        cols.append(c)
+        if need:
+            r, c = np.nonzero((bucket == edge) & (a != 0))
+            tie_rows.append(r + s)
+            tie_cols.append(c)
+            tie_vals.append(a[r, c])
+    if need:
+        tr, tc, tv = np.concatenate(tie_rows), np.concatenate(tie_cols), np.concatenate(tie_vals)
+        best = np.lexsort((tc, tr, -tv))[:need]  # largest first, ties in row-major order
+        rows.append(tr[best])
+        cols.append(tc[best])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    order = np.lexsort((c, r))
+    return r[order], c[order]
 
 
 def _ranked_with_cooccurrence(spark, gram: DataFrame, src: np.ndarray, dst: np.ndarray,  # noqa: ANN001

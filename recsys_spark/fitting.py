@@ -109,10 +109,12 @@ def _method_space(cfg: Config, method: str) -> list[dict[str, Any]]:
     if method == "cosine":
         return [{"top_n": n, "shrink": v} for n in tc.cosine_top_n for v in tc.cosine_shrink]
     if method == "ease":
-        # top_n innermost: consecutive trials share one solve (ease.EaseGrams keeps the last B)
+        # top_n and prune innermost: consecutive trials share one solve (ease.EaseGrams keeps the last B)
         top_ns: list[int | None] = list(tc.ease_top_n) if tc.ease_top_n else [None]
+        prunes: list[str | None] = list(tc.ease_prune) if tc.ease_prune else [None]
         return [{"confidence": c, "l2": l2} | ({} if n is None else {"top_n": n})
-                for c in tc.ease_confidence for l2 in tc.ease_l2 for n in top_ns]
+                | ({} if p is None else {"prune": p})
+                for c in tc.ease_confidence for l2 in tc.ease_l2 for n in top_ns for p in prunes]
     if method == "rp3beta":
         return [{"alpha": a, "beta": b} for a in tc.rp3_alpha for b in tc.rp3_beta]
     raise ConfigError(f"similarity.tune = true, but similarity.method {method!r} has no settings to search; "

@@ -1,5 +1,5 @@
 """EASE: the Spark fit against a dense numpy EASE (np.linalg.inv), the in-place solve and the exact
-|weight| pruning against brute force, and the memory guard."""
+|weight| pruning (per item and over all of B) against brute force, and the memory guard."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from recsys_spark import ease
 from recsys_spark.confidence import confidence_array
 from recsys_spark.config import EaseConfig, SimilarityConfig
-from recsys_spark.ease import ease_memory, ease_weights_in_place, item_ease, largest_abs_per_row
+from recsys_spark.ease import ease_memory, ease_weights_in_place, item_ease, largest_abs_overall, largest_abs_per_row
 from recsys_spark.errors import ConfigError
 
 
@@ -194,3 +194,55 @@ def test_largest_abs_per_row_is_exact_with_ties_and_zeros(monkeypatch: pytest.Mo
         for r in range(len(w)):
             order = sorted((-abs(v), c) for c, v in enumerate(w[r]) if v != 0)[:n]
             assert sorted(cols[rows == r].tolist()) == sorted(c for _, c in order)
+
+
+def _largest_abs_by_sort(w: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The brute-force answer: sort every non-zero by |value| desc, then row-major position."""
+    flat = np.abs(w).ravel()
+    at = np.flatnonzero(flat)
+    keep = np.sort(at[np.lexsort((at, -flat[at]))[:count]])
+    return keep // w.shape[1], keep % w.shape[1]
+
+
+@pytest.mark.parametrize("buffer", [7, 1 << 21])
+def test_largest_abs_overall_is_exact_with_ties_zeros_and_subnormals(monkeypatch: pytest.MonkeyPatch,
+                                                                     buffer: int) -> None:
+    monkeypatch.setattr(ease, "_ROW_BUFFER", buffer)  # 7: one row per pass step
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        w = rng.normal(size=(int(rng.integers(1, 12)), int(rng.integers(1, 12))))
+        if trial % 3 == 0:
+            w = np.round(w, 1)  # ties inside one bucket and across the cut
+        if trial % 4 == 0:
+            w[rng.random(w.shape) < 0.4] = 0.0
+        if trial % 5 == 0:
+            w.ravel()[::3] = 5e-324  # subnormals share bucket 0 with the zeros, yet are non-zero
+        for count in (0, 1, w.size // 3, w.size - 1, w.size + 2):
+            rows, cols = largest_abs_overall(w, count)
+            want_rows, want_cols = _largest_abs_by_sort(w, count)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(cols, want_cols)
+
+
+def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(
+        spark) -> None:  # noqa: ANN001
+    rows = _rows(seed=8)
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    items, x = _capped_matrix(rows, "linear", 1.0, 8)
+    ref = _reference_ease(x, 3.0)
+    want_rows, want_cols = _largest_abs_by_sort(ref, len(items) * 3)
+    want = {(int(items[r]), int(items[c])): ref[r, c] for r, c in zip(want_rows, want_cols)}
+    params = SimilarityConfig(method="ease", top_n=3, max_user_items=8, block_items=4,
+                              ease=EaseConfig(confidence="linear", l2=3.0, prune="global"))
+    grams = ease.EaseGrams(df)
+    for got in (item_ease(df, params).collect(), ease.fit_ease(df, params, grams).neighbors.collect()):
+        assert {(r.item_idx, r.neighbor_idx) for r in got} == set(want)
+        np.testing.assert_allclose([r.similarity for r in got], [want[r.item_idx, r.neighbor_idx] for r in got],
+                                   rtol=0, atol=1e-6)
+        lengths = np.bincount([r.item_idx for r in got])
+        assert lengths.max() > 3 and lengths[items].min() < 3  # the budget moved between items
+        for item in items:
+            mine = sorted((r for r in got if r.item_idx == item), key=lambda r: r.rank)
+            assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
+            assert all(a.similarity >= b.similarity for a, b in zip(mine, mine[1:]))
+    grams.release()

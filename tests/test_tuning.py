@@ -64,6 +64,9 @@ def test_the_ease_space_tries_each_top_n_with_every_l2_and_top_n_varies_fastest(
     assert _method_space(grid, "ease") == [
         {"confidence": "binary", "l2": 10.0, "top_n": 50}, {"confidence": "binary", "l2": 10.0, "top_n": 500},
         {"confidence": "binary", "l2": 100.0, "top_n": 50}, {"confidence": "binary", "l2": 100.0, "top_n": 500}]
+    pruned = grid.with_overrides(['tuning.ease_prune=["item", "global"]', "tuning.ease_l2=[10.0]"])
+    assert _method_space(pruned, "ease") == [  # both re-prune one solve, so they vary fastest together
+        {"confidence": "binary", "l2": 10.0, "top_n": n, "prune": p} for n in (50, 500) for p in ("item", "global")]
 
 
 def test_the_als_space_is_seeded_and_inside_its_ranges() -> None:
