@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame
 from recsys_spark.blend_search import LOCAL_METRICS, MAX_DRIVER_ROWS, CollectedBlend
 from recsys_spark.candidates import (CandidateBuilder, ModelInputs, cold_start_segment, every_blend_source,
                                      needed_neighbor_methods, needed_sources, neighbor_method_of, sources_of)
-from recsys_spark.config import AlsConfig, Config, SimilarityConfig
+from recsys_spark.config import AlsConfig, Config, EasePrune, SimilarityConfig
 from recsys_spark.ease import EaseGrams, fit_ease
 from recsys_spark.errors import ConfigError
 from recsys_spark.session import released_caches
@@ -111,7 +111,7 @@ def _method_space(cfg: Config, method: str) -> list[dict[str, Any]]:
     if method == "ease":
         # top_n and prune innermost: consecutive trials share one solve (ease.EaseGrams keeps the last B)
         top_ns: list[int | None] = list(tc.ease_top_n) if tc.ease_top_n else [None]
-        prunes: list[str | None] = list(tc.ease_prune) if tc.ease_prune else [None]
+        prunes: list[EasePrune | None] = list(tc.ease_prune) if tc.ease_prune else [None]
         return [{"confidence": c, "l2": l2} | ({} if n is None else {"top_n": n})
                 | ({} if p is None else {"prune": p})
                 for c in tc.ease_confidence for l2 in tc.ease_l2 for n in top_ns for p in prunes]
