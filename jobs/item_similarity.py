@@ -1,6 +1,6 @@
 """spark-submit entry point: item-item cosine neighbours (similarity.* settings).
 
-    spark-submit --py-files dist/recsys_spark.zip jobs/item_similarity.py --config conf/cluster.toml
+spark-submit --py-files dist/recsys_spark.zip jobs/item_similarity.py --config conf/cluster.toml
 """
 
 import sys

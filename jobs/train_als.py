@@ -1,6 +1,6 @@
 """spark-submit entry point: fit ALS (als.* settings) into user_factors, item_factors and models.
 
-    spark-submit --py-files dist/recsys_spark.zip jobs/train_als.py --config conf/cluster.toml --set als.rank=64
+spark-submit --py-files dist/recsys_spark.zip jobs/train_als.py --config conf/cluster.toml --set als.rank=64
 """
 
 import sys

@@ -35,11 +35,20 @@ def training_frame(matrix: DataFrame, cfg: AlsConfig) -> DataFrame:
 def build_als(cfg: AlsConfig, default_blocks: int) -> ALS:
     """An MLlib ALS estimator with every parameter taken from ``cfg``."""
     return ALS(
-        rank=cfg.rank, maxIter=cfg.max_iter, regParam=cfg.reg_param, alpha=cfg.alpha,
-        implicitPrefs=cfg.feedback == "implicit", nonnegative=cfg.nonnegative,
-        numUserBlocks=cfg.num_user_blocks or default_blocks, numItemBlocks=cfg.num_item_blocks or default_blocks,
-        seed=cfg.seed, checkpointInterval=cfg.checkpoint_interval,
-        userCol="user_idx", itemCol="item_idx", ratingCol="value", coldStartStrategy="drop",
+        rank=cfg.rank,
+        maxIter=cfg.max_iter,
+        regParam=cfg.reg_param,
+        alpha=cfg.alpha,
+        implicitPrefs=cfg.feedback == "implicit",
+        nonnegative=cfg.nonnegative,
+        numUserBlocks=cfg.num_user_blocks or default_blocks,
+        numItemBlocks=cfg.num_item_blocks or default_blocks,
+        seed=cfg.seed,
+        checkpointInterval=cfg.checkpoint_interval,
+        userCol="user_idx",
+        itemCol="item_idx",
+        ratingCol="value",
+        coldStartStrategy="drop",
     )
 
 
@@ -49,8 +58,9 @@ def training_value(cfg: AlsConfig, value: Column) -> Column:
     return 1.0 + F.lit(cfg.alpha) * value if cfg.feedback == "implicit" else value
 
 
-def check_training_values(train: DataFrame, cfg: AlsConfig, users: DataFrame | None = None,
-                          items: DataFrame | None = None) -> None:
+def check_training_values(
+    train: DataFrame, cfg: AlsConfig, users: DataFrame | None = None, items: DataFrame | None = None
+) -> None:
     """Raise InputError naming up to 5 pairs whose :func:`training_value` is not finite in float32.
 
     MLlib casts ratings to float32 and fails on an infinite one with no hint of which pair, or
@@ -61,8 +71,12 @@ def check_training_values(train: DataFrame, cfg: AlsConfig, users: DataFrame | N
     target = training_value(cfg, F.col("value"))
     # "not <=" is also true for NaN, which Spark orders above every number.
     bad = train.where(~(F.abs(target) <= FLOAT32_MAX))
-    shown = (bad.select("user_idx", "item_idx", "value", target.alias("target"))
-             .orderBy("user_idx", "item_idx").limit(5).collect())
+    shown = (
+        bad.select("user_idx", "item_idx", "value", target.alias("target"))
+        .orderBy("user_idx", "item_idx")
+        .limit(5)
+        .collect()
+    )
     if not shown:
         return
     total = bad.count()
@@ -75,18 +89,26 @@ def check_training_values(train: DataFrame, cfg: AlsConfig, users: DataFrame | N
         return f"(user_idx {r.user_idx}, item_idx {r.item_idx})"
 
     if cfg.feedback == "implicit":
-        what = (f"implicit ALS weighs 1 + als.alpha x confidence (als.alpha = {cfg.alpha:g}), which must be "
-                f"finite in float32 (at most {FLOAT32_MAX:.4g})")
+        what = (
+            f"implicit ALS weighs 1 + als.alpha x confidence (als.alpha = {cfg.alpha:g}), which must be "
+            f"finite in float32 (at most {FLOAT32_MAX:.4g})"
+        )
         rows = [f"    {key(r)}: confidence {r.value:.4g} -> {r.target:.4g}" for r in shown]
-        fix = ("lower als.alpha, or re-run ingest with ingest.value_transform = \"log1p\" (tames large values) "
-               "or ingest.max_value (rejects larger values as value_out_of_range)")
+        fix = (
+            'lower als.alpha, or re-run ingest with ingest.value_transform = "log1p" (tames large values) '
+            "or ingest.max_value (rejects larger values as value_out_of_range)"
+        )
     else:
         what = f"explicit ALS fits the rating itself, which must be finite in float32 (at most {FLOAT32_MAX:.4g})"
         rows = [f"    {key(r)}: rating {r.value:.4g}" for r in shown]
         fix = "re-run ingest with ingest.max_rating (rejects larger ratings as value_out_of_range)"
     more = f"\n    ... and {total - len(shown):,} more" if total > len(shown) else ""
-    raise InputError(f"{total:,} training pair(s) have a value ALS cannot hold: {what}:\n" + "\n".join(rows)
-                     + more + f"\n  Fix: {fix}. Nothing was trained.")
+    raise InputError(
+        f"{total:,} training pair(s) have a value ALS cannot hold: {what}:\n"
+        + "\n".join(rows)
+        + more
+        + f"\n  Fix: {fix}. Nothing was trained."
+    )
 
 
 def _id_names(ids: DataFrame | None, idx_col: str, id_col: str, wanted: set[int]) -> dict[int, str]:
@@ -95,17 +117,26 @@ def _id_names(ids: DataFrame | None, idx_col: str, id_col: str, wanted: set[int]
     return {r[0]: r[1] for r in ids.where(F.col(idx_col).isin(sorted(wanted))).select(idx_col, id_col).collect()}
 
 
-def fit_als(train: DataFrame, cfg: AlsConfig, users: DataFrame | None = None,
-            items: DataFrame | None = None) -> ALSModel:
+def fit_als(
+    train: DataFrame, cfg: AlsConfig, users: DataFrame | None = None, items: DataFrame | None = None
+) -> ALSModel:
     """Fit ALS on :func:`training_frame` rows, once :func:`check_training_values` passes (``users`` and
     ``items``, the id maps, name offending pairs by id). Every fit goes through here, the
     evaluation's and the hyperparameter search's too, so none can fail on an overflow unexplained."""
     check_training_values(train, cfg, users, items)
     spark = train.sparkSession
     blocks = max(1, spark.sparkContext.defaultParallelism)
-    log.info("ALS %s: rank %d, %d iterations, reg %g, alpha %g, %d user / %d item blocks, BLAS %s",
-             cfg.feedback, cfg.rank, cfg.max_iter, cfg.reg_param, cfg.alpha, cfg.num_user_blocks or blocks,
-             cfg.num_item_blocks or blocks, blas_in_use(spark))
+    log.info(
+        "ALS %s: rank %d, %d iterations, reg %g, alpha %g, %d user / %d item blocks, BLAS %s",
+        cfg.feedback,
+        cfg.rank,
+        cfg.max_iter,
+        cfg.reg_param,
+        cfg.alpha,
+        cfg.num_user_blocks or blocks,
+        cfg.num_item_blocks or blocks,
+        blas_in_use(spark),
+    )
     return build_als(cfg, blocks).fit(train)
 
 
@@ -120,10 +151,12 @@ def training_rmse(model: ALSModel, train: DataFrame, cfg: AlsConfig) -> float | 
 
 def factor_frames(model: ALSModel) -> tuple[DataFrame, DataFrame]:
     """(user_idx, factors) and (item_idx, factors), factors as array<float>."""
-    users = model.userFactors.select(F.col("id").cast("int").alias("user_idx"),
-                                     F.col("features").cast("array<float>").alias("factors"))
-    items = model.itemFactors.select(F.col("id").cast("int").alias("item_idx"),
-                                     F.col("features").cast("array<float>").alias("factors"))
+    users = model.userFactors.select(
+        F.col("id").cast("int").alias("user_idx"), F.col("features").cast("array<float>").alias("factors")
+    )
+    items = model.itemFactors.select(
+        F.col("id").cast("int").alias("item_idx"), F.col("features").cast("array<float>").alias("factors")
+    )
     return users, items
 
 

@@ -102,6 +102,11 @@ def blend_partition(table: pa.Table, weights: Sequence[float], k: int) -> pa.Rec
     # keys are sorted by (user, item), so ties already sit by item
     kept, rank = top_n_per_key(u, blended, i, k, ids_ascending=True)
     return pa.RecordBatch.from_arrays(
-        [pa.array(u[kept].astype(np.int32)), pa.array(i[kept].astype(np.int32)),
-         pa.array(blended[kept]), pa.array(rank.astype(np.int32))],
-        names=["user_idx", "item_idx", "score", "rank"])
+        [
+            pa.array(u[kept].astype(np.int32)),
+            pa.array(i[kept].astype(np.int32)),
+            pa.array(blended[kept]),
+            pa.array(rank.astype(np.int32)),
+        ],
+        names=["user_idx", "item_idx", "score", "rank"],
+    )

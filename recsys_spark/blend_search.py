@@ -48,8 +48,15 @@ def _keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     return (users.astype(np.int64) << 32) | items.astype(np.int64)
 
 
-def ranking_metric(metric: str, k: int, users: np.ndarray, items: np.ndarray, ranks: np.ndarray,
-                   truth_users: np.ndarray, truth_items: np.ndarray) -> float:
+def ranking_metric(
+    metric: str,
+    k: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    ranks: np.ndarray,
+    truth_users: np.ndarray,
+    truth_items: np.ndarray,
+) -> float:
     """One ranking metric at cut-off ``k``, averaged over the users of the truth pairs.
 
     The definitions of :mod:`recsys_spark.metrics` (binary relevance): an item listed twice counts
@@ -117,8 +124,9 @@ class CollectedBlend:
     k: int
 
     @classmethod
-    def collect(cls, source_lists: Mapping[str, DataFrame], fallback: DataFrame, truth: DataFrame, metric: str,
-                k: int) -> CollectedBlend:
+    def collect(
+        cls, source_lists: Mapping[str, DataFrame], fallback: DataFrame, truth: DataFrame, metric: str, k: int
+    ) -> CollectedBlend:
         """Collect the Spark lists once: ``source_lists`` (user_idx, item_idx, score, rank) by
         source, ``fallback`` (user_idx, item_idx, rank), ``truth`` (user_idx, item_idx, ...)."""
         parts = []
@@ -128,10 +136,21 @@ class CollectedBlend:
             parts.append(table.append_column("src", pa.array(np.full(table.num_rows, i, dtype=np.int8))))
         lists = pa.concat_tables(parts)
         cold = fallback.where(fallback["rank"] <= k)
-        out = cls(lists, list(source_lists), _arrays(cold, ["user_idx", "item_idx", "rank"]),
-                  _arrays(truth, ["user_idx", "item_idx"]), metric, k)
-        log.info("blend search on the driver: %d source rows of %d sources, %d cold-start rows, %d truth pairs",
-                 lists.num_rows, len(parts), len(out.fallback["user_idx"]), len(out.truth["user_idx"]))
+        out = cls(
+            lists,
+            list(source_lists),
+            _arrays(cold, ["user_idx", "item_idx", "rank"]),
+            _arrays(truth, ["user_idx", "item_idx"]),
+            metric,
+            k,
+        )
+        log.info(
+            "blend search on the driver: %d source rows of %d sources, %d cold-start rows, %d truth pairs",
+            lists.num_rows,
+            len(parts),
+            len(out.fallback["user_idx"]),
+            len(out.truth["user_idx"]),
+        )
         return out
 
     def lists_for(self, weights: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -144,18 +163,19 @@ class CollectedBlend:
         for j, s in enumerate(used):
             remap[self.sources.index(s)] = j
         src = remap[self.lists.column("src").to_numpy()]
-        table = self.lists.filter(pa.array(src >= 0)).set_column(
-            3, "src", pa.array(src[src >= 0]))
+        table = self.lists.filter(pa.array(src >= 0)).set_column(3, "src", pa.array(src[src >= 0]))
         blended = blend_partition(table, [float(weights[s]) / total for s in used], self.k)
         u = blended.column(0).to_numpy().astype(np.int64)
         i = blended.column(1).to_numpy().astype(np.int64)
         r = blended.column(3).to_numpy().astype(np.int64)
         cold = ~np.isin(self.fallback["user_idx"], np.unique(u))
-        return (np.r_[u, self.fallback["user_idx"][cold]], np.r_[i, self.fallback["item_idx"][cold]],
-                np.r_[r, self.fallback["rank"][cold]])
+        return (
+            np.r_[u, self.fallback["user_idx"][cold]],
+            np.r_[i, self.fallback["item_idx"][cold]],
+            np.r_[r, self.fallback["rank"][cold]],
+        )
 
     def score(self, weights: Mapping[str, float]) -> float:
         """The metric of the blend with ``weights`` on the validation truth."""
         u, i, r = self.lists_for(weights)
         return ranking_metric(self.metric, self.k, u, i, r, self.truth["user_idx"], self.truth["item_idx"])
-

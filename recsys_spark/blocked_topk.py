@@ -85,9 +85,15 @@ def top_k_rows(scores: np.ndarray, target_ids: np.ndarray, k: int) -> tuple[np.n
     return rows[kept], cols[kept], vals[kept]
 
 
-def score_block(queries: np.ndarray, targets: np.ndarray, target_ids: np.ndarray, k: int,
-                exclude_rows: np.ndarray, exclude_cols: np.ndarray,
-                min_score: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def score_block(
+    queries: np.ndarray,
+    targets: np.ndarray,
+    target_ids: np.ndarray,
+    k: int,
+    exclude_rows: np.ndarray,
+    exclude_cols: np.ndarray,
+    min_score: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k of ``queries @ targets.T`` per query row, with (row, col) pairs excluded.
 
     The product is taken in row chunks so the score buffer stays under ``_SCORE_BUFFER`` entries.
@@ -113,8 +119,15 @@ def score_block(queries: np.ndarray, targets: np.ndarray, target_ids: np.ndarray
     return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_s)
 
 
-def blocked_top_k(queries: DataFrame, targets: DataFrame, k: int, *, exclude: DataFrame | None = None,
-                  shape: BlockShape = BlockShape(), min_score: float | None = None) -> DataFrame:
+def blocked_top_k(
+    queries: DataFrame,
+    targets: DataFrame,
+    k: int,
+    *,
+    exclude: DataFrame | None = None,
+    shape: BlockShape = BlockShape(),
+    min_score: float | None = None,
+) -> DataFrame:
     """Every query's k best targets by dot product.
 
     Args:
@@ -134,19 +147,24 @@ def blocked_top_k(queries: DataFrame, targets: DataFrame, k: int, *, exclude: Da
     if max_q is None or max_t is None:
         return queries.sparkSession.createDataFrame([], RESULT_SCHEMA)
     n_qb, n_tb = max_q // qb + 1, max_t // tb + 1
-    q_blocks = (queries.groupBy((F.col("query") / qb).cast("int").alias("qb"))
-                .agg(F.collect_list(F.struct(F.col("query").alias("id"), "vector")).alias("q")))
-    t_blocks = (targets.groupBy((F.col("target") / tb).cast("int").alias("tb"))
-                .agg(F.collect_list(F.struct(F.col("target").alias("id"), "vector")).alias("t")))
+    q_blocks = queries.groupBy((F.col("query") / qb).cast("int").alias("qb")).agg(
+        F.collect_list(F.struct(F.col("query").alias("id"), "vector")).alias("q")
+    )
+    t_blocks = targets.groupBy((F.col("target") / tb).cast("int").alias("tb")).agg(
+        F.collect_list(F.struct(F.col("target").alias("id"), "vector")).alias("t")
+    )
     cells = q_blocks.crossJoin(t_blocks)
     if exclude is not None:
-        ex = (exclude.select("query", "target")
-              .groupBy((F.col("query") / qb).cast("int").alias("qb"), (F.col("target") / tb).cast("int").alias("tb"))
-              .agg(F.collect_list("query").alias("ex_q"), F.collect_list("target").alias("ex_t")))
+        ex = (
+            exclude.select("query", "target")
+            .groupBy((F.col("query") / qb).cast("int").alias("qb"), (F.col("target") / tb).cast("int").alias("tb"))
+            .agg(F.collect_list("query").alias("ex_q"), F.collect_list("target").alias("ex_t"))
+        )
         cells = cells.join(ex, ["qb", "tb"], "left")
     else:
-        cells = (cells.withColumn("ex_q", F.lit(None).cast("array<int>"))
-                 .withColumn("ex_t", F.lit(None).cast("array<int>")))
+        cells = cells.withColumn("ex_q", F.lit(None).cast("array<int>")).withColumn(
+            "ex_t", F.lit(None).cast("array<int>")
+        )
     # about one cell per task: a cell carries a whole query block and target block, so packing
     # many into one task would multiply its memory
     cells = cells.repartition(n_qb * n_tb, "qb", "tb")
@@ -187,8 +205,7 @@ def _positions(ids: np.ndarray, wanted: np.ndarray, base: int, size: int) -> np.
     return where[wanted - base]
 
 
-def _score_cell(cell: pa.RecordBatch, k: int, min_score: float | None, qb_size: int,
-                tb_size: int) -> pa.RecordBatch:
+def _score_cell(cell: pa.RecordBatch, k: int, min_score: float | None, qb_size: int, tb_size: int) -> pa.RecordBatch:
     qb, tb = cell.column("qb")[0].as_py(), cell.column("tb")[0].as_py()
     q_ids, q_vec = _vectors(cell.column("q"))
     t_ids, t_vec = _vectors(cell.column("t"))
@@ -204,9 +221,15 @@ def _score_cell(cell: pa.RecordBatch, k: int, min_score: float | None, qb_size: 
     r, c, s = score_block(q_vec, t_vec, t_ids, k, rows[ok], cols[ok], min_score)
     rank = ranks_in_runs(r)
     return pa.RecordBatch.from_arrays(
-        [pa.array(np.full(len(r), qb, dtype=np.int32)), pa.array(q_ids[r].astype(np.int32)),
-         pa.array(t_ids[c].astype(np.int32)), pa.array(s.astype(np.float32)), pa.array(rank)],
-        names=["qb", "query", "target", "score", "rank"])
+        [
+            pa.array(np.full(len(r), qb, dtype=np.int32)),
+            pa.array(q_ids[r].astype(np.int32)),
+            pa.array(t_ids[c].astype(np.int32)),
+            pa.array(s.astype(np.float32)),
+            pa.array(rank),
+        ],
+        names=["qb", "query", "target", "score", "rank"],
+    )
 
 
 def _merge_partials(table: pa.Table, k: int) -> pa.Table:
@@ -215,5 +238,11 @@ def _merge_partials(table: pa.Table, k: int) -> pa.Table:
     t = table.column("target").to_numpy().astype(np.int64)
     s = table.column("score").to_numpy()
     kept, rank = top_n_per_key(q, s, t, k)
-    return pa.table({"query": pa.array(q[kept].astype(np.int32)), "target": pa.array(t[kept].astype(np.int32)),
-                     "score": pa.array(s[kept].astype(np.float32)), "rank": pa.array(rank)})
+    return pa.table(
+        {
+            "query": pa.array(q[kept].astype(np.int32)),
+            "target": pa.array(t[kept].astype(np.int32)),
+            "score": pa.array(s[kept].astype(np.float32)),
+            "rank": pa.array(rank),
+        }
+    )

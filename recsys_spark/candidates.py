@@ -38,6 +38,7 @@ from recsys_spark.ranking import rank_per_user
 
 log = logging.getLogger(__name__)
 
+
 def user_history_sizes(matrix: DataFrame) -> DataFrame:
     """(user_idx, n_items): distinct items per user."""
     return matrix.groupBy("user_idx").agg(F.count("*").alias("n_items"))
@@ -58,15 +59,17 @@ def popular_items(matrix: DataFrame, window_days: int, top: int) -> DataFrame:
     segments = [overall.withColumn("segment", F.lit("overall"))]
     if newest is not None:
         since = F.lit(newest) - F.expr(f"INTERVAL {int(window_days)} DAYS")
-        recent = (matrix.where(F.col("last_event_time") > since)
-                  .groupBy("item_idx").agg(F.count("*").alias("users")))
+        recent = matrix.where(F.col("last_event_time") > since).groupBy("item_idx").agg(F.count("*").alias("users"))
         segments.append(recent.withColumn("segment", F.lit("recent")))
     else:  # no times at all: "recent" is the same as overall
         segments.append(overall.withColumn("segment", F.lit("recent")))
     both = segments[0].unionByName(segments[1])
     order = Window.partitionBy("segment").orderBy(F.col("users").desc(), F.col("item_idx"))
-    return (both.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top)
-            .select("segment", F.col("rank").cast("int"), "item_idx", "users"))
+    return (
+        both.withColumn("rank", F.row_number().over(order))
+        .where(F.col("rank") <= top)
+        .select("segment", F.col("rank").cast("int"), "item_idx", "users")
+    )
 
 
 def cold_start_segment(matrix: DataFrame, cfg: CandidatesConfig) -> DataFrame:
@@ -75,8 +78,9 @@ def cold_start_segment(matrix: DataFrame, cfg: CandidatesConfig) -> DataFrame:
     return popular.where(F.col("segment") == cfg.cold_start_segment).select("rank", "item_idx", "users")
 
 
-def cold_start_candidates(cold_users: DataFrame, seen: DataFrame, popular: DataFrame, k: int,
-                          max_seen: int) -> DataFrame:
+def cold_start_candidates(
+    cold_users: DataFrame, seen: DataFrame, popular: DataFrame, k: int, max_seen: int
+) -> DataFrame:
     """Popular items for users with little history: the list minus what each has seen.
 
     ``popular`` is one segment's (rank, item_idx, users); cold users have at most ``max_seen``
@@ -88,19 +92,35 @@ def cold_start_candidates(cold_users: DataFrame, seen: DataFrame, popular: DataF
     return rank_per_user(unseen, k).withColumn("source", F.lit("popular"))
 
 
-def als_candidates(user_factors: DataFrame, item_factors: DataFrame, seen: DataFrame, k: int,
-                   shape: BlockShape) -> DataFrame:
+def als_candidates(
+    user_factors: DataFrame, item_factors: DataFrame, seen: DataFrame, k: int, shape: BlockShape
+) -> DataFrame:
     """Top-k items by ALS score for every user in ``user_factors``, seen items excluded."""
     top = blocked_top_k(
         user_factors.select(F.col("user_idx").alias("query"), F.col("factors").alias("vector")),
         item_factors.select(F.col("item_idx").alias("target"), F.col("factors").alias("vector")),
-        k, exclude=seen.select(F.col("user_idx").alias("query"), F.col("item_idx").alias("target")), shape=shape)
-    return top.select(F.col("query").alias("user_idx"), F.col("target").alias("item_idx"), "score", "rank",
-                      F.lit("als").alias("source"))
+        k,
+        exclude=seen.select(F.col("user_idx").alias("query"), F.col("item_idx").alias("target")),
+        shape=shape,
+    )
+    return top.select(
+        F.col("query").alias("user_idx"),
+        F.col("target").alias("item_idx"),
+        "score",
+        "rank",
+        F.lit("als").alias("source"),
+    )
 
 
-def item_item_candidates(matrix: DataFrame, neighbors: DataFrame, users: DataFrame, k: int,
-                         recent_items: int, weight: VoteWeight = None, source: str = "item_item") -> DataFrame:
+def item_item_candidates(
+    matrix: DataFrame,
+    neighbors: DataFrame,
+    users: DataFrame,
+    k: int,
+    recent_items: int,
+    weight: VoteWeight = None,
+    source: str = "item_item",
+) -> DataFrame:
     """Top-k by the summed (weighted) similarity of each item to the user's recent items, seen items excluded.
 
     Args:
@@ -215,8 +235,15 @@ class CandidateBuilder:
         if method is None or method not in inputs.neighbors:
             raise ValueError(f"strategy {name} needs the {method!r} item neighbours")
         voters = cc.recent_items if name == "item_item" else cc.max_history_votes
-        return item_item_candidates(inputs.matrix, inputs.neighbors[method], self._warm, cc.k, voters,
-                                    inputs.vote_weights.get(method), source=name)
+        return item_item_candidates(
+            inputs.matrix,
+            inputs.neighbors[method],
+            self._warm,
+            cc.k,
+            voters,
+            inputs.vote_weights.get(method),
+            source=name,
+        )
 
     def strategy(self, strategy: Strategy) -> DataFrame:
         """The strategy's list for every user: its scored rows, and the popularity list (minus seen
@@ -252,5 +279,12 @@ class CandidateBuilder:
 
 
 def log_config(cfg: CandidatesConfig) -> None:
-    log.info("candidates: strategies %s, k %d, cold start below %d items (%s popularity), blocks %d x %d",
-             list(cfg.strategies), cfg.k, cfg.min_history, cfg.cold_start_segment, cfg.user_block, cfg.item_block)
+    log.info(
+        "candidates: strategies %s, k %d, cold start below %d items (%s popularity), blocks %d x %d",
+        list(cfg.strategies),
+        cfg.k,
+        cfg.min_history,
+        cfg.cold_start_segment,
+        cfg.user_block,
+        cfg.item_block,
+    )

@@ -1,6 +1,6 @@
 """The ``recsys-spark`` command, and the shared entry point of the spark-submit jobs.
 
-    recsys-spark [--config FILE] [--set section.key=value ...] COMMAND [options]
+recsys-spark [--config FILE] [--set section.key=value ...] COMMAND [options]
 """
 
 from __future__ import annotations
@@ -24,18 +24,30 @@ JobFn = Callable[[Any, Config, Any], None]
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
     default: Any = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--config", "-c", default=default, metavar="FILE",
-                        help=f"TOML config (default: {DEFAULT_CONFIG} when present)")
-    parser.add_argument("--set", dest="overrides", action="append", default=argparse.SUPPRESS if suppress else [],
-                        metavar="KEY=VALUE", help="override a config key, e.g. --set ingest.source.path=logs/ "
-                        "(repeatable; values are TOML literals, else strings)")
-    parser.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS if suppress else False,
-                        help="debug logging")
+    parser.add_argument(
+        "--config", "-c", default=default, metavar="FILE", help=f"TOML config (default: {DEFAULT_CONFIG} when present)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=argparse.SUPPRESS if suppress else [],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set ingest.source.path=logs/ "
+        "(repeatable; values are TOML literals, else strings)",
+    )
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", default=argparse.SUPPRESS if suppress else False, help="debug logging"
+    )
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("py4j", "py4j.clientserver", "py4j.java_gateway"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -72,8 +84,10 @@ def _guard(fn: Callable[[], int]) -> int:
 
         if isinstance(exc, (PySparkException, Py4JJavaError)):
             # Spark's own errors carry a readable class and message; the JVM trace helps nobody here.
-            print(f"error: Spark failed: {spark_error_summary(exc)}\n(re-run with --verbose for the full trace)",
-                  file=sys.stderr)
+            print(
+                f"error: Spark failed: {spark_error_summary(exc)}\n(re-run with --verbose for the full trace)",
+                file=sys.stderr,
+            )
             log.debug("Spark failure", exc_info=True)
             return 1
         raise
@@ -115,8 +129,7 @@ def _recorded(spark, cfg: Config, ctx, call: Callable[[], None]) -> None:  # noq
             store.check_writable()  # an unwritable root is the job's own error: say it once
             record_run(spark, store, ctx, cfg, status, error)
         except Exception as record_error:  # noqa: BLE001 - the job's own error matters more than its manifest's
-            log.warning("could not record run %s in the runs table: %s", ctx.run_id,
-                        spark_error_summary(record_error))
+            log.warning("could not record run %s in the runs table: %s", ctx.run_id, spark_error_summary(record_error))
             log.debug("manifest failure", exc_info=True)
         raise
     record_run(spark, TableStore(spark, cfg.storage), ctx, cfg, "succeeded")
@@ -145,9 +158,11 @@ def _cmd_train_als(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
 
 
 def _als_summary(cfg: Config, out: dict[str, Any]) -> str:
-    return (f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
-            f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
-            f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}")
+    return (
+        f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
+        f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
+        f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}"
+    )
 
 
 def _cmd_item_similarity(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
@@ -173,8 +188,7 @@ def _cmd_evaluate(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
     print(f"evaluation_summary v{res.table.version}; {res.json_path}; report: {res.report_path}")
 
 
-def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, variant: str | None,
-            as_json: bool) -> int:
+def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, variant: str | None, as_json: bool) -> int:
     """``recsys-spark lookup``: no Spark, no JVM; prints one row per candidate or neighbour."""
     import json
 
@@ -182,14 +196,20 @@ def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, varia
 
     cc = cfg.candidates
     table = T.USER_CANDIDATES if what == "user" else T.ITEM_NEIGHBORS
-    recs = Recommendations.open(cfg.storage.root, strategy=(variant if what == "user" and variant else cc.strategies[0]),
-                                neighbor_method=(variant if what == "item" and variant else cfg.similarity.method),
-                                cold_start_segment=cc.cold_start_segment,
-                                versions={table: version} if version is not None else None)
+    recs = Recommendations.open(
+        cfg.storage.root,
+        strategy=(variant if what == "user" and variant else cc.strategies[0]),
+        neighbor_method=(variant if what == "item" and variant else cfg.similarity.method),
+        cold_start_segment=cc.cold_start_segment,
+        versions={table: version} if version is not None else None,
+    )
     rows: list[Any] = recs.for_user(key, k) if what == "user" else recs.similar_items(key, k)
     if as_json:
-        print(json.dumps({"key": key, "table": table, "version": recs.versions()[table],
-                          "rows": [r.__dict__ for r in rows]}))
+        print(
+            json.dumps(
+                {"key": key, "table": table, "version": recs.versions()[table], "rows": [r.__dict__ for r in rows]}
+            )
+        )
         return 0
     if what == "user":
         print(f"top-{k} for user {key!r} ({recs.strategy}, user_candidates v{recs.versions()[table]}):")
@@ -218,8 +238,10 @@ def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
         if s.version is None:
             print(f"  {name:<22} {'-':>7} {'-':>12} {'-':>6} {'-':>8}  {'(not written yet)':<36} {where}")
             continue
-        print(f"  {name:<22} {s.version:>7} {s.rows:>12,} {s.files:>6} {s.bytes / 1e6:>8.1f}  "
-              f"{(s.last_job or '-') + ' ' + (s.last_run_id or '-'):<36} {where}")
+        print(
+            f"  {name:<22} {s.version:>7} {s.rows:>12,} {s.files:>6} {s.bytes / 1e6:>8.1f}  "
+            f"{(s.last_job or '-') + ' ' + (s.last_run_id or '-'):<36} {where}"
+        )
 
 
 def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
@@ -249,18 +271,23 @@ def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
     else:
         print(f"[3/{steps}] ALS: interactions unchanged, factors are current")
     methods = store.partition_values(T.ITEM_NEIGHBORS, "method")
-    for step, method, label, stale in ((4, "cosine", "item-item cosine", changed), (5, "als", "ALS item-factor cosine",
-                                                                                    retrained)):
+    for step, method, label, stale in (
+        (4, "cosine", "item-item cosine", changed),
+        (5, "als", "ALS item-factor cosine", retrained),
+    ):
         if stale or method not in methods:
             w = run_item_similarity(spark, cfg.with_overrides([f"similarity.method={method}"]), ctx)
-            print(f"[{step}/{steps}] {label}: item_neighbors v{w.version}, {w.rows:,} neighbour rows "
-                  f"(method = {method!r})")
+            print(
+                f"[{step}/{steps}] {label}: item_neighbors v{w.version}, {w.rows:,} neighbour rows "
+                f"(method = {method!r})"
+            )
         else:
             print(f"[{step}/{steps}] {label}: inputs unchanged, item_neighbors (method = {method!r}) is current")
     if retrained or not store.exists(T.USER_CANDIDATES):
         out = run_candidates(spark, cfg, ctx)
-        print(f"[6/{steps}] candidates: " + ", ".join(f"{name} v{w.version} ({w.rows:,} rows)"
-                                                    for name, w in out.items()))
+        print(
+            f"[6/{steps}] candidates: " + ", ".join(f"{name} v{w.version} ({w.rows:,} rows)" for name, w in out.items())
+        )
     else:
         print(f"[6/{steps}] candidates: inputs unchanged, user_candidates is current")
     latest = Path(cfg.evaluation.output_dir) / "latest" / "report.html"
@@ -268,8 +295,10 @@ def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
         from recsys_spark.pipeline import run_evaluate
 
         res = run_evaluate(spark, cfg, ctx)
-        print(f"[7/{steps}] evaluation ({cfg.evaluation.split} split, {res.summary['splits'][0]['test_users']:,} "
-              f"test users): evaluation_summary v{res.table.version}")
+        print(
+            f"[7/{steps}] evaluation ({cfg.evaluation.split} split, {res.summary['splits'][0]['test_users']:,} "
+            f"test users): evaluation_summary v{res.table.version}"
+        )
         evaluation = res.headline_table(), str(res.report_path)
     else:
         print(f"[7/{steps}] evaluation: inputs unchanged, the latest report is current")
@@ -315,24 +344,40 @@ def _build_parser() -> argparse.ArgumentParser:
     add("generate", "write the synthetic interaction log (generate.* settings)")
     add("ingest", "ingest raw logs into interactions, users, items and interaction_matrix")
     add("train-als", "fit ALS on interaction_matrix into user_factors, item_factors and models (als.*)")
-    add("item-similarity", "item neighbours into item_neighbors: cosine of interaction-matrix columns, or of "
-        "ALS item factors with --set similarity.method=als")
-    add("evaluate", "fit models and baselines on a train split, score the held-out part, write evaluation_summary, "
-        "evaluation.json and report.html (evaluation.* settings)")
+    add(
+        "item-similarity",
+        "item neighbours into item_neighbors: cosine of interaction-matrix columns, or of "
+        "ALS item factors with --set similarity.method=als",
+    )
+    add(
+        "evaluate",
+        "fit models and baselines on a train split, score the held-out part, write evaluation_summary, "
+        "evaluation.json and report.html (evaluation.* settings)",
+    )
     add("topk", "precompute popular_items and per-user top-k user_candidates (candidates.* settings)")
     look = add("lookup", "fetch precomputed rows without Spark: a user's candidates or an item's neighbours")
     look.add_argument("what", choices=["user", "item"])
     look.add_argument("key", help="original user or item id")
     look.add_argument("--k", type=int, default=10, help="rows to return (default 10)")
-    look.add_argument("--strategy", "--method", dest="variant", default=None,
-                      help="user: candidates strategy (default: first of candidates.strategies); "
-                           "item: neighbour method (default: similarity.method)")
+    look.add_argument(
+        "--strategy",
+        "--method",
+        dest="variant",
+        default=None,
+        help="user: candidates strategy (default: first of candidates.strategies); "
+        "item: neighbour method (default: similarity.method)",
+    )
     look.add_argument("--version", type=int, default=None, help="serve this table version instead of the latest")
     look.add_argument("--json", action="store_true", help="print JSON")
-    demo = add("demo", "the whole pipeline on the synthetic log (generated if missing): ingest, ALS, item neighbours, tables")
+    demo = add(
+        "demo", "the whole pipeline on the synthetic log (generated if missing): ingest, ALS, item neighbours, tables"
+    )
     demo.add_argument("--fresh", action="store_true", help="regenerate the synthetic log")
-    comp = add("compare", "the headline table of several evaluation.json files together, mean ± std over all "
-               "their splits (no Spark needed)")
+    comp = add(
+        "compare",
+        "the headline table of several evaluation.json files together, mean ± std over all "
+        "their splits (no Spark needed)",
+    )
     comp.add_argument("files", nargs="+", metavar="EVALUATION_JSON")
     add("tables", "list the tables with version and row count (no Spark needed)")
     hist = add("history", "show a table's versions and which run wrote each (no Spark needed)")
@@ -340,8 +385,12 @@ def _build_parser() -> argparse.ArgumentParser:
     hist.add_argument("--limit", type=int, default=20)
     vac = add("vacuum", "delete data files no longer referenced (incl. orphans of killed writes)")
     vac.add_argument("tables", nargs="*", help="tables to vacuum (default: all)")
-    vac.add_argument("--retention-hours", type=float, default=None,
-                     help="keep files removed less than this long ago (default: storage.vacuum_retention_hours)")
+    vac.add_argument(
+        "--retention-hours",
+        type=float,
+        default=None,
+        help="keep files removed less than this long ago (default: storage.vacuum_retention_hours)",
+    )
     vac.add_argument("--dry-run", action="store_true", help="list the files without deleting them")
     return parser
 
@@ -401,8 +450,11 @@ def _compare(files: Sequence[str]) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read evaluation file {path}: {exc}") from None
         # data/ml-100k/u1/reports/latest/evaluation.json -> u1: the first folder that tells the runs apart
-        names.append(path.resolve().parent.name if path.resolve().parent.name != "latest" else
-                     next((p.name for p in path.resolve().parents if p.name not in ("latest", "reports")), f))
+        names.append(
+            path.resolve().parent.name
+            if path.resolve().parent.name != "latest"
+            else next((p.name for p in path.resolve().parents if p.name not in ("latest", "reports")), f)
+        )
     if len(set(names)) != len(names):
         names = [str(Path(f)) for f in files]
     print(headline_table(combined_summary(summaries, names)))
@@ -416,8 +468,10 @@ def _history(cfg: Config, table: str, limit: int) -> int:
     print(f"history of {table} ({table_location(cfg.storage.root, table)}):")
     for e in entries:
         m = e.metadata
-        print(f"  v{e.version:<4} {e.timestamp:%Y-%m-%d %H:%M:%S} {e.operation:<13} "
-              f"job={m.get('job', '-')} run={m.get('run_id', '-')} config={m.get('config_hash', '-')}")
+        print(
+            f"  v{e.version:<4} {e.timestamp:%Y-%m-%d %H:%M:%S} {e.operation:<13} "
+            f"job={m.get('job', '-')} run={m.get('run_id', '-')} config={m.get('config_hash', '-')}"
+        )
     return 0
 
 

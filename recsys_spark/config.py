@@ -20,8 +20,16 @@ from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from recsys_spark.errors import ConfigError
 
@@ -69,8 +77,13 @@ def _as_iso(value: Any) -> Any:
 
 
 #: Charsets ingest can decode line by line (Spark's decode supports these ASCII-compatible ones).
-_CHARSETS = {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "ascii": "US-ASCII", "latin-1": "ISO-8859-1",
-             "iso8859-1": "ISO-8859-1"}
+_CHARSETS = {
+    "utf-8": "UTF-8",
+    "utf-8-sig": "UTF-8",
+    "ascii": "US-ASCII",
+    "latin-1": "ISO-8859-1",
+    "iso8859-1": "ISO-8859-1",
+}
 
 
 def spark_charset(encoding: str) -> str:
@@ -83,7 +96,8 @@ def spark_charset(encoding: str) -> str:
         raise ValueError(
             f"ingest.source.encoding {encoding!r} is not supported: ingest reads text line by line and "
             "decodes UTF-8, US-ASCII or ISO-8859-1 (latin-1). Convert other encodings first, e.g. "
-            f"`iconv -f {encoding} -t UTF-8`")
+            f"`iconv -f {encoding} -t UTF-8`"
+        )
     return _CHARSETS[name]
 
 
@@ -124,8 +138,10 @@ class SparkConfig(_Section):
         # TOML `x = 4` parse as bool/int; write them the way Spark spells them.
         if not isinstance(v, dict):
             return v
-        return {k: (str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x)
-                for k, x in v.items()}
+        return {
+            k: (str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x)
+            for k, x in v.items()
+        }
 
 
 class StorageConfig(_Section):
@@ -166,30 +182,59 @@ TimestampFormat = Literal["auto", "unix_s", "unix_ms", "iso", "none"]
 #: Named readers for well-known public logs; any field set explicitly in a config wins.
 SOURCE_PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": {
-        "format": "csv", "header": True,
-        "user_col": "user_id", "item_col": "item_id", "event_type_col": "event_type",
-        "value_col": "value", "timestamp_col": "timestamp", "event_id_col": "event_id",
-        "timestamp_format": "iso", "feedback": "implicit",
+        "format": "csv",
+        "header": True,
+        "user_col": "user_id",
+        "item_col": "item_id",
+        "event_type_col": "event_type",
+        "value_col": "value",
+        "timestamp_col": "timestamp",
+        "event_id_col": "event_id",
+        "timestamp_format": "iso",
+        "feedback": "implicit",
     },
     "movielens-100k": {  # u.data / u1.base: user \t item \t rating \t unix seconds, no header
-        "format": "tsv", "header": False, "field_names": ["user", "item", "rating", "timestamp"],
-        "user_col": "user", "item_col": "item", "value_col": "rating", "timestamp_col": "timestamp",
-        "timestamp_format": "unix_s", "feedback": "explicit", "default_event_type": "rating",
+        "format": "tsv",
+        "header": False,
+        "field_names": ["user", "item", "rating", "timestamp"],
+        "user_col": "user",
+        "item_col": "item",
+        "value_col": "rating",
+        "timestamp_col": "timestamp",
+        "timestamp_format": "unix_s",
+        "feedback": "explicit",
+        "default_event_type": "rating",
     },
     "movielens-csv": {  # ml-latest-small ratings.csv
-        "format": "csv", "header": True,
-        "user_col": "userId", "item_col": "movieId", "value_col": "rating", "timestamp_col": "timestamp",
-        "timestamp_format": "unix_s", "feedback": "explicit", "default_event_type": "rating",
+        "format": "csv",
+        "header": True,
+        "user_col": "userId",
+        "item_col": "movieId",
+        "value_col": "rating",
+        "timestamp_col": "timestamp",
+        "timestamp_format": "unix_s",
+        "feedback": "explicit",
+        "default_event_type": "rating",
     },
     "lastfm-plays": {  # hetrec2011 user_artists.dat: play counts, no timestamps
-        "format": "tsv", "header": True,
-        "user_col": "userID", "item_col": "artistID", "value_col": "weight",
-        "timestamp_format": "none", "feedback": "implicit", "default_event_type": "play",
+        "format": "tsv",
+        "header": True,
+        "user_col": "userID",
+        "item_col": "artistID",
+        "value_col": "weight",
+        "timestamp_format": "none",
+        "feedback": "implicit",
+        "default_event_type": "play",
     },
     "amazon-5core": {  # McAuley 2014 5-core JSON lines (gzipped is fine)
         "format": "json",
-        "user_col": "reviewerID", "item_col": "asin", "value_col": "overall", "timestamp_col": "unixReviewTime",
-        "timestamp_format": "unix_s", "feedback": "explicit", "default_event_type": "rating",
+        "user_col": "reviewerID",
+        "item_col": "asin",
+        "value_col": "overall",
+        "timestamp_col": "unixReviewTime",
+        "timestamp_format": "unix_s",
+        "feedback": "explicit",
+        "default_event_type": "rating",
     },
 }
 
@@ -203,7 +248,9 @@ PRESET_RATING_RANGES: dict[str, tuple[float, float]] = {
 
 
 class SourceConfig(_Section):
-    preset: Literal["custom", "synthetic", "movielens-100k", "movielens-csv", "lastfm-plays", "amazon-5core"] = "synthetic"
+    preset: Literal["custom", "synthetic", "movielens-100k", "movielens-csv", "lastfm-plays", "amazon-5core"] = (
+        "synthetic"
+    )
     """A named reader for a known log format (fills the fields below), or "custom"."""
 
     path: str = "data/raw/events"
@@ -271,12 +318,16 @@ class SourceConfig(_Section):
         if self.feedback == "explicit" and not self.value_col:
             raise ValueError("ingest.source.value_col (the rating) is required for explicit feedback")
         if self.delimiter is not None and len(self.delimiter) != 1:
-            hint = ' (for a tab write "\\t" as a TOML string: --set \'ingest.source.delimiter="\\t"\')' \
-                if self.delimiter == "\\t" else ""
+            hint = (
+                ' (for a tab write "\\t" as a TOML string: --set \'ingest.source.delimiter="\\t"\')'
+                if self.delimiter == "\\t"
+                else ""
+            )
             raise ValueError(f"ingest.source.delimiter must be a single character, got {self.delimiter!r}{hint}")
         if self.delimiter is not None and self.delimiter in '"\r\n':
-            raise ValueError(f"ingest.source.delimiter {self.delimiter!r} cannot separate fields (it is the quote "
-                             "or a line break)")
+            raise ValueError(
+                f"ingest.source.delimiter {self.delimiter!r} cannot separate fields (it is the quote or a line break)"
+            )
         spark_charset(self.encoding)
         _check_path(self.path, "ingest.source.path")
         return self
@@ -291,8 +342,14 @@ class IngestConfig(_Section):
     """Where the raw log is and how to read it."""
 
     event_weights: dict[str, float] = Field(
-        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 3.0, "purchase": 5.0,
-                                 "rating": 1.0, "play": 1.0}
+        default_factory=lambda: {
+            "view": 1.0,
+            "click": 2.0,
+            "add_to_cart": 3.0,
+            "purchase": 5.0,
+            "rating": 1.0,
+            "play": 1.0,
+        }
     )
     """Weight per event type; an event type not listed here is rejected as unknown_event_type."""
 
@@ -357,8 +414,11 @@ class IngestConfig(_Section):
         if not isinstance(data, Mapping):
             return data
         source = data.get("source", {})
-        preset = source.preset if isinstance(source, SourceConfig) else (
-            source.get("preset", "synthetic") if isinstance(source, Mapping) else None)
+        preset = (
+            source.preset
+            if isinstance(source, SourceConfig)
+            else (source.get("preset", "synthetic") if isinstance(source, Mapping) else None)
+        )
         if preset not in PRESET_RATING_RANGES:
             return data
         lo, hi = PRESET_RATING_RANGES[preset]
@@ -377,22 +437,31 @@ class IngestConfig(_Section):
         for token in v:
             # fields are compared after trimming, so a blank or padded token could never match
             if not token.strip() or token != token.strip():
-                raise ValueError(f"token {token!r} is blank or padded with spaces; list the "
-                                 "token itself (fields are trimmed before they are compared)")
+                raise ValueError(
+                    f"token {token!r} is blank or padded with spaces; list the "
+                    "token itself (fields are trimmed before they are compared)"
+                )
         return v
 
     @model_validator(mode="after")
     def _consistent(self) -> IngestConfig:
         if self.min_rating is not None and self.max_rating is not None and self.min_rating > self.max_rating:
             preset = self.source.preset
-            origin = (f" (the {preset} preset sets {PRESET_RATING_RANGES[preset][0]:g} .. "
-                      f"{PRESET_RATING_RANGES[preset][1]:g} unless you set them)" if preset in PRESET_RATING_RANGES
-                      else "")
-            raise ValueError(f"ingest.min_rating = {self.min_rating:g} is above ingest.max_rating = "
-                             f"{self.max_rating:g}: no rating could pass{origin}")
+            origin = (
+                f" (the {preset} preset sets {PRESET_RATING_RANGES[preset][0]:g} .. "
+                f"{PRESET_RATING_RANGES[preset][1]:g} unless you set them)"
+                if preset in PRESET_RATING_RANGES
+                else ""
+            )
+            raise ValueError(
+                f"ingest.min_rating = {self.min_rating:g} is above ingest.max_rating = "
+                f"{self.max_rating:g}: no rating could pass{origin}"
+            )
         if self.max_value is not None and self.source.feedback == "explicit":
-            raise ValueError("ingest.max_value bounds implicit values; ratings (ingest.source.feedback = "
-                             "'explicit') are bounded by ingest.min_rating / ingest.max_rating")
+            raise ValueError(
+                "ingest.max_value bounds implicit values; ratings (ingest.source.feedback = "
+                "'explicit') are bounded by ingest.min_rating / ingest.max_rating"
+            )
         return self
 
     @field_validator("event_weights")
@@ -402,9 +471,11 @@ class IngestConfig(_Section):
             if not (w == w and abs(w) != float("inf")) or w < 0:
                 raise ValueError(f"ingest.event_weights.{k} must be a finite number >= 0, got {w}")
             if w > FLOAT32_MAX:
-                raise ValueError(f"ingest.event_weights.{k} = {w:g} exceeds float32's largest value "
-                                 f"({FLOAT32_MAX:.4g}), which ALS holds weights in: every event would be "
-                                 "weight_out_of_range")
+                raise ValueError(
+                    f"ingest.event_weights.{k} = {w:g} exceeds float32's largest value "
+                    f"({FLOAT32_MAX:.4g}), which ALS holds weights in: every event would be "
+                    "weight_out_of_range"
+                )
         return v
 
     @field_validator("min_event_time", mode="before")
@@ -885,12 +956,12 @@ class TuningConfig(_Section):
     als_alpha: list[float] = Field(default_factory=lambda: [0.1, 50.0], min_length=2, max_length=2)
     """ALS confidence weight alpha range (log-uniform)."""
 
-    als_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear", "log"],
-                                                      min_length=1)
+    als_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear", "log"], min_length=1)
     """ALS confidence transforms to draw from."""
 
-    ease_l2: list[float] = Field(default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0],
-                                 min_length=1)
+    ease_l2: list[float] = Field(
+        default_factory=lambda: [10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0], min_length=1
+    )
     """EASE: L2 penalties tried (a log grid; units of r squared, so the right range moves with the transform)."""
 
     ease_confidence: list[ConfidenceTransform] = Field(default_factory=lambda: ["binary", "linear"], min_length=1)
@@ -972,7 +1043,8 @@ class Config(_Section):
                 resolved = root[1] if root[0] == "file" else root[0] + root[1]
                 raise ValueError(
                     f"{key} {value!r} {relation} the table root (storage.root = {self.storage.root!r}, "
-                    f"that is {resolved} once '..' is resolved); {why}. Use a folder outside the table root")
+                    f"that is {resolved} once '..' is resolved); {why}. Use a folder outside the table root"
+                )
         return self
 
     def _paths_near_tables(self) -> list[tuple[str, str, str]]:
@@ -981,8 +1053,11 @@ class Config(_Section):
         reads = "ingest would read the tables' own data files as raw input"
         return [
             ("generate.output", self.generate.output, "generate replaces that folder, tables included"),
-            ("evaluation.output_dir", self.evaluation.output_dir,
-             f"evaluation replaces the latest/ folder in it, and {among}"),
+            (
+                "evaluation.output_dir",
+                self.evaluation.output_dir,
+                f"evaluation replaces the latest/ folder in it, and {among}",
+            ),
             ("spark.checkpoint_dir", self.spark.checkpoint_dir, f"Spark checkpoints there, and {among}"),
             ("ingest.source.path", self.ingest.source.path, reads),
             ("evaluation.given_train", self.evaluation.given_train, reads),

@@ -87,18 +87,20 @@ def _port_is_free(port: int) -> bool:
 
 def _environment(directory: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "SPARK_HOME": str(spark_home()),
-        # Spark otherwise advertises the first non-loopback interface
-        "SPARK_LOCAL_IP": _HOST,
-        "SPARK_LOCAL_HOSTNAME": "localhost",
-        "SPARK_LOG_DIR": str(directory / "logs"),
-        "SPARK_WORKER_DIR": str(directory / "work"),
-        # executors start Python workers; without this they would pick whatever python3 is on PATH
-        "PYSPARK_PYTHON": env.get("PYSPARK_PYTHON", sys.executable),
-        # the REST submission server would listen on a fixed port (6066) that two clusters share
-        "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false " + env.get("SPARK_MASTER_OPTS", ""),
-    })
+    env.update(
+        {
+            "SPARK_HOME": str(spark_home()),
+            # Spark otherwise advertises the first non-loopback interface
+            "SPARK_LOCAL_IP": _HOST,
+            "SPARK_LOCAL_HOSTNAME": "localhost",
+            "SPARK_LOG_DIR": str(directory / "logs"),
+            "SPARK_WORKER_DIR": str(directory / "work"),
+            # executors start Python workers; without this they would pick whatever python3 is on PATH
+            "PYSPARK_PYTHON": env.get("PYSPARK_PYTHON", sys.executable),
+            # the REST submission server would listen on a fixed port (6066) that two clusters share
+            "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false " + env.get("SPARK_MASTER_OPTS", ""),
+        }
+    )
     return env
 
 
@@ -109,8 +111,15 @@ def _launch(name: str, args: list[str], directory: Path, env: dict[str, str]) ->
     cmd = [str(spark_home() / "bin" / "spark-class"), *args]
     log.info("starting %s: %s", name, " ".join(cmd))
     # a session of its own: down() signals the whole group (the JVM and the executors it forks)
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            cwd=directory, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=directory,
+        start_new_session=True,
+    )
 
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
@@ -132,8 +141,9 @@ def _alive_workers(master_ui: str) -> int:
     return sum(1 for w in status.get("workers", []) if w.get("state") == "ALIVE")
 
 
-def start(directory: str | Path, workers: int = 2, cores: int = 1, memory: str = "2g",
-          port: int = 7077) -> ClusterState:
+def start(
+    directory: str | Path, workers: int = 2, cores: int = 1, memory: str = "2g", port: int = 7077
+) -> ClusterState:
     """Start a master and ``workers`` workers and wait until the master sees them all.
 
     Args:
@@ -147,15 +157,21 @@ def start(directory: str | Path, workers: int = 2, cores: int = 1, memory: str =
     if (directory / _STATE).exists():
         existing = load_state(directory)
         if _alive_workers(existing.master_ui) >= 0:
-            raise ClusterError(f"a cluster from {directory} is already running at {existing.master_url}; "
-                               f"stop it first (python -m recsys_spark.devcluster down --dir {directory})")
+            raise ClusterError(
+                f"a cluster from {directory} is already running at {existing.master_url}; "
+                f"stop it first (python -m recsys_spark.devcluster down --dir {directory})"
+            )
         (directory / _STATE).unlink()
     directory.mkdir(parents=True, exist_ok=True)
     env = _environment(directory)
     port = port if port and _port_is_free(port) else free_port()
     ui = free_port()
-    master = _launch("master", ["org.apache.spark.deploy.master.Master", "--host", _HOST, "--port", str(port),
-                                "--webui-port", str(ui)], directory, env)
+    master = _launch(
+        "master",
+        ["org.apache.spark.deploy.master.Master", "--host", _HOST, "--port", str(port), "--webui-port", str(ui)],
+        directory,
+        env,
+    )
     procs = [master]
     try:
         # Spark moves to the next port when the chosen one was taken in the meantime: the log says
@@ -166,10 +182,25 @@ def start(directory: str | Path, workers: int = 2, cores: int = 1, memory: str =
             worker_ui = free_port()
             work = directory / "work" / f"worker-{i}"
             work.mkdir(parents=True, exist_ok=True)
-            proc = _launch(f"worker-{i}", ["org.apache.spark.deploy.worker.Worker", "--host", _HOST,
-                                           "--webui-port", str(worker_ui), "--cores", str(cores),
-                                           "--memory", memory, "--work-dir", str(work), state.master_url],
-                           directory, env)
+            proc = _launch(
+                f"worker-{i}",
+                [
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--host",
+                    _HOST,
+                    "--webui-port",
+                    str(worker_ui),
+                    "--cores",
+                    str(cores),
+                    "--memory",
+                    memory,
+                    "--work-dir",
+                    str(work),
+                    state.master_url,
+                ],
+                directory,
+                env,
+            )
             procs.append(proc)
             state.worker_pids.append(proc.pid)
             state.worker_uis.append(f"http://{_HOST}:{worker_ui}")
@@ -205,13 +236,17 @@ def _wait_for_workers(state: ClusterState, procs: list[subprocess.Popen[bytes]],
     while time.monotonic() < deadline:
         dead = [p for p in procs if p.poll() is not None]
         if dead:
-            raise ClusterError(f"a cluster JVM exited during start-up (exit {dead[0].returncode}); "
-                               f"see the logs in {state.directory}/logs")
+            raise ClusterError(
+                f"a cluster JVM exited during start-up (exit {dead[0].returncode}); "
+                f"see the logs in {state.directory}/logs"
+            )
         if _alive_workers(state.master_ui) >= workers:
             return
         time.sleep(0.5)
-    raise ClusterError(f"the master at {state.master_url} did not see {workers} workers within "
-                       f"{_START_TIMEOUT_S:.0f} s; see the logs in {state.directory}/logs")
+    raise ClusterError(
+        f"the master at {state.master_url} did not see {workers} workers within "
+        f"{_START_TIMEOUT_S:.0f} s; see the logs in {state.directory}/logs"
+    )
 
 
 def _write_state(directory: Path, state: ClusterState) -> None:
@@ -320,15 +355,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             state = start(args.dir, args.workers, args.cores, args.memory, args.port)
-            print(f"master {state.master_url} (web UI {state.master_ui}), {args.workers} workers; "
-                  f"stop with: python -m recsys_spark.devcluster down --dir {args.dir}")
+            print(
+                f"master {state.master_url} (web UI {state.master_ui}), {args.workers} workers; "
+                f"stop with: python -m recsys_spark.devcluster down --dir {args.dir}"
+            )
         elif args.command == "down":
             print("stopped" if stop(args.dir) else f"no local cluster was running from {args.dir}")
         else:
             state = load_state(args.dir)
             status = master_status(state.master_ui)
-            print(f"master {state.master_url}: {_alive_workers(state.master_ui)} workers alive, "
-                  f"{len(status.get('activeapps', []))} running applications")
+            print(
+                f"master {state.master_url}: {_alive_workers(state.master_ui)} workers alive, "
+                f"{len(status.get('activeapps', []))} running applications"
+            )
     except (ClusterError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

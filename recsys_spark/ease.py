@@ -73,9 +73,19 @@ from scipy.linalg import lapack
 
 from recsys_spark.config import EasePrune, SimilarityConfig
 from recsys_spark.errors import ConfigError
-from recsys_spark.similarity import (RESULT_SCHEMA, CellGrid, block_products, cap_user_history, cell_grid,
-                                     cooccurrence_counts, cross_products, decode_cell, positive_ratings,
-                                     product_entries, ranked_neighbours)
+from recsys_spark.similarity import (
+    RESULT_SCHEMA,
+    CellGrid,
+    block_products,
+    cap_user_history,
+    cell_grid,
+    cooccurrence_counts,
+    cross_products,
+    decode_cell,
+    positive_ratings,
+    product_entries,
+    ranked_neighbours,
+)
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +125,11 @@ class EaseMemory:
         return self.matrix_bytes + self.kept_bytes + self.buffer_bytes
 
     def __str__(self) -> str:
-        return (f"{self.total_bytes / _GB:.2f} GB on the driver (one {self.items:,} x {self.items:,} float64 matrix "
-                f"{self.matrix_bytes / _GB:.2f} GB, kept weights {self.kept_bytes / _GB:.2f} GB, buffers "
-                f"{self.buffer_bytes / _GB:.2f} GB)")
+        return (
+            f"{self.total_bytes / _GB:.2f} GB on the driver (one {self.items:,} x {self.items:,} float64 matrix "
+            f"{self.matrix_bytes / _GB:.2f} GB, kept weights {self.kept_bytes / _GB:.2f} GB, buffers "
+            f"{self.buffer_bytes / _GB:.2f} GB)"
+        )
 
 
 def ease_memory(n_items: int, top_n: int) -> EaseMemory:
@@ -178,8 +190,9 @@ def fit_ease(matrix: DataFrame, params: SimilarityConfig, grams: EaseGrams | Non
         rows, cols, kept = _solved_and_pruned(weights, own.l2, top_n, own.prune, seconds)
         del weights  # the n x n matrix goes before Spark is asked for anything more
         start = time.perf_counter()
-        neighbors = _ranked_with_cooccurrence(spark, gram, items[rows], items[cols], kept,
-                                              _row_limit(top_n, own.prune, len(items)), grid.n_items)
+        neighbors = _ranked_with_cooccurrence(
+            spark, gram, items[rows], items[cols], kept, _row_limit(top_n, own.prune, len(items)), grid.n_items
+        )
         seconds["cooccurrence"] = time.perf_counter() - start
     finally:
         gram.unpersist()
@@ -220,8 +233,10 @@ class EaseGrams:
             ratings = positive_ratings(self.matrix, own.confidence, own.epsilon)
             items, memory = _catalogue(ratings, params)
             if len(items):
-                log.info("EASE search: the Gram stays on the driver between trials, a second matrix of %.2f GB",
-                         memory.matrix_bytes / _GB)
+                log.info(
+                    "EASE search: the Gram stays on the driver between trials, a second matrix of %.2f GB",
+                    memory.matrix_bytes / _GB,
+                )
                 gram, grid = _spark_gram(ratings, params, items)
                 try:
                     self._entries, self._upper = _collected(gram, items, grid, seconds)
@@ -240,10 +255,16 @@ class EaseGrams:
             self._solved = (own.l2, weights)
         rows, cols, kept = _pruned(self._solved[1], top_n, own.prune, seconds)
         items = self._items
-        ranked = ranked_neighbours(np.zeros(len(rows), np.int32), items[rows], items[cols], kept,
-                                   np.zeros(len(rows)), _row_limit(top_n, own.prune, len(items)), with_block=False)
-        neighbors = (spark.createDataFrame(ranked, RESULT_SCHEMA)
-                     .withColumn("cooccurrence", F.lit(None).cast("long")))
+        ranked = ranked_neighbours(
+            np.zeros(len(rows), np.int32),
+            items[rows],
+            items[cols],
+            kept,
+            np.zeros(len(rows)),
+            _row_limit(top_n, own.prune, len(items)),
+            with_block=False,
+        )
+        neighbors = spark.createDataFrame(ranked, RESULT_SCHEMA).withColumn("cooccurrence", F.lit(None).cast("long"))
         return EaseFit(neighbors, len(items), self._entries, memory, seconds)
 
     def release(self) -> None:
@@ -257,10 +278,16 @@ def _catalogue(ratings: DataFrame, params: SimilarityConfig) -> tuple[np.ndarray
     items = np.sort(ratings.select("item_idx").distinct().toArrow().column("item_idx").to_numpy()).astype(np.int64)
     memory = ease_memory(len(items), top_n)
     if len(items):
-        log.info("EASE: %d items, %s confidence, l2 %g, top %d by |weight| (%s), histories capped at %d; the "
-                 "solve needs %s", len(items), own.confidence, own.l2, top_n,
-                 "per item" if own.prune == "item" else "per item on average, over all of B",
-                 params.max_user_items, memory)
+        log.info(
+            "EASE: %d items, %s confidence, l2 %g, top %d by |weight| (%s), histories capped at %d; the solve needs %s",
+            len(items),
+            own.confidence,
+            own.l2,
+            top_n,
+            "per item" if own.prune == "item" else "per item on average, over all of B",
+            params.max_user_items,
+            memory,
+        )
         check_ease_size(memory, own.max_items)
     return items, memory
 
@@ -280,16 +307,22 @@ def _collected(gram: DataFrame, items: np.ndarray, grid: CellGrid, seconds: dict
     start = time.perf_counter()
     entries = gram.count()
     seconds["gram"] = time.perf_counter() - start
-    log.info("EASE: Gram X'X in Spark: %d non-zero entries in the upper triangle (%.1f%% of it), %s; %.1f s",
-             entries, 100 * entries / (len(items) * (len(items) + 1) / 2), grid, seconds["gram"])
+    log.info(
+        "EASE: Gram X'X in Spark: %d non-zero entries in the upper triangle (%.1f%% of it), %s; %.1f s",
+        entries,
+        100 * entries / (len(items) * (len(items) + 1) / 2),
+        grid,
+        seconds["gram"],
+    )
     start = time.perf_counter()
     dense = dense_gram(gram, items, entries)
     seconds["collect"] = time.perf_counter() - start
     return entries, dense
 
 
-def _solved_and_pruned(weights: np.ndarray, l2: float, top_n: int, prune: EasePrune,
-                       seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _solved_and_pruned(
+    weights: np.ndarray, l2: float, top_n: int, prune: EasePrune, seconds: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, columns, weights) of B's entries kept by :func:`_pruned`; ``weights`` is overwritten."""
     _solve(weights, l2, seconds)
     return _pruned(weights, top_n, prune, seconds)
@@ -304,8 +337,9 @@ def _solve(weights: np.ndarray, l2: float, seconds: dict[str, float]) -> None:
     log.info("EASE: solved in %.1f s (collect %.1f s)", seconds["solve"], seconds.get("collect", 0.0))
 
 
-def _pruned(weights: np.ndarray, top_n: int, prune: EasePrune,
-            seconds: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pruned(
+    weights: np.ndarray, top_n: int, prune: EasePrune, seconds: dict[str, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rows, columns, weights) of the |B| entries kept: each row's ``top_n`` largest (prune "item")
     or the n x ``top_n`` largest of all (prune "global"); ``weights`` is read only."""
     start = time.perf_counter()
@@ -317,9 +351,16 @@ def _pruned(weights: np.ndarray, top_n: int, prune: EasePrune,
     kept = weights[rows, cols]
     seconds["prune"] = time.perf_counter() - start
     lengths = np.bincount(rows, minlength=n) if n else np.zeros(1, np.int64)
-    log.info("EASE: %d weights kept (%d negative, top %d per item%s; %d to %d per item) in %.1f s",
-             len(kept), int((kept < 0).sum()), top_n, "" if prune == "item" else " on average, over all of B",
-             int(lengths.min()), int(lengths.max()), seconds["prune"])
+    log.info(
+        "EASE: %d weights kept (%d negative, top %d per item%s; %d to %d per item) in %.1f s",
+        len(kept),
+        int((kept < 0).sum()),
+        top_n,
+        "" if prune == "item" else " on average, over all of B",
+        int(lengths.min()),
+        int(lengths.max()),
+        seconds["prune"],
+    )
     return rows, cols, kept
 
 
@@ -348,7 +389,8 @@ def check_ease_size(memory: EaseMemory, max_items: int) -> None:
         f"items, more than similarity.ease.max_items = {max_items:,}: the solve would need {memory}. Raise "
         "similarity.ease.max_items if the driver machine has that memory (it is held by the Python driver, not "
         "by the JVM heap that spark.driver.memory sizes), or use similarity.method = 'rp3beta' or 'cosine'. "
-        "Beyond a dense solve, the known route is a sparse approximate inverse (SANSA, Spisak et al., RecSys 2023).")
+        "Beyond a dense solve, the known route is a sparse approximate inverse (SANSA, Spisak et al., RecSys 2023)."
+    )
 
 
 def _gram_cell(table: pa.Table, cell_of: dict[int, int], n_tb: int) -> pa.Table:
@@ -366,9 +408,14 @@ def _gram_cell(table: pa.Table, cell_of: dict[int, int], n_tb: int) -> pa.Table:
 
 
 def _gram_table(src: np.ndarray, dst: np.ndarray, gram: np.ndarray, counts: np.ndarray) -> pa.Table:
-    return pa.table({"item_idx": pa.array(src.astype(np.int32)), "other_idx": pa.array(dst.astype(np.int32)),
-                     "gram": pa.array(gram.astype(np.float64)),
-                     "cooccurrence": pa.array(np.rint(counts).astype(np.int64))})
+    return pa.table(
+        {
+            "item_idx": pa.array(src.astype(np.int32)),
+            "other_idx": pa.array(dst.astype(np.int32)),
+            "gram": pa.array(gram.astype(np.float64)),
+            "cooccurrence": pa.array(np.rint(counts).astype(np.int64)),
+        }
+    )
 
 
 def dense_gram(gram: DataFrame, items: np.ndarray, entries: int) -> np.ndarray:
@@ -433,8 +480,10 @@ def ease_weights_in_place(gram: np.ndarray, l2: float) -> np.ndarray:
     # LAPACK factors and inverts without a copy; its lower triangle is gram's upper one
     factor, info = lapack.dpotrf(gram.T, lower=1, clean=0, overwrite_a=1)
     if info != 0:
-        raise ValueError(f"the Cholesky factorisation of G + l2 I failed (LAPACK info {info}): G + l2 I is not "
-                         "positive definite; is the Gram finite and l2 > 0?")
+        raise ValueError(
+            f"the Cholesky factorisation of G + l2 I failed (LAPACK info {info}): G + l2 I is not "
+            "positive definite; is the Gram finite and l2 > 0?"
+        )
     inverse, info = lapack.dpotri(factor, lower=1, overwrite_c=1)
     if info != 0:
         raise ValueError(f"inverting the Cholesky factor of G + l2 I failed (LAPACK info {info})")
@@ -469,7 +518,7 @@ def largest_abs_per_row(weights: np.ndarray, n: int) -> tuple[np.ndarray, np.nda
     chunk = max(1, _ROW_BUFFER // max(n_cols, 1))
     rows, cols = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     for s in range(0, n_rows, chunk):
-        a = np.abs(weights[s:s + chunk])
+        a = np.abs(weights[s : s + chunk])
         kth = np.partition(a, n_cols - k, axis=1)[:, n_cols - k] if k < n_cols else np.zeros(len(a))
         keep = a > kth[:, None]
         # a k-th value of 0 means the row has fewer than k non-zeros: all of them are kept above
@@ -503,7 +552,7 @@ def largest_abs_overall(weights: np.ndarray, count: int) -> tuple[np.ndarray, np
     chunk = max(1, _ROW_BUFFER // max(n_cols, 1))
     counts = np.zeros(1 << (63 - _BUCKET_SHIFT), np.int64)
     for s in range(0, n_rows, chunk):
-        a = np.abs(weights[s:s + chunk])
+        a = np.abs(weights[s : s + chunk])
         counts += np.bincount((a.view(np.int64) >> _BUCKET_SHIFT).ravel(), minlength=len(counts))
         counts[0] -= np.count_nonzero(a == 0)  # zeros share bucket 0 with subnormals; they are never kept
     from_top = np.cumsum(counts[::-1])
@@ -518,7 +567,7 @@ def largest_abs_overall(weights: np.ndarray, count: int) -> tuple[np.ndarray, np
     rows, cols = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     tie_rows, tie_cols, tie_vals = [np.empty(0, np.int64)], [np.empty(0, np.int64)], [np.empty(0)]
     for s in range(0, n_rows, chunk):
-        a = np.abs(weights[s:s + chunk])
+        a = np.abs(weights[s : s + chunk])
         bucket = a.view(np.int64) >> _BUCKET_SHIFT
         r, c = np.nonzero((bucket > edge) & (a != 0)) if edge < 0 else np.nonzero(bucket > edge)
         rows.append(r + s)
@@ -538,22 +587,35 @@ def largest_abs_overall(weights: np.ndarray, count: int) -> tuple[np.ndarray, np
     return r[order], c[order]
 
 
-def _ranked_with_cooccurrence(spark, gram: DataFrame, src: np.ndarray, dst: np.ndarray,  # noqa: ANN001
-                              weights: np.ndarray, top_n: int, id_bound: int) -> DataFrame:
+def _ranked_with_cooccurrence(
+    spark,
+    gram: DataFrame,
+    src: np.ndarray,
+    dst: np.ndarray,  # noqa: ANN001
+    weights: np.ndarray,
+    top_n: int,
+    id_bound: int,
+) -> DataFrame:
     """The ranked neighbour frame of the kept weights, each pair with its user count from the Gram.
 
     The frame is built from driver data, so it does not depend on the persisted Gram, which the
     caller releases.
     """
     counts = kept_pair_counts(spark, gram, src, dst, id_bound)
-    log.info("EASE: co-occurrence counts of %d kept pairs (%d shared by no user)", len(counts),
-             int((counts == 0).sum()))
+    log.info(
+        "EASE: co-occurrence counts of %d kept pairs (%d shared by no user)", len(counts), int((counts == 0).sum())
+    )
     ranked = ranked_neighbours(np.zeros(len(src), np.int32), src, dst, weights, counts, top_n, with_block=False)
     return spark.createDataFrame(ranked, RESULT_SCHEMA)
 
 
-def kept_pair_counts(spark, gram: DataFrame, src: np.ndarray, dst: np.ndarray,  # noqa: ANN001
-                     id_bound: int) -> np.ndarray:
+def kept_pair_counts(
+    spark,
+    gram: DataFrame,
+    src: np.ndarray,
+    dst: np.ndarray,  # noqa: ANN001
+    id_bound: int,
+) -> np.ndarray:
     """The Gram's user count of each (src, dst) pair, 0 for a pair no user shares.
 
     ``id_bound`` exceeds every item id of the Gram (pairs are keyed as lo * id_bound + hi).
@@ -575,12 +637,16 @@ def kept_pair_counts(spark, gram: DataFrame, src: np.ndarray, dst: np.ndarray,  
             k = batch.column(0).to_numpy().astype(np.int64) * base + batch.column(1).to_numpy()
             at = np.minimum(np.searchsorted(sorted_keys, k), len(sorted_keys) - 1)
             hit = sorted_keys[at] == k
-            yield pa.RecordBatch.from_arrays([pa.array(k[hit]), pa.array(batch.column(2).to_numpy()[hit])],
-                                             names=["key", "cooccurrence"])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(k[hit]), pa.array(batch.column(2).to_numpy()[hit])], names=["key", "cooccurrence"]
+            )
 
     try:
-        found = (gram.select("item_idx", "other_idx", "cooccurrence")
-                 .mapInArrow(pick, "key LONG, cooccurrence LONG").toArrow())
+        found = (
+            gram.select("item_idx", "other_idx", "cooccurrence")
+            .mapInArrow(pick, "key LONG, cooccurrence LONG")
+            .toArrow()
+        )
     finally:
         shared.destroy()
     found_keys = found.column("key").to_numpy()

@@ -57,16 +57,22 @@ def random_recs(train: DataFrame, users: DataFrame, n_items: int, k: int, seed: 
     keeps the first k draws (enough unless the user has seen nearly the whole catalogue).
     """
     seen_n = train.groupBy("user_idx").agg(F.count("*").alias("n_seen"))
-    draws = (users.join(seen_n, "user_idx", "left")
-             .select("user_idx", F.explode(F.sequence(F.lit(0), F.least(F.col("n_seen"), F.lit(n_items)) + k + 15))
-                     .alias("draw")))
+    draws = users.join(seen_n, "user_idx", "left").select(
+        "user_idx", F.explode(F.sequence(F.lit(0), F.least(F.col("n_seen"), F.lit(n_items)) + k + 15)).alias("draw")
+    )
     item = F.pmod(F.xxhash64(F.lit(seed), "user_idx", "draw"), F.lit(n_items)).cast("int")
-    picked = (draws.withColumn("item_idx", item)
-              .groupBy("user_idx", "item_idx").agg(F.min("draw").alias("draw"))
-              .join(train.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti"))
+    picked = (
+        draws.withColumn("item_idx", item)
+        .groupBy("user_idx", "item_idx")
+        .agg(F.min("draw").alias("draw"))
+        .join(train.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
+    )
     order = Window.partitionBy("user_idx").orderBy("draw")
-    return (picked.withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
-            .select("user_idx", "item_idx", (1.0 / F.col("rank")).cast("float").alias("score"), "rank"))
+    return (
+        picked.withColumn("rank", F.row_number().over(order).cast("int"))
+        .where(F.col("rank") <= k)
+        .select("user_idx", "item_idx", (1.0 / F.col("rank")).cast("float").alias("score"), "rank")
+    )
 
 
 def beats(model_value: float | None, baseline_value: float | None) -> bool:
@@ -103,34 +109,66 @@ def evaluated_users(train: DataFrame, test: DataFrame, cfg: Config) -> tuple[Dat
     sizes = train.groupBy("user_idx").agg(F.count("*").alias("n_items"))
     truth = relevant_items(test, ec.rating_threshold).join(sizes.select("user_idx"), "user_idx", "left_semi")
     if ec.max_users:
-        sample = (truth.select("user_idx").distinct()
-                  .orderBy(F.xxhash64(F.lit(ec.seed), "user_idx"), "user_idx").limit(ec.max_users))
+        sample = (
+            truth.select("user_idx")
+            .distinct()
+            .orderBy(F.xxhash64(F.lit(ec.seed), "user_idx"), "user_idx")
+            .limit(ec.max_users)
+        )
         truth = truth.join(sample, "user_idx", "left_semi")
     truth = truth.persist()
     users = sizes.join(truth.select("user_idx").distinct(), "user_idx", "left_semi").persist()
     return truth, users
 
 
-def score_lists(recs: DataFrame, truth: DataFrame, cfg: Config, *, split: str, model: str, n_items: int,
-                popularity: DataFrame, n_train_users: int, graded: bool,
-                item_factors: DataFrame | None = None) -> list[dict[str, Any]]:
+def score_lists(
+    recs: DataFrame,
+    truth: DataFrame,
+    cfg: Config,
+    *,
+    split: str,
+    model: str,
+    n_items: int,
+    popularity: DataFrame,
+    n_train_users: int,
+    graded: bool,
+    item_factors: DataFrame | None = None,
+) -> list[dict[str, Any]]:
     """Every ranking and catalogue metric of one list at every k, as result rows."""
     ks = cfg.evaluation.ks
     recs = recs.select("user_idx", "item_idx", "rank").persist(StorageLevel.MEMORY_AND_DISK)
     try:
         scores = ranking_metrics(recs, truth, ks, graded=graded).unionByName(
-            catalogue_metrics(recs, ks, n_items=n_items, item_popularity=popularity, n_users=n_train_users,
-                              item_factors=item_factors))
-        rows = [{"split": split, "model": model, "metric": r.metric, "k": int(r.k),
-                 "value": None if r.value is None else float(r.value)} for r in scores.collect()]
+            catalogue_metrics(
+                recs, ks, n_items=n_items, item_popularity=popularity, n_users=n_train_users, item_factors=item_factors
+            )
+        )
+        rows = [
+            {
+                "split": split,
+                "model": model,
+                "metric": r.metric,
+                "k": int(r.k),
+                "value": None if r.value is None else float(r.value),
+            }
+            for r in scores.collect()
+        ]
     finally:
         recs.unpersist()
     log.info("evaluated %s on %s", model, split)
     return rows
 
 
-def evaluate_split(name: str, train: DataFrame, test: DataFrame, cfg: Config, *, n_items: int,
-                   graded: bool, served: Mapping[str, DataFrame] | None = None) -> SplitScores:
+def evaluate_split(
+    name: str,
+    train: DataFrame,
+    test: DataFrame,
+    cfg: Config,
+    *,
+    n_items: int,
+    graded: bool,
+    served: Mapping[str, DataFrame] | None = None,
+) -> SplitScores:
     """Score every strategy and baseline on one split.
 
     Args:
@@ -144,14 +182,28 @@ def evaluate_split(name: str, train: DataFrame, test: DataFrame, cfg: Config, *,
     k_max = max(ec.ks)
     truth, users = evaluated_users(train, test, cfg)
     pop = item_popularity(train).persist()
-    out = SplitScores({"name": name, "kind": ec.split, "train_rows": train.count(), "test_rows": test.count(),
-                       "test_users": users.count(), "relevant_rows": truth.count()})
+    out = SplitScores(
+        {
+            "name": name,
+            "kind": ec.split,
+            "train_rows": train.count(),
+            "test_rows": test.count(),
+            "test_users": users.count(),
+            "relevant_rows": truth.count(),
+        }
+    )
     out.popularity_counts = sorted((r.users for r in pop.collect()), reverse=True)
     n_train_users = train.select("user_idx").distinct().count()
-    log.info("split %s: %d train pairs, %d test pairs, %d users with relevant test items", name,
-             out.meta["train_rows"], out.meta["test_rows"], out.meta["test_users"])
-    score = dict(truth=truth, cfg=cfg, split=name, n_items=n_items, popularity=pop, n_train_users=n_train_users,
-                 graded=graded)
+    log.info(
+        "split %s: %d train pairs, %d test pairs, %d users with relevant test items",
+        name,
+        out.meta["train_rows"],
+        out.meta["test_rows"],
+        out.meta["test_users"],
+    )
+    score = dict(
+        truth=truth, cfg=cfg, split=name, n_items=n_items, popularity=pop, n_train_users=n_train_users, graded=graded
+    )
     try:
         if served is not None:
             for strategy, lists in served.items():
@@ -159,25 +211,39 @@ def evaluate_split(name: str, train: DataFrame, test: DataFrame, cfg: Config, *,
                 out.results += score_lists(recs, model=strategy, **score)
                 out.models[strategy] = {"kind": "model", "params": {"served": True}}
         else:
-            fitted = fit_models(train, cfg.model_copy(update={"candidates": cfg.candidates.model_copy(
-                update={"k": max(cfg.candidates.k, k_max)})}))
+            fitted = fit_models(
+                train,
+                cfg.model_copy(
+                    update={"candidates": cfg.candidates.model_copy(update={"k": max(cfg.candidates.k, k_max)})}
+                ),
+            )
             try:
                 cc = fitted.cfg.candidates
                 popular = cold_start_segment(train, cc)
                 with CandidateBuilder(fitted.inputs, users, popular, cc) as builder:
                     for strategy, recs in builder.strategies():
-                        out.results += score_lists(recs, model=strategy, item_factors=fitted.inputs.item_factors,
-                                                   **score)
-                        out.models[strategy] = {"kind": "model", "params": strategy_params(fitted.cfg, strategy),
-                                                "search": {m: r.as_record() for m, r in fitted.searches.items()
-                                                           if m in _searched_by(strategy, fitted.cfg)}}
+                        out.results += score_lists(
+                            recs, model=strategy, item_factors=fitted.inputs.item_factors, **score
+                        )
+                        out.models[strategy] = {
+                            "kind": "model",
+                            "params": strategy_params(fitted.cfg, strategy),
+                            "search": {
+                                m: r.as_record()
+                                for m, r in fitted.searches.items()
+                                if m in _searched_by(strategy, fitted.cfg)
+                            },
+                        }
                 if fitted.als_model is not None and fitted.cfg.als.feedback == "explicit":
                     out.results += _rating_error_rows(fitted.als_model, test, name)
             finally:
                 fitted.release()
         for baseline in ec.baselines:
-            recs = popularity_recs(train, users.select("user_idx"), k_max) if baseline == "popularity" else \
-                random_recs(train, users.select("user_idx"), n_items, k_max, ec.seed)
+            recs = (
+                popularity_recs(train, users.select("user_idx"), k_max)
+                if baseline == "popularity"
+                else random_recs(train, users.select("user_idx"), n_items, k_max, ec.seed)
+            )
             out.results += score_lists(recs, model=baseline, **score)
             out.models[baseline] = {"kind": "baseline", "params": {} if baseline == "popularity" else {"seed": ec.seed}}
     finally:
@@ -197,7 +263,8 @@ def _searched_by(strategy: str, cfg: Config) -> set[str]:
 
 def _rating_error_rows(model: Any, test: DataFrame, split: str) -> list[dict[str, Any]]:
     pred = model.setColdStartStrategy("drop").transform(
-        test.where(F.col("rating").isNotNull()).select("user_idx", "item_idx", "rating"))
+        test.where(F.col("rating").isNotNull()).select("user_idx", "item_idx", "rating")
+    )
     errors = rating_errors(pred.select("rating", F.col("prediction").cast("double")))
     return [{"split": split, "model": "als", "metric": m, "k": 0, "value": errors[m]} for m in ("rmse", "mae")]
 
@@ -219,8 +286,11 @@ def headline_table(summary: Mapping[str, Any]) -> str:
     for model, meta in summary["models"].items():
         cells = []
         for m in metrics:
-            vals = [r["value"] for r in summary["results"] if r["model"] == model and r["metric"] == m
-                    and r["k"] == k and r["value"] is not None]
+            vals = [
+                r["value"]
+                for r in summary["results"]
+                if r["model"] == model and r["metric"] == m and r["k"] == k and r["value"] is not None
+            ]
             if vals:
                 mean, std = mean_std(vals)
                 cells.append(f"{mean:.4f} ± {std:.4f}" if len(vals) > 1 else f"{mean:.4f}")
@@ -255,6 +325,10 @@ def combined_summary(summaries: Sequence[Mapping[str, Any]], names: Sequence[str
     means = headline_values(results, headline["metric"], headline["k"])
     strategies = [m for m, meta in models.items() if meta["kind"] == "model" and m in means]
     best = max(strategies, key=lambda m: means[m]) if strategies else None
-    return {"headline": headline, "models": models, "results": results,
-            "best": None if best is None else {"model": best, "value": means[best]},
-            "flags": [f for s in summaries for f in s.get("flags") or []]}
+    return {
+        "headline": headline,
+        "models": models,
+        "results": results,
+        "best": None if best is None else {"model": best, "value": means[best]},
+        "flags": [f for s in summaries for f in s.get("flags") or []],
+    }

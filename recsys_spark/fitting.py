@@ -18,23 +18,46 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
 from recsys_spark.blend_search import LOCAL_METRICS, MAX_DRIVER_ROWS, CollectedBlend
-from recsys_spark.candidates import (CandidateBuilder, ModelInputs, cold_start_segment, every_blend_source,
-                                     needed_neighbor_methods, needed_sources, neighbor_method_of, sources_of)
+from recsys_spark.candidates import (
+    CandidateBuilder,
+    ModelInputs,
+    cold_start_segment,
+    every_blend_source,
+    needed_neighbor_methods,
+    needed_sources,
+    neighbor_method_of,
+    sources_of,
+)
 from recsys_spark.config import AlsConfig, Config, EasePrune, SimilarityConfig
 from recsys_spark.ease import EaseGrams, fit_ease
 from recsys_spark.errors import ConfigError
 from recsys_spark.session import released_caches
 from recsys_spark.similarity import fit_item_neighbors, vote_weight
-from recsys_spark.tuning import (SearchResult, Validation, als_space, blend_grid, carve_validation, run_search,
-                                 survivors, validation_score)
+from recsys_spark.tuning import (
+    SearchResult,
+    Validation,
+    als_space,
+    blend_grid,
+    carve_validation,
+    run_search,
+    survivors,
+    validation_score,
+)
 
 if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FittedModels", "fit_als_factors", "fit_as_configured", "fit_models", "tune_als", "tune_blend",
-           "tune_neighbors"]
+__all__ = [
+    "FittedModels",
+    "fit_als_factors",
+    "fit_as_configured",
+    "fit_models",
+    "tune_als",
+    "tune_blend",
+    "tune_neighbors",
+]
 
 #: Methods with settings to search (see :func:`_method_space` for what is searched), and the
 #: strategy whose validation lists judge each.
@@ -94,13 +117,33 @@ def tune_als(cfg: Config, validation: Validation) -> tuple[AlsConfig, SearchResu
     first = run_search("als", als_space(tc), lambda p: objective(p, short), metric, tc, rung=0, started=started)
     final = first
     if short < cfg.als.max_iter:
-        second = run_search("als", survivors(first, tc.als_keep), lambda p: objective(p, cfg.als.max_iter), metric,
-                            tc, rung=1, started=started)
-        final = SearchResult("als", second.best, second.best_value, metric, first.trials + second.trials,
-                             first.skipped + second.skipped, time.monotonic() - started)
+        second = run_search(
+            "als",
+            survivors(first, tc.als_keep),
+            lambda p: objective(p, cfg.als.max_iter),
+            metric,
+            tc,
+            rung=1,
+            started=started,
+        )
+        final = SearchResult(
+            "als",
+            second.best,
+            second.best_value,
+            metric,
+            first.trials + second.trials,
+            first.skipped + second.skipped,
+            time.monotonic() - started,
+        )
     chosen = cfg.als.model_copy(update={**final.best, "tune": False})
-    log.info("ALS search chose %s (%s %.4f on validation, %d trials, %.0f s)", final.best, metric,
-             final.best_value, len(final.trials), final.seconds)
+    log.info(
+        "ALS search chose %s (%s %.4f on validation, %d trials, %.0f s)",
+        final.best,
+        metric,
+        final.best_value,
+        len(final.trials),
+        final.seconds,
+    )
     return chosen, final
 
 
@@ -112,13 +155,19 @@ def _method_space(cfg: Config, method: str) -> list[dict[str, Any]]:
         # top_n and prune innermost: consecutive trials share one solve (ease.EaseGrams keeps the last B)
         top_ns: list[int | None] = list(tc.ease_top_n) if tc.ease_top_n else [None]
         prunes: list[EasePrune | None] = list(tc.ease_prune) if tc.ease_prune else [None]
-        return [{"confidence": c, "l2": l2} | ({} if n is None else {"top_n": n})
-                | ({} if p is None else {"prune": p})
-                for c in tc.ease_confidence for l2 in tc.ease_l2 for n in top_ns for p in prunes]
+        return [
+            {"confidence": c, "l2": l2} | ({} if n is None else {"top_n": n}) | ({} if p is None else {"prune": p})
+            for c in tc.ease_confidence
+            for l2 in tc.ease_l2
+            for n in top_ns
+            for p in prunes
+        ]
     if method == "rp3beta":
         return [{"alpha": a, "beta": b} for a in tc.rp3_alpha for b in tc.rp3_beta]
-    raise ConfigError(f"similarity.tune = true, but similarity.method {method!r} has no settings to search; "
-                      f"the search covers {', '.join(TUNABLE_METHODS)}")
+    raise ConfigError(
+        f"similarity.tune = true, but similarity.method {method!r} has no settings to search; "
+        f"the search covers {', '.join(TUNABLE_METHODS)}"
+    )
 
 
 def _with_method(similarity: SimilarityConfig, method: str, params: dict[str, Any]) -> SimilarityConfig:
@@ -138,12 +187,18 @@ def tune_neighbors(cfg: Config, method: str, validation: Validation) -> tuple[Si
     def objective(params: dict[str, Any]) -> float | None:
         similarity = _with_method(cfg.similarity, method, params)
         with released_caches(spark):
-            fitted = (fit_ease(validation.fit, similarity, grams).neighbors if grams is not None
-                      else fit_item_neighbors(similarity, matrix=validation.fit))
+            fitted = (
+                fit_ease(validation.fit, similarity, grams).neighbors
+                if grams is not None
+                else fit_item_neighbors(similarity, matrix=validation.fit)
+            )
             neighbors = fitted.persist(StorageLevel.MEMORY_AND_DISK)
             try:
-                inputs = ModelInputs(validation.fit, neighbors={method: neighbors},
-                                     vote_weights={method: vote_weight(similarity, method)})
+                inputs = ModelInputs(
+                    validation.fit,
+                    neighbors={method: neighbors},
+                    vote_weights={method: vote_weight(similarity, method)},
+                )
                 return _score(inputs, strategy, validation, scoring)
             finally:
                 neighbors.unpersist()
@@ -173,11 +228,13 @@ def tune_blend(cfg: Config, validation: Validation, fitted: FittedModels) -> tup
         objective: Callable[[dict[str, float]], float | None] = in_spark
         rows = sum(df.count() for df in lists.values())
         if validation.metric in LOCAL_METRICS and not validation.graded and rows <= MAX_DRIVER_ROWS:
-            objective = CollectedBlend.collect(lists, builder.cold_start_lists(validation.k), validation.truth,
-                                               validation.metric, validation.k).score
+            objective = CollectedBlend.collect(
+                lists, builder.cold_start_lists(validation.k), validation.truth, validation.metric, validation.k
+            ).score
         else:
-            log.info("blend search in Spark: %d source rows (driver limit %d), metric %s", rows, MAX_DRIVER_ROWS,
-                     metric)
+            log.info(
+                "blend search in Spark: %d source rows (driver limit %d), metric %s", rows, MAX_DRIVER_ROWS, metric
+            )
 
         result = run_search("blend", blend_grid(sources, cfg.tuning.blend_steps), objective, metric, cfg.tuning)
     log.info("blend search chose %s (%s %.4f on validation)", result.best, metric, result.best_value)
@@ -190,9 +247,11 @@ def fit_models(train: DataFrame, cfg: Config, validation: Validation | None = No
     cc = cfg.candidates
     sources = needed_sources(cc)
     methods = needed_neighbor_methods(cc)
-    wants = {"als": cfg.als.tune and ("als" in sources or "als" in methods),
-             "similarity": cfg.similarity.tune and any(m in TUNABLE_METHODS for m in methods),
-             "blend": cc.tune and "blend" in cc.strategies}
+    wants = {
+        "als": cfg.als.tune and ("als" in sources or "als" in methods),
+        "similarity": cfg.similarity.tune and any(m in TUNABLE_METHODS for m in methods),
+        "blend": cc.tune and "blend" in cc.strategies,
+    }
     own_validation = validation is None and any(wants.values())
     if own_validation:
         validation = carve_validation(train, cfg)
@@ -257,8 +316,11 @@ def strategy_params(cfg: Config, strategy: str) -> dict[str, Any]:
         if source == "als":
             out["als"] = cfg.als.model_dump(mode="json")
         elif method:
-            out[source] = {"method": method, **cfg.similarity.params(method).model_dump(mode="json"),
-                           "voters": cc.recent_items if source == "item_item" else cc.max_history_votes}
+            out[source] = {
+                "method": method,
+                **cfg.similarity.params(method).model_dump(mode="json"),
+                "voters": cc.recent_items if source == "item_item" else cc.max_history_votes,
+            }
     if strategy == "blend":
         out["blend_weights"] = dict(cc.blend_weights)
     return out

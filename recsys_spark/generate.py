@@ -36,10 +36,12 @@ from recsys_spark.config import GenerateConfig
 
 log = logging.getLogger(__name__)
 
-EVENT_SCHEMA = StructType([
-    StructField(name, StringType(), True)
-    for name in ("event_id", "user_id", "item_id", "event_type", "timestamp", "value")
-])
+EVENT_SCHEMA = StructType(
+    [
+        StructField(name, StringType(), True)
+        for name in ("event_id", "user_id", "item_id", "event_type", "timestamp", "value")
+    ]
+)
 
 # Funnel: P(next step | previous step) = sigmoid(bias + slope * affinity score).
 # The score <u, v> is centred on the user's own picks, so the rates do not drift with the user's
@@ -59,11 +61,11 @@ _CORRUPTIONS = ("empty_user", "bad_timestamp", "negative_value", "unknown_type",
 class _World:
     """What every task needs, drawn once from the seed: item tastes, popularity and genres."""
 
-    item_factors: np.ndarray   # (num_items, rank), every row of norm sqrt(rank)
+    item_factors: np.ndarray  # (num_items, rank), every row of norm sqrt(rank)
     log_popularity: np.ndarray  # (num_items,) log of the Zipf weight
-    genre_items: np.ndarray    # item ids grouped by genre: genre g is genre_items[genre_start[g]:genre_start[g + 1]]
-    genre_start: np.ndarray    # (num_genres + 1,)
-    genre_share: np.ndarray    # (num_genres,) share of all popularity held by each genre's items
+    genre_items: np.ndarray  # item ids grouped by genre: genre g is genre_items[genre_start[g]:genre_start[g + 1]]
+    genre_start: np.ndarray  # (num_genres + 1,)
+    genre_share: np.ndarray  # (num_genres,) share of all popularity held by each genre's items
     num_items: int
 
 
@@ -71,9 +73,9 @@ class _World:
 class UserProfile:
     """The hidden state of one user, drawn first from the user's generator."""
 
-    taste: np.ndarray      # (rank,)
+    taste: np.ndarray  # (rank,)
     genre_mix: np.ndarray  # (num_genres,) sums to 1
-    interactions: int      # distinct items the user interacts with
+    interactions: int  # distinct items the user interacts with
 
 
 def _world(cfg: GenerateConfig) -> _World:
@@ -95,10 +97,9 @@ def _world(cfg: GenerateConfig) -> _World:
 def _profile(rng: np.random.Generator, cfg: GenerateConfig, world: _World) -> UserProfile:
     taste = rng.standard_normal(cfg.rank).astype(np.float32) / np.sqrt(cfg.rank)
     mean_interactions = cfg.num_events / _EVENTS_PER_INTERACTION / cfg.num_users
-    activity = rng.lognormal(-cfg.activity_sigma**2 / 2, cfg.activity_sigma)  # mean 1
+    activity = rng.lognormal(-(cfg.activity_sigma**2) / 2, cfg.activity_sigma)  # mean 1
     n = int(min(max(1, rng.poisson(mean_interactions * activity)), world.num_items // 2))
-    own = rng.dirichlet(cfg.genre_concentration * world.genre_share) if len(world.genre_share) > 1 \
-        else np.ones(1)
+    own = rng.dirichlet(cfg.genre_concentration * world.genre_share) if len(world.genre_share) > 1 else np.ones(1)
     mix = cfg.mainstream_share * world.genre_share + (1.0 - cfg.mainstream_share) * own
     return UserProfile(taste, mix / mix.sum(), n)
 
@@ -108,8 +109,9 @@ def user_profile(user: int, cfg: GenerateConfig, world: _World) -> UserProfile:
     return _profile(np.random.default_rng([cfg.seed, 1, user]), cfg, world)
 
 
-def _pick_items(rng: np.random.Generator, cfg: GenerateConfig, world: _World,
-                prof: UserProfile) -> tuple[np.ndarray, np.ndarray]:
+def _pick_items(
+    rng: np.random.Generator, cfg: GenerateConfig, world: _World, prof: UserProfile
+) -> tuple[np.ndarray, np.ndarray]:
     """``prof.interactions`` distinct items and their taste scores <u, v>.
 
     The genres the user draws from are those hit by ``interactions`` draws from the genre mix; the
@@ -123,7 +125,7 @@ def _pick_items(rng: np.random.Generator, cfg: GenerateConfig, world: _World,
     if sizes.sum() < n:  # a very heavy user outgrows their genres: every genre is open
         hit = np.arange(len(prof.genre_mix))
         sizes = world.genre_start[1:] - world.genre_start[:-1]
-    pool = np.concatenate([world.genre_items[world.genre_start[g]:world.genre_start[g + 1]] for g in hit])
+    pool = np.concatenate([world.genre_items[world.genre_start[g] : world.genre_start[g + 1]] for g in hit])
     which = np.repeat(np.arange(len(hit)), sizes)
     scores = world.item_factors[pool] @ prof.taste
     logw = world.log_popularity[pool] + cfg.affinity * scores
@@ -173,14 +175,16 @@ def user_events(user: int, cfg: GenerateConfig, world: _World, start_ms: int) ->
 
     ts = np.minimum(np.concatenate(ev_ts), start_ms + span_ms - 1)
     order = np.argsort(ts, kind="stable")
-    frame = pd.DataFrame({
-        "event_id": [f"e{user:09d}{k:06d}" for k in range(len(order))],
-        "user_id": f"u{user:07d}",
-        "item_id": np.char.add("i", np.char.zfill(np.concatenate(ev_item)[order].astype(str), 6)),
-        "event_type": np.concatenate(ev_type)[order],
-        "timestamp": _iso(ts[order]),
-        "value": np.concatenate(ev_val)[order].astype(str),
-    })
+    frame = pd.DataFrame(
+        {
+            "event_id": [f"e{user:09d}{k:06d}" for k in range(len(order))],
+            "user_id": f"u{user:07d}",
+            "item_id": np.char.add("i", np.char.zfill(np.concatenate(ev_item)[order].astype(str), 6)),
+            "event_type": np.concatenate(ev_type)[order],
+            "timestamp": _iso(ts[order]),
+            "value": np.concatenate(ev_val)[order].astype(str),
+        }
+    )
     frame = _add_duplicates(frame, rng, cfg.duplicate_fraction)
     return _corrupt(frame, rng, cfg.corrupt_fraction)
 
@@ -199,9 +203,12 @@ def _corrupt(frame: pd.DataFrame, rng: np.random.Generator, fraction: float) -> 
     frame = frame.copy()
     for row, kind in zip(bad, rng.choice(_CORRUPTIONS, size=len(bad))):
         col, value = {
-            "empty_user": ("user_id", ""), "empty_item": ("item_id", ""),
-            "bad_timestamp": ("timestamp", "yesterday"), "negative_value": ("value", "-1"),
-            "unknown_type": ("event_type", "hover"), "nan_value": ("value", "NaN"),
+            "empty_user": ("user_id", ""),
+            "empty_item": ("item_id", ""),
+            "bad_timestamp": ("timestamp", "yesterday"),
+            "negative_value": ("value", "-1"),
+            "unknown_type": ("event_type", "hover"),
+            "nan_value": ("value", "NaN"),
         }[kind]
         frame.iloc[row, frame.columns.get_loc(col)] = value
     return frame
@@ -211,10 +218,19 @@ def synthetic_events(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
     """The synthetic log as a DataFrame of string columns (event_id, user_id, item_id,
     event_type, timestamp as ISO-8601 UTC, value), in ``cfg.partitions`` partitions."""
     world = _world(cfg)
-    start_ms = int(datetime.combine(date.fromisoformat(cfg.start_date), datetime.min.time(),
-                                    tzinfo=timezone.utc).timestamp() * 1000)
-    log.info("generating ~%d events for %d users x %d items (rank %d, seed %d) in %d partitions",
-             cfg.num_events, cfg.num_users, cfg.num_items, cfg.rank, cfg.seed, cfg.partitions)
+    start_ms = int(
+        datetime.combine(date.fromisoformat(cfg.start_date), datetime.min.time(), tzinfo=timezone.utc).timestamp()
+        * 1000
+    )
+    log.info(
+        "generating ~%d events for %d users x %d items (rank %d, seed %d) in %d partitions",
+        cfg.num_events,
+        cfg.num_users,
+        cfg.num_items,
+        cfg.rank,
+        cfg.seed,
+        cfg.partitions,
+    )
 
     def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:

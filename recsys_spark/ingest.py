@@ -23,11 +23,24 @@ log = logging.getLogger(__name__)
 INT32_MAX = 2**31 - 1
 #: Reasons a row is quarantined, in the order they are checked (the first that applies wins).
 REASONS = (
-    "invalid_encoding", "oversize_line", "malformed_row", "duplicate_key",
-    "missing_user_id", "missing_item_id", "oversize_field", "invalid_id",
-    "missing_event_type", "unknown_event_type",
-    "missing_timestamp", "unparsable_timestamp", "timestamp_out_of_range",
-    "missing_value", "unparsable_value", "non_finite_value", "negative_value", "value_out_of_range",
+    "invalid_encoding",
+    "oversize_line",
+    "malformed_row",
+    "duplicate_key",
+    "missing_user_id",
+    "missing_item_id",
+    "oversize_field",
+    "invalid_id",
+    "missing_event_type",
+    "unknown_event_type",
+    "missing_timestamp",
+    "unparsable_timestamp",
+    "timestamp_out_of_range",
+    "missing_value",
+    "unparsable_value",
+    "non_finite_value",
+    "negative_value",
+    "value_out_of_range",
     "weight_out_of_range",
 )
 # Unix times beyond this magnitude (in seconds) are nonsense and would overflow microseconds.
@@ -35,13 +48,16 @@ _MAX_ABS_SECONDS = 1e11
 #: Trimmed from both ends of every field: Unicode whitespace (Spark's trim removes only ASCII
 #: spaces, so a trailing NBSP made a second user) and zero-width characters. Controls are not
 #: trimmed: a tab or NEL at the end of an id is corruption, not padding (invalid_id).
-TRIM_CHARS = (" \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
-              "\u200b\u200c\u200d\u2060\ufeff")
+TRIM_CHARS = (
+    " \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000\u200b\u200c\u200d\u2060\ufeff"
+)
 #: Characters no id may hold anywhere: C0 and C1 controls and DEL, line and paragraph separators,
 #: bidi controls (they reorder how the id and its neighbours display), and invisible characters
 #: (an id that looks exactly like another). ZWJ / ZWNJ stay legal inside: emoji and Indic scripts use them.
-_BAD_ID_CHAR = (r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}\x{061c}\x{200e}\x{200f}\x{202a}-\x{202e}"
-                r"\x{2066}-\x{2069}\x{200b}\x{2060}-\x{2064}\x{feff}]")
+_BAD_ID_CHAR = (
+    r"[\x00-\x1f\x7f-\x9f\x{2028}\x{2029}\x{061c}\x{200e}\x{200f}\x{202a}-\x{202e}"
+    r"\x{2066}-\x{2069}\x{200b}\x{2060}-\x{2064}\x{feff}]"
+)
 _CONTROL = r"[\x00-\x1f\x7f]"
 #: A plain decimal number: sign, digits, fraction, exponent ("+5", ".5", "5.", "1E-3"). Spark's cast
 #: follows Java's parseDouble, which also reads "5d", "5f" and hex floats ("0x1p3" is 8). \z, not $:
@@ -66,8 +82,7 @@ def parse_number(text: Column) -> Column:
 
     Decimals too large for a double ("1e400") are infinite, so they are non-finite too.
     """
-    return (F.when(text.rlike(_DECIMAL), text.try_cast("double"))
-            .when(text.rlike(_NON_FINITE), F.lit(float("nan"))))
+    return F.when(text.rlike(_DECIMAL), text.try_cast("double")).when(text.rlike(_NON_FINITE), F.lit(float("nan")))
 
 
 def _normalizer(form: str):  # noqa: ANN202 - a pyspark UDF object
@@ -150,8 +165,14 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
     # Parsed fields are columns of their own before the checks read them: inlined, each reference
     # in the reason chain below would parse the timestamp again (conditional branches are not
     # shared), which made ingest 3x slower.
-    raw = raw.select("*", user.alias("_user"), item.alias("_item"), etype.alias("_etype"),
-                     event_time.alias("_event_time"), value.alias("_value_num"))
+    raw = raw.select(
+        "*",
+        user.alias("_user"),
+        item.alias("_item"),
+        etype.alias("_etype"),
+        event_time.alias("_event_time"),
+        value.alias("_value_num"),
+    )
     # The weight is computed once, here: the reason chain checks the very column interactions store.
     raw = raw.withColumn("_weight", event_weight(cfg, F.col("_etype"), F.col("_value_num")))
     user, item, etype, value = F.col("_user"), F.col("_item"), F.col("_etype"), F.col("_value_num")
@@ -180,14 +201,18 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
         reason = reason.when(_missing(F.col("_event_type")), "missing_event_type")
     reason = reason.when(~etype.isin(known), "unknown_event_type")
     if has_ts:
-        reason = (reason.when(_missing(F.col("_timestamp")), "missing_timestamp")
-                  .when(~ts_ok, "unparsable_timestamp")
-                  .when((event_time < F.lit(lo)) | (event_time > F.lit(hi)), "timestamp_out_of_range"))
+        reason = (
+            reason.when(_missing(F.col("_timestamp")), "missing_timestamp")
+            .when(~ts_ok, "unparsable_timestamp")
+            .when((event_time < F.lit(lo)) | (event_time > F.lit(hi)), "timestamp_out_of_range")
+        )
     if source.value_col:
-        reason = (reason.when(_missing(F.col("_value")), "missing_value")
-                  .when(value.isNull(), "unparsable_value")
-                  .when(F.isnan(value) | (F.abs(value) == float("inf")), "non_finite_value")
-                  .when(value < 0, "negative_value"))
+        reason = (
+            reason.when(_missing(F.col("_value")), "missing_value")
+            .when(value.isNull(), "unparsable_value")
+            .when(F.isnan(value) | (F.abs(value) == float("inf")), "non_finite_value")
+            .when(value < 0, "negative_value")
+        )
         out_of_range = None
         if source.feedback == "explicit":
             out_of_range = value < rating_lo
@@ -204,18 +229,29 @@ def validate_events(raw: DataFrame, source: SourceConfig, cfg: IngestConfig, now
     reason = reason.when(~(weight <= FLOAT32_MAX), "weight_out_of_range")
 
     return raw.select(
-        "source_file", "line_number", "raw_line",
-        user.alias("user_id"), item.alias("item_id"), etype.alias("event_type"),
-        event_time.alias("event_time"), value.alias("value_num"), weight.alias("weight"),
-        event_id.alias("event_id"), reason.alias("reason"),
+        "source_file",
+        "line_number",
+        "raw_line",
+        user.alias("user_id"),
+        item.alias("item_id"),
+        etype.alias("event_type"),
+        event_time.alias("event_time"),
+        value.alias("value_num"),
+        weight.alias("weight"),
+        event_id.alias("event_id"),
+        reason.alias("reason"),
     )
 
 
 def rejected_rows(validated: DataFrame, run_id: str, at: datetime) -> DataFrame:
     """Rows with a reason, in the shape of the ``rejected_interactions`` table."""
     return validated.where(F.col("reason").isNotNull()).select(
-        "source_file", "line_number", "raw_line", "reason",
-        F.lit(run_id).alias("run_id"), F.lit(at).cast("timestamp").alias("rejected_at"),
+        "source_file",
+        "line_number",
+        "raw_line",
+        "reason",
+        F.lit(run_id).alias("run_id"),
+        F.lit(at).cast("timestamp").alias("rejected_at"),
     )
 
 
@@ -239,17 +275,29 @@ def accepted_events(validated: DataFrame, source: SourceConfig, cfg: IngestConfi
     """
     good = validated.where(F.col("reason").isNull())
     content = F.concat_ws(
-        "\x1f", "user_id", "item_id", "event_type",
-        F.coalesce(F.unix_micros("event_time").cast("string"), F.lit("")), F.col("value_num").cast("string"))
+        "\x1f",
+        "user_id",
+        "item_id",
+        "event_type",
+        F.coalesce(F.unix_micros("event_time").cast("string"), F.lit("")),
+        F.col("value_num").cast("string"),
+    )
     key = F.sha2(content, 256)
     if source.event_id_col:
         key = F.when(_missing(F.col("event_id")), key).otherwise(F.concat(F.lit("id:"), F.col("event_id")))
     cols = ["user_id", "item_id", "event_type", "event_time", "value_num", "weight", "source_file"]
-    deduped = (good.withColumn("event_key", key)
-               .groupBy("event_key").agg(F.min(F.struct(*cols)).alias("e"))
-               .select("event_key", "e.*"))
+    deduped = (
+        good.withColumn("event_key", key)
+        .groupBy("event_key")
+        .agg(F.min(F.struct(*cols)).alias("e"))
+        .select("event_key", "e.*")
+    )
     return deduped.select(
-        "event_key", "user_id", "item_id", "event_type", "event_time",
+        "event_key",
+        "user_id",
+        "item_id",
+        "event_type",
+        "event_time",
         F.col("value_num").alias("value"),
         "weight",
         F.lit(source.feedback == "explicit").alias("is_rating"),
@@ -269,10 +317,12 @@ def assign_dense_ids(ids: DataFrame, existing: DataFrame | None, id_col: str, id
     if existing is not None:
         new = new.join(existing.select(id_col), id_col, "left_anti")
         start = (existing.agg(F.max(idx_col)).first()[0] or -1) + 1
-    ordered = (new.orderBy(F.length(id_col), id_col)
-               .withColumn("_pid", F.spark_partition_id())
-               .withColumn("_mid", F.monotonically_increasing_id())
-               .persist())
+    ordered = (
+        new.orderBy(F.length(id_col), id_col)
+        .withColumn("_pid", F.spark_partition_id())
+        .withColumn("_mid", F.monotonically_increasing_id())
+        .persist()
+    )
     parts = ordered.groupBy("_pid").agg(F.count("*").alias("n"), F.min("_mid").alias("m")).collect()
     total = sum(r["n"] for r in parts)
     if start + total - 1 > INT32_MAX:
@@ -284,9 +334,11 @@ def assign_dense_ids(ids: DataFrame, existing: DataFrame | None, id_col: str, id
     table = ordered.sparkSession.createDataFrame(offsets, "_pid INT, _shift LONG")
     # Checkpoint (to the always-set checkpoint dir, so losing an executor cannot lose it) before
     # releasing `ordered`, so later joins do not redo the sort.
-    result = (ordered.join(F.broadcast(table), "_pid")
-              .select(id_col, (F.col("_mid") + F.col("_shift")).cast(IntegerType()).alias(idx_col))
-              .checkpoint(eager=True))
+    result = (
+        ordered.join(F.broadcast(table), "_pid")
+        .select(id_col, (F.col("_mid") + F.col("_shift")).cast(IntegerType()).alias(idx_col))
+        .checkpoint(eager=True)
+    )
     ordered.unpersist()
     log.info("%s: %d new ids numbered from %d", idx_col, total, start)
     return result
@@ -294,11 +346,24 @@ def assign_dense_ids(ids: DataFrame, existing: DataFrame | None, id_col: str, id
 
 def with_dense_ids(events: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
     """Events joined to their user_idx and item_idx, in the ``interactions`` table shape."""
-    return (events.join(users.select("user_id", "user_idx"), "user_id")
-            .join(items.select("item_id", "item_idx"), "item_id")
-            .select("event_key", "user_id", "item_id", "user_idx", "item_idx", "event_type", "event_time",
-                    "value", "weight", "is_rating", "source_file",
-                    F.to_date("event_time").alias("event_date")))
+    return (
+        events.join(users.select("user_id", "user_idx"), "user_id")
+        .join(items.select("item_id", "item_idx"), "item_id")
+        .select(
+            "event_key",
+            "user_id",
+            "item_id",
+            "user_idx",
+            "item_idx",
+            "event_type",
+            "event_time",
+            "value",
+            "weight",
+            "is_rating",
+            "source_file",
+            F.to_date("event_time").alias("event_date"),
+        )
+    )
 
 
 def interaction_matrix(interactions: DataFrame, cfg: IngestConfig) -> DataFrame:
@@ -315,9 +380,9 @@ def interaction_matrix(interactions: DataFrame, cfg: IngestConfig) -> DataFrame:
             w = w * F.coalesce(F.pow(F.lit(0.5), age_days / cfg.half_life_days), F.lit(1.0))
     combine = F.sum if cfg.aggregation == "sum" else F.max
     rating_order = F.when(F.col("is_rating"), F.struct(F.col("event_time"), F.col("value")))
-    return (interactions.groupBy("user_idx", "item_idx").agg(
+    return interactions.groupBy("user_idx", "item_idx").agg(
         combine(w).alias("confidence"),
         F.max_by(F.when(F.col("is_rating"), F.col("value")), rating_order).alias("rating"),
         F.count("*").alias("event_count"),
         F.max("event_time").alias("last_event_time"),
-    ))
+    )

@@ -37,8 +37,12 @@ from recsys_spark.errors import RecsysError, StorageError
 log = logging.getLogger(__name__)
 
 #: The command that writes each table lookups read, for "run X first" errors.
-_WRITTEN_BY = {T.USER_CANDIDATES: "topk", T.POPULAR_ITEMS: "topk", T.ITEM_NEIGHBORS: "item-similarity",
-               T.ITEMS: "ingest"}
+_WRITTEN_BY = {
+    T.USER_CANDIDATES: "topk",
+    T.POPULAR_ITEMS: "topk",
+    T.ITEM_NEIGHBORS: "item-similarity",
+    T.ITEMS: "ingest",
+}
 
 
 class UnknownItemError(RecsysError, KeyError):
@@ -107,16 +111,18 @@ class _Table:
 
     def _open(self) -> None:
         try:
-            dt = DeltaTable(self.location, version=self.pinned) if self.pinned is not None else \
-                DeltaTable(self.location)
+            dt = (
+                DeltaTable(self.location, version=self.pinned) if self.pinned is not None else DeltaTable(self.location)
+            )
         except TableNotFoundError:
             if self.pinned is not None:
                 raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
             return  # may appear later; refresh() will pick it up
         except Exception as exc:  # e.g. a pinned version that was never written or was vacuumed
             if self.pinned is not None:
-                raise StorageError(f"table {self.name!r} has no version {self.pinned}: "
-                                   f"{T.available_versions(self.location)}") from None
+                raise StorageError(
+                    f"table {self.name!r} has no version {self.pinned}: {T.available_versions(self.location)}"
+                ) from None
             raise StorageError(f"cannot open table {self.name!r} at {self.location}: {exc}") from None
         self._dt, self.version, self._datasets, self._values = dt, dt.version(), {}, {}
 
@@ -159,21 +165,23 @@ class _Table:
 
     def dataset(self, partition: tuple[str, str] | None = None) -> pads.Dataset:
         if self._dt is None:
-            raise StorageError(f"table {self.name!r} does not exist at {self.location}: run "
-                               f"`recsys-spark {_WRITTEN_BY.get(self.name, 'demo')}` first")
+            raise StorageError(
+                f"table {self.name!r} does not exist at {self.location}: run "
+                f"`recsys-spark {_WRITTEN_BY.get(self.name, 'demo')}` first"
+            )
         key = (self.version, partition)
         ds = self._datasets.get(key)
         if ds is None:
             # the SubTree filesystem reader; deltalake's default one can abort Python at exit
-            fs = pafs.SubTreeFileSystem(self.location, pafs.LocalFileSystem()) \
-                if "://" not in self.location else None
+            fs = pafs.SubTreeFileSystem(self.location, pafs.LocalFileSystem()) if "://" not in self.location else None
             where = [(partition[0], "=", partition[1])] if partition else None
             ds = self._dt.to_pyarrow_dataset(file_pruning_predicate=where, filesystem=fs)
             self._datasets = {key: ds, **{k: v for k, v in self._datasets.items() if k[0] == self.version}}
         return ds
 
-    def rows(self, key_col: str, keys: list[str], columns: list[str],
-             partition: tuple[str, str] | None = None) -> pa.Table:
+    def rows(
+        self, key_col: str, keys: list[str], columns: list[str], partition: tuple[str, str] | None = None
+    ) -> pa.Table:
         expr = pc.field(key_col) == keys[0] if len(keys) == 1 else pc.field(key_col).isin(keys)
         return self.dataset(partition).to_table(filter=expr, columns=columns)
 
@@ -181,21 +189,31 @@ class _Table:
 class Recommendations:
     """Read side of the pipeline: user candidates, item neighbours and popularity lists."""
 
-    def __init__(self, root: str, *, strategy: str = "als", neighbor_method: str = "cosine",
-                 cold_start_segment: str = "recent", versions: Mapping[str, int] | None = None,
-                 refresh_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        strategy: str = "als",
+        neighbor_method: str = "cosine",
+        cold_start_segment: str = "recent",
+        versions: Mapping[str, int] | None = None,
+        refresh_seconds: float = 5.0,
+    ) -> None:
         versions = dict(versions or {})
         unknown = set(versions) - {T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS}
         if unknown:
-            raise StorageError(f"cannot pin {sorted(unknown)}: lookups read user_candidates, item_neighbors, "
-                               "popular_items and items")
+            raise StorageError(
+                f"cannot pin {sorted(unknown)}: lookups read user_candidates, item_neighbors, popular_items and items"
+            )
         self.root = root
         self.strategy = strategy
         self.neighbor_method = neighbor_method
         self.cold_start_segment = cold_start_segment
         self.refresh_seconds = refresh_seconds
-        self._tables = {name: _Table(root, name, versions.get(name))
-                        for name in (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)}
+        self._tables = {
+            name: _Table(root, name, versions.get(name))
+            for name in (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)
+        }
         self._checked = time.monotonic()
         self._popular: dict[tuple[int | None, str], list[Recommendation]] = {}
 
@@ -212,11 +230,16 @@ class Recommendations:
         return self._tables[T.POPULAR_ITEMS].values("segment")
 
     _LISTS = {
-        T.USER_CANDIDATES: ("strategy", UnknownStrategyError,
-                            "pick one of those, or build it with `recsys-spark topk` (candidates.strategies)"),
-        T.ITEM_NEIGHBORS: ("method", UnknownMethodError,
-                           "pick one of those, or build it with `recsys-spark item-similarity --set "
-                           "similarity.method=...`"),
+        T.USER_CANDIDATES: (
+            "strategy",
+            UnknownStrategyError,
+            "pick one of those, or build it with `recsys-spark topk` (candidates.strategies)",
+        ),
+        T.ITEM_NEIGHBORS: (
+            "method",
+            UnknownMethodError,
+            "pick one of those, or build it with `recsys-spark item-similarity --set similarity.method=...`",
+        ),
         T.POPULAR_ITEMS: ("segment", UnknownSegmentError, "`topk` writes the overall and recent lists"),
     }
 
@@ -267,12 +290,13 @@ class Recommendations:
         self._maybe_refresh()
         self._check_list(T.USER_CANDIDATES, self.strategy)
         table = self._tables[T.USER_CANDIDATES].rows(
-            "user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"],
-            ("strategy", self.strategy))
+            "user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"], ("strategy", self.strategy)
+        )
         found: dict[str, list[Recommendation]] = {}
         cols = table.to_pydict()
-        for uid, rank, iid, idx, score, source in zip(cols["user_id"], cols["rank"], cols["item_id"],
-                                                      cols["item_idx"], cols["score"], cols["source"]):
+        for uid, rank, iid, idx, score, source in zip(
+            cols["user_id"], cols["rank"], cols["item_id"], cols["item_idx"], cols["score"], cols["source"]
+        ):
             if rank <= k:
                 found.setdefault(uid, []).append(Recommendation(iid, idx, float(score), rank, source))
         out = {}
@@ -289,11 +313,20 @@ class Recommendations:
         t = self._tables[T.POPULAR_ITEMS]
         key = (t.version, seg)
         if key not in self._popular:
-            rows = t.dataset().to_table(filter=pc.field("segment") == seg,
-                                        columns=["rank", "item_id", "item_idx", "score"]).to_pydict()
-            self._popular = {key: sorted((Recommendation(i, x, float(s), r, "popular") for r, i, x, s in
-                                          zip(rows["rank"], rows["item_id"], rows["item_idx"], rows["score"])),
-                                         key=lambda r: r.rank)}
+            rows = (
+                t.dataset()
+                .to_table(filter=pc.field("segment") == seg, columns=["rank", "item_id", "item_idx", "score"])
+                .to_pydict()
+            )
+            self._popular = {
+                key: sorted(
+                    (
+                        Recommendation(i, x, float(s), r, "popular")
+                        for r, i, x, s in zip(rows["rank"], rows["item_id"], rows["item_idx"], rows["score"])
+                    ),
+                    key=lambda r: r.rank,
+                )
+            }
         return self._popular[key][:k]
 
     # -- items -----------------------------------------------------------------------------------
@@ -302,8 +335,9 @@ class Recommendations:
         """The item's k nearest neighbours; UnknownItemError for an id not in the catalogue."""
         return self.similar_items_batch([item_id], k, method)[str(item_id)]
 
-    def similar_items_batch(self, item_ids: Iterable[str], k: int = 10,
-                            method: str | None = None) -> dict[str, list[Neighbor]]:
+    def similar_items_batch(
+        self, item_ids: Iterable[str], k: int = 10, method: str | None = None
+    ) -> dict[str, list[Neighbor]]:
         """Neighbours of several items in one read."""
         ids = _keys(item_ids, "item")
         if not ids:
@@ -312,11 +346,13 @@ class Recommendations:
         m = method or self.neighbor_method
         self._check_list(T.ITEM_NEIGHBORS, m)
         table = self._tables[T.ITEM_NEIGHBORS].rows(
-            "item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", m))
+            "item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", m)
+        )
         found: dict[str, list[Neighbor]] = {}
         cols = table.to_pydict()
-        for iid, rank, nid, nidx, sim in zip(cols["item_id"], cols["rank"], cols["neighbor_id"],
-                                             cols["neighbor_idx"], cols["similarity"]):
+        for iid, rank, nid, nidx, sim in zip(
+            cols["item_id"], cols["rank"], cols["neighbor_id"], cols["neighbor_idx"], cols["similarity"]
+        ):
             if rank <= k:
                 found.setdefault(iid, []).append(Neighbor(nid, nidx, float(sim), rank, m))
         missing = [i for i in ids if i not in found]
@@ -324,8 +360,10 @@ class Recommendations:
             known = set(self._tables[T.ITEMS].rows("item_id", missing, ["item_id"]).column("item_id").to_pylist())
             unknown = [i for i in missing if i not in known]
             if unknown:
-                raise UnknownItemError(f"unknown item id {unknown[0]!r}: it is not in the items table "
-                                       f"({self._tables[T.ITEMS].location}, version {self._tables[T.ITEMS].version})")
+                raise UnknownItemError(
+                    f"unknown item id {unknown[0]!r}: it is not in the items table "
+                    f"({self._tables[T.ITEMS].location}, version {self._tables[T.ITEMS].version})"
+                )
         return {i: sorted(found.get(i, []), key=lambda n: n.rank) for i in ids}
 
 
@@ -334,6 +372,8 @@ def _keys(ids: Iterable[str], kind: str) -> list[str]:
     keys = list(dict.fromkeys(str(i) for i in ids))
     blank = [k for k in keys if not k.strip()]
     if blank:
-        raise RecsysError(f"{kind} id {blank[0]!r} is blank: ids are never empty (ingest rejects them), so this "
-                          "is a caller's bug, not an unknown id")
+        raise RecsysError(
+            f"{kind} id {blank[0]!r} is blank: ids are never empty (ingest rejects them), so this "
+            "is a caller's bug, not an unknown id"
+        )
     return keys

@@ -89,13 +89,17 @@ def gain(grade: Column) -> Column:
 def distinct_truth(truth: DataFrame) -> DataFrame:
     """(user_idx, item_idx, grade): one row per relevant pair, at its highest grade (null grade = 0)."""
     return truth.groupBy("user_idx", "item_idx").agg(
-        F.max(F.coalesce(F.col("grade").cast("double"), F.lit(0.0))).alias("grade"))
+        F.max(F.coalesce(F.col("grade").cast("double"), F.lit(0.0))).alias("grade")
+    )
 
 
 def best_ranks(recs: DataFrame, max_k: int) -> DataFrame:
     """(user_idx, item_idx, rank): each listed item once, at its best rank, ranks beyond ``max_k`` dropped."""
-    return (recs.where(F.col("rank") <= max_k)
-            .groupBy("user_idx", "item_idx").agg(F.min(F.col("rank")).cast("int").alias("rank")))
+    return (
+        recs.where(F.col("rank") <= max_k)
+        .groupBy("user_idx", "item_idx")
+        .agg(F.min(F.col("rank")).cast("int").alias("rank"))
+    )
 
 
 def ideal_dcg(truth: DataFrame, ks: DataFrame, max_k: int) -> DataFrame:
@@ -104,13 +108,21 @@ def ideal_dcg(truth: DataFrame, ks: DataFrame, max_k: int) -> DataFrame:
     The ideal list is the user's truth sorted by grade (descending); binary IDCG only needs its length.
     """
     by_grade = Window.partitionBy("user_idx").orderBy(F.col("grade").desc(), F.col("item_idx"))
-    ranked = (truth.withColumn("pos", F.row_number().over(by_grade))
-              .withColumn("n_rel", F.count("*").over(Window.partitionBy("user_idx")))
-              .where(F.col("pos") <= max_k))
-    return (ranked.crossJoin(F.broadcast(ks)).where(F.col("pos") <= F.col("k"))
-            .groupBy("user_idx", "k")
-            .agg(F.max("n_rel").alias("n_rel"), F.sum(discount(F.col("pos"))).alias("idcg"),
-                 F.sum(gain(F.col("grade")) * discount(F.col("pos"))).alias("idcg_graded")))
+    ranked = (
+        truth.withColumn("pos", F.row_number().over(by_grade))
+        .withColumn("n_rel", F.count("*").over(Window.partitionBy("user_idx")))
+        .where(F.col("pos") <= max_k)
+    )
+    return (
+        ranked.crossJoin(F.broadcast(ks))
+        .where(F.col("pos") <= F.col("k"))
+        .groupBy("user_idx", "k")
+        .agg(
+            F.max("n_rel").alias("n_rel"),
+            F.sum(discount(F.col("pos"))).alias("idcg"),
+            F.sum(gain(F.col("grade")) * discount(F.col("pos"))).alias("idcg_graded"),
+        )
+    )
 
 
 def hit_sums(recs: DataFrame, truth: DataFrame, ks: DataFrame, max_k: int) -> DataFrame:
@@ -121,15 +133,25 @@ def hit_sums(recs: DataFrame, truth: DataFrame, ks: DataFrame, max_k: int) -> Da
     all of a user's hits gives precision@rank for every cut-off.
     """
     recs = recs.where(F.col("rank") <= max_k).select("user_idx", "item_idx", "rank")
-    hits = (recs.join(truth, ["user_idx", "item_idx"])
-            .groupBy("user_idx", "item_idx").agg(F.min("rank").alias("rank"), F.max("grade").alias("grade")))
+    hits = (
+        recs.join(truth, ["user_idx", "item_idx"])
+        .groupBy("user_idx", "item_idx")
+        .agg(F.min("rank").alias("rank"), F.max("grade").alias("grade"))
+    )
     by_rank = Window.partitionBy("user_idx").orderBy("rank", "item_idx")
     hits = hits.withColumn("hit_no", F.row_number().over(by_rank))
-    return (hits.crossJoin(F.broadcast(ks)).where(F.col("rank") <= F.col("k"))
-            .groupBy("user_idx", "k")
-            .agg(F.count("*").alias("hits"), F.sum(discount(F.col("rank"))).alias("dcg"),
-                 F.sum(gain(F.col("grade")) * discount(F.col("rank"))).alias("dcg_graded"),
-                 F.sum(F.col("hit_no") / F.col("rank")).alias("ap_sum"), F.min("rank").alias("first_hit")))
+    return (
+        hits.crossJoin(F.broadcast(ks))
+        .where(F.col("rank") <= F.col("k"))
+        .groupBy("user_idx", "k")
+        .agg(
+            F.count("*").alias("hits"),
+            F.sum(discount(F.col("rank"))).alias("dcg"),
+            F.sum(gain(F.col("grade")) * discount(F.col("rank"))).alias("dcg_graded"),
+            F.sum(F.col("hit_no") / F.col("rank")).alias("ap_sum"),
+            F.min("rank").alias("first_hit"),
+        )
+    )
 
 
 def per_user_ranking(ideal: DataFrame, sums: DataFrame) -> DataFrame:
@@ -140,7 +162,8 @@ def per_user_ranking(ideal: DataFrame, sums: DataFrame) -> DataFrame:
     n_rel = F.col("n_rel").cast("double")
     zero = F.lit(0.0)
     return joined.select(
-        "user_idx", "k",
+        "user_idx",
+        "k",
         (hits / k).alias("precision"),
         (hits / n_rel).alias("recall"),
         (F.coalesce(F.col("dcg"), zero) / F.col("idcg")).alias("ndcg"),
@@ -149,7 +172,9 @@ def per_user_ranking(ideal: DataFrame, sums: DataFrame) -> DataFrame:
         F.when(hits > 0, 1.0).otherwise(zero).alias("hit_rate"),
         # all-zero grades give IDCG 0: there is nothing to rank well, so such a user scores 0, not NaN
         F.when(F.col("idcg_graded") > 0, F.coalesce(F.col("dcg_graded"), zero) / F.col("idcg_graded"))
-        .otherwise(zero).alias("ndcg_graded"))
+        .otherwise(zero)
+        .alias("ndcg_graded"),
+    )
 
 
 def metric_order(names: Sequence[str]) -> Column:
@@ -161,8 +186,9 @@ def averaged(per_user: DataFrame, names: Sequence[str]) -> DataFrame:
     """(metric, k, value, users): the mean of each named column over users, per k."""
     means = per_user.groupBy("k").agg(F.count("*").alias("users"), *[F.avg(n).alias(n) for n in names])
     long = means.unpivot(["k", "users"], list(names), "metric", "value")
-    return long.select("metric", F.col("k").cast("int"), F.col("value").cast("double"),
-                       F.col("users").cast("long")).orderBy(metric_order(names), "k")
+    return long.select(
+        "metric", F.col("k").cast("int"), F.col("value").cast("double"), F.col("users").cast("long")
+    ).orderBy(metric_order(names), "k")
 
 
 def ranking_metrics(recs: DataFrame, truth: DataFrame, ks: Sequence[int], *, graded: bool = False) -> DataFrame:
@@ -197,8 +223,11 @@ def unit_factors(item_factors: DataFrame) -> DataFrame:
     """
     vec = F.col("factors").cast("array<double>")
     norm = F.sqrt(F.aggregate(vec, F.lit(0.0), lambda acc, x: acc + x * x))
-    return (item_factors.select("item_idx", vec.alias("vec"), norm.alias("norm")).where(F.col("norm") > 0)
-            .select("item_idx", F.transform("vec", lambda x: x / F.col("norm")).alias("vec")))
+    return (
+        item_factors.select("item_idx", vec.alias("vec"), norm.alias("norm"))
+        .where(F.col("norm") > 0)
+        .select("item_idx", F.transform("vec", lambda x: x / F.col("norm")).alias("vec"))
+    )
 
 
 def exposure(lists: DataFrame) -> DataFrame:
@@ -220,15 +249,18 @@ def exposure_stats(exposed: DataFrame, info: DataFrame, n_items: int, n_users: i
     """
     n = float(n_items)
     default_info = -F.log2(F.lit(1.0 / n_users))  # unknown item: popularity 0, treated as 1
-    ranked = (exposed.join(info, "item_idx", "left")
-              .withColumn("j", F.row_number().over(Window.partitionBy("k").orderBy("c", "item_idx")))
-              .withColumn("m", F.count("*").over(Window.partitionBy("k"))))
+    ranked = (
+        exposed.join(info, "item_idx", "left")
+        .withColumn("j", F.row_number().over(Window.partitionBy("k").orderBy("c", "item_idx")))
+        .withColumn("m", F.count("*").over(Window.partitionBy("k")))
+    )
     i = F.lit(n) - F.col("m") + F.col("j")
     c = F.col("c").cast("double")
     return ranked.groupBy("k").agg(
         F.count("*").alias("items"),
         (F.sum((2.0 * i - n - 1.0) * c) / (n * F.sum(c))).alias("gini"),
-        (F.sum(c * F.coalesce(F.col("info"), default_info)) / F.sum(c)).alias("novelty"))
+        (F.sum(c * F.coalesce(F.col("info"), default_info)) / F.sum(c)).alias("novelty"),
+    )
 
 
 def listed_users(lists: DataFrame) -> DataFrame:
@@ -242,11 +274,14 @@ def intra_list_diversity(best: DataFrame, unit: DataFrame, ks: DataFrame) -> Dat
     Each user's vectors are gathered once (up to max k) and every cut-off filters that one array, so no
     vector is shuffled once per k.
     """
-    lists = (best.join(unit, "item_idx").groupBy("user_idx")
-             .agg(F.collect_list(F.struct("rank", "vec")).alias("items")))
+    lists = best.join(unit, "item_idx").groupBy("user_idx").agg(F.collect_list(F.struct("rank", "vec")).alias("items"))
     top = F.filter("items", lambda x: x["rank"] <= F.col("k"))
-    per_k = (lists.crossJoin(F.broadcast(ks)).select("user_idx", "k", top.alias("top"))
-             .withColumn("m", F.size("top")).where(F.col("m") >= 2))
+    per_k = (
+        lists.crossJoin(F.broadcast(ks))
+        .select("user_idx", "k", top.alias("top"))
+        .withColumn("m", F.size("top"))
+        .where(F.col("m") >= 2)
+    )
     zeros = F.array_repeat(F.lit(0.0), F.size(F.col("top")[0]["vec"]))
     s = F.aggregate("top", zeros, lambda acc, x: F.zip_with(acc, x["vec"], lambda a, b: a + b))
     s2 = F.aggregate(s, F.lit(0.0), lambda acc, x: acc + x * x)
@@ -255,8 +290,15 @@ def intra_list_diversity(best: DataFrame, unit: DataFrame, ks: DataFrame) -> Dat
     return per_k.groupBy("k").agg(F.avg(ild).alias("value"), F.count("*").alias("users"))
 
 
-def catalogue_metrics(recs: DataFrame, ks: Sequence[int], *, n_items: int, item_popularity: DataFrame, n_users: int,
-                      item_factors: DataFrame | None = None) -> DataFrame:
+def catalogue_metrics(
+    recs: DataFrame,
+    ks: Sequence[int],
+    *,
+    n_items: int,
+    item_popularity: DataFrame,
+    n_users: int,
+    item_factors: DataFrame | None = None,
+) -> DataFrame:
     """Coverage, Gini, novelty and (with ``item_factors``) intra-list diversity of the top-k lists.
 
     Args:
@@ -279,20 +321,35 @@ def catalogue_metrics(recs: DataFrame, ks: Sequence[int], *, n_items: int, item_
     best = best_ranks(recs, max_k)
     pos = F.row_number().over(Window.partitionBy("user_idx").orderBy("rank", "item_idx"))
     lists = best.withColumn("pos", pos).crossJoin(F.broadcast(ks_df)).where(F.col("rank") <= F.col("k"))
-    stats = (ks_df.join(exposure_stats(exposure(lists), self_information(item_popularity, n_users), n_items, n_users),
-                        "k", "left")
-             .join(listed_users(lists), "k", "left")
-             .select("k", F.coalesce(F.col("users"), F.lit(0)).cast("long").alias("users"),
-                     (F.coalesce(F.col("items"), F.lit(0)) / float(n_items)).alias("coverage"), "gini", "novelty"))
+    stats = (
+        ks_df.join(
+            exposure_stats(exposure(lists), self_information(item_popularity, n_users), n_items, n_users), "k", "left"
+        )
+        .join(listed_users(lists), "k", "left")
+        .select(
+            "k",
+            F.coalesce(F.col("users"), F.lit(0)).cast("long").alias("users"),
+            (F.coalesce(F.col("items"), F.lit(0)) / float(n_items)).alias("coverage"),
+            "gini",
+            "novelty",
+        )
+    )
     out = stats.unpivot(["k", "users"], ["coverage", "gini", "novelty"], "metric", "value")
     if item_factors is not None:
         ild = intra_list_diversity(best, unit_factors(item_factors), ks_df)
         out = out.unionByName(ild.select(F.lit("ild").alias("metric"), "k", "value", "users"))
-    log.info("catalogue metrics at k = %s over %d items, %d training users%s", ks_list, n_items, n_users,
-             ", with ILD" if item_factors is not None else "")
-    return (out.where(F.col("value").isNotNull())
-            .select("metric", F.col("k").cast("int"), F.col("value").cast("double"), F.col("users").cast("long"))
-            .orderBy(metric_order(CATALOGUE_METRICS), "k"))
+    log.info(
+        "catalogue metrics at k = %s over %d items, %d training users%s",
+        ks_list,
+        n_items,
+        n_users,
+        ", with ILD" if item_factors is not None else "",
+    )
+    return (
+        out.where(F.col("value").isNotNull())
+        .select("metric", F.col("k").cast("int"), F.col("value").cast("double"), F.col("users").cast("long"))
+        .orderBy(metric_order(CATALOGUE_METRICS), "k")
+    )
 
 
 def rating_errors(predictions: DataFrame) -> dict[str, float | None]:
@@ -304,9 +361,16 @@ def rating_errors(predictions: DataFrame) -> dict[str, float | None]:
     r, p = F.col("rating").cast("double"), F.col("prediction").cast("double")
     valid = r.isNotNull() & p.isNotNull() & ~F.isnan(r) & ~F.isnan(p)
     err = F.when(valid, p - r)
-    row = predictions.agg(F.count("*").alias("rows"), F.count(err).alias("n"),
-                          F.sqrt(F.avg(err * err)).alias("rmse"), F.avg(F.abs(err)).alias("mae")).first()
+    row = predictions.agg(
+        F.count("*").alias("rows"),
+        F.count(err).alias("n"),
+        F.sqrt(F.avg(err * err)).alias("rmse"),
+        F.avg(F.abs(err)).alias("mae"),
+    ).first()
     if row["rows"] > row["n"]:
-        log.warning("rating errors: skipped %d of %d rows with a null or NaN rating or prediction",
-                    row["rows"] - row["n"], row["rows"])
+        log.warning(
+            "rating errors: skipped %d of %d rows with a null or NaN rating or prediction",
+            row["rows"] - row["n"],
+            row["rows"],
+        )
     return {"rmse": row["rmse"], "mae": row["mae"], "n": int(row["n"])}

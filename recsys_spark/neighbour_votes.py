@@ -51,14 +51,19 @@ VoteWeight = tuple[ConfidenceTransform, float] | None
 
 def recent_history(matrix: DataFrame, n: int) -> DataFrame:
     """Each user's ``n`` most recent items (ties: stronger first, then lower item_idx), with confidence."""
-    order = Window.partitionBy("user_idx").orderBy(F.col("last_event_time").desc_nulls_last(),
-                                                    F.col("confidence").desc(), F.col("item_idx"))
-    return (matrix.withColumn("_r", F.row_number().over(order)).where(F.col("_r") <= n)
-            .select("user_idx", "item_idx", "confidence"))
+    order = Window.partitionBy("user_idx").orderBy(
+        F.col("last_event_time").desc_nulls_last(), F.col("confidence").desc(), F.col("item_idx")
+    )
+    return (
+        matrix.withColumn("_r", F.row_number().over(order))
+        .where(F.col("_r") <= n)
+        .select("user_idx", "item_idx", "confidence")
+    )
 
 
-def neighbour_vote_top_k(history: DataFrame, neighbours: DataFrame, k: int, recent: int,
-                         weight: VoteWeight = None) -> DataFrame:
+def neighbour_vote_top_k(
+    history: DataFrame, neighbours: DataFrame, k: int, recent: int, weight: VoteWeight = None
+) -> DataFrame:
     """Each user's k best unseen items by summed neighbour similarity of their recent items.
 
     Args:
@@ -77,8 +82,11 @@ def neighbour_vote_top_k(history: DataFrame, neighbours: DataFrame, k: int, rece
     nb = neighbours.select("item_idx", "neighbor_idx", "similarity")
     n_rows = nb.count()
     if n_rows > MAX_BROADCAST_NEIGHBORS:
-        log.info("item_item: %d neighbour rows exceed the broadcast limit (%d): scoring by shuffle join",
-                 n_rows, MAX_BROADCAST_NEIGHBORS)
+        log.info(
+            "item_item: %d neighbour rows exceed the broadcast limit (%d): scoring by shuffle join",
+            n_rows,
+            MAX_BROADCAST_NEIGHBORS,
+        )
         return votes_by_join(history, neighbours, k, recent, weight)
     csr = neighbour_matrix(nb.toArrow())
     if len(csr[0]) == 1:  # no neighbours at all: nothing can be scored
@@ -87,8 +95,13 @@ def neighbour_vote_top_k(history: DataFrame, neighbours: DataFrame, k: int, rece
     hist = history.select("user_idx", "item_idx", "confidence", "last_event_time")
     n_hist = hist.count()
     parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_hist / _ROWS_PER_TASK))
-    log.info("item_item: %d history rows in %d tasks, %d neighbour rows broadcast (%d items)",
-             n_hist, parts, n_rows, len(csr[0]) - 1)
+    log.info(
+        "item_item: %d history rows in %d tasks, %d neighbour rows broadcast (%d items)",
+        n_hist,
+        parts,
+        n_rows,
+        len(csr[0]) - 1,
+    )
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         # a user's rows may straddle Arrow batches, so the task takes its whole partition
@@ -111,16 +124,20 @@ def neighbour_matrix(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return indptr, dst[order], sim[order]
 
 
-def score_partition(table: pa.Table, csr: tuple[np.ndarray, np.ndarray, np.ndarray], k: int,
-                    recent: int, weight: VoteWeight = None) -> Iterator[pa.RecordBatch]:
+def score_partition(
+    table: pa.Table, csr: tuple[np.ndarray, np.ndarray, np.ndarray], k: int, recent: int, weight: VoteWeight = None
+) -> Iterator[pa.RecordBatch]:
     """Score every user of one partition, a block of users at a time."""
     users = table.column("user_idx").to_numpy().astype(np.int64)
     items = table.column("item_idx").to_numpy().astype(np.int64)
     conf = table.column("confidence").to_numpy(zero_copy_only=False)
     when = table.column("last_event_time")
     # most recent first with missing times last: ascending keys -time, and +inf for no time
-    age = np.where(when.is_valid().to_numpy(zero_copy_only=False),
-                   -when.cast(pa.int64()).fill_null(0).to_numpy(), np.iinfo(np.int64).max)
+    age = np.where(
+        when.is_valid().to_numpy(zero_copy_only=False),
+        -when.cast(pa.int64()).fill_null(0).to_numpy(),
+        np.iinfo(np.int64).max,
+    )
     order = np.lexsort((items, -conf, age, users))
     users, items = users[order], items[order]
     weights = None if weight is None else confidence_array(conf[order], *weight)
@@ -136,16 +153,22 @@ def score_partition(table: pa.Table, csr: tuple[np.ndarray, np.ndarray, np.ndarr
         reach = np.searchsorted(before, before[block_start] + _VOTE_BUFFER, side="right") - 1
         block_stop = max(block_start + 1, min(int(reach), len(starts)))
         lo, hi = bounds[block_start], bounds[block_stop]
-        batch = _score_block(users[lo:hi], items[lo:hi], is_recent[lo:hi], csr, k,
-                             None if weights is None else weights[lo:hi])
+        batch = _score_block(
+            users[lo:hi], items[lo:hi], is_recent[lo:hi], csr, k, None if weights is None else weights[lo:hi]
+        )
         if batch.num_rows:
             yield batch
         block_start = block_stop
 
 
-def _score_block(users: np.ndarray, items: np.ndarray, is_recent: np.ndarray,
-                 csr: tuple[np.ndarray, np.ndarray, np.ndarray], k: int,
-                 weights: np.ndarray | None = None) -> pa.RecordBatch:
+def _score_block(
+    users: np.ndarray,
+    items: np.ndarray,
+    is_recent: np.ndarray,
+    csr: tuple[np.ndarray, np.ndarray, np.ndarray],
+    k: int,
+    weights: np.ndarray | None = None,
+) -> pa.RecordBatch:
     """Votes of a few users expanded, summed per (user, item), seen items dropped, top-k kept."""
     indptr, nb_ids, nb_sims = csr
     n_items = len(indptr) - 1
@@ -176,18 +199,28 @@ def _score_block(users: np.ndarray, items: np.ndarray, is_recent: np.ndarray,
 
 def _batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, ranks: np.ndarray) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [pa.array(users.astype(np.int32)), pa.array(items.astype(np.int32)), pa.array(scores.astype(np.float32)),
-         pa.array(ranks.astype(np.int32))], names=["user_idx", "item_idx", "score", "rank"])
+        [
+            pa.array(users.astype(np.int32)),
+            pa.array(items.astype(np.int32)),
+            pa.array(scores.astype(np.float32)),
+            pa.array(ranks.astype(np.int32)),
+        ],
+        names=["user_idx", "item_idx", "score", "rank"],
+    )
 
 
-def votes_by_join(history: DataFrame, neighbours: DataFrame, k: int, recent: int,
-                  weight: VoteWeight = None) -> DataFrame:
+def votes_by_join(
+    history: DataFrame, neighbours: DataFrame, k: int, recent: int, weight: VoteWeight = None
+) -> DataFrame:
     """The same result through Spark SQL joins and windows: for neighbour tables too large to broadcast."""
     hist = recent_history(history, recent)
-    vote = F.col("similarity") if weight is None else confidence_value(F.col("confidence"), *weight) * F.col(
-        "similarity")
-    scored = (hist.join(neighbours.select("item_idx", "neighbor_idx", "similarity"), "item_idx")
-              .groupBy("user_idx", F.col("neighbor_idx").alias("item_idx"))
-              .agg(F.sum(vote).cast("float").alias("score")))
+    vote = (
+        F.col("similarity") if weight is None else confidence_value(F.col("confidence"), *weight) * F.col("similarity")
+    )
+    scored = (
+        hist.join(neighbours.select("item_idx", "neighbor_idx", "similarity"), "item_idx")
+        .groupBy("user_idx", F.col("neighbor_idx").alias("item_idx"))
+        .agg(F.sum(vote).cast("float").alias("score"))
+    )
     unseen = scored.join(history.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
     return rank_per_user(unseen, k)

@@ -24,8 +24,14 @@ from recsys_spark import tables as T
 from recsys_spark.config import AlsConfig, CandidatesConfig, Config, SimilarityConfig
 from recsys_spark.errors import ConcurrentWriteError, RejectThresholdError, StorageError
 from recsys_spark.generate import synthetic_events
-from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, rejected_rows,
-                                 validate_events, with_dense_ids)
+from recsys_spark.ingest import (
+    accepted_events,
+    assign_dense_ids,
+    interaction_matrix,
+    rejected_rows,
+    validate_events,
+    with_dense_ids,
+)
 from recsys_spark.run import RunContext
 from recsys_spark.session import released_caches
 from recsys_spark.similarity import capped_users, fit_item_neighbors
@@ -74,11 +80,14 @@ class IngestReport:
             f"  new users: {self.new_users:,}; new items: {self.new_items:,}",
         ]
         if self.dangling_links or self.symlink_loops:
-            lines.append(f"  links skipped: {len(self.dangling_links)} dangling, {len(self.symlink_loops)} looping back "
-                         "into a folder already read (see the warnings)")
+            lines.append(
+                f"  links skipped: {len(self.dangling_links)} dangling, {len(self.symlink_loops)} looping back "
+                "into a folder already read (see the warnings)"
+            )
         if self.conflicts:
-            lines.append(f"  {len(self.conflicts)} race(s) lost to a concurrent ingest; restarted on top of it "
-                         "each time")
+            lines.append(
+                f"  {len(self.conflicts)} race(s) lost to a concurrent ingest; restarted on top of it each time"
+            )
         if self.reject_reasons:
             lines.append("  rejected by reason:")
             lines += [f"    {r:<24} {n:>10,}" for r, n in sorted(self.reject_reasons.items(), key=lambda kv: -kv[1])]
@@ -120,15 +129,16 @@ def _ledger_key(f: SourceFile) -> tuple[str, int, int]:
 
 
 #: The tables one ingest writes, in commit order (the ledger last: see the module docstring).
-_INGEST_TABLES = (T.USERS, T.ITEMS, T.INTERACTIONS, T.REJECTED_INTERACTIONS, T.INTERACTION_MATRIX,
-                  T.INGESTED_FILES)
+_INGEST_TABLES = (T.USERS, T.ITEMS, T.INTERACTIONS, T.REJECTED_INTERACTIONS, T.INTERACTION_MATRIX, T.INGESTED_FILES)
 
 
 def _new_files(store: TableStore, files: list[SourceFile], ledger_version: int | None) -> list[SourceFile]:
     if ledger_version is None:
         return files
-    seen = {(r["path"], r["size"], r["mtime_ms"]) for r in
-            store.read(T.INGESTED_FILES, version=ledger_version).select("path", "size", "mtime_ms").collect()}
+    seen = {
+        (r["path"], r["size"], r["mtime_ms"])
+        for r in store.read(T.INGESTED_FILES, version=ledger_version).select("path", "size", "mtime_ms").collect()
+    }
     return [f for f in files if _ledger_key(f) not in seen]
 
 
@@ -147,10 +157,10 @@ def _check_reject_rate(report: IngestReport, cfg: Config, validated: DataFrame) 
     limit = cfg.ingest.max_reject_fraction
     if report.rows_read == 0 or report.rows_rejected / report.rows_read <= limit:
         return
-    sample = (validated.where(F.col("reason").isNotNull())
-              .orderBy("source_file", "line_number").limit(3).collect())
-    examples = "\n".join(f"    {r['source_file']}:{r['line_number']}: {r['reason']}: {r['raw_line'][:120]!r}"
-                         for r in sample)
+    sample = validated.where(F.col("reason").isNotNull()).orderBy("source_file", "line_number").limit(3).collect()
+    examples = "\n".join(
+        f"    {r['source_file']}:{r['line_number']}: {r['reason']}: {r['raw_line'][:120]!r}" for r in sample
+    )
     reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(report.reject_reasons.items(), key=lambda kv: -kv[1]))
     raise RejectThresholdError(
         f"{report.rows_rejected:,} of {report.rows_read:,} rows "
@@ -182,9 +192,14 @@ def run_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> IngestRepor
         for attempt in range(icfg.max_conflict_retries + 1):
             versions = {t: store.version(t) for t in _INGEST_TABLES}
             todo = _new_files(store, files, versions[T.INGESTED_FILES])
-            report = IngestReport(ctx.run_id, files_seen=len(files), files_skipped=len(files) - len(todo),
-                                  conflicts=list(conflicts), dangling_links=list(scan.dangling_links),
-                                  symlink_loops=list(scan.symlink_loops))
+            report = IngestReport(
+                ctx.run_id,
+                files_seen=len(files),
+                files_skipped=len(files) - len(todo),
+                conflicts=list(conflicts),
+                dangling_links=list(scan.dangling_links),
+                symlink_loops=list(scan.symlink_loops),
+            )
             if not todo:
                 log.info("all %d file(s) under %s were ingested before; nothing to do", len(files), src.path)
                 return report
@@ -208,12 +223,18 @@ def run_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> IngestRepor
                 return report
             except ConcurrentWriteError as exc:
                 conflicts.append(str(exc))
-                log.warning("ingest attempt %d lost a race to a concurrent writer and starts again on top of "
-                            "it (%d restart(s) left): %s", attempt + 1, icfg.max_conflict_retries - attempt, exc)
+                log.warning(
+                    "ingest attempt %d lost a race to a concurrent writer and starts again on top of "
+                    "it (%d restart(s) left): %s",
+                    attempt + 1,
+                    icfg.max_conflict_retries - attempt,
+                    exc,
+                )
         raise ConcurrentWriteError(
             f"ingest lost {len(conflicts)} races in a row to concurrent writers of the tables under "
             f"{cfg.storage.root} (ingest.max_conflict_retries = {icfg.max_conflict_retries}); what landed is "
-            f"consistent and a re-run adds the rest. Last conflict: {conflicts[-1]}")
+            f"consistent and a re-run adds the rest. Last conflict: {conflicts[-1]}"
+        )
     finally:
         if validated is not None:
             validated.unpersist()
@@ -231,9 +252,17 @@ def _count_batch(report: IngestReport, per_file: Counter[tuple[str, str | None]]
         log.warning("rejected %d rows: %s", n, reason)
 
 
-def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: RunContext, validated: DataFrame,
-                   todo: list[SourceFile], per_file: Counter, report: IngestReport,
-                   versions: dict[str, int | None]) -> None:
+def _commit_ingest(
+    spark: SparkSession,
+    store: TableStore,
+    cfg: Config,
+    ctx: RunContext,
+    validated: DataFrame,
+    todo: list[SourceFile],
+    per_file: Counter,
+    report: IngestReport,
+    versions: dict[str, int | None],
+) -> None:
     """Commit one attempt: every table is read at, and committed on top of, ``versions``."""
     src, icfg = cfg.ingest.source, cfg.ingest
     commit = ctx.commit(source=src.path, preset=src.preset, files=len(todo))
@@ -245,8 +274,9 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
         if versions[T.INTERACTIONS] is not None and unique:
             # Only the partitions (dates) of this batch can hold its events: prune the rest.
             dates = [r[0] for r in unique_events.select(F.to_date("event_time")).distinct().collect()]
-            stored = store.read(T.INTERACTIONS, version=versions[T.INTERACTIONS],
-                                where=_date_predicate(dates)).select("event_key")
+            stored = store.read(T.INTERACTIONS, version=versions[T.INTERACTIONS], where=_date_predicate(dates)).select(
+                "event_key"
+            )
             events = unique_events.join(stored, "event_key", "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
         report.events_added = events.count()
         report.rows_already_stored = unique - report.events_added
@@ -256,8 +286,16 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
             report.new_users = _added(report, T.USERS)
             report.new_items = _added(report, T.ITEMS)
             interactions = with_dense_ids(events, users, items)
-            report.writes.append(store.write(interactions, T.INTERACTIONS, "append", commit, ["event_date"],
-                                             expected_version=versions[T.INTERACTIONS]))
+            report.writes.append(
+                store.write(
+                    interactions,
+                    T.INTERACTIONS,
+                    "append",
+                    commit,
+                    ["event_date"],
+                    expected_version=versions[T.INTERACTIONS],
+                )
+            )
     finally:
         events.unpersist()
         unique_events.unpersist()
@@ -265,12 +303,17 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
     rejected = rejected_rows(validated, ctx.run_id, ctx.started_at)
     if report.rows_rejected:
         if versions[T.REJECTED_INTERACTIONS] is not None:
-            known = (store.read(T.REJECTED_INTERACTIONS, version=versions[T.REJECTED_INTERACTIONS])
-                     .select("source_file", "line_number", "reason", "raw_line"))
-            rejected = (rejected.join(known, ["source_file", "line_number", "reason", "raw_line"], "left_anti")
-                        .select(*rejected.columns))
-        report.writes.append(store.write(rejected, T.REJECTED_INTERACTIONS, "append", commit,
-                                         expected_version=versions[T.REJECTED_INTERACTIONS]))
+            known = store.read(T.REJECTED_INTERACTIONS, version=versions[T.REJECTED_INTERACTIONS]).select(
+                "source_file", "line_number", "reason", "raw_line"
+            )
+            rejected = rejected.join(known, ["source_file", "line_number", "reason", "raw_line"], "left_anti").select(
+                *rejected.columns
+            )
+        report.writes.append(
+            store.write(
+                rejected, T.REJECTED_INTERACTIONS, "append", commit, expected_version=versions[T.REJECTED_INTERACTIONS]
+            )
+        )
 
     events_version = _written(report, T.INTERACTIONS, versions[T.INTERACTIONS])
     if events_version is not None and _matrix_source(store, versions[T.INTERACTION_MATRIX]) != events_version:
@@ -278,21 +321,36 @@ def _commit_ingest(spark: SparkSession, store: TableStore, cfg: Config, ctx: Run
         # also when an earlier run was killed between its interactions commit and this one (its
         # re-run adds no events, but the matrix still lacks the ones that landed).
         matrix = interaction_matrix(store.read(T.INTERACTIONS, version=events_version), icfg)
-        report.writes.append(store.write(matrix, T.INTERACTION_MATRIX, "overwrite", ctx.commit(
-            **commit.extra, input_versions={T.INTERACTIONS: events_version}),
-            expected_version=versions[T.INTERACTION_MATRIX]))
+        report.writes.append(
+            store.write(
+                matrix,
+                T.INTERACTION_MATRIX,
+                "overwrite",
+                ctx.commit(**commit.extra, input_versions={T.INTERACTIONS: events_version}),
+                expected_version=versions[T.INTERACTION_MATRIX],
+            )
+        )
 
     now = datetime.now(timezone.utc)
     ledger = spark.createDataFrame(
-        [(f.path, f.size, f.mtime_ms,
-          sum(n for (p, _), n in per_file.items() if p == f.path),
-          sum(n for (p, r), n in per_file.items() if p == f.path and r is not None),
-          ctx.run_id, now) for f in todo],
+        [
+            (
+                f.path,
+                f.size,
+                f.mtime_ms,
+                sum(n for (p, _), n in per_file.items() if p == f.path),
+                sum(n for (p, r), n in per_file.items() if p == f.path and r is not None),
+                ctx.run_id,
+                now,
+            )
+            for f in todo
+        ],
         "path STRING, size LONG, mtime_ms LONG, rows_read LONG, rows_rejected LONG, run_id STRING, "
         "ingested_at TIMESTAMP",
     )
-    report.writes.append(store.write(ledger.coalesce(1), T.INGESTED_FILES, "append", commit,
-                                     expected_version=versions[T.INGESTED_FILES]))
+    report.writes.append(
+        store.write(ledger.coalesce(1), T.INGESTED_FILES, "append", commit, expected_version=versions[T.INGESTED_FILES])
+    )
 
 
 def _written(report: IngestReport, table: str, read: int | None) -> int | None:
@@ -314,8 +372,16 @@ def _added(report: IngestReport, table: str) -> int:
     return sum(w.rows for w in report.writes if w.table == table)
 
 
-def _extend_id_map(store: TableStore, events: DataFrame, table: str, id_col: str, idx_col: str,
-                   commit: CommitInfo, report: IngestReport, version: int | None) -> DataFrame:
+def _extend_id_map(
+    store: TableStore,
+    events: DataFrame,
+    table: str,
+    id_col: str,
+    idx_col: str,
+    commit: CommitInfo,
+    report: IngestReport,
+    version: int | None,
+) -> DataFrame:
     """The id map (read at ``version``) with ids of ``events`` it lacks appended, as committed.
 
     New ids are numbered from the map at ``version``, and the append is conditional on it: a map
@@ -346,8 +412,10 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
     if method == "als":
         version = store.version(T.ITEM_FACTORS)
         if version is None:
-            raise StorageError("table 'item_factors' does not exist yet: run `recsys-spark train-als` first "
-                               "(similarity.method = 'als' needs ALS item factors)")
+            raise StorageError(
+                "table 'item_factors' does not exist yet: run `recsys-spark train-als` first "
+                "(similarity.method = 'als' needs ALS item factors)"
+            )
         factors = store.read(T.ITEM_FACTORS, version=version)
         first = factors.select("model_version").first()
         model_version = first[0] if first else f"als-{ctx.run_id}"
@@ -363,8 +431,9 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
         matrix = store.read(T.INTERACTION_MATRIX, version=version).persist(StorageLevel.MEMORY_AND_DISK)
         capped = capped_users(matrix, cfg.similarity.max_user_items)
         if capped:
-            log.info("%d users have more than %d items; their histories are capped",
-                     capped, cfg.similarity.max_user_items)
+            log.info(
+                "%d users have more than %d items; their histories are capped", capped, cfg.similarity.max_user_items
+            )
         model_version = f"{method}-{ctx.run_id}"
         similarity, search = cfg.similarity, None
         from recsys_spark.fitting import TUNABLE_METHODS
@@ -388,21 +457,46 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
             raise StorageError("table 'items' does not exist yet: run `recsys-spark ingest` first")
         inputs[T.ITEMS] = items_version
         ids = store.read(T.ITEMS, version=items_version).select("item_idx", "item_id")
-        neighbors = (neighbors
-                     .join(F.broadcast(ids), "item_idx")
-                     .join(F.broadcast(ids.select(F.col("item_idx").alias("neighbor_idx"),
-                                                  F.col("item_id").alias("neighbor_id"))), "neighbor_idx")
-                     .select("item_id", "item_idx", "rank", "neighbor_id", "neighbor_idx", "similarity", "cooccurrence",
-                             F.lit(method).alias("method"), F.lit(model_version).alias("model_version"))
-                     # the lookup layout: files cover disjoint item_id ranges, sorted inside, so a
-                     # reader's min/max statistics select one file and one row group per key
-                     .repartitionByRange("item_id").sortWithinPartitions("item_id", "rank"))
+        neighbors = (
+            neighbors.join(F.broadcast(ids), "item_idx")
+            .join(
+                F.broadcast(ids.select(F.col("item_idx").alias("neighbor_idx"), F.col("item_id").alias("neighbor_id"))),
+                "neighbor_idx",
+            )
+            .select(
+                "item_id",
+                "item_idx",
+                "rank",
+                "neighbor_id",
+                "neighbor_idx",
+                "similarity",
+                "cooccurrence",
+                F.lit(method).alias("method"),
+                F.lit(model_version).alias("model_version"),
+            )
+            # the lookup layout: files cover disjoint item_id ranges, sorted inside, so a
+            # reader's min/max statistics select one file and one row group per key
+            .repartitionByRange("item_id")
+            .sortWithinPartitions("item_id", "rank")
+        )
         # the transform is what candidates weigh this method's votes with (candidates.vote_weights_of)
-        commit = ctx.commit(model_version=model_version, input_versions=inputs, capped_users=capped, method=method,
-                            params=similarity.model_dump(mode="json"),
-                            **({"search": search.as_record()} if search else {}))
-        return store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", commit, ["method"], replace={"method": method},
-                           row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
+        commit = ctx.commit(
+            model_version=model_version,
+            input_versions=inputs,
+            capped_users=capped,
+            method=method,
+            params=similarity.model_dump(mode="json"),
+            **({"search": search.as_record()} if search else {}),
+        )
+        return store.write(
+            neighbors,
+            T.ITEM_NEIGHBORS,
+            "overwrite",
+            commit,
+            ["method"],
+            replace={"method": method},
+            row_group_bytes=LOOKUP_ROW_GROUP_BYTES,
+        )
     finally:
         if matrix is not None:
             matrix.unpersist()
@@ -437,8 +531,9 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
     try:
         n = train.count()
         if n == 0:
-            raise StorageError(f"interaction_matrix has no {als.feedback} feedback to train on "
-                               f"(als.feedback = {als.feedback!r})")
+            raise StorageError(
+                f"interaction_matrix has no {als.feedback} feedback to train on (als.feedback = {als.feedback!r})"
+            )
         started = time.perf_counter()
         model = fit_als(train, als, user_ids, item_ids)  # checks the values first, naming bad pairs by id
         seconds = time.perf_counter() - started
@@ -447,29 +542,64 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
         train.unpersist()
     model_version = f"als-{ctx.run_id}"
     users, items = factor_frames(model)
-    commit = ctx.commit(model_version=model_version, input_versions=inputs,
-                        **({"tuned": search.best, "tuned_value": search.best_value} if search else {}))
+    commit = ctx.commit(
+        model_version=model_version,
+        input_versions=inputs,
+        **({"tuned": search.best, "tuned_value": search.best_value} if search else {}),
+    )
     out = {
         T.USER_FACTORS: store.write(
-            users.join(user_ids, "user_idx").select("user_idx", "user_id", "factors",
-                                                     F.lit(model_version).alias("model_version"))
-            .repartitionByRange("user_idx").sortWithinPartitions("user_idx"), T.USER_FACTORS, "overwrite", commit),
+            users.join(user_ids, "user_idx")
+            .select("user_idx", "user_id", "factors", F.lit(model_version).alias("model_version"))
+            .repartitionByRange("user_idx")
+            .sortWithinPartitions("user_idx"),
+            T.USER_FACTORS,
+            "overwrite",
+            commit,
+        ),
         T.ITEM_FACTORS: store.write(
-            items.join(item_ids, "item_idx").select("item_idx", "item_id", "factors",
-                                                     F.lit(model_version).alias("model_version"))
-            .repartitionByRange("item_idx").sortWithinPartitions("item_idx"), T.ITEM_FACTORS, "overwrite", commit),
+            items.join(item_ids, "item_idx")
+            .select("item_idx", "item_id", "factors", F.lit(model_version).alias("model_version"))
+            .repartitionByRange("item_idx")
+            .sortWithinPartitions("item_idx"),
+            T.ITEM_FACTORS,
+            "overwrite",
+            commit,
+        ),
     }
     # the settings fitted with; a search's choice and every trial it made ride along
     params = {**als.model_dump(mode="json"), **({"search": search.as_record()} if search else {})}
-    row = [(model_version, ctx.run_id, "als", json.dumps(params, sort_keys=True), json.dumps(inputs, sort_keys=True),
-            n, out[T.USER_FACTORS].rows, out[T.ITEM_FACTORS].rows, float(seconds), rmse, blas_in_use(spark),
-            ctx.started_at)]
-    models = spark.createDataFrame(row, "model_version STRING, run_id STRING, algorithm STRING, params STRING, "
-                                        "input_versions STRING, num_ratings LONG, num_users LONG, num_items LONG, "
-                                        "train_seconds DOUBLE, train_rmse DOUBLE, blas STRING, trained_at TIMESTAMP")
+    row = [
+        (
+            model_version,
+            ctx.run_id,
+            "als",
+            json.dumps(params, sort_keys=True),
+            json.dumps(inputs, sort_keys=True),
+            n,
+            out[T.USER_FACTORS].rows,
+            out[T.ITEM_FACTORS].rows,
+            float(seconds),
+            rmse,
+            blas_in_use(spark),
+            ctx.started_at,
+        )
+    ]
+    models = spark.createDataFrame(
+        row,
+        "model_version STRING, run_id STRING, algorithm STRING, params STRING, "
+        "input_versions STRING, num_ratings LONG, num_users LONG, num_items LONG, "
+        "train_seconds DOUBLE, train_rmse DOUBLE, blas STRING, trained_at TIMESTAMP",
+    )
     out[T.MODELS] = store.write(models.coalesce(1), T.MODELS, "append", commit)
-    log.info("ALS model %s: %d ratings, %d users, %d items, %.1fs", model_version, n,
-             out[T.USER_FACTORS].rows, out[T.ITEM_FACTORS].rows, seconds)
+    log.info(
+        "ALS model %s: %d ratings, %d users, %d items, %.1fs",
+        model_version,
+        n,
+        out[T.USER_FACTORS].rows,
+        out[T.ITEM_FACTORS].rows,
+        seconds,
+    )
     return out
 
 
@@ -497,8 +627,9 @@ def _served_als(store: TableStore, item_factors_version: int | None) -> AlsConfi
     return AlsConfig.model_validate({k: v for k, v in json.loads(rows[0].params).items() if k != "search"})
 
 
-def _tuned_blend(store: TableStore, cfg: Config, matrix: DataFrame,
-                 inputs: dict[str, int | None]) -> tuple[CandidatesConfig, SearchResult]:
+def _tuned_blend(
+    store: TableStore, cfg: Config, matrix: DataFrame, inputs: dict[str, int | None]
+) -> tuple[CandidatesConfig, SearchResult]:
     """candidates.tune: blend weights searched on a validation carve-out of ``matrix``, each source
     refitted there with the settings its served model was fitted with."""
     from recsys_spark.candidates import every_blend_source, needed_neighbor_methods
@@ -510,8 +641,13 @@ def _tuned_blend(store: TableStore, cfg: Config, matrix: DataFrame,
     for method in needed_neighbor_methods(every):
         fitted_with = _neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method)
         similarity = similarity.model_copy(update={method: fitted_with.params(method)})
-    served = cfg.model_copy(update={"als": _served_als(store, inputs.get(T.ITEM_FACTORS)) or cfg.als,
-                                    "similarity": similarity, "candidates": every})
+    served = cfg.model_copy(
+        update={
+            "als": _served_als(store, inputs.get(T.ITEM_FACTORS)) or cfg.als,
+            "similarity": similarity,
+            "candidates": every,
+        }
+    )
     validation = carve_validation(matrix, cfg)
     try:
         fitted = fit_as_configured(validation.fit, served)
@@ -534,9 +670,16 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
     """
     import math
 
-    from recsys_spark.candidates import (CandidateBuilder, ModelInputs, every_blend_source, log_config,
-                                         needed_neighbor_methods, needed_sources, popular_items,
-                                         user_history_sizes)
+    from recsys_spark.candidates import (
+        CandidateBuilder,
+        ModelInputs,
+        every_blend_source,
+        log_config,
+        needed_neighbor_methods,
+        needed_sources,
+        popular_items,
+        user_history_sizes,
+    )
     from recsys_spark.similarity import vote_weight
 
     cc = cfg.candidates
@@ -553,17 +696,22 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
     inputs = {t: store.version(t) for t in needs}
     missing = [t for t, v in inputs.items() if v is None]
     if missing:
-        raise StorageError(f"tables {missing} do not exist yet: run ingest, train-als and item-similarity first "
-                           f"(candidates.strategies = {list(cc.strategies)})")
+        raise StorageError(
+            f"tables {missing} do not exist yet: run ingest, train-als and item-similarity first "
+            f"(candidates.strategies = {list(cc.strategies)})"
+        )
     built = store.partition_values(T.ITEM_NEIGHBORS, "method") if methods else set()
     for method in methods:
         if method not in built:
-            raise StorageError(f"item_neighbors has no {method!r} neighbours: run `recsys-spark "
-                               f"item-similarity --set similarity.method={method}` first "
-                               f"(candidates.strategies = {list(cc.strategies)})")
+            raise StorageError(
+                f"item_neighbors has no {method!r} neighbours: run `recsys-spark "
+                f"item-similarity --set similarity.method={method}` first "
+                f"(candidates.strategies = {list(cc.strategies)})"
+            )
 
     matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]).persist(
-        StorageLevel.MEMORY_AND_DISK)
+        StorageLevel.MEMORY_AND_DISK
+    )
     user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
     item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
     out: dict[str, WriteResult] = {}
@@ -576,9 +724,21 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         commit = ctx.commit(input_versions=inputs)
         out[T.POPULAR_ITEMS] = store.write(
             popular.join(F.broadcast(item_ids), "item_idx")
-            .select("segment", "rank", "item_idx", "item_id", F.col("users").cast("double").alias("score"), "users",
-                    F.lit(pop_version).alias("model_version"))
-            .repartition(1).sortWithinPartitions("segment", "rank"), T.POPULAR_ITEMS, "overwrite", commit)
+            .select(
+                "segment",
+                "rank",
+                "item_idx",
+                "item_id",
+                F.col("users").cast("double").alias("score"),
+                "users",
+                F.lit(pop_version).alias("model_version"),
+            )
+            .repartition(1)
+            .sortWithinPartitions("segment", "rank"),
+            T.POPULAR_ITEMS,
+            "overwrite",
+            commit,
+        )
         segment = popular.where(F.col("segment") == cc.cold_start_segment).select("rank", "item_idx", "users")
         n_files = max(1, math.ceil(n_users * cc.k / cc.rows_per_file))
 
@@ -590,8 +750,9 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
             versions["als"] = itf.select("model_version").first()[0]
         neighbors, weights = {}, {}
         for method in methods:
-            neighbors[method] = store.read(T.ITEM_NEIGHBORS, version=inputs[T.ITEM_NEIGHBORS],
-                                           where=f"method = '{method}'")
+            neighbors[method] = store.read(
+                T.ITEM_NEIGHBORS, version=inputs[T.ITEM_NEIGHBORS], where=f"method = '{method}'"
+            )
             versions[method] = neighbors[method].select("model_version").first()[0]
             weights[method] = vote_weight(_neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method), method)
         model = ModelInputs(matrix, uf, itf, neighbors, weights, versions)
@@ -601,17 +762,39 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         with CandidateBuilder(model, sizes, segment, cc) as builder:
             for strategy, lists in builder.strategies():
                 model_version = builder.model_version(strategy)
-                rows = (lists.join(user_ids, "user_idx").join(F.broadcast(item_ids), "item_idx")
-                        .select("user_id", "user_idx", "rank", "item_id", "item_idx", "score", "source",
-                                F.lit(model_version).alias("model_version"), F.lit(strategy).alias("strategy"))
-                        # the lookup layout: files cover disjoint user_id ranges, sorted inside
-                        .repartitionByRange(n_files, "user_id").sortWithinPartitions("user_id", "rank"))
-                tuned = {"blend_weights": cc.blend_weights, "search": search.as_record()} if (
-                    search and strategy == "blend") else {}
+                rows = (
+                    lists.join(user_ids, "user_idx")
+                    .join(F.broadcast(item_ids), "item_idx")
+                    .select(
+                        "user_id",
+                        "user_idx",
+                        "rank",
+                        "item_id",
+                        "item_idx",
+                        "score",
+                        "source",
+                        F.lit(model_version).alias("model_version"),
+                        F.lit(strategy).alias("strategy"),
+                    )
+                    # the lookup layout: files cover disjoint user_id ranges, sorted inside
+                    .repartitionByRange(n_files, "user_id")
+                    .sortWithinPartitions("user_id", "rank")
+                )
+                tuned = (
+                    {"blend_weights": cc.blend_weights, "search": search.as_record()}
+                    if (search and strategy == "blend")
+                    else {}
+                )
                 commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy, **tuned)
                 out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
-                    rows, T.USER_CANDIDATES, "overwrite", commit, ["strategy"], replace={"strategy": strategy},
-                    row_group_bytes=LOOKUP_ROW_GROUP_BYTES)
+                    rows,
+                    T.USER_CANDIDATES,
+                    "overwrite",
+                    commit,
+                    ["strategy"],
+                    replace={"strategy": strategy},
+                    row_group_bytes=LOOKUP_ROW_GROUP_BYTES,
+                )
                 log.info("candidates %s: %d users", strategy, n_users)
     finally:
         for df in (sizes, popular, matrix):
@@ -637,8 +820,9 @@ class EvaluationResult:
         return headline_table(self.summary)
 
 
-def _given_matrix(spark: SparkSession, cfg: Config, store: TableStore, path: str, key: str,
-                  inputs: dict[str, int | None]) -> DataFrame:
+def _given_matrix(
+    spark: SparkSession, cfg: Config, store: TableStore, path: str, key: str, inputs: dict[str, int | None]
+) -> DataFrame:
     """The matrix of the files at ``path`` (config key ``key``), mapped to the stored dense ids; pairs
     of users or items the tables do not know are left out."""
     icfg = cfg.ingest
@@ -651,8 +835,9 @@ def _given_matrix(spark: SparkSession, cfg: Config, store: TableStore, path: str
     return interaction_matrix(events, icfg)
 
 
-def _splits(spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFrame,
-            inputs: dict[str, int | None]) -> list[tuple[str, dict, DataFrame, DataFrame]]:
+def _splits(
+    spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFrame, inputs: dict[str, int | None]
+) -> list[tuple[str, dict, DataFrame, DataFrame]]:
     from recsys_spark.splits import given_split, leave_last_split, random_split, time_split
 
     ec = cfg.evaluation
@@ -662,19 +847,33 @@ def _splits(spark: SparkSession, cfg: Config, store: TableStore, matrix: DataFra
     if ec.split == "given":
         out = []
         for fold in ec.folds or [None]:
-            paths = [(key, pattern.replace("{fold}", fold) if fold else pattern)
-                     for key, pattern in (("evaluation.given_train", ec.given_train),
-                                          ("evaluation.given_test", ec.given_test))]
+            paths = [
+                (key, pattern.replace("{fold}", fold) if fold else pattern)
+                for key, pattern in (
+                    ("evaluation.given_train", ec.given_train),
+                    ("evaluation.given_test", ec.given_test),
+                )
+            ]
             train, test = (_given_matrix(spark, cfg, store, path, key, inputs) for key, path in paths)
             out.append((fold or "given", {"train": paths[0][1], "test": paths[1][1]}, *given_split(train, test)))
         return out
     if ec.split == "random":
-        return [("random", {"test_fraction": ec.test_fraction, "seed": ec.seed},
-                 *random_split(matrix, ec.test_fraction, ec.seed))]
+        return [
+            (
+                "random",
+                {"test_fraction": ec.test_fraction, "seed": ec.seed},
+                *random_split(matrix, ec.test_fraction, ec.seed),
+            )
+        ]
     if ec.split == "time":
         cutoff = datetime.fromisoformat(ec.time_cutoff.replace("Z", "+00:00")) if ec.time_cutoff else None
-        return [("time", {"time_cutoff": ec.time_cutoff, "test_fraction": ec.test_fraction},
-                 *time_split(matrix, cutoff, ec.test_fraction))]
+        return [
+            (
+                "time",
+                {"time_cutoff": ec.time_cutoff, "test_fraction": ec.test_fraction},
+                *time_split(matrix, cutoff, ec.test_fraction),
+            )
+        ]
     return [("leave_last", {"n": ec.leave_last_n}, *leave_last_split(matrix, ec.leave_last_n))]
 
 
@@ -716,7 +915,8 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
         first = "topk" if missing == [T.USER_CANDIDATES] else "ingest"
         raise StorageError(f"tables {missing} do not exist yet: run `recsys-spark {first}` first")
     matrix = store.read(T.INTERACTION_MATRIX, version=inputs[T.INTERACTION_MATRIX]).persist(
-        StorageLevel.MEMORY_AND_DISK)
+        StorageLevel.MEMORY_AND_DISK
+    )
     n_items = store.read(T.ITEMS, version=inputs[T.ITEMS]).count()
     matrix.count()  # materialised before the per-split released_caches blocks
     graded = matrix.where(F.col("rating").isNotNull()).limit(1).count() > 0
@@ -734,15 +934,25 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
                 splits_meta.append({**scored.meta, "params": params})
                 results += scored.results
                 for model, meta in scored.models.items():
-                    entry = models_meta.setdefault(model, {"kind": meta["kind"], "params": meta["params"],
-                                                           "model_version": f"{model}-{ctx.run_id}", "splits": {}})
+                    entry = models_meta.setdefault(
+                        model,
+                        {
+                            "kind": meta["kind"],
+                            "params": meta["params"],
+                            "model_version": f"{model}-{ctx.run_id}",
+                            "splits": {},
+                        },
+                    )
                     entry["splits"][name] = {k: v for k, v in meta.items() if k != "kind"}
                 if not popularity_curve:
                     counts = scored.popularity_counts
                     step = max(1, len(counts) // 2000)
-                    popularity_curve = {"n_items": n_items, "n_interactions": scored.meta["train_rows"],
-                                        "item_counts_desc": counts[::step],
-                                        "item_rank": list(range(1, len(counts) + 1, step))}
+                    popularity_curve = {
+                        "n_items": n_items,
+                        "n_interactions": scored.meta["train_rows"],
+                        "item_counts_desc": counts[::step],
+                        "item_rank": list(range(1, len(counts) + 1, step)),
+                    }
                 train.unpersist()
                 test.unpersist()
     finally:
@@ -756,14 +966,24 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
         base = means.get("popularity")
         for model, meta in models_meta.items():
             if meta["kind"] == "model" and not beats(means.get(model), base):
-                flags.append(f"model {model!r} does not beat most-popular on {ec.headline_metric}@{ec.headline_k} "
-                             f"({means.get(model)} vs {base})")
+                flags.append(
+                    f"model {model!r} does not beat most-popular on {ec.headline_metric}@{ec.headline_k} "
+                    f"({means.get(model)} vs {base})"
+                )
     summary = {
-        "run_id": ctx.run_id, "created_at": ctx.started_at.isoformat(), "dataset": cfg.ingest.source.preset,
-        "ks": list(ec.ks), "headline": {"metric": ec.headline_metric, "k": ec.headline_k},
+        "run_id": ctx.run_id,
+        "created_at": ctx.started_at.isoformat(),
+        "dataset": cfg.ingest.source.preset,
+        "ks": list(ec.ks),
+        "headline": {"metric": ec.headline_metric, "k": ec.headline_k},
         "best": None if best is None else {"model": best, "value": means[best]},
-        "splits": splits_meta, "models": models_meta, "results": results, "flags": flags,
-        "popularity": popularity_curve, "input_versions": inputs, "config": cfg.model_dump(mode="json"),
+        "splits": splits_meta,
+        "models": models_meta,
+        "results": results,
+        "flags": flags,
+        "popularity": popularity_curve,
+        "input_versions": inputs,
+        "config": cfg.model_dump(mode="json"),
     }
     out_dir = Path(ec.output_dir) / ctx.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -772,12 +992,27 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
     report_path = render_report(summary, out_dir / "report.html")
     _point_latest_at(out_dir)
 
-    rows = [(ctx.run_id, r["split"], r["model"], models_meta[r["model"]]["kind"],
-             models_meta[r["model"]]["model_version"], r["metric"], r["k"], r["value"],
-             json.dumps(inputs, sort_keys=True), ctx.started_at) for r in results]
-    df = spark.createDataFrame(rows, "run_id STRING, split STRING, model STRING, kind STRING, model_version STRING, "
-                                     "metric STRING, k INT, value DOUBLE, input_versions STRING, "
-                                     "evaluated_at TIMESTAMP")
+    rows = [
+        (
+            ctx.run_id,
+            r["split"],
+            r["model"],
+            models_meta[r["model"]]["kind"],
+            models_meta[r["model"]]["model_version"],
+            r["metric"],
+            r["k"],
+            r["value"],
+            json.dumps(inputs, sort_keys=True),
+            ctx.started_at,
+        )
+        for r in results
+    ]
+    df = spark.createDataFrame(
+        rows,
+        "run_id STRING, split STRING, model STRING, kind STRING, model_version STRING, "
+        "metric STRING, k INT, value DOUBLE, input_versions STRING, "
+        "evaluated_at TIMESTAMP",
+    )
     written = store.write(df.coalesce(1), T.EVALUATION_SUMMARY, "append", ctx.commit(input_versions=inputs))
     return EvaluationResult(ctx.run_id, summary, json_path, report_path, written)
 
@@ -786,5 +1021,9 @@ def _served_lists(store: TableStore, inputs: dict[str, int | None]) -> dict[str,
     """strategy -> (user_idx, item_idx, rank) of every list user_candidates serves at the version read."""
     version = inputs[T.USER_CANDIDATES]
     served = sorted(store.partition_values(T.USER_CANDIDATES, "strategy"))
-    return {s: store.read(T.USER_CANDIDATES, version=version, where=f"strategy = '{s}'")
-            .select("user_idx", "item_idx", "rank") for s in served}
+    return {
+        s: store.read(T.USER_CANDIDATES, version=version, where=f"strategy = '{s}'").select(
+            "user_idx", "item_idx", "rank"
+        )
+        for s in served
+    }

@@ -20,8 +20,9 @@ def ranks_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
     if len(sorted_keys) == 0:
         return np.empty(0, dtype=np.int32)
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    return (np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)])) + 1
-            ).astype(np.int32)
+    return (np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)])) + 1).astype(
+        np.int32
+    )
 
 
 def descending_key(vals: np.ndarray) -> np.ndarray:
@@ -43,8 +44,9 @@ def best_first(keys: np.ndarray, vals: np.ndarray, ids: np.ndarray, ids_ascendin
     return np.lexsort((ids, -vals, keys))
 
 
-def top_n_per_key(keys: np.ndarray, vals: np.ndarray, ids: np.ndarray, n: int,
-                  ids_ascending: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def top_n_per_key(
+    keys: np.ndarray, vals: np.ndarray, ids: np.ndarray, n: int, ids_ascending: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Each key's ``n`` best entries by (value desc, id asc).
 
     Returns (positions of the kept entries in key order then best first, their 1-based ranks).
@@ -93,5 +95,8 @@ def kth_largest_per_sorted_row(rows: np.ndarray, vals: np.ndarray, n_rows: int, 
 def rank_per_user(scored: DataFrame, k: int) -> DataFrame:
     """Each user's k best (user_idx, item_idx, score) rows by (score desc, item_idx asc), ranked from 1."""
     order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
-    return (scored.withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
-            .select("user_idx", "item_idx", F.col("score").cast("float"), "rank"))
+    return (
+        scored.withColumn("rank", F.row_number().over(order).cast("int"))
+        .where(F.col("rank") <= k)
+        .select("user_idx", "item_idx", F.col("score").cast("float"), "rank")
+    )

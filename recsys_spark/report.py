@@ -65,8 +65,19 @@ log = logging.getLogger(__name__)
 RANKING_METRICS = ("precision", "recall", "ndcg", "ndcg_graded", "map", "mrr", "hit_rate")
 """Panels of the metric-vs-k figure, in this order (ndcg_graded only when evaluated)."""
 
-TOP_K_COLUMNS = ("ndcg", "ndcg_graded", "precision", "recall", "map", "mrr", "hit_rate", "coverage", "gini",
-                 "novelty", "ild")
+TOP_K_COLUMNS = (
+    "ndcg",
+    "ndcg_graded",
+    "precision",
+    "recall",
+    "map",
+    "mrr",
+    "hit_rate",
+    "coverage",
+    "gini",
+    "novelty",
+    "ild",
+)
 """Headline-table metrics taken at the headline-table k; optional ones drop out when absent."""
 
 RATING_COLUMNS = ("rmse", "mae")
@@ -79,8 +90,18 @@ HEAD_SHARE = 0.2
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
-_MODEL_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
-                 "#bcbd22", "#7f7f7f")
+_MODEL_COLORS = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#17becf",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#7f7f7f",
+)
 _BASELINE_GREYS = ("#555555", "#999999", "#777777", "#bbbbbb")
 _BASELINE_DASHES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
 
@@ -162,8 +183,9 @@ def _check_results(results: Any) -> list[Mapping[str, Any]]:
     if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
         raise ValueError("evaluation['results'] must be a list of {split, model, metric, k, value} rows")
     for i, row in enumerate(results):
-        missing = [key for key in ("split", "model", "metric", "k", "value") if not isinstance(row, Mapping)
-                   or key not in row]
+        missing = [
+            key for key in ("split", "model", "metric", "k", "value") if not isinstance(row, Mapping) or key not in row
+        ]
         if missing:
             raise ValueError(f"evaluation['results'][{i}] lacks {', '.join(missing)}: {row!r}")
     return list(results)
@@ -175,12 +197,15 @@ def summarize_results(results: Iterable[Mapping[str, Any]]) -> dict[tuple[str, s
     for row in results:
         value = row["value"]
         if value is None or not math.isfinite(float(value)):
-            log.warning("skipping undefined %s@%s of %s on split %s", row["metric"], row["k"], row["model"],
-                        row["split"])
+            log.warning(
+                "skipping undefined %s@%s of %s on split %s", row["metric"], row["k"], row["model"], row["split"]
+            )
             continue
         values.setdefault((str(row["model"]), str(row["metric"]), int(row["k"])), []).append(float(value))
-    return {key: Summary(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
-            for key, v in values.items()}
+    return {
+        key: Summary(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
+        for key, v in values.items()
+    }
 
 
 def evaluated_ks(evaluation: Mapping[str, Any], summary: Mapping[tuple[str, str, int], Summary]) -> list[int]:
@@ -271,8 +296,10 @@ def _png_data_uri(fig: Figure, dpi: int = 150) -> str:
 def _img(fig: Figure, alt: str, caption: str) -> str:
     # displayed at 100 css px per inch, rendered at 150 dpi so it stays sharp on high-density screens
     width = round(fig.get_figwidth() * 100)
-    return (f'<figure><img src="{_png_data_uri(fig)}" width="{width}" alt="{_esc(alt)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f'<figure><img src="{_png_data_uri(fig)}" width="{width}" alt="{_esc(alt)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def _model_styles(names: Sequence[str], models: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -280,8 +307,11 @@ def _model_styles(names: Sequence[str], models: Mapping[str, Any]) -> dict[str, 
     styles, n_model, n_base = {}, 0, 0
     for name in names:
         if _is_baseline(models, name):
-            styles[name] = {"color": _BASELINE_GREYS[n_base % len(_BASELINE_GREYS)],
-                            "linestyle": _BASELINE_DASHES[n_base % len(_BASELINE_DASHES)], "marker": "s"}
+            styles[name] = {
+                "color": _BASELINE_GREYS[n_base % len(_BASELINE_GREYS)],
+                "linestyle": _BASELINE_DASHES[n_base % len(_BASELINE_DASHES)],
+                "marker": "s",
+            }
             n_base += 1
         else:
             styles[name] = {"color": _MODEL_COLORS[n_model % len(_MODEL_COLORS)], "linestyle": "-", "marker": "o"}
@@ -294,8 +324,12 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
-def metric_vs_k_figure(summary: Mapping[tuple[str, str, int], Summary], names: Sequence[str],
-                       models: Mapping[str, Any], marked_k: int | None) -> Figure | None:
+def metric_vs_k_figure(
+    summary: Mapping[tuple[str, str, int], Summary],
+    names: Sequence[str],
+    models: Mapping[str, Any],
+    marked_k: int | None,
+) -> Figure | None:
     """Small multiples, one panel per ranking metric: value against k, a line per model, ± std as error bars."""
     metrics = [m for m in RANKING_METRICS if any(key[1] == m and key[2] > 0 for key in summary)]
     if not metrics:
@@ -317,20 +351,35 @@ def metric_vs_k_figure(summary: Mapping[tuple[str, str, int], Summary], names: S
             means = [s.mean for _, s in points]
             stds = [s.std if s.std is not None else 0.0 for _, s in points]
             has_spread = any(s.std is not None for _, s in points)
-            line = ax.errorbar(ks, means, yerr=stds if has_spread else None, capsize=2.5, markersize=4,
-                               linewidth=1.5, elinewidth=1, label=_plain(name), **styles[name])
+            line = ax.errorbar(
+                ks,
+                means,
+                yerr=stds if has_spread else None,
+                capsize=2.5,
+                markersize=4,
+                linewidth=1.5,
+                elinewidth=1,
+                label=_plain(name),
+                **styles[name],
+            )
             handles.setdefault(name, line)
         _decorate_k_axis(ax, summary, metric, marked_k)
-    for ax in axes[len(metrics):]:
+    for ax in axes[len(metrics) :]:
         ax.set_visible(False)
-    fig.legend([handles[n] for n in names if n in handles],
-               [_plain(n) + (" (baseline)" if _is_baseline(models, n) else "") for n in names if n in handles],
-               loc="outside upper center", ncol=min(len(handles), 6), frameon=False, fontsize=9)
+    fig.legend(
+        [handles[n] for n in names if n in handles],
+        [_plain(n) + (" (baseline)" if _is_baseline(models, n) else "") for n in names if n in handles],
+        loc="outside upper center",
+        ncol=min(len(handles), 6),
+        frameon=False,
+        fontsize=9,
+    )
     return fig
 
 
-def _decorate_k_axis(ax: Axes, summary: Mapping[tuple[str, str, int], Summary], metric: str,
-                     marked_k: int | None) -> None:
+def _decorate_k_axis(
+    ax: Axes, summary: Mapping[tuple[str, str, int], Summary], metric: str, marked_k: int | None
+) -> None:
     ks = sorted({k for (_, met, k) in summary if met == metric and k > 0})
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -344,8 +393,13 @@ def _decorate_k_axis(ax: Axes, summary: Mapping[tuple[str, str, int], Summary], 
     ax.set_ylim(bottom=0)
 
 
-def long_tail_figure(popularity: Mapping[str, Any] | None, coverage: Mapping[str, float], coverage_k: int | None,
-                     names: Sequence[str], models: Mapping[str, Any]) -> tuple[Figure | None, str]:
+def long_tail_figure(
+    popularity: Mapping[str, Any] | None,
+    coverage: Mapping[str, float],
+    coverage_k: int | None,
+    names: Sequence[str],
+    models: Mapping[str, Any],
+) -> tuple[Figure | None, str]:
     """Popularity curve with its head shaded, next to catalogue coverage per model; and a caption."""
     counts = np.asarray((popularity or {}).get("item_counts_desc") or [], dtype=float)
     panels = int(counts.size > 0) + int(bool(coverage))
@@ -362,26 +416,32 @@ def long_tail_figure(popularity: Mapping[str, Any] | None, coverage: Mapping[str
         _draw_popularity(axes.pop(0), counts, ranks, head, head_share, n_items)
         approx = "≈ " if estimated else ""
         if head_share is not None:
-            caption.append(f"The {approx}{head:,.0f} most popular items ({approx}{head_share:.1%} of the {n_items:,} "
-                           f"items) make {HEAD_SHARE:.0%} of the training interactions.")
+            caption.append(
+                f"The {approx}{head:,.0f} most popular items ({approx}{head_share:.1%} of the {n_items:,} "
+                f"items) make {HEAD_SHARE:.0%} of the training interactions."
+            )
         if estimated:
             caption.append("The popularity curve is downsampled; the head size is interpolated.")
     if coverage:
         _draw_coverage(axes.pop(0), coverage, coverage_k, head_share, names, models)
-        caption.append(f"Coverage@{coverage_k}: share of the catalogue recommended to at least one test user; "
-                       "a model left of the dotted line recommends fewer distinct items than the head holds.")
+        caption.append(
+            f"Coverage@{coverage_k}: share of the catalogue recommended to at least one test user; "
+            "a model left of the dotted line recommends fewer distinct items than the head holds."
+        )
     return fig, " ".join(_esc(c) for c in caption)
 
 
-def _draw_popularity(ax: Axes, counts: np.ndarray, ranks: Sequence[int] | None, head: float,
-                     head_share: float | None, n_items: int) -> None:
+def _draw_popularity(
+    ax: Axes, counts: np.ndarray, ranks: Sequence[int] | None, head: float, head_share: float | None, n_items: int
+) -> None:
     x = np.asarray(ranks, dtype=float) if ranks else np.arange(1, counts.size + 1, dtype=float)
     positive = counts > 0  # items never interacted with have no place on a log axis
     x, y = x[positive], counts[positive]
     ax.plot(x, y, color="#444444", linewidth=1.3)
     in_head = x <= head
-    ax.fill_between(x, y, where=in_head, color="#e8a33d", alpha=0.55, linewidth=0,
-                    label=f"head: {HEAD_SHARE:.0%} of interactions")
+    ax.fill_between(
+        x, y, where=in_head, color="#e8a33d", alpha=0.55, linewidth=0, label=f"head: {HEAD_SHARE:.0%} of interactions"
+    )
     in_tail = ~in_head
     if in_head.any():
         in_tail[np.flatnonzero(in_head)[-1]] = True  # share the boundary point, or a gap shows between the fills
@@ -396,19 +456,31 @@ def _draw_popularity(ax: Axes, counts: np.ndarray, ranks: Sequence[int] | None, 
     ax.tick_params(labelsize=8)
     ax.grid(True, which="major", color="#eeeeee")
     if head_share is not None:
-        ax.annotate(f"head = {head:,.0f} items\n({head_share:.1%} of catalogue)", xy=(max(head, 1), y[0] if y.size
-                    else 1), xytext=(8, -4), textcoords="offset points", va="top", fontsize=8, color="#7a4a00")
+        ax.annotate(
+            f"head = {head:,.0f} items\n({head_share:.1%} of catalogue)",
+            xy=(max(head, 1), y[0] if y.size else 1),
+            xytext=(8, -4),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="#7a4a00",
+        )
     ax.legend(fontsize=8, loc="upper right")
 
 
-def _draw_coverage(ax: Axes, coverage: Mapping[str, float], k: int | None, head_share: float | None,
-                   names: Sequence[str], models: Mapping[str, Any]) -> None:
+def _draw_coverage(
+    ax: Axes,
+    coverage: Mapping[str, float],
+    k: int | None,
+    head_share: float | None,
+    names: Sequence[str],
+    models: Mapping[str, Any],
+) -> None:
     shown = [n for n in names if n in coverage]
     styles = _model_styles(names, models)
     y = np.arange(len(shown))[::-1]
     values = [coverage[n] for n in shown]
-    bars = ax.barh(y, values, color=[styles[n]["color"] for n in shown], height=0.6,
-                   hatch=None, edgecolor="white")
+    bars = ax.barh(y, values, color=[styles[n]["color"] for n in shown], height=0.6, hatch=None, edgecolor="white")
     for bar, name in zip(bars, shown):
         if _is_baseline(models, name):
             bar.set_hatch("///")
@@ -419,9 +491,16 @@ def _draw_coverage(ax: Axes, coverage: Mapping[str, float], k: int | None, head_
     ax.set_xlim(0, xmax)
     for yi, v in zip(y, values):
         inside = v > 0.8 * xmax  # a label right of a long bar would leave the axes
-        ax.text(v, yi, f"{format_value(v)} " if inside else f" {format_value(v)}", va="center", fontsize=8,
-                ha="right" if inside else "left", color="white" if inside else "black",
-                bbox={"facecolor": "#555555", "edgecolor": "none", "pad": 1} if inside else None)
+        ax.text(
+            v,
+            yi,
+            f"{format_value(v)} " if inside else f" {format_value(v)}",
+            va="center",
+            fontsize=8,
+            ha="right" if inside else "left",
+            color="white" if inside else "black",
+            bbox={"facecolor": "#555555", "edgecolor": "none", "pad": 1} if inside else None,
+        )
     if head_share is not None:
         ax.axvline(head_share, color="#b36b00", linestyle=":", linewidth=1.2)
         ax.text(head_share, len(shown) - 0.45, f" head {head_share:.1%}", fontsize=8, color="#7a4a00", va="bottom")
@@ -437,12 +516,16 @@ def _draw_coverage(ax: Axes, coverage: Mapping[str, float], k: int | None, head_
 
 def _section_header(evaluation: Mapping[str, Any], head: tuple[str, int]) -> str:
     missing = "not recorded"
-    meta = [("run id", evaluation.get("run_id", missing)), ("dataset", evaluation.get("dataset", missing)),
-            ("created at", evaluation.get("created_at", missing)), ("headline", f"{head[0]}@{head[1]}"),
-            ("ks", ", ".join(str(k) for k in evaluation.get("ks") or []) or "not recorded")]
+    meta = [
+        ("run id", evaluation.get("run_id", missing)),
+        ("dataset", evaluation.get("dataset", missing)),
+        ("created at", evaluation.get("created_at", missing)),
+        ("headline", f"{head[0]}@{head[1]}"),
+        ("ks", ", ".join(str(k) for k in evaluation.get("ks") or []) or "not recorded"),
+    ]
     rows = "".join(f"<dt>{_esc(key)}</dt><dd>{_esc(value)}</dd>" for key, value in meta)
     title = f"Evaluation report: {evaluation.get('dataset', 'unnamed dataset')}"
-    return f"<header><h1>{_esc(title)}</h1><dl class=\"meta\">{rows}</dl></header>" + _splits_table(evaluation)
+    return f'<header><h1>{_esc(title)}</h1><dl class="meta">{rows}</dl></header>' + _splits_table(evaluation)
 
 
 def _int_cell(value: Any) -> str:
@@ -455,23 +538,30 @@ def _splits_table(evaluation: Mapping[str, Any]) -> str:
         return '<p class="note">Splits: not recorded.</p>'
     rows = "".join(
         f"<tr><td>{_esc(s.get('name', '?'))}</td><td>{_esc(s.get('kind', '?'))}</td>"
-        + "".join(_int_cell(s.get(key, "—")) for key in ("train_rows", "test_rows", "test_users")) + "</tr>"
-        for s in splits)
+        + "".join(_int_cell(s.get(key, "—")) for key in ("train_rows", "test_rows", "test_users"))
+        + "</tr>"
+        for s in splits
+    )
     word = "split" if len(splits) == 1 else "splits"
-    return (f"<h3>{len(splits)} {word}</h3><table><thead><tr><th>split</th><th>kind</th><th class=\"num\">train rows"
-            f"</th><th class=\"num\">test rows</th><th class=\"num\">test users</th></tr></thead><tbody>{rows}"
-            "</tbody></table>")
+    return (
+        f'<h3>{len(splits)} {word}</h3><table><thead><tr><th>split</th><th>kind</th><th class="num">train rows'
+        f'</th><th class="num">test rows</th><th class="num">test users</th></tr></thead><tbody>{rows}'
+        "</tbody></table>"
+    )
 
 
 def _section_flags(evaluation: Mapping[str, Any], head: tuple[str, int]) -> str:
     flags = evaluation.get("flags") or []
     if not flags:
-        return (f'<h2>Flags</h2><div class="box ok" role="status"><strong>No flags.</strong>Every model beats '
-                f"most-popular on {_esc(head[0])}@{head[1]}.</div>")
+        return (
+            f'<h2>Flags</h2><div class="box ok" role="status"><strong>No flags.</strong>Every model beats '
+            f"most-popular on {_esc(head[0])}@{head[1]}.</div>"
+        )
     items = "".join(f"<li>{_esc(f)}</li>" for f in flags)
     word = "flag" if len(flags) == 1 else "flags"
-    return (f'<h2>Flags</h2><div class="box warn" role="alert"><strong>⚠ {len(flags)} {word}</strong>'
-            f"<ul>{items}</ul></div>")
+    return (
+        f'<h2>Flags</h2><div class="box warn" role="alert"><strong>⚠ {len(flags)} {word}</strong><ul>{items}</ul></div>'
+    )
 
 
 def headline_columns(summary: Mapping[tuple[str, str, int], Summary], k: int) -> list[tuple[str, int]]:
@@ -480,11 +570,17 @@ def headline_columns(summary: Mapping[tuple[str, str, int], Summary], k: int) ->
     return [(m, k) for m in TOP_K_COLUMNS if (m, k) in present] + [(m, 0) for m in RATING_COLUMNS if (m, 0) in present]
 
 
-def _section_headline(summary: Mapping[tuple[str, str, int], Summary], names: Sequence[str],
-                      models: Mapping[str, Any], k: int, head: tuple[str, int], n_splits: int) -> str:
+def _section_headline(
+    summary: Mapping[tuple[str, str, int], Summary],
+    names: Sequence[str],
+    models: Mapping[str, Any],
+    k: int,
+    head: tuple[str, int],
+    n_splits: int,
+) -> str:
     columns = headline_columns(summary, k)
     if not columns:
-        return f"<h2>Headline metrics @{k}</h2><p class=\"note\">No metric was evaluated at k = {k}.</p>"
+        return f'<h2>Headline metrics @{k}</h2><p class="note">No metric was evaluated at k = {k}.</p>'
     contenders = [n for n in names if not _is_baseline(models, n)] or list(names)
     best: dict[tuple[str, int], set[str]] = {}
     for col in columns:
@@ -492,8 +588,9 @@ def _section_headline(summary: Mapping[tuple[str, str, int], Summary], names: Se
     # "@k" and the direction on a second header line keep a dozen columns within the page width
     header = "".join(
         f'<th class="num{" headline-metric" if col == head else ""}">{_esc(col[0])}<span class="at">'
-        f'{"@" + str(col[1]) if col[1] else ""} {"↓" if col[0] in LOWER_IS_BETTER else "↑"}</span></th>'
-        for col in columns)
+        f"{'@' + str(col[1]) if col[1] else ''} {'↓' if col[0] in LOWER_IS_BETTER else '↑'}</span></th>"
+        for col in columns
+    )
     rows = []
     for name in names:
         baseline = _is_baseline(models, name)
@@ -512,34 +609,52 @@ def _section_headline(summary: Mapping[tuple[str, str, int], Summary], names: Se
             cells.append(f'<td class="{" ".join(classes)}">{_summary_cell(s)}</td>')
         rows.append(f'<tr class="{"baseline" if baseline else "model"}"><td>{label}</td>{"".join(cells)}</tr>')
     spread = f"mean ± sample standard deviation across the {n_splits} splits" if n_splits > 1 else "one split"
-    return (f"<h2>Headline metrics @{k}</h2>"
-            f'<div class="scroll"><table class="headline"><thead><tr><th>model</th>{header}</tr></thead><tbody>'
-            f'{"".join(rows)}</tbody></table></div><p class="note">Values: {spread}. '
-            "↑ higher is better, ↓ lower is better. <b>Bold</b>: best model per column (baselines excluded); "
-            "shaded: a baseline better than every model. rmse/mae are rating errors (k = 0), for explicit models "
-            "only; — means not evaluated.</p>")
+    return (
+        f"<h2>Headline metrics @{k}</h2>"
+        f'<div class="scroll"><table class="headline"><thead><tr><th>model</th>{header}</tr></thead><tbody>'
+        f'{"".join(rows)}</tbody></table></div><p class="note">Values: {spread}. '
+        "↑ higher is better, ↓ lower is better. <b>Bold</b>: best model per column (baselines excluded); "
+        "shaded: a baseline better than every model. rmse/mae are rating errors (k = 0), for explicit models "
+        "only; — means not evaluated.</p>"
+    )
 
 
-def _section_metric_vs_k(summary: Mapping[tuple[str, str, int], Summary], names: Sequence[str],
-                         models: Mapping[str, Any], k: int, n_splits: int) -> str:
+def _section_metric_vs_k(
+    summary: Mapping[tuple[str, str, int], Summary],
+    names: Sequence[str],
+    models: Mapping[str, Any],
+    k: int,
+    n_splits: int,
+) -> str:
     fig = metric_vs_k_figure(summary, names, models, k)
     if fig is None:
-        return "<h2>Metrics against k</h2><p class=\"note\">No ranking metric was evaluated.</p>"
-    bars = ("Error bars: standard deviation across splits; points are nudged sideways so that overlapping bars stay "
-            "visible. " if n_splits > 1 else "")
-    return ("<h2>Metrics against k</h2>"
-            + _img(fig, "ranking metrics against k, one line per model",
-                   f"{bars}Baselines are grey and dashed; the vertical line marks k = {k}."))
+        return '<h2>Metrics against k</h2><p class="note">No ranking metric was evaluated.</p>'
+    bars = (
+        "Error bars: standard deviation across splits; points are nudged sideways so that overlapping bars stay "
+        "visible. "
+        if n_splits > 1
+        else ""
+    )
+    return "<h2>Metrics against k</h2>" + _img(
+        fig,
+        "ranking metrics against k, one line per model",
+        f"{bars}Baselines are grey and dashed; the vertical line marks k = {k}.",
+    )
 
 
-def _section_long_tail(evaluation: Mapping[str, Any], summary: Mapping[tuple[str, str, int], Summary],
-                       names: Sequence[str], models: Mapping[str, Any], ks: Sequence[int]) -> str:
+def _section_long_tail(
+    evaluation: Mapping[str, Any],
+    summary: Mapping[tuple[str, str, int], Summary],
+    names: Sequence[str],
+    models: Mapping[str, Any],
+    ks: Sequence[int],
+) -> str:
     coverage_ks = sorted(k for (_, met, k) in summary if met == "coverage" and k > 0)
     coverage_k = max(ks) if ks and max(ks) in coverage_ks else (coverage_ks[-1] if coverage_ks else None)
     coverage = {n: summary[(n, "coverage", coverage_k)].mean for n in names if (n, "coverage", coverage_k) in summary}
     fig, caption = long_tail_figure(evaluation.get("popularity"), coverage, coverage_k, names, models)
     if fig is None:
-        return "<h2>Long tail</h2><p class=\"note\">Neither the popularity curve nor coverage was recorded.</p>"
+        return '<h2>Long tail</h2><p class="note">Neither the popularity curve nor coverage was recorded.</p>'
     return "<h2>Long tail</h2>" + _img(fig, "training popularity curve and catalogue coverage per model", caption)
 
 
@@ -569,20 +684,29 @@ def _section_parameters(evaluation: Mapping[str, Any]) -> str:
     parts = ["<h2>Parameters</h2>"]
     splits = evaluation.get("splits") or []
     if splits:
-        rows = "".join(f"<tr><td>{_esc(s.get('name', '?'))}</td><td>{_esc(s.get('kind', '?'))}</td>"
-                       f"<td>{nested_table(s.get('params') or {})}</td></tr>" for s in splits)
-        parts.append(f"<h3>Splits</h3><table><thead><tr><th>split</th><th>kind</th><th>params</th></tr></thead>"
-                     f"<tbody>{rows}</tbody></table>")
+        rows = "".join(
+            f"<tr><td>{_esc(s.get('name', '?'))}</td><td>{_esc(s.get('kind', '?'))}</td>"
+            f"<td>{nested_table(s.get('params') or {})}</td></tr>"
+            for s in splits
+        )
+        parts.append(
+            f"<h3>Splits</h3><table><thead><tr><th>split</th><th>kind</th><th>params</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+        )
     models = evaluation.get("models") or {}
     if models:
         rows = "".join(
             f"<tr><td>{_esc(name)}</td><td>{_esc(spec.get('kind', '?'))}</td>"
-            f"<td class=\"mono\">{_esc(spec.get('model_version', '—'))}</td>"
+            f'<td class="mono">{_esc(spec.get("model_version", "—"))}</td>'
             f"<td>{nested_table(spec.get('params') or {})}</td></tr>"
-            for name, spec in ((n, models[n] if isinstance(models[n], Mapping) else {}) for n in model_order(evaluation)
-                               if n in models))
-        parts.append(f"<h3>Models</h3><table><thead><tr><th>model</th><th>kind</th><th>version</th><th>params</th>"
-                     f"</tr></thead><tbody>{rows}</tbody></table>")
+            for name, spec in (
+                (n, models[n] if isinstance(models[n], Mapping) else {}) for n in model_order(evaluation) if n in models
+            )
+        )
+        parts.append(
+            f"<h3>Models</h3><table><thead><tr><th>model</th><th>kind</th><th>version</th><th>params</th>"
+            f"</tr></thead><tbody>{rows}</tbody></table>"
+        )
     for key, title in (("input_versions", "Input table versions"), ("config", "Configuration")):
         content = evaluation.get(key)
         parts.append(f"<h3>{title}</h3>" + (nested_table(content) if content else '<p class="note">not recorded</p>'))
@@ -601,18 +725,22 @@ def render_html(evaluation: Mapping[str, Any]) -> str:
     head = headline_metric(evaluation)
     k = table_k(evaluation, ks)
     n_splits = len(evaluation.get("splits") or []) or len({row["split"] for row in results})
-    body = "".join([
-        _section_header(evaluation, head),
-        _section_flags(evaluation, head),
-        _section_headline(summary, names, models, k, head, n_splits),
-        _section_metric_vs_k(summary, names, models, k, n_splits),
-        _section_long_tail(evaluation, summary, names, models, ks),
-        _section_parameters(evaluation),
-    ])
+    body = "".join(
+        [
+            _section_header(evaluation, head),
+            _section_flags(evaluation, head),
+            _section_headline(summary, names, models, k, head, n_splits),
+            _section_metric_vs_k(summary, names, models, k, n_splits),
+            _section_long_tail(evaluation, summary, names, models, ks),
+            _section_parameters(evaluation),
+        ]
+    )
     title = f"Evaluation {evaluation.get('run_id', '')} ({evaluation.get('dataset', '')})"
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>{body}</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>{body}</main></body></html>\n"
+    )
 
 
 def render_report(evaluation: Mapping[str, Any], path: str | Path) -> Path:
@@ -622,8 +750,14 @@ def render_report(evaluation: Mapping[str, Any], path: str | Path) -> Path:
     text = render_html(evaluation)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
-    log.info("evaluation report for run %s: %s (%d models, %d result rows, %.0f kB)", evaluation.get("run_id"), path,
-             len(model_order(evaluation)), len(evaluation.get("results") or []), len(text) / 1024)
+    log.info(
+        "evaluation report for run %s: %s (%d models, %d result rows, %.0f kB)",
+        evaluation.get("run_id"),
+        path,
+        len(model_order(evaluation)),
+        len(evaluation.get("results") or []),
+        len(text) / 1024,
+    )
     return path
 
 
@@ -662,8 +796,17 @@ def _crop_bottom(png_path: Path, keep_margin: int = 24) -> None:
 def _run_chromium(exe: str, html_path: Path, png_path: Path, width: int, height: int) -> None:
     with tempfile.TemporaryDirectory(prefix="recsys-chromium-") as profile:
         # a private profile: concurrent screenshots would otherwise fight over the default profile's lock
-        cmd = [exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", f"--user-data-dir={profile}",
-               f"--window-size={width},{height}", f"--screenshot={png_path}", html_path.as_uri()]
+        cmd = [
+            exe,
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png_path}",
+            html_path.as_uri(),
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
         except subprocess.TimeoutExpired as e:
@@ -678,8 +821,10 @@ def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1280) -
     RuntimeError with a clear message when none is installed."""
     exe = find_chromium()
     if exe is None:
-        raise RuntimeError(f"no headless browser found: none of {', '.join(CHROMIUM_NAMES)} is on PATH "
-                           "(on Debian/Ubuntu: apt-get install -y chromium)")
+        raise RuntimeError(
+            f"no headless browser found: none of {', '.join(CHROMIUM_NAMES)} is on PATH "
+            "(on Debian/Ubuntu: apt-get install -y chromium)"
+        )
     html_path, png_path = Path(html_path).resolve(), Path(png_path).resolve()
     if not html_path.is_file():
         raise FileNotFoundError(html_path)

@@ -39,9 +39,19 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.config import SimilarityConfig
-from recsys_spark.similarity import (PARTIAL_SCHEMA, RESULT_SCHEMA, best_of_cell, block_products, capped_ratings,
-                                     cooccurrence_counts, cross_products, decode_cell, empty_partial,
-                                     merge_partial_lists, product_entries)
+from recsys_spark.similarity import (
+    PARTIAL_SCHEMA,
+    RESULT_SCHEMA,
+    best_of_cell,
+    block_products,
+    capped_ratings,
+    cooccurrence_counts,
+    cross_products,
+    decode_cell,
+    empty_partial,
+    merge_partial_lists,
+    product_entries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +71,16 @@ def item_rp3beta(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
     if prepared is None:
         return matrix.sparkSession.createDataFrame([], RESULT_SCHEMA)
     capped, grid = prepared
-    log.info("RP3beta: %s confidence, alpha %g, beta %g, top %d, min similarity %g, histories capped at %d; %s",
-             own.confidence, own.alpha, own.beta, top_n, own.min_similarity, params.max_user_items, grid)
+    log.info(
+        "RP3beta: %s confidence, alpha %g, beta %g, top %d, min similarity %g, histories capped at %d; %s",
+        own.confidence,
+        own.alpha,
+        own.beta,
+        top_n,
+        own.min_similarity,
+        params.max_user_items,
+        grid,
+    )
     kernel = functools.partial(_rp3beta_cell, top_n=top_n, beta=own.beta, min_similarity=own.min_similarity)
     partial = block_products(transition_values(capped, own.alpha), grid, kernel, PARTIAL_SCHEMA)
     return merge_partial_lists(partial, grid, top_n)
@@ -72,13 +90,17 @@ def transition_values(capped: DataFrame, alpha: float) -> DataFrame:
     """(user_idx, item_idx, q, t): q = P(u | i)^alpha = (r_ui / d_i)^alpha, t = P(i | u)^alpha = (r_ui / d_u)^alpha."""
     by_item, by_user = Window.partitionBy("item_idx"), Window.partitionBy("user_idx")
     r = F.col("r")
-    return capped.select("user_idx", "item_idx",
-                         F.pow(r / F.sum(r).over(by_item), F.lit(float(alpha))).alias("q"),
-                         F.pow(r / F.sum(r).over(by_user), F.lit(float(alpha))).alias("t"))
+    return capped.select(
+        "user_idx",
+        "item_idx",
+        F.pow(r / F.sum(r).over(by_item), F.lit(float(alpha))).alias("q"),
+        F.pow(r / F.sum(r).over(by_user), F.lit(float(alpha))).alias("t"),
+    )
 
 
-def _rp3beta_cell(table: pa.Table, cell_of: dict[int, int], n_tb: int, top_n: int, beta: float,
-                  min_similarity: float) -> pa.Table:
+def _rp3beta_cell(
+    table: pa.Table, cell_of: dict[int, int], n_tb: int, top_n: int, beta: float, min_similarity: float
+) -> pa.Table:
     """One cell: each query item's ``top_n`` largest walk weights to the cell's target items."""
     cell = decode_cell(table, cell_of, n_tb)
     if cell is None:

@@ -30,17 +30,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Distributions whose versions a manifest records (missing ones are left out).
-_PACKAGES = ("recsys-spark", "pyspark", "delta-spark", "deltalake", "pyarrow", "numpy", "pandas", "scipy",
-             "pydantic")
+_PACKAGES = ("recsys-spark", "pyspark", "delta-spark", "deltalake", "pyarrow", "numpy", "pandas", "scipy", "pydantic")
 #: Commits per table searched for this run's: a job writes a table a handful of times at most,
 #: and concurrent runs of other jobs add a few more.
 _HISTORY_DEPTH = 100
 #: Keys of commit metadata that identify the writer rather than describe the inputs.
 _IDENTITY_KEYS = {"job", "run_id", "config_hash", "write_id", "input_versions"}
 
-RUNS_SCHEMA = ("run_id STRING, job STRING, status STRING, started_at TIMESTAMP, finished_at TIMESTAMP, "
-               "duration_s DOUBLE, config_hash STRING, config STRING, input_versions STRING, "
-               "output_versions STRING, details STRING, packages STRING, spark STRING, error STRING")
+RUNS_SCHEMA = (
+    "run_id STRING, job STRING, status STRING, started_at TIMESTAMP, finished_at TIMESTAMP, "
+    "duration_s DOUBLE, config_hash STRING, config STRING, input_versions STRING, "
+    "output_versions STRING, details STRING, packages STRING, spark STRING, error STRING"
+)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,9 @@ def run_commits(root: str, run_id: str) -> dict[str, list[dict[str, Any]]]:
     return found
 
 
-def manifest_row(ctx: RunContext, cfg: Config, status: str, error: str | None, finished_at: datetime,
-                 spark_info: dict[str, Any]) -> tuple[Any, ...]:
+def manifest_row(
+    ctx: RunContext, cfg: Config, status: str, error: str | None, finished_at: datetime, spark_info: dict[str, Any]
+) -> tuple[Any, ...]:
     """The ``runs`` row of a finished (or failed) run, in the column order of ``RUNS_SCHEMA``."""
     commits = run_commits(cfg.storage.root, ctx.run_id)
     outputs = {t: [c["version"] for c in cs] for t, cs in commits.items()}
@@ -109,27 +111,43 @@ def manifest_row(ctx: RunContext, cfg: Config, status: str, error: str | None, f
             extra = {k: v for k, v in c.items() if k not in _IDENTITY_KEYS and k != "version"}
             if extra:
                 details.setdefault(table, []).append({"version": c["version"], **extra})
-    return (ctx.run_id, ctx.job, status, ctx.started_at, finished_at,
-            (finished_at - ctx.started_at).total_seconds(), ctx.config_hash,
-            json.dumps(cfg.model_dump(mode="json"), sort_keys=True), json.dumps(inputs, sort_keys=True),
-            json.dumps(outputs, sort_keys=True), json.dumps(details, sort_keys=True, default=str),
-            json.dumps(package_versions(), sort_keys=True), json.dumps(spark_info, sort_keys=True), error)
+    return (
+        ctx.run_id,
+        ctx.job,
+        status,
+        ctx.started_at,
+        finished_at,
+        (finished_at - ctx.started_at).total_seconds(),
+        ctx.config_hash,
+        json.dumps(cfg.model_dump(mode="json"), sort_keys=True),
+        json.dumps(inputs, sort_keys=True),
+        json.dumps(outputs, sort_keys=True),
+        json.dumps(details, sort_keys=True, default=str),
+        json.dumps(package_versions(), sort_keys=True),
+        json.dumps(spark_info, sort_keys=True),
+        error,
+    )
 
 
-def manifest_frame(spark: SparkSession, ctx: RunContext, cfg: Config, status: str,
-                   error: str | None = None) -> DataFrame:
+def manifest_frame(
+    spark: SparkSession, ctx: RunContext, cfg: Config, status: str, error: str | None = None
+) -> DataFrame:
     """The run's manifest as a one-row DataFrame of the ``runs`` table."""
     sc = spark.sparkContext
-    info = {"master": sc.master, "app_id": sc.applicationId, "version": spark.version,
-            "default_parallelism": sc.defaultParallelism}
+    info = {
+        "master": sc.master,
+        "app_id": sc.applicationId,
+        "version": spark.version,
+        "default_parallelism": sc.defaultParallelism,
+    }
     row = manifest_row(ctx, cfg, status, error, datetime.now(timezone.utc), info)
     return spark.createDataFrame([row], RUNS_SCHEMA)
 
 
-def record_run(spark: SparkSession, store: TableStore, ctx: RunContext, cfg: Config, status: str,
-               error: str | None = None) -> WriteResult:
+def record_run(
+    spark: SparkSession, store: TableStore, ctx: RunContext, cfg: Config, status: str, error: str | None = None
+) -> WriteResult:
     """Append the run's manifest to the ``runs`` table."""
-    written = store.write(manifest_frame(spark, ctx, cfg, status, error).coalesce(1), T.RUNS, "append",
-                          ctx.commit())
+    written = store.write(manifest_frame(spark, ctx, cfg, status, error).coalesce(1), T.RUNS, "append", ctx.commit())
     log.info("run %s (%s) %s: manifest in runs v%d", ctx.run_id, ctx.job, status, written.version)
     return written

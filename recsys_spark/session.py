@@ -115,8 +115,11 @@ def build_session(cfg: SparkConfig, storage: StorageConfig | None = None, app_na
     spark.sparkContext.setCheckpointDir(checkpoint)
     log.info(
         "spark session: master=%s, version=%s, default parallelism=%d, shuffle partitions=%s, checkpoints in %s",
-        spark.sparkContext.master, spark.version, spark.sparkContext.defaultParallelism,
-        spark.conf.get("spark.sql.shuffle.partitions"), checkpoint,
+        spark.sparkContext.master,
+        spark.version,
+        spark.sparkContext.defaultParallelism,
+        spark.conf.get("spark.sql.shuffle.partitions"),
+        checkpoint,
     )
     return spark
 
@@ -154,8 +157,11 @@ def released_caches(spark: SparkSession) -> Iterator[None]:
         yield
     finally:
         gc.collect()  # py4j releases the JVM objects of collected proxies
-        fresh = [(i, rdd) for i, rdd in sc._jsc.getPersistentRDDs().items()  # type: ignore[attr-defined]
-                 if i not in before]
+        fresh = [
+            (i, rdd)
+            for i, rdd in sc._jsc.getPersistentRDDs().items()  # type: ignore[attr-defined]
+            if i not in before
+        ]
         for _, rdd in fresh:
             rdd.unpersist(False)
         if fresh:

@@ -94,10 +94,20 @@ def item_cosine(matrix: DataFrame, params: SimilarityConfig) -> DataFrame:
         return matrix.sparkSession.createDataFrame([], RESULT_SCHEMA)
     capped, grid = prepared
     min_sim, min_cooc, top_n = own.min_similarity, own.min_cooccurrence, params.top_n_of("cosine")
-    log.info("item cosine: %s confidence, shrink %g, top %d, min similarity %g, min co-occurrence %d, histories "
-             "capped at %d; %s", own.confidence, own.shrink, top_n, min_sim, min_cooc, params.max_user_items, grid)
-    kernel = functools.partial(_cosine_cell, top_n=top_n, min_similarity=min_sim, min_cooccurrence=min_cooc,
-                               shrink=own.shrink)
+    log.info(
+        "item cosine: %s confidence, shrink %g, top %d, min similarity %g, min co-occurrence %d, histories "
+        "capped at %d; %s",
+        own.confidence,
+        own.shrink,
+        top_n,
+        min_sim,
+        min_cooc,
+        params.max_user_items,
+        grid,
+    )
+    kernel = functools.partial(
+        _cosine_cell, top_n=top_n, min_similarity=min_sim, min_cooccurrence=min_cooc, shrink=own.shrink
+    )
     values = capped.select("user_idx", "item_idx", F.col("r").alias("q"), F.col("r").alias("t"))
     return merge_partial_lists(block_products(values, grid, kernel, PARTIAL_SCHEMA), grid, top_n)
 
@@ -130,12 +140,15 @@ class CellGrid:
 
     def __str__(self) -> str:
         half = ", upper triangle" if self.upper else ""
-        return (f"{self.n_items} items in {self.n_qb} query x {self.n_tb} target block(s) of "
-                f"{self.query_size} x {self.target_size}{half}")
+        return (
+            f"{self.n_items} items in {self.n_qb} query x {self.n_tb} target block(s) of "
+            f"{self.query_size} x {self.target_size}{half}"
+        )
 
 
-def capped_ratings(matrix: DataFrame, params: SimilarityConfig, transform: ConfidenceTransform,
-                   epsilon: float) -> tuple[DataFrame, CellGrid] | None:
+def capped_ratings(
+    matrix: DataFrame, params: SimilarityConfig, transform: ConfidenceTransform, epsilon: float
+) -> tuple[DataFrame, CellGrid] | None:
     """The block kernel's input: (user_idx, item_idx, r) after the transform, each user's history
     capped at ``max_user_items``, and the cell grid over the items; None when no entry is positive."""
     ratings = positive_ratings(matrix, transform, epsilon)
@@ -188,16 +201,26 @@ def block_products(values: DataFrame, grid: CellGrid, kernel: CellKernel, schema
     # explode, so the (capped) values are computed once
     placements = F.concat(
         F.transform(F.sequence(first_tb, F.lit(n_tb - 1)), lambda t: placed(0, qb * n_tb + t, "q")),
-        F.transform(F.sequence(F.lit(0), last_qb), lambda q: placed(1, q * n_tb + tb, "t")))
+        F.transform(F.sequence(F.lit(0), last_qb), lambda q: placed(1, q * n_tb + tb, "t")),
+    )
     key_of = F.array(*[F.lit(k) for k in keys])
-    entries = (values.select(F.col("user_idx").cast("int").alias("user"), F.col("item_idx").cast("int").alias("item"),
-                             F.explode(placements).alias("p"))
-               .select("user", "item", F.col("p.r").cast("double").alias("r"),
-                       F.col("p.side").cast("byte").alias("side"),
-                       F.element_at(key_of, F.col("p.cell") + 1).alias("key"))
-               # a fixed partition count, and keys that hash one cell to each partition: adaptive
-               # execution cannot pack cells onto one core, and no two cells share a task
-               .repartition(grid.n_cells, "key"))
+    entries = (
+        values.select(
+            F.col("user_idx").cast("int").alias("user"),
+            F.col("item_idx").cast("int").alias("item"),
+            F.explode(placements).alias("p"),
+        )
+        .select(
+            "user",
+            "item",
+            F.col("p.r").cast("double").alias("r"),
+            F.col("p.side").cast("byte").alias("side"),
+            F.element_at(key_of, F.col("p.cell") + 1).alias("key"),
+        )
+        # a fixed partition count, and keys that hash one cell to each partition: adaptive
+        # execution cannot pack cells onto one core, and no two cells share a task
+        .repartition(grid.n_cells, "key")
+    )
     cell_of = {k: c for c, k in enumerate(keys)}
 
     def cell(table: pa.Table) -> pa.Table:
@@ -226,16 +249,22 @@ def _partition_keys(spark: SparkSession, n: int) -> list[int]:
     span = 64 * n
     found: dict[int, int] = {}
     while len(found) < n:
-        rows = (spark.range(span).select(F.col("id").cast("int").alias("k"))
-                .select("k", F.pmod(F.hash("k"), F.lit(n)).alias("p")).groupBy("p").agg(F.min("k").alias("k"))
-                .collect())
+        rows = (
+            spark.range(span)
+            .select(F.col("id").cast("int").alias("k"))
+            .select("k", F.pmod(F.hash("k"), F.lit(n)).alias("p"))
+            .groupBy("p")
+            .agg(F.min("k").alias("k"))
+            .collect()
+        )
         found = {r.p: r.k for r in rows}
         span *= 4
     return [found[p] for p in range(n)]
 
 
-def _sparse_columns(users: np.ndarray, items: np.ndarray, values: np.ndarray,
-                    n_users: int) -> tuple[np.ndarray, csc_matrix]:
+def _sparse_columns(
+    users: np.ndarray, items: np.ndarray, values: np.ndarray, n_users: int
+) -> tuple[np.ndarray, csc_matrix]:
     """(item ids, users x items CSC matrix) of one block's entries; users already local ints."""
     ids, col = np.unique(items, return_inverse=True)
     return ids, csc_matrix((values, (users, col)), shape=(n_users, len(ids)))
@@ -303,8 +332,15 @@ def product_entries(cell: Cell, products: csr_matrix) -> tuple[np.ndarray, np.nd
     return np.repeat(np.arange(products.shape[0]), np.diff(products.indptr)), products.indices
 
 
-def _cosine_cell(table: pa.Table, cell_of: Mapping[int, int], n_tb: int, top_n: int, min_similarity: float,
-                 min_cooccurrence: int, shrink: float = 0.0) -> pa.Table:
+def _cosine_cell(
+    table: pa.Table,
+    cell_of: Mapping[int, int],
+    n_tb: int,
+    top_n: int,
+    min_similarity: float,
+    min_cooccurrence: int,
+    shrink: float = 0.0,
+) -> pa.Table:
     """One (query block, target block) cell: each query item's best ``top_n`` target items."""
     cell = decode_cell(table, cell_of, n_tb)
     if cell is None:
@@ -319,24 +355,45 @@ def _cosine_cell(table: pa.Table, cell_of: Mapping[int, int], n_tb: int, top_n: 
     return best_of_cell(cell, dots.indptr, rows, src, dst, sims, counts, valid, top_n)
 
 
-def best_of_cell(cell: Cell, indptr: np.ndarray, rows: np.ndarray, src: np.ndarray, dst: np.ndarray,
-                 sims: np.ndarray, counts: np.ndarray, valid: np.ndarray, top_n: int) -> pa.Table:
+def best_of_cell(
+    cell: Cell,
+    indptr: np.ndarray,
+    rows: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    sims: np.ndarray,
+    counts: np.ndarray,
+    valid: np.ndarray,
+    top_n: int,
+) -> pa.Table:
     """The ``top_n`` best valid entries of each row of a cell product, as PARTIAL_SCHEMA rows."""
     # sorting every pair costs far more than the product; only entries at or above their row's
     # top_n-th similarity can be ranked, so the exact sort below sees about top_n per row
     eligible = np.where(valid, sims, -np.inf)
     keep = valid & (eligible >= kth_largest_per_row(indptr, eligible, top_n)[rows])
-    return ranked_neighbours(np.full(int(keep.sum()), cell.query_block, dtype=np.int32), src[keep], dst[keep],
-                             sims[keep], counts[keep], top_n, with_block=True)
+    return ranked_neighbours(
+        np.full(int(keep.sum()), cell.query_block, dtype=np.int32),
+        src[keep],
+        dst[keep],
+        sims[keep],
+        counts[keep],
+        top_n,
+        with_block=True,
+    )
 
 
-def ranked_neighbours(qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, counts: np.ndarray,
-                      top_n: int, with_block: bool) -> pa.Table:
+def ranked_neighbours(
+    qb: np.ndarray, src: np.ndarray, dst: np.ndarray, sims: np.ndarray, counts: np.ndarray, top_n: int, with_block: bool
+) -> pa.Table:
     """Each source's ``top_n`` rows by (similarity desc, neighbour asc), ranked from 1."""
     kept, rank = top_n_per_key(src, sims, dst, top_n)
-    columns = {"item_idx": pa.array(src[kept].astype(np.int32)), "neighbor_idx": pa.array(dst[kept].astype(np.int32)),
-               "similarity": pa.array(sims[kept].astype(np.float64)), "rank": pa.array(rank),
-               "cooccurrence": pa.array(np.rint(counts[kept]).astype(np.int64))}
+    columns = {
+        "item_idx": pa.array(src[kept].astype(np.int32)),
+        "neighbor_idx": pa.array(dst[kept].astype(np.int32)),
+        "similarity": pa.array(sims[kept].astype(np.float64)),
+        "rank": pa.array(rank),
+        "cooccurrence": pa.array(np.rint(counts[kept]).astype(np.int64)),
+    }
     if with_block:
         columns = {"qb": pa.array(qb[kept].astype(np.int32)), **columns}
     return pa.table(columns)
@@ -351,9 +408,15 @@ def empty_partial() -> pa.Table:
 def _merge_neighbours(table: pa.Table, top_n: int) -> pa.Table:
     """Merge one query block's per-target-block lists into each item's ``top_n`` best."""
     col = {name: table.column(name).to_numpy() for name in ("item_idx", "neighbor_idx", "similarity", "cooccurrence")}
-    return ranked_neighbours(np.zeros(table.num_rows, dtype=np.int32), col["item_idx"].astype(np.int64),
-                             col["neighbor_idx"].astype(np.int64), col["similarity"], col["cooccurrence"], top_n,
-                             with_block=False)
+    return ranked_neighbours(
+        np.zeros(table.num_rows, dtype=np.int32),
+        col["item_idx"].astype(np.int64),
+        col["neighbor_idx"].astype(np.int64),
+        col["similarity"],
+        col["cooccurrence"],
+        top_n,
+        with_block=False,
+    )
 
 
 def capped_users(matrix: DataFrame, max_items: int) -> int:
@@ -364,8 +427,12 @@ def capped_users(matrix: DataFrame, max_items: int) -> int:
 def normalize(vectors: DataFrame, col: str = "vector") -> DataFrame:
     """Scale each vector to unit L2 norm; zero vectors (no direction, no cosine) are dropped."""
     norm = F.sqrt(F.aggregate(col, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
-    return (vectors.withColumn("_norm", norm).where(F.col("_norm") > 0)
-            .withColumn(col, F.transform(col, lambda x: (x / F.col("_norm")).cast("float"))).drop("_norm"))
+    return (
+        vectors.withColumn("_norm", norm)
+        .where(F.col("_norm") > 0)
+        .withColumn(col, F.transform(col, lambda x: (x / F.col("_norm")).cast("float")))
+        .drop("_norm")
+    )
 
 
 def item_factor_cosine(item_factors: DataFrame, params: SimilarityConfig) -> DataFrame:
@@ -384,15 +451,23 @@ def item_factor_cosine(item_factors: DataFrame, params: SimilarityConfig) -> Dat
     unit = normalize(item_factors.select("item_idx", F.col("factors").alias("vector")))
     top_n, min_similarity = params.top_n_of("als"), params.als.min_similarity
     top = blocked_top_k(
-        unit.withColumnRenamed("item_idx", "query"), unit.withColumnRenamed("item_idx", "target"),
-        top_n, exclude=unit.select(F.col("item_idx").alias("query"), F.col("item_idx").alias("target")),
+        unit.withColumnRenamed("item_idx", "query"),
+        unit.withColumnRenamed("item_idx", "target"),
+        top_n,
+        exclude=unit.select(F.col("item_idx").alias("query"), F.col("item_idx").alias("target")),
         shape=BlockShape(params.block_items, params.block_items),
-        min_score=min_similarity if min_similarity > 0 else None)
-    log.info("item factor cosine: top %d, min similarity %g, blocks of %d items",
-             top_n, min_similarity, params.block_items)
-    return top.select(F.col("query").alias("item_idx"), F.col("target").alias("neighbor_idx"),
-                      F.col("score").cast("double").alias("similarity"), "rank",
-                      F.lit(None).cast("long").alias("cooccurrence"))
+        min_score=min_similarity if min_similarity > 0 else None,
+    )
+    log.info(
+        "item factor cosine: top %d, min similarity %g, blocks of %d items", top_n, min_similarity, params.block_items
+    )
+    return top.select(
+        F.col("query").alias("item_idx"),
+        F.col("target").alias("neighbor_idx"),
+        F.col("score").cast("double").alias("similarity"),
+        "rank",
+        F.lit(None).cast("long").alias("cooccurrence"),
+    )
 
 
 def vote_weight(params: SimilarityConfig, method: str | None = None) -> tuple[str, float] | None:
@@ -403,8 +478,9 @@ def vote_weight(params: SimilarityConfig, method: str | None = None) -> tuple[st
     return None if confidence == "binary" else (confidence, own.epsilon)
 
 
-def fit_item_neighbors(params: SimilarityConfig, matrix: DataFrame | None = None,
-                       item_factors: DataFrame | None = None) -> DataFrame:
+def fit_item_neighbors(
+    params: SimilarityConfig, matrix: DataFrame | None = None, item_factors: DataFrame | None = None
+) -> DataFrame:
     """The ``params.method`` neighbours: (item_idx, neighbor_idx, similarity, rank, cooccurrence).
 
     Args:

@@ -74,14 +74,20 @@ _MAGIC = (
     (b"\x7fELF", "an executable", "remove it from the input"),
 )
 #: Byte-order marks of encodings whose newline is not the byte 0x0A: they cannot be read line by line.
-_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"),
-              (b"\xfe\xff", "UTF-16"), (b"\xff\xfe", "UTF-16"))
+_WIDE_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xfe\xff", "UTF-16"),
+    (b"\xff\xfe", "UTF-16"),
+)
 _CONTROL_BYTES = bytes([*range(0, 9), *range(14, 32), 127])
 _C1_BYTES = bytes(range(0x80, 0xA0))  # C1 controls: never in real ISO-8859-1 text
 #: A JSON \uD800-\uDFFF escape that is not half of a surrogate pair: no UTF-8 text can hold it.
 #: An escaped backslash before "u" ("\\ud800") is text, not an escape.
-_LONE_SURROGATE = (r"(?<!\\)(?:\\\\)*(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                   r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})")
+_LONE_SURROGATE = (
+    r"(?<!\\)(?:\\\\)*(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
 
 
 @dataclass(frozen=True)
@@ -116,8 +122,10 @@ class SourceScan:
 
 
 def _not_regular(path: str, option: str, root: str) -> InputError:
-    return InputError(f"{path} (under {option} {root!r}) is not a regular file (a pipe, socket or device?); "
-                      "move it out of the input directory")
+    return InputError(
+        f"{path} (under {option} {root!r}) is not a regular file (a pipe, socket or device?); "
+        "move it out of the input directory"
+    )
 
 
 def _walk_local(base: str, option: str, root: str) -> SourceScan:
@@ -149,10 +157,13 @@ def _walk_local(base: str, option: str, root: str) -> SourceScan:
                 st = entry.stat(follow_symlinks=True)
             except FileNotFoundError:
                 if not entry.is_symlink():
-                    raise InputError(f"{entry.path} (under {option} {root!r}) disappeared while the input was "
-                                     "being listed; is another process moving files? Re-run when it is done") from None
-                log.warning("skipping %s: a symbolic link to %s, which does not exist",
-                            entry.path, os.readlink(entry.path))
+                    raise InputError(
+                        f"{entry.path} (under {option} {root!r}) disappeared while the input was "
+                        "being listed; is another process moving files? Re-run when it is done"
+                    ) from None
+                log.warning(
+                    "skipping %s: a symbolic link to %s, which does not exist", entry.path, os.readlink(entry.path)
+                )
                 dangling.append(entry.path)
                 continue
             except OSError as exc:
@@ -164,8 +175,11 @@ def _walk_local(base: str, option: str, root: str) -> SourceScan:
             if stat.S_ISDIR(st.st_mode):
                 key = (st.st_dev, st.st_ino)
                 if key in on_path:
-                    log.warning("not entering %s: a symbolic link to %s, a directory it is already inside "
-                                "(a loop)", entry.path, os.path.realpath(entry.path))
+                    log.warning(
+                        "not entering %s: a symbolic link to %s, a directory it is already inside (a loop)",
+                        entry.path,
+                        os.path.realpath(entry.path),
+                    )
                     loops.append(entry.path)
                     continue
                 todo.append((entry.path, on_path | {key}))
@@ -193,13 +207,21 @@ def scan_source_files(path: str, option: str = "ingest.source.path") -> SourceSc
     elif info.type == pafs.FileType.Directory and isinstance(fs, pafs.LocalFileSystem):
         scan = _walk_local(base, option, path)
     elif info.type == pafs.FileType.Directory:
-        listed = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-                  if not _hidden(i.path[len(base):].lstrip("/"))]
+        listed = [
+            i
+            for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+            if not _hidden(i.path[len(base) :].lstrip("/"))
+        ]
         odd = [i.path for i in listed if i.type not in (pafs.FileType.File, pafs.FileType.Directory)]
         if odd:
             raise _not_regular(prefix + odd[0], option, path)
-        scan = SourceScan([SourceFile(prefix + i.path, int(i.size), int((i.mtime_ns or 0) // 1_000_000))
-                           for i in listed if i.type == pafs.FileType.File])
+        scan = SourceScan(
+            [
+                SourceFile(prefix + i.path, int(i.size), int((i.mtime_ns or 0) // 1_000_000))
+                for i in listed
+                if i.type == pafs.FileType.File
+            ]
+        )
     else:
         raise InputError(f"{option} {path!r} is neither a regular file nor a directory (a pipe, socket or device?)")
     if not scan.files:
@@ -269,8 +291,10 @@ def _sniff(f: SourceFile, source: SourceConfig, max_line_bytes: int) -> str | No
         _check_codec_case(f, ext)
     if ext in _CODECS and _CODECS[ext] is None:
         if source.format != "json" and source.header:
-            raise InputError(f"cannot read the header of {f.path}: ingest reads *.gz and *.bz2 compressed "
-                             f"text with a header, not *{ext}; recompress it with gzip")
+            raise InputError(
+                f"cannot read the header of {f.path}: ingest reads *.gz and *.bz2 compressed "
+                f"text with a header, not *{ext}; recompress it with gzip"
+            )
         return ""  # Spark decompresses it; the driver cannot look inside
     fs, p = _fs(f.path)
     codec = _CODECS.get(ext)
@@ -284,8 +308,10 @@ def _sniff(f: SourceFile, source: SourceConfig, max_line_bytes: int) -> str | No
             else:
                 for prefix, kind, hint in _MAGIC:
                     if magic.startswith(prefix):
-                        raise InputError(f"{f.path} is {kind}, not {source.format} text "
-                                         f"(ingest.source.format = {source.format!r}): {hint}")
+                        raise InputError(
+                            f"{f.path} is {kind}, not {source.format} text "
+                            f"(ingest.source.format = {source.format!r}): {hint}"
+                        )
                 head = _read_head(raw, magic, max_line_bytes)
     except (OSError, pa.ArrowException) as exc:  # vanished, unreadable, or a read error of the filesystem
         raise InputError(f"{f.path} could not be read: {exc}") from None
@@ -294,8 +320,10 @@ def _sniff(f: SourceFile, source: SourceConfig, max_line_bytes: int) -> str | No
             with fs.open_input_stream(p, compression=codec) as stream:
                 head = _read_head(stream, b"", max_line_bytes)
         except (OSError, EOFError, ValueError, pa.ArrowException) as exc:
-            raise InputError(f"{f.path} could not be decompressed ({codec}): {exc}. The file is truncated or "
-                             "corrupt; nothing was read from it") from None
+            raise InputError(
+                f"{f.path} could not be decompressed ({codec}): {exc}. The file is truncated or "
+                "corrupt; nothing was read from it"
+            ) from None
     return _check_text(f.path, head, source, max_line_bytes)
 
 
@@ -316,42 +344,54 @@ def _check_codec_case(f: SourceFile, ext: str) -> None:
             raise InputError(f"{f.path} could not be read: {exc}") from None
         if not magic.startswith(b"\x1f\x8b" if codec == "gzip" else b"BZh"):
             raise InputError(f"{f.path} is named *{ext} but is not {codec} data; rename or recompress it")
-    raise InputError(f"{f.path} ends in {ext!r}, but Spark decompresses a file only when its extension is "
-                     f"lower-case ({ext.lower()!r}); it would read the compressed bytes as text. "
-                     f"Rename it to {renamed}")
+    raise InputError(
+        f"{f.path} ends in {ext!r}, but Spark decompresses a file only when its extension is "
+        f"lower-case ({ext.lower()!r}); it would read the compressed bytes as text. "
+        f"Rename it to {renamed}"
+    )
 
 
 def _check_text(path: str, head: bytes, source: SourceConfig, max_line_bytes: int) -> str | None:
     for bom, name in _WIDE_BOMS:
         if head.startswith(bom):
-            raise InputError(f"{path} is {name} text (it starts with a {name} byte-order mark); ingest reads "
-                             f"UTF-8, US-ASCII or ISO-8859-1 line by line. Convert it, e.g. "
-                             f"`iconv -f {name} -t UTF-8`")
+            raise InputError(
+                f"{path} is {name} text (it starts with a {name} byte-order mark); ingest reads "
+                f"UTF-8, US-ASCII or ISO-8859-1 line by line. Convert it, e.g. "
+                f"`iconv -f {name} -t UTF-8`"
+            )
     if head.startswith(b"\xef\xbb\xbf"):
         head = head[3:]
     encoding = spark_charset(source.encoding)
     if _is_binary(head[:SNIFF_BYTES], encoding):
-        raise InputError(f"{path} is not text: its first bytes are mostly control characters or not valid "
-                         f"{encoding} (binary data, or a wide encoding such as UTF-16 without a byte-order mark)")
+        raise InputError(
+            f"{path} is not text: its first bytes are mostly control characters or not valid "
+            f"{encoding} (binary data, or a wide encoding such as UTF-16 without a byte-order mark)"
+        )
     if not head.strip():
         return None
     end = _LINE_END.search(head)
-    first = head if end is None else head[:end.start()]
+    first = head if end is None else head[: end.start()]
     first_text = first.decode("utf-8" if encoding != "ISO-8859-1" else "latin-1", errors="replace")
     if source.format == "json":
         start = head.lstrip()[:1]
         if start == b"[":
-            raise InputError(f"{path} holds a JSON array; ingest reads JSON lines (one object per line). "
-                             "Convert it, e.g. `jq -c '.[]'`")
+            raise InputError(
+                f"{path} holds a JSON array; ingest reads JSON lines (one object per line). "
+                "Convert it, e.g. `jq -c '.[]'`"
+            )
         if first_text.strip() == "{":
-            raise InputError(f"{path} looks like pretty-printed JSON (line 1 is just '{{'); ingest reads JSON "
-                             "lines (one object per line). Convert it, e.g. `jq -c .`")
+            raise InputError(
+                f"{path} looks like pretty-printed JSON (line 1 is just '{{'); ingest reads JSON "
+                "lines (one object per line). Convert it, e.g. `jq -c .`"
+            )
         return first_text
     if source.header:
         if len(first) > max_line_bytes:
-            raise InputError(f"line 1 of {path} (the header, ingest.source.header = true) is longer than "
-                             f"ingest.max_line_bytes = {max_line_bytes:,} bytes: is it the right file, and "
-                             "ingest.source.format / delimiter right?")
+            raise InputError(
+                f"line 1 of {path} (the header, ingest.source.header = true) is longer than "
+                f"ingest.max_line_bytes = {max_line_bytes:,} bytes: is it the right file, and "
+                "ingest.source.format / delimiter right?"
+            )
         if not first_text.strip():
             raise InputError(f"line 1 of {path} should be the header (ingest.source.header = true) but is blank")
     return first_text
@@ -361,8 +401,10 @@ def _split_header(line: str, sep: str, path: str) -> list[str]:
     """The column names in line 1 of ``path``, by the same quoting rules as the rows (RFC 4180)."""
     if line.count('"') % 2:
         # A row like this is malformed_row; as the header it would leave every column misnamed.
-        raise InputError(f"line 1 of {path} (the header) has an unbalanced quote: {_shown(line)}. Fix or remove "
-                         "the stray quote (a quote inside a quoted name is doubled: \"a \"\"b\"\"\")")
+        raise InputError(
+            f"line 1 of {path} (the header) has an unbalanced quote: {_shown(line)}. Fix or remove "
+            'the stray quote (a quote inside a quoted name is doubled: "a ""b""")'
+        )
     try:
         fields = next(csv.reader([line], delimiter=sep, quotechar='"', doublequote=True), [])
     except csv.Error as exc:  # no case is known to reach this; a traceback must not, whatever the line
@@ -371,8 +413,10 @@ def _split_header(line: str, sep: str, path: str) -> list[str]:
     # A tab is a delimiter in the wrong setting, which _check_columns explains better.
     bad = [i + 1 for i, n in enumerate(names) if re.search(r"[\x00-\x08\x0a-\x1f\x7f]", n)]
     if bad:
-        raise InputError(f"line 1 of {path} (the header) has control characters (NUL, ...) in column(s) {bad}: "
-                         f"{_shown(line)}. Is it the right file, and ingest.source.encoding right?")
+        raise InputError(
+            f"line 1 of {path} (the header) has control characters (NUL, ...) in column(s) {bad}: "
+            f"{_shown(line)}. Is it the right file, and ingest.source.encoding right?"
+        )
     return names
 
 
@@ -412,8 +456,14 @@ def _check_names(columns: Sequence[str], where: str) -> None:
 
 
 def _mapped(source: SourceConfig) -> dict[str, str | None]:
-    return {"user_id": source.user_col, "item_id": source.item_col, "event_type": source.event_type_col,
-            "value": source.value_col, "timestamp": source.timestamp_col, "event_id": source.event_id_col}
+    return {
+        "user_id": source.user_col,
+        "item_id": source.item_col,
+        "event_type": source.event_type_col,
+        "value": source.value_col,
+        "timestamp": source.timestamp_col,
+        "event_id": source.event_id_col,
+    }
 
 
 def _check_columns(source: SourceConfig, available: Sequence[str], where: str) -> None:
@@ -425,16 +475,20 @@ def _check_columns(source: SourceConfig, available: Sequence[str], where: str) -
     if source.format != "parquet" and len(available) == 1:
         seps = [s for s in (",", "\t", ";", "|") if s in available[0] and s != source.separator]
         if seps:
-            hint = (f"The header is one column but contains {seps[0]!r}: set ingest.source.delimiter = "
-                    f"{seps[0]!r} (or ingest.source.format = {'tsv' if seps[0] == chr(9) else 'csv'!r}).")
+            hint = (
+                f"The header is one column but contains {seps[0]!r}: set ingest.source.delimiter = "
+                f"{seps[0]!r} (or ingest.source.format = {'tsv' if seps[0] == chr(9) else 'csv'!r})."
+            )
     raise InputError(f"{where} has no column for {', '.join(missing)}; columns are {shown}. {hint}")
 
 
 def _line_numbers(lines: DataFrame, file_paths: dict[str, str], files: Sequence[SourceFile]) -> DataFrame:
     """Attach source_file and an exact 1-based line_number to rows of Spark's text reader."""
     lines = lines.select(
-        F.col("_metadata.file_path").alias("_fp"), F.col("_metadata.file_block_start").alias("_block"),
-        F.monotonically_increasing_id().alias("_rid"), "value",
+        F.col("_metadata.file_path").alias("_fp"),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_rid"),
+        "value",
     )
     with file_read_errors(files):
         blocks = lines.groupBy("_fp", "_block").agg(F.min("_rid").alias("_first"), F.count("*").alias("_n")).collect()
@@ -443,13 +497,21 @@ def _line_numbers(lines: DataFrame, file_paths: dict[str, str], files: Sequence[
     for b in sorted(blocks, key=lambda r: (r["_fp"], r["_block"])):
         offsets.append((b["_fp"], b["_block"], b["_first"], done.get(b["_fp"], 0), _source_path(b["_fp"], file_paths)))
         done[b["_fp"]] = done.get(b["_fp"], 0) + b["_n"]
-    schema = StructType([StructField("_fp", StringType()), StructField("_block", LongType()),
-                         StructField("_first", LongType()), StructField("_offset", LongType()),
-                         StructField("source_file", StringType())])
+    schema = StructType(
+        [
+            StructField("_fp", StringType()),
+            StructField("_block", LongType()),
+            StructField("_first", LongType()),
+            StructField("_offset", LongType()),
+            StructField("source_file", StringType()),
+        ]
+    )
     table = lines.sparkSession.createDataFrame(offsets, schema)
-    return (lines.join(F.broadcast(table), ["_fp", "_block"])
-            .withColumn("line_number", F.col("_offset") + F.col("_rid") - F.col("_first") + 1)
-            .drop("_fp", "_block", "_rid", "_first", "_offset"))
+    return (
+        lines.join(F.broadcast(table), ["_fp", "_block"])
+        .withColumn("line_number", F.col("_offset") + F.col("_rid") - F.col("_first") + 1)
+        .drop("_fp", "_block", "_rid", "_first", "_offset")
+    )
 
 
 def _source_path(spark_file_path: str, file_paths: dict[str, str]) -> str:
@@ -457,7 +519,7 @@ def _source_path(spark_file_path: str, file_paths: dict[str, str]) -> str:
     decoded = unquote(spark_file_path)
     for prefix in ("file://", "file:"):
         if decoded.startswith(prefix):
-            decoded = decoded[len(prefix):]
+            decoded = decoded[len(prefix) :]
             break
     return file_paths.get(decoded, decoded)
 
@@ -479,13 +541,16 @@ def file_read_errors(files: Sequence[SourceFile]) -> Iterator[None]:
         path = _source_path(found.group(1), {f.path: f.path for f in files})
         causes = re.findall(r"Caused by: ([\w.$]+(?:Exception|Error)[^\n]*)", text)
         cause = causes[-1].strip() if causes else text.strip().splitlines()[0]
-        raise InputError(f"{path} could not be read: {cause}. It is truncated, corrupt or not the format "
-                         "its name says; nothing was committed") from None
+        raise InputError(
+            f"{path} could not be read: {cause}. It is truncated, corrupt or not the format "
+            "its name says; nothing was committed"
+        ) from None
 
 
 def _raw_line(col: Column) -> Column:
-    return F.when(F.length(col) > RAW_LINE_LIMIT,
-                  F.concat(F.substring(col, 1, RAW_LINE_LIMIT), F.lit("...[truncated]"))).otherwise(col)
+    return F.when(
+        F.length(col) > RAW_LINE_LIMIT, F.concat(F.substring(col, 1, RAW_LINE_LIMIT), F.lit("...[truncated]"))
+    ).otherwise(col)
 
 
 def _ddl_name(name: str) -> str:
@@ -505,7 +570,9 @@ def _decoded(value: Column, charset: str) -> tuple[Column, Column]:
     return F.decode(value.cast("binary"), charset), F.lit(True)
 
 
-def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[SourceFile], max_line_bytes: int) -> DataFrame:
+def _read_text(
+    spark: SparkSession, source: SourceConfig, files: Sequence[SourceFile], max_line_bytes: int
+) -> DataFrame:
     firsts = {f.path: _sniff(f, source, max_line_bytes) for f in files}
     columns = _text_columns(source, files, firsts) if source.format != "json" else []
     if source.format != "json":
@@ -517,15 +584,19 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
     value, valid = _decoded(F.col("value"), spark_charset(source.encoding))
     too_long = F.octet_length(F.col("value")) > max_line_bytes
     value = F.regexp_replace(value, r"^\x{FEFF}|\r$", "")  # BOM, and CR of CRLF files
-    lines = lines.select("source_file", "line_number", value.alias("line"), valid.alias("_valid"),
-                         too_long.alias("_long"))
+    lines = lines.select(
+        "source_file", "line_number", value.alias("line"), valid.alias("_valid"), too_long.alias("_long")
+    )
     if source.format != "json" and source.header:
         lines = lines.where(F.col("line_number") > 1)
     lines = lines.where(F.trim(F.col("line")) != "")  # blank lines carry no event
 
     too_long = F.col("_long")
-    schema_cols = [f"{_ddl_name(c)} STRING" for c in columns] if columns else [
-        f"{_ddl_name(c)} STRING" for c in dict.fromkeys(c for c in _mapped(source).values() if c)]
+    schema_cols = (
+        [f"{_ddl_name(c)} STRING" for c in columns]
+        if columns
+        else [f"{_ddl_name(c)} STRING" for c in dict.fromkeys(c for c in _mapped(source).values() if c)]
+    )
     ddl = ", ".join([*schema_cols, "`_corrupt` STRING"])
     opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}
     line = F.col("line")
@@ -534,8 +605,10 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
         # from_json reads the first JSON value and ignores whatever follows it; a line must be one
         # object and nothing else, or '{..}{..}' would silently lose its second event.
         plain = F.regexp_replace(line, r"[+-]?\b(NaN|Infinity|INF)\b", "0")  # non-standard numbers from_json allows
-        broken = ~too_long & ((F.coalesce(F.json_array_length(F.concat(F.lit("["), plain, F.lit("]"))), F.lit(0)) != 1)
-                              | ~F.rtrim(line).endswith("}"))
+        broken = ~too_long & (
+            (F.coalesce(F.json_array_length(F.concat(F.lit("["), plain, F.lit("]"))), F.lit(0)) != 1)
+            | ~F.rtrim(line).endswith("}")
+        )
         # The JSON type of each field (a boolean is no id; the string parse renders true as "true").
         # The VARIANT parse fails where a field holds a lone surrogate escape, which the string
         # parse would store as "?".
@@ -543,22 +616,21 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
         kinds = F.from_json(F.when(~too_long, line), kinds_ddl, opts)
         keys = F.json_object_keys(F.when(~too_long, line))
         lines = lines.withColumn("_k", kinds).withColumn(
-            "_dup", F.size(keys) != F.size(F.array_distinct(keys)))  # from_json keeps the last, silently
+            "_dup", F.size(keys) != F.size(F.array_distinct(keys))
+        )  # from_json keeps the last, silently
     else:
         # RFC 4180: a quote inside a quoted field is doubled. Every complete one-line record has an
         # even number of quotes; an odd count is a field cut by a line break or a stray quote.
         parsed = F.from_csv(F.when(~too_long, line), ddl, {**opts, "sep": source.separator, "escape": '"'})
         broken = ((F.length(line) - F.length(F.replace(line, F.lit('"'), F.lit("")))) % 2) == 1
     lines = lines.withColumn("_p", parsed)
-    error = (F.when(~F.col("_valid"), "invalid_encoding")
-             .when(too_long, "oversize_line"))
+    error = F.when(~F.col("_valid"), "invalid_encoding").when(too_long, "oversize_line")
     if source.format == "json":
         error = error.when(F.col("_k._corrupt").isNotNull() & line.rlike(_LONE_SURROGATE), "invalid_encoding")
     error = error.when(F.col("_p").isNull() | F.col("_p._corrupt").isNotNull() | broken, "malformed_row")
     if source.format == "json":
         error = error.when(F.col("_dup"), "duplicate_key")
-    out = [F.col("source_file"), F.col("line_number"), _raw_line(line).alias("raw_line"),
-           error.alias("parse_error")]
+    out = [F.col("source_file"), F.col("line_number"), _raw_line(line).alias("raw_line"), error.alias("parse_error")]
     for key, col in _mapped(source).items():
         field = F.col("_p").getField(col) if col else F.lit(None).cast("string")
         if source.format == "json" and col:
@@ -568,22 +640,37 @@ def _read_text(spark: SparkSession, source: SourceConfig, files: Sequence[Source
             # so that they are rejected as non_finite_value, like "NaN" in any other format.
             field = F.regexp_replace(field, r'^"([+-]?(NaN|Infinity))"$', "$1")
             if key in ("user_id", "item_id", "event_id"):
-                field = F.when(F.schema_of_variant(F.col("_k").getField(col)) == "BOOLEAN",
-                               F.lit("\x00<boolean>")).otherwise(field)
+                field = F.when(
+                    F.schema_of_variant(F.col("_k").getField(col)) == "BOOLEAN", F.lit("\x00<boolean>")
+                ).otherwise(field)
         out.append(field.alias(key))
     return lines.select(*out)
 
 
 #: The option that maps each field, for messages.
-_OPTION = {"user_id": "user_col", "item_id": "item_col", "event_type": "event_type_col", "value": "value_col",
-           "timestamp": "timestamp_col", "event_id": "event_id_col"}
-_ROLE = {"user_id": "user id", "item_id": "item id", "event_type": "event type", "value": "value",
-         "timestamp": "event time", "event_id": "event id"}
+_OPTION = {
+    "user_id": "user_col",
+    "item_id": "item_col",
+    "event_type": "event_type_col",
+    "value": "value_col",
+    "timestamp": "timestamp_col",
+    "event_id": "event_id_col",
+}
+_ROLE = {
+    "user_id": "user id",
+    "item_id": "item id",
+    "event_type": "event type",
+    "value": "value",
+    "timestamp": "event time",
+    "event_id": "event id",
+}
 _ID_KINDS = frozenset({"int", "integer decimal", "string", "binary"})
 #: The kinds of Arrow type (see _arrow_kind) each field reads correctly; anything else is refused
 #: up front, because Spark would either fail mid-read or turn it into text that means something else.
 _READS = {
-    "user_id": _ID_KINDS, "item_id": _ID_KINDS, "event_type": _ID_KINDS,
+    "user_id": _ID_KINDS,
+    "item_id": _ID_KINDS,
+    "event_type": _ID_KINDS,
     "event_id": _ID_KINDS | {"null"},  # a column of no ids at all: events are keyed by content
     "value": _ID_KINDS | {"decimal", "float32", "float64"},
     # float32 steps by 128 s around today's unix times: it cannot hold an event time
@@ -592,9 +679,9 @@ _READS = {
 #: What to tell the user when a kind cannot be a field (``{role}`` is filled in).
 _KIND_FIX = {
     "float32": "write it as int64 or string: a float id reads as '1.0', which never matches the id '1' of "
-               "another file (pandas makes an int column with missing values float64; use its 'Int64' dtype)",
+    "another file (pandas makes an int column with missing values float64; use its 'Int64' dtype)",
     "float64": "write it as int64 or string: a float id reads as '1.0', which never matches the id '1' of "
-               "another file (pandas makes an int column with missing values float64; use its 'Int64' dtype)",
+    "another file (pandas makes an int column with missing values float64; use its 'Int64' dtype)",
     "decimal": "write it as int64 or string: a decimal with a fraction is not an id",
     "bool": "a boolean is not a {role}; write it as a number (1 / 0) or a string, or map another column",
     "fixed_binary": "write it as a string (a UUID in its 36-character text form)",
@@ -603,12 +690,12 @@ _KIND_FIX = {
     "duration": "write it as a plain number in the unit you mean (e.g. seconds)",
     "nested": "a list, struct or map is not a {role}; flatten it to one scalar column",
     "null": "the column holds no values at all (Arrow type null), so every row would be rejected; is "
-            "ingest.source.{option} the right column?",
+    "ingest.source.{option} the right column?",
     "other": "write it as a string or a number",
 }
 _TIME_FIX = {
     "float32": "float32 cannot hold a unix time (its steps are 128 s around today's times); write it as int64 "
-               "or float64",
+    "or float64",
     "duration": "a duration is not a point in time; write the event time as a timestamp or as unix seconds",
 }
 
@@ -619,14 +706,26 @@ def _arrow_kind(t: pa.DataType) -> str:
         return _arrow_kind(t.value_type)
     if isinstance(t, pa.ExtensionType):
         return _arrow_kind(t.storage_type)
-    checks = ((pa.types.is_null, "null"), (pa.types.is_boolean, "bool"), (pa.types.is_integer, "int"),
-              (pa.types.is_float16, "float16"), (pa.types.is_float32, "float32"), (pa.types.is_float64, "float64"),
-              (pa.types.is_string, "string"), (pa.types.is_large_string, "string"),
-              (pa.types.is_string_view, "string"), (pa.types.is_binary, "binary"),
-              (pa.types.is_large_binary, "binary"), (pa.types.is_binary_view, "binary"),
-              (pa.types.is_fixed_size_binary, "fixed_binary"), (pa.types.is_date, "date"),
-              (pa.types.is_timestamp, "timestamp"), (pa.types.is_time, "time"),
-              (pa.types.is_duration, "duration"), (pa.types.is_nested, "nested"))
+    checks = (
+        (pa.types.is_null, "null"),
+        (pa.types.is_boolean, "bool"),
+        (pa.types.is_integer, "int"),
+        (pa.types.is_float16, "float16"),
+        (pa.types.is_float32, "float32"),
+        (pa.types.is_float64, "float64"),
+        (pa.types.is_string, "string"),
+        (pa.types.is_large_string, "string"),
+        (pa.types.is_string_view, "string"),
+        (pa.types.is_binary, "binary"),
+        (pa.types.is_large_binary, "binary"),
+        (pa.types.is_binary_view, "binary"),
+        (pa.types.is_fixed_size_binary, "fixed_binary"),
+        (pa.types.is_date, "date"),
+        (pa.types.is_timestamp, "timestamp"),
+        (pa.types.is_time, "time"),
+        (pa.types.is_duration, "duration"),
+        (pa.types.is_nested, "nested"),
+    )
     if pa.types.is_decimal(t):
         return "integer decimal" if t.scale == 0 else "decimal"
     return next((kind for check, kind in checks if check(t)), "other")
@@ -642,8 +741,10 @@ def _spark_unreadable(column: pq.ColumnSchema) -> str | None:
     if logical == "UUID":
         return "Spark cannot read the Parquet UUID type; write it as a string, or drop the column"
     if logical == "DECIMAL" and column.precision > 38:
-        return (f"Spark reads decimals of at most 38 digits, this one has {column.precision}; cast it to float64 "
-                "or a smaller decimal, or drop the column")
+        return (
+            f"Spark reads decimals of at most 38 digits, this one has {column.precision}; cast it to float64 "
+            "or a smaller decimal, or drop the column"
+        )
     return None
 
 
@@ -666,17 +767,22 @@ def _check_parquet_field(source: SourceConfig, key: str, col: str, t: pa.DataTyp
     where = f"column {col!r} of {path} (the {role}, ingest.source.{option})"
     if kind not in _READS[key]:
         fix = (_TIME_FIX.get(kind) if key == "timestamp" else None) or _KIND_FIX.get(kind, _KIND_FIX["other"])
-        raise InputError(f"{where} is {t}, which ingest does not read as a {role}: "
-                         + fix.format(role=role, option=option))
+        raise InputError(
+            f"{where} is {t}, which ingest does not read as a {role}: " + fix.format(role=role, option=option)
+        )
     if key != "timestamp" or kind in ("string", "binary"):
         return
     fmt = source.timestamp_format
     if kind in ("date", "timestamp") and fmt not in ("auto", "iso"):
-        raise InputError(f"{where} is {t}, a native time, but ingest.source.timestamp_format = {fmt!r} reads "
-                         "numbers; set it to 'auto' (or 'iso')")
+        raise InputError(
+            f"{where} is {t}, a native time, but ingest.source.timestamp_format = {fmt!r} reads "
+            "numbers; set it to 'auto' (or 'iso')"
+        )
     if kind not in ("date", "timestamp") and fmt == "iso":
-        raise InputError(f"{where} is {t}, a number, but ingest.source.timestamp_format = 'iso' reads ISO-8601 "
-                         "strings; set it to 'unix_s', 'unix_ms' or 'auto'")
+        raise InputError(
+            f"{where} is {t}, a number, but ingest.source.timestamp_format = 'iso' reads ISO-8601 "
+            "strings; set it to 'unix_s', 'unix_ms' or 'auto'"
+        )
 
 
 def _parquet_schemas(source: SourceConfig, files: Sequence[SourceFile]) -> tuple[list[str], set[str]]:
@@ -714,8 +820,10 @@ def _parquet_schemas(source: SourceConfig, files: Sequence[SourceFile]) -> tuple
             kind = str(t.value_type if pa.types.is_dictionary(t) else t)
             seen = types.setdefault(col, (kind, f.path))
             if seen[0] != kind:
-                raise InputError(f"column {col!r} is {kind} in {f.path} but {seen[0]} in {seen[1]}; Spark cannot "
-                                 "read Parquet files whose column types differ. Ingest them separately")
+                raise InputError(
+                    f"column {col!r} is {kind} in {f.path} but {seen[0]} in {seen[1]}; Spark cannot "
+                    "read Parquet files whose column types differ. Ingest them separately"
+                )
     return columns or [], nanos
 
 
@@ -738,8 +846,11 @@ def _read_parquet(spark: SparkSession, source: SourceConfig, files: Sequence[Sou
         uris = [r[0] for r in df.select("_metadata.file_path").distinct().collect()]
     names = spark.createDataFrame([(u, _source_path(u, file_paths)) for u in uris], "_fp STRING, source_file STRING")
     data_cols = list(df.columns)
-    df = (df.withColumn("_fp", F.col("_metadata.file_path")).withColumn("_row", F.col("_metadata.row_index"))
-          .join(F.broadcast(names), "_fp"))
+    df = (
+        df.withColumn("_fp", F.col("_metadata.file_path"))
+        .withColumn("_row", F.col("_metadata.row_index"))
+        .join(F.broadcast(names), "_fp")
+    )
 
     def column(name: str) -> Column:
         return _nanos_to_timestamp(name) if name in nanos else F.col(_ddl_name(name))
@@ -765,28 +876,42 @@ def _read_parquet(spark: SparkSession, source: SourceConfig, files: Sequence[Sou
             not_utf8 = not_utf8 | (field.isNotNull() & ~valid)
             field = F.when(valid, text).otherwise(F.decode(field, "ISO-8859-1"))
         fields.append(field.cast("string").alias(key))
-    out = [F.col("source_file"),
-           (F.col("_row") + 1).alias("line_number"),
-           _raw_line(F.to_json(F.struct(*[column(c).alias(c) for c in data_cols]))).alias("raw_line"),
-           F.when(not_utf8, F.lit("invalid_encoding")).cast("string").alias("parse_error"),
-           *fields]
+    out = [
+        F.col("source_file"),
+        (F.col("_row") + 1).alias("line_number"),
+        _raw_line(F.to_json(F.struct(*[column(c).alias(c) for c in data_cols]))).alias("raw_line"),
+        F.when(not_utf8, F.lit("invalid_encoding")).cast("string").alias("parse_error"),
+        *fields,
+    ]
     return df.select(*out)
 
 
 def _empty(spark: SparkSession) -> DataFrame:
-    schema = StructType([StructField("source_file", StringType()), StructField("line_number", LongType()),
-                         StructField("raw_line", StringType()), StructField("parse_error", StringType()),
-                         *[StructField(k, StringType()) for k in FIELDS]])
+    schema = StructType(
+        [
+            StructField("source_file", StringType()),
+            StructField("line_number", LongType()),
+            StructField("raw_line", StringType()),
+            StructField("parse_error", StringType()),
+            *[StructField(k, StringType()) for k in FIELDS],
+        ]
+    )
     return spark.createDataFrame([], schema)
 
 
-def read_source(spark: SparkSession, source: SourceConfig, files: Sequence[SourceFile],
-                max_line_bytes: int) -> DataFrame:
+def read_source(
+    spark: SparkSession, source: SourceConfig, files: Sequence[SourceFile], max_line_bytes: int
+) -> DataFrame:
     """All rows of ``files`` in the uniform raw shape (see module docstring)."""
     if not files:
         return _empty(spark)
-    log.info("reading %d %s file(s) (%.1f MB) with preset %s", len(files), source.format,
-             sum(f.size for f in files) / 1e6, source.preset)
+    log.info(
+        "reading %d %s file(s) (%.1f MB) with preset %s",
+        len(files),
+        source.format,
+        sum(f.size for f in files) / 1e6,
+        source.preset,
+    )
     if source.format == "parquet":
         return _read_parquet(spark, source, files)
     return _read_text(spark, source, files, max_line_bytes)

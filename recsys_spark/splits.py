@@ -41,8 +41,11 @@ def random_split(matrix: DataFrame, test_fraction: float, seed: int) -> Split:
 def time_split(matrix: DataFrame, cutoff: datetime | None, test_fraction: float) -> Split:
     """Global time cutoff (or the ``1 - test_fraction`` quantile of last event times)."""
     if cutoff is None:
-        seconds = matrix.select(F.unix_micros("last_event_time").alias("t")).where(F.col("t").isNotNull()) \
+        seconds = (
+            matrix.select(F.unix_micros("last_event_time").alias("t"))
+            .where(F.col("t").isNotNull())
             .approxQuantile("t", [1.0 - test_fraction], 0.0)
+        )
         if not seconds:
             raise ValueError("a time split needs event times, and the interaction matrix has none")
         cutoff_col = F.timestamp_micros(F.lit(int(seconds[0])))
@@ -55,8 +58,7 @@ def time_split(matrix: DataFrame, cutoff: datetime | None, test_fraction: float)
 def leave_last_split(matrix: DataFrame, n: int) -> Split:
     """Per user, the ``n`` most recent items are test (at least one item stays in train)."""
     by_user = Window.partitionBy("user_idx")
-    order = Window.partitionBy("user_idx").orderBy(F.col("last_event_time").desc_nulls_last(),
-                                                   F.col("item_idx").desc())
+    order = Window.partitionBy("user_idx").orderBy(F.col("last_event_time").desc_nulls_last(), F.col("item_idx").desc())
     count = F.count("*").over(by_user)
     marked = matrix.withColumn("_test", F.row_number().over(order) <= F.least(F.lit(n), count - 1))
     return _parts(marked)
@@ -79,7 +81,8 @@ def relevant_items(test: DataFrame, rating_threshold: float | None) -> DataFrame
     rows without one (implicit data) are all relevant, with grade 1.
     """
     rated = F.col("rating").isNotNull()
-    keep = F.when(rated, F.col("rating") >= F.lit(rating_threshold if rating_threshold is not None else float("-inf"))) \
-        .otherwise(F.lit(True))
+    keep = F.when(
+        rated, F.col("rating") >= F.lit(rating_threshold if rating_threshold is not None else float("-inf"))
+    ).otherwise(F.lit(True))
     grade = F.when(rated, F.col("rating")).otherwise(F.lit(1.0)).cast("double")
     return test.where(keep).select("user_idx", "item_idx", grade.alias("grade"))

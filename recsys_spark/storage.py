@@ -90,8 +90,13 @@ class CommitInfo:
     """Anything else worth keeping with the commit (input versions, counts)."""
 
     def as_metadata(self, write_id: str) -> dict[str, Any]:
-        return {"job": self.job, "run_id": self.run_id, "config_hash": self.config_hash,
-                "write_id": write_id, **self.extra}
+        return {
+            "job": self.job,
+            "run_id": self.run_id,
+            "config_hash": self.config_hash,
+            "write_id": write_id,
+            **self.extra,
+        }
 
 
 @dataclass(frozen=True)
@@ -140,8 +145,16 @@ def describe_table(root: str, table: str) -> TableSummary:
     adds = pa.table(t.delta(last.version).get_add_actions(flatten=True))
     rows = int(sum(v or 0 for v in adds.column("num_records").to_pylist())) if adds.num_rows else 0
     size = int(sum(adds.column("size_bytes").to_pylist())) if adds.num_rows else 0
-    return TableSummary(table, t.location, last.version, rows, adds.num_rows, size,
-                        last.metadata.get("job"), last.metadata.get("run_id"))
+    return TableSummary(
+        table,
+        t.location,
+        last.version,
+        rows,
+        adds.num_rows,
+        size,
+        last.metadata.get("job"),
+        last.metadata.get("run_id"),
+    )
 
 
 def table_history(root: str, table: str, limit: int | None = None) -> list[HistoryEntry]:
@@ -149,8 +162,9 @@ def table_history(root: str, table: str, limit: int | None = None) -> list[Histo
     return _history(_Table(table, table_location(root, table)), limit)
 
 
-def vacuum_table(cfg: StorageConfig, table: str, retention_hours: float | None = None,
-                 dry_run: bool = False) -> list[str] | None:
+def vacuum_table(
+    cfg: StorageConfig, table: str, retention_hours: float | None = None, dry_run: bool = False
+) -> list[str] | None:
     """Delete files that no version within the retention window needs, including orphans of
     killed writes; None when the table does not exist. Files of a write still in progress are
     younger than any sane retention, so they are kept."""
@@ -161,15 +175,14 @@ def vacuum_table(cfg: StorageConfig, table: str, retention_hours: float | None =
     fs, base = _filesystem(t.location)
     # deltalake keeps listing tombstones whose files an earlier vacuum already deleted: report
     # only files that exist.
-    candidates = t.delta().vacuum(retention_hours=int(hours), dry_run=True, enforce_retention_duration=False,
-                                  full=True)
-    present = [f for f in candidates
-               if fs.get_file_info(_absolute(base, f)).type == pafs.FileType.File]
+    candidates = t.delta().vacuum(retention_hours=int(hours), dry_run=True, enforce_retention_duration=False, full=True)
+    present = [f for f in candidates if fs.get_file_info(_absolute(base, f)).type == pafs.FileType.File]
     if present and not dry_run:
         t.delta().vacuum(retention_hours=int(hours), dry_run=False, enforce_retention_duration=False, full=True)
         _remove_empty_write_folders(fs, base)
-    log.info("vacuum %s: %s %d files older than %sh", table, "would remove" if dry_run else "removed",
-             len(present), hours)
+    log.info(
+        "vacuum %s: %s %d files older than %sh", table, "would remove" if dry_run else "removed", len(present), hours
+    )
     return present
 
 
@@ -183,7 +196,7 @@ def _remove_empty_write_folders(fs: pafs.FileSystem, base: str) -> None:
     dirs = sorted((i.path for i in infos if i.type == pafs.FileType.Directory), key=len, reverse=True)
     files = [i.path for i in infos if i.type == pafs.FileType.File]
     for d in dirs:
-        if "/_delta_log" in d[len(base):]:
+        if "/_delta_log" in d[len(base) :]:
             continue
         if not any(f.startswith(d + "/") for f in files):
             fs.delete_dir(d)
@@ -218,8 +231,9 @@ def _commit_infos(dt: DeltaTable, limit: int | None, attempts: int = 20) -> list
         dt.update_incremental()
         if dt.version() == loaded:
             return infos
-    raise StorageError(f"the history of table at {dt.table_uri} kept moving: {attempts} commits landed while "
-                       "it was read; retry")
+    raise StorageError(
+        f"the history of table at {dt.table_uri} kept moving: {attempts} commits landed while it was read; retry"
+    )
 
 
 def _spark_uri(location: str) -> str:
@@ -245,8 +259,11 @@ def _spark_schema(dt: DeltaTable) -> StructType:
 
 def _strip_nullability(node: Any) -> Any:
     if isinstance(node, dict):
-        return {k: _strip_nullability(v) for k, v in node.items()
-                if k not in ("nullable", "containsNull", "valueContainsNull", "metadata")}
+        return {
+            k: _strip_nullability(v)
+            for k, v in node.items()
+            if k not in ("nullable", "containsNull", "valueContainsNull", "metadata")
+        }
     if isinstance(node, list):
         return [_strip_nullability(v) for v in node]
     return node
@@ -258,8 +275,11 @@ def _schema_diff(existing: DeltaSchema, new: DeltaSchema) -> list[str]:
     new_f = {f["name"]: _strip_nullability(f["type"]) for f in json.loads(new.to_json())["fields"]}
     problems = [f"missing column {n!r} ({json.dumps(t)})" for n, t in old_f.items() if n not in new_f]
     problems += [f"unexpected column {n!r} ({json.dumps(t)})" for n, t in new_f.items() if n not in old_f]
-    problems += [f"column {n!r} is {json.dumps(new_f[n])}, table has {json.dumps(t)}"
-                 for n, t in old_f.items() if n in new_f and new_f[n] != t]
+    problems += [
+        f"column {n!r} is {json.dumps(new_f[n])}, table has {json.dumps(t)}"
+        for n, t in old_f.items()
+        if n in new_f and new_f[n] != t
+    ]
     if not problems and list(old_f) != list(new_f):
         problems.append(f"column order {list(new_f)} differs from the table's {list(old_f)}")
     return problems
@@ -360,8 +380,9 @@ class _Table:
             raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
         except DeltaError as exc:
             if version is not None:
-                raise StorageError(f"table {self.name!r} has no version {version}: "
-                                   f"{available_versions(self.rs_uri)}") from None
+                raise StorageError(
+                    f"table {self.name!r} has no version {version}: {available_versions(self.rs_uri)}"
+                ) from None
             raise StorageError(f"cannot open table {self.name!r} at {self.location}: {exc}") from None
 
     def exists(self) -> bool:
@@ -409,8 +430,10 @@ class TableStore:
                 out.write(b"")
             fs.delete_file(probe)
         except (OSError, pa.ArrowException) as exc:
-            raise StorageError(f"storage.root {self.cfg.root!r} ({self.root}) is not writable: {exc}. "
-                               "Fix its permissions or point storage.root elsewhere; nothing was run") from None
+            raise StorageError(
+                f"storage.root {self.cfg.root!r} ({self.root}) is not writable: {exc}. "
+                "Fix its permissions or point storage.root elsewhere; nothing was run"
+            ) from None
 
     # -- locations -------------------------------------------------------------------------------
 
@@ -475,21 +498,29 @@ class TableStore:
         base = _local_or_uri(dt.table_uri)
         if not parts:
             return self.spark.read.schema(data_schema).parquet(
-                *[_spark_uri(_join_uri(base, a["path"])) for a in actions])
+                *[_spark_uri(_join_uri(base, a["path"])) for a in actions]
+            )
         # Partition values live in the log, not in the files. One scan of all files, then each
         # row gets its file's values by a broadcast join on the path relative to the table.
         # (_metadata.file_path is URL-encoded; '+' is protected because url_decode reads it as a space.)
         name = base.rstrip("/").rsplit("/", 1)[-1]
         mapping = self.spark.createDataFrame(
             [(unquote(a["path"]), *[_partition_string(a.get(f"partition.{p}")) for p in parts]) for a in actions],
-            StructType([StructField("__rel", StringType(), False),
-                        *[StructField(f"__p_{p}", StringType(), True) for p in parts]]),
+            StructType(
+                [
+                    StructField("__rel", StringType(), False),
+                    *[StructField(f"__p_{p}", StringType(), True) for p in parts],
+                ]
+            ),
         )
         files = [_spark_uri(_join_uri(base, a["path"])) for a in actions]
         decoded = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), r"\+", "%2B"))
-        df = (self.spark.read.schema(data_schema).parquet(*files)
-              .withColumn("__rel", F.substring_index(decoded, f"/{name}/", -1))
-              .join(F.broadcast(mapping), "__rel"))
+        df = (
+            self.spark.read.schema(data_schema)
+            .parquet(*files)
+            .withColumn("__rel", F.substring_index(decoded, f"/{name}/", -1))
+            .join(F.broadcast(mapping), "__rel")
+        )
         for p in parts:
             df = df.withColumn(p, F.col(f"__p_{p}").cast(schema[p].dataType))
         return df.select(*schema.fieldNames())
@@ -532,8 +563,10 @@ class TableStore:
         if missing:
             raise StorageError(f"partition columns {missing} of table {table!r} are not in the data")
         if replace and (mode != "overwrite" or not set(replace) <= set(partition_by)):
-            raise StorageError(f"replacing partitions {dict(replace)} of table {table!r} needs mode 'overwrite' "
-                               f"and partition columns {sorted(replace)} (table partitioned by {partition_by})")
+            raise StorageError(
+                f"replacing partitions {dict(replace)} of table {table!r} needs mode 'overwrite' "
+                f"and partition columns {sorted(replace)} (table partitioned by {partition_by})"
+            )
         arrow = _arrow_schema(df.schema)
         new_schema = DeltaSchema.from_arrow(arrow)
         if t.exists():
@@ -544,13 +577,23 @@ class TableStore:
         write_id = f"w{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:12]}"
         meta = commit.as_metadata(write_id)
         if self.engine == "delta-spark":
-            result = self._write_delta_spark(df, t, mode, partition_by, meta, replace, row_group_bytes,
-                                             expected_version)
+            result = self._write_delta_spark(
+                df, t, mode, partition_by, meta, replace, row_group_bytes, expected_version
+            )
         else:
-            result = self._write_delta_rs(df, t, mode, partition_by, arrow, new_schema, meta, write_id, replace,
-                                          row_group_bytes, expected_version)
-        log.info("%s %s: version %d, %d rows in %d files (%s, run %s)", mode, table, result.version,
-                 result.rows, result.files, result.engine, commit.run_id)
+            result = self._write_delta_rs(
+                df, t, mode, partition_by, arrow, new_schema, meta, write_id, replace, row_group_bytes, expected_version
+            )
+        log.info(
+            "%s %s: version %d, %d rows in %d files (%s, run %s)",
+            mode,
+            table,
+            result.version,
+            result.rows,
+            result.files,
+            result.engine,
+            commit.run_id,
+        )
         return result
 
     def _check_compatible(self, t: _Table, new_schema: DeltaSchema, partition_by: list[str]) -> None:
@@ -564,9 +607,17 @@ class TableStore:
                 f"schema mismatch writing table {t.name!r} at {t.location}:\n  " + "\n  ".join(problems)
             )
 
-    def _write_delta_spark(self, df: DataFrame, t: _Table, mode: str, partition_by: list[str],
-                           meta: dict[str, Any], replace: Mapping[str, str] | None,
-                           row_group_bytes: int | None, expected: ExpectedVersion) -> WriteResult:
+    def _write_delta_spark(
+        self,
+        df: DataFrame,
+        t: _Table,
+        mode: str,
+        partition_by: list[str],
+        meta: dict[str, Any],
+        replace: Mapping[str, str] | None,
+        row_group_bytes: int | None,
+        expected: ExpectedVersion,
+    ) -> WriteResult:
         if partition_by and not replace:
             df = df.repartition(*partition_by)
         writer = df.write.format("delta").mode(mode).option("userMetadata", json.dumps(meta))
@@ -580,8 +631,10 @@ class TableStore:
             writer = writer.option("parquet.block.size", str(row_group_bytes))
         if replace:
             # delta-spark itself rejects rows outside the replaced partitions
-            writer = writer.option("replaceWhere", " AND ".join(
-                f"`{k}` = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in replace.items()))
+            writer = writer.option(
+                "replaceWhere",
+                " AND ".join(f"`{k}` = '{str(v).replace(chr(39), chr(39) * 2)}'" for k, v in replace.items()),
+            )
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         try:
@@ -589,12 +642,20 @@ class TableStore:
         except Exception as exc:
             text = str(exc)
             if expected == ANY_VERSION or not any(
-                    m in text for m in ("ConcurrentTransaction", "DELTA_CONCURRENT", "already exists",
-                                        "PATH_ALREADY_EXISTS", "TABLE_ALREADY_EXISTS")):
+                m in text
+                for m in (
+                    "ConcurrentTransaction",
+                    "DELTA_CONCURRENT",
+                    "already exists",
+                    "PATH_ALREADY_EXISTS",
+                    "TABLE_ALREADY_EXISTS",
+                )
+            ):
                 raise
             raise _moved(t, expected, text.splitlines()[0]) from None
         if expected != ANY_VERSION and not any(
-                e.metadata.get("write_id") == meta["write_id"] for e in self.history(t.name, limit=50)):
+            e.metadata.get("write_id") == meta["write_id"] for e in self.history(t.name, limit=50)
+        ):
             # Delta skipped the write: another conditional writer recorded this txnVersion first.
             raise _moved(t, expected, "Delta skipped the write: another writer committed that version")
         version = self._version_of(t, meta["write_id"])
@@ -603,10 +664,20 @@ class TableStore:
         size = int(sum(stats.column("size_bytes").to_pylist()))
         return WriteResult(t.name, version, rows, stats.num_rows, size, "delta-spark")
 
-    def _write_delta_rs(self, df: DataFrame, t: _Table, mode: str, partition_by: list[str],
-                        arrow: pa.Schema, new_schema: DeltaSchema, meta: dict[str, Any],
-                        write_id: str, replace: Mapping[str, str] | None,
-                        row_group_bytes: int | None, expected: ExpectedVersion) -> WriteResult:
+    def _write_delta_rs(
+        self,
+        df: DataFrame,
+        t: _Table,
+        mode: str,
+        partition_by: list[str],
+        arrow: pa.Schema,
+        new_schema: DeltaSchema,
+        meta: dict[str, Any],
+        write_id: str,
+        replace: Mapping[str, str] | None,
+        row_group_bytes: int | None,
+        expected: ExpectedVersion,
+    ) -> WriteResult:
         folder = f"{t.location}/{write_id}"
         if partition_by and not replace:
             # One task per partition value: otherwise every task writes a small file into every
@@ -625,13 +696,17 @@ class TableStore:
                 wanted = {k: str(v) for k, v in replace.items()}
                 stray = [a.path for a in actions if any(a.partition_values.get(k) != v for k, v in wanted.items())]
                 if stray:
-                    raise StorageError(f"overwriting partitions {wanted} of table {t.name!r}: the data also has "
-                                       f"rows of other partitions (e.g. {stray[0]}); nothing was written")
+                    raise StorageError(
+                        f"overwriting partitions {wanted} of table {t.name!r}: the data also has "
+                        f"rows of other partitions (e.g. {stray[0]}); nothing was written"
+                    )
             conditional = expected != ANY_VERSION
             # A conditional commit must land at exactly the version after the one it was computed
             # from: no retries on top of a winner.
-            props = CommitProperties(custom_metadata={"userMetadata": json.dumps(meta)},
-                                     max_commit_retries=0 if conditional else self.cfg.max_commit_retries)
+            props = CommitProperties(
+                custom_metadata={"userMetadata": json.dumps(meta)},
+                max_commit_retries=0 if conditional else self.cfg.max_commit_retries,
+            )
             # the table as it was read (a conditional commit) or as it is now; None: create it
             if conditional:
                 base = t.delta(int(expected)) if expected is not None else None
@@ -639,35 +714,47 @@ class TableStore:
                 base = t.delta() if t.exists() else None
             if base is not None:
                 base.create_write_transaction(
-                    actions, mode=mode, schema=new_schema, partition_by=partition_by or None,
+                    actions,
+                    mode=mode,
+                    schema=new_schema,
+                    partition_by=partition_by or None,
                     partition_filters=[(k, "=", str(v)) for k, v in replace.items()] if replace else None,
-                    commit_properties=props)
+                    commit_properties=props,
+                )
             else:
                 create_table_with_add_actions(
-                    t.rs_uri, new_schema, actions, mode="error", partition_by=partition_by or None,
-                    commit_properties=props)
+                    t.rs_uri,
+                    new_schema,
+                    actions,
+                    mode="error",
+                    partition_by=partition_by or None,
+                    commit_properties=props,
+                )
         except CommitFailedError as exc:
             _remove_tree(folder)
             if expected != ANY_VERSION:
                 raise _moved(t, expected, str(exc)) from None
             raise ConcurrentWriteError(
                 f"another writer committed to table {t.name!r} first; this {mode} was rolled back "
-                f"and can be re-run: {exc}") from None
+                f"and can be re-run: {exc}"
+            ) from None
         except DeltaError as exc:
             _remove_tree(folder)
             if "already exists" in str(exc).lower():
                 if expected != ANY_VERSION:
                     raise _moved(t, expected, str(exc)) from None
                 raise ConcurrentWriteError(
-                    f"table {t.name!r} was created by another writer at the same time; re-run: {exc}") from None
+                    f"table {t.name!r} was created by another writer at the same time; re-run: {exc}"
+                ) from None
             raise StorageError(f"commit to table {t.name!r} failed, nothing was written: {exc}") from None
         except BaseException:
             # Uncommitted files are invisible anyway; removing them just saves a vacuum.
             _remove_tree(folder)
             raise
         # a conditional commit landed exactly after the version it expected
-        version = self._version_of(t, write_id) if expected == ANY_VERSION else (
-            0 if expected is None else int(expected) + 1)
+        version = (
+            self._version_of(t, write_id) if expected == ANY_VERSION else (0 if expected is None else int(expected) + 1)
+        )
         rows = sum(json.loads(a.stats)["numRecords"] for a in actions)
         return WriteResult(t.name, version, rows, len(actions), sum(a.size for a in actions), "delta-rs")
 
@@ -706,7 +793,8 @@ def _moved(t: _Table, expected: ExpectedVersion, why: str) -> ConcurrentWriteErr
     where = "does not exist" if now is None else f"is at version {now}"
     return ConcurrentWriteError(
         f"table {t.name!r} moved while this run worked: it expected the table {_describe_expected(expected)}, "
-        f"and it {where}; another writer committed first, so nothing was committed ({why})")
+        f"and it {where}; another writer committed first, so nothing was committed ({why})"
+    )
 
 
 def _check_expected(t: _Table, expected: ExpectedVersion) -> None:
@@ -733,13 +821,16 @@ def _local_abspath(path: str) -> str:
 
 
 def _local_or_uri(table_uri: str) -> str:
-    return table_uri[len("file://"):] if table_uri.startswith("file://") else table_uri
+    return table_uri[len("file://") :] if table_uri.startswith("file://") else table_uri
 
 
 def _join_uri(table_uri: str, relative: str) -> str:
     relative = unquote(relative)
-    return relative if "://" in relative or relative.startswith("/") else (
-        f"{_local_or_uri(table_uri).rstrip('/')}/{relative}")
+    return (
+        relative
+        if "://" in relative or relative.startswith("/")
+        else (f"{_local_or_uri(table_uri).rstrip('/')}/{relative}")
+    )
 
 
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -751,11 +842,10 @@ def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
 def _add_actions(folder: str, write_id: str, partition_by: list[str], arrow: pa.Schema) -> list[AddAction]:
     """Add actions for the Parquet files Spark wrote into ``folder``, stats from their footers."""
     fs, base = _filesystem(folder)
-    infos = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
-             if i.type == pafs.FileType.File]
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if i.type == pafs.FileType.File]
     data_files = []
     for info in infos:
-        rel = info.path[len(base):].lstrip("/")
+        rel = info.path[len(base) :].lstrip("/")
         leaf = rel.rsplit("/", 1)[-1]
         if leaf.startswith(("_", ".")):
             fs.delete_file(info.path)  # _SUCCESS, .crc checksums: not table data

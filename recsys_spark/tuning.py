@@ -45,8 +45,17 @@ from recsys_spark.splits import random_split, relevant_items
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SearchResult", "Trial", "Validation", "als_space", "blend_grid", "carve_validation", "log_uniform",
-           "run_search", "validation_score"]
+__all__ = [
+    "SearchResult",
+    "Trial",
+    "Validation",
+    "als_space",
+    "blend_grid",
+    "carve_validation",
+    "log_uniform",
+    "run_search",
+    "validation_score",
+]
 
 
 @dataclass(frozen=True)
@@ -84,9 +93,15 @@ class SearchResult:
 
     def as_record(self) -> dict[str, Any]:
         """JSON-ready summary, for the models row, commit metadata and evaluation.json."""
-        return {"model": self.model, "metric": self.metric, "best": self.best, "best_value": self.best_value,
-                "skipped": self.skipped, "seconds": round(self.seconds, 1),
-                "trials": [{**asdict(t), "seconds": round(t.seconds, 2)} for t in self.trials]}
+        return {
+            "model": self.model,
+            "metric": self.metric,
+            "best": self.best,
+            "best_value": self.best_value,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 1),
+            "trials": [{**asdict(t), "seconds": round(t.seconds, 2)} for t in self.trials],
+        }
 
 
 @dataclass
@@ -118,23 +133,41 @@ def carve_validation(train: DataFrame, cfg: Config) -> Validation:
     truth = truth.persist()
     users = sizes.join(truth.select("user_idx").distinct(), "user_idx", "left_semi").persist()
     n_fit, n_truth, n_users = fit.count(), truth.count(), users.count()
-    log.info("validation carve-out: %d pairs to fit on, %d relevant validation pairs of %d users (fraction %g, "
-             "seed %d)", n_fit, n_truth, n_users, tc.validation_fraction, tc.seed)
+    log.info(
+        "validation carve-out: %d pairs to fit on, %d relevant validation pairs of %d users (fraction %g, seed %d)",
+        n_fit,
+        n_truth,
+        n_users,
+        tc.validation_fraction,
+        tc.seed,
+    )
     if n_users == 0:
-        raise ValueError("the validation carve-out has no user with a relevant held-out item: too little data "
-                         "to tune on (raise tuning.validation_fraction, or turn tuning off)")
+        raise ValueError(
+            "the validation carve-out has no user with a relevant held-out item: too little data "
+            "to tune on (raise tuning.validation_fraction, or turn tuning off)"
+        )
     return Validation(fit, truth, users, ec.headline_metric, ec.headline_k)
 
 
 def validation_score(lists: DataFrame, validation: Validation) -> float | None:
     """The headline metric of ``lists`` (user_idx, item_idx, rank) on the validation items."""
-    row = (ranking_metrics(lists.select("user_idx", "item_idx", "rank"), validation.truth, [validation.k])
-           .where(F.col("metric") == validation.metric).first())
+    row = (
+        ranking_metrics(lists.select("user_idx", "item_idx", "rank"), validation.truth, [validation.k])
+        .where(F.col("metric") == validation.metric)
+        .first()
+    )
     return None if row is None or row.value is None else float(row.value)
 
 
-def run_search(model: str, candidates: Iterable[dict[str, Any]], objective: Callable[[dict[str, Any]], float | None],
-               metric: str, tc: TuningConfig, rung: int = 0, started: float | None = None) -> SearchResult:
+def run_search(
+    model: str,
+    candidates: Iterable[dict[str, Any]],
+    objective: Callable[[dict[str, Any]], float | None],
+    metric: str,
+    tc: TuningConfig,
+    rung: int = 0,
+    started: float | None = None,
+) -> SearchResult:
     """Evaluate each candidate with ``objective`` (higher is better) until the time budget is spent."""
     started = time.monotonic() if started is None else started
     trials: list[Trial] = []
@@ -144,8 +177,9 @@ def run_search(model: str, candidates: Iterable[dict[str, Any]], objective: Call
     for i, params in enumerate(todo, 1):
         if time.monotonic() - started > tc.max_seconds:
             skipped = len(todo) - i + 1
-            log.warning("search %s: time budget of %.0f s spent; %d trial(s) not started", model, tc.max_seconds,
-                        skipped)
+            log.warning(
+                "search %s: time budget of %.0f s spent; %d trial(s) not started", model, tc.max_seconds, skipped
+            )
             break
         t0 = time.monotonic()
         value = objective(params)
@@ -153,12 +187,21 @@ def run_search(model: str, candidates: Iterable[dict[str, Any]], objective: Call
         trials.append(trial)
         if value is not None and (best is None or best.value is None or value > best.value):
             best = trial
-        log.info("search %s %d/%d (rung %d): %s -> %s = %s (%.1f s; best %s)", model, i, len(todo), rung,
-                 _short(params), metric, _fmt(value), trial.seconds, _fmt(best.value if best else None))
+        log.info(
+            "search %s %d/%d (rung %d): %s -> %s = %s (%.1f s; best %s)",
+            model,
+            i,
+            len(todo),
+            rung,
+            _short(params),
+            metric,
+            _fmt(value),
+            trial.seconds,
+            _fmt(best.value if best else None),
+        )
     if best is None:
         raise ValueError(f"search {model}: no trial produced a score")
-    return SearchResult(model, dict(best.params), best.value, metric, trials, skipped,
-                        time.monotonic() - started)
+    return SearchResult(model, dict(best.params), best.value, metric, trials, skipped, time.monotonic() - started)
 
 
 def _fmt(value: float | None) -> str:
@@ -182,17 +225,21 @@ def als_space(tc: TuningConfig) -> list[dict[str, Any]]:
     rng = np.random.default_rng([tc.seed, 1])
     out = []
     for _ in range(tc.als_trials):
-        out.append({"rank": int(rng.choice(tc.als_rank)),
-                    "reg_param": round(log_uniform(rng, *tc.als_reg_param), 5),
-                    "alpha": round(log_uniform(rng, *tc.als_alpha), 4),
-                    "confidence": str(rng.choice(tc.als_confidence))})
+        out.append(
+            {
+                "rank": int(rng.choice(tc.als_rank)),
+                "reg_param": round(log_uniform(rng, *tc.als_reg_param), 5),
+                "alpha": round(log_uniform(rng, *tc.als_alpha), 4),
+                "confidence": str(rng.choice(tc.als_confidence)),
+            }
+        )
     return out
 
 
 def survivors(result: SearchResult, keep: float) -> list[dict[str, Any]]:
     """The best ``keep`` share of a rung's scored trials (at least one), best first."""
     scored = sorted((t for t in result.trials if t.value is not None), key=lambda t: -t.value)
-    return [t.params for t in scored[:max(1, math.ceil(len(scored) * keep))]]
+    return [t.params for t in scored[: max(1, math.ceil(len(scored) * keep))]]
 
 
 def blend_grid(sources: Sequence[str], steps: int) -> Iterator[dict[str, float]]:

@@ -30,10 +30,26 @@ def candidates(spark: SparkSession, version: int, slow: bool = False) -> DataFra
     """A small user_candidates table whose scores say which version wrote it (version * 1000 + rank)."""
     from pyspark.sql import functions as F
 
-    rows = [(f"u{u:03d}", u, r, f"i{(u + r) % 97:03d}", (u + r) % 97, float(version * 1000 + r), "als",
-             f"v{version}", "als") for u in range(USERS) for r in range(1, K + 1)]
-    df = spark.createDataFrame(rows, "user_id STRING, user_idx INT, rank INT, item_id STRING, item_idx INT, "
-                                     "score DOUBLE, source STRING, model_version STRING, strategy STRING")
+    rows = [
+        (
+            f"u{u:03d}",
+            u,
+            r,
+            f"i{(u + r) % 97:03d}",
+            (u + r) % 97,
+            float(version * 1000 + r),
+            "als",
+            f"v{version}",
+            "als",
+        )
+        for u in range(USERS)
+        for r in range(1, K + 1)
+    ]
+    df = spark.createDataFrame(
+        rows,
+        "user_id STRING, user_idx INT, rank INT, item_id STRING, item_idx INT, "
+        "score DOUBLE, source STRING, model_version STRING, strategy STRING",
+    )
     if slow:
         # a Parquet write that lasts several seconds: 4 tasks on one core, each sleeping first
         @F.pandas_udf("double")
@@ -57,10 +73,18 @@ def main(root: str, point: str, version: int, raw: str | None) -> None:
     from recsys_spark.run import RunContext
     from recsys_spark.session import build_session
 
-    cfg = load_config(None, ["spark.master=local[1]", "spark.ui_enabled=false", "spark.shuffle_partitions=2",
-                             "spark.driver_memory=1g", f"storage.root={root}",
-                             f"spark.checkpoint_dir={root}-checkpoints"]
-                      + ([f"ingest.source.path={raw}", "ingest.source.preset=synthetic"] if raw else []))
+    cfg = load_config(
+        None,
+        [
+            "spark.master=local[1]",
+            "spark.ui_enabled=false",
+            "spark.shuffle_partitions=2",
+            "spark.driver_memory=1g",
+            f"storage.root={root}",
+            f"spark.checkpoint_dir={root}-checkpoints",
+        ]
+        + ([f"ingest.source.path={raw}", "ingest.source.preset=synthetic"] if raw else []),
+    )
     spark = build_session(cfg.spark, cfg.storage, app_name=f"crash-writer {point}")
     store = storage.TableStore(spark, cfg.storage)
     ctx = RunContext.new("crash-test", cfg)
@@ -87,8 +111,13 @@ def main(root: str, point: str, version: int, raw: str | None) -> None:
         print("ingested", flush=True)
         return
     print("writing", flush=True)
-    store.write(candidates(spark, version, slow=point == "during-write"), T.USER_CANDIDATES, "overwrite",
-                ctx.commit(), partition_by=["strategy"])
+    store.write(
+        candidates(spark, version, slow=point == "during-write"),
+        T.USER_CANDIDATES,
+        "overwrite",
+        ctx.commit(),
+        partition_by=["strategy"],
+    )
     print("committed", flush=True)
 
 

@@ -60,9 +60,16 @@ def main(root: str, raw: str, barrier: str, parties: int, kill: str | None) -> i
         return result
 
     storage.TableStore.write = held  # type: ignore[method-assign]
-    sets = ["spark.master=local[1]", "spark.ui_enabled=false", "spark.shuffle_partitions=2", "spark.driver_memory=1g",
-            f"storage.root={root}", f"spark.checkpoint_dir={root}-checkpoints-{os.getpid()}",
-            f"ingest.source.path={raw}", "ingest.source.preset=synthetic"]
+    sets = [
+        "spark.master=local[1]",
+        "spark.ui_enabled=false",
+        "spark.shuffle_partitions=2",
+        "spark.driver_memory=1g",
+        f"storage.root={root}",
+        f"spark.checkpoint_dir={root}-checkpoints-{os.getpid()}",
+        f"ingest.source.path={raw}",
+        "ingest.source.preset=synthetic",
+    ]
     return cli_main([a for s in sets for a in ("--set", s)] + ["ingest"])
 
 

@@ -48,12 +48,18 @@ def base_config(tmp_path_factory: pytest.TempPathFactory) -> Config:
     users run are still exercised.
     """
     tmp = tmp_path_factory.mktemp("recsys")
-    return load_config(None, [
-        "spark.master=local[2]", "spark.shuffle_partitions=2", "spark.ui_enabled=false",
-        "spark.driver_memory=4g", f"spark.checkpoint_dir={tmp / 'checkpoints'}",
-        f"storage.root={tmp / 'warehouse'}",
-        'spark.conf={"spark.sql.adaptive.enabled" = "false", "spark.sql.codegen.wholeStage" = "false"}',
-    ])
+    return load_config(
+        None,
+        [
+            "spark.master=local[2]",
+            "spark.shuffle_partitions=2",
+            "spark.ui_enabled=false",
+            "spark.driver_memory=4g",
+            f"spark.checkpoint_dir={tmp / 'checkpoints'}",
+            f"storage.root={tmp / 'warehouse'}",
+            'spark.conf={"spark.sql.adaptive.enabled" = "false", "spark.sql.codegen.wholeStage" = "false"}',
+        ],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,10 +86,13 @@ def _release_spark_caches(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture
 def cfg(base_config: Config, tmp_path: Path) -> Config:
     """A config whose table root and raw-data dirs are private to the test."""
-    return base_config.with_overrides([
-        f"storage.root={tmp_path / 'warehouse'}", f"generate.output={tmp_path / 'raw'}",
-        f"ingest.source.path={tmp_path / 'raw'}",
-    ])
+    return base_config.with_overrides(
+        [
+            f"storage.root={tmp_path / 'warehouse'}",
+            f"generate.output={tmp_path / 'raw'}",
+            f"ingest.source.path={tmp_path / 'raw'}",
+        ]
+    )
 
 
 @pytest.fixture

@@ -17,13 +17,46 @@ from recsys_spark.run import RunContext
 
 
 def test_every_parameter_comes_from_config(spark) -> None:  # noqa: ANN001 - estimators need a SparkContext
-    cfg = AlsConfig(rank=7, max_iter=3, reg_param=0.2, alpha=4.0, nonnegative=True, num_user_blocks=3,
-                    num_item_blocks=5, seed=9, checkpoint_interval=2, feedback="explicit")
+    cfg = AlsConfig(
+        rank=7,
+        max_iter=3,
+        reg_param=0.2,
+        alpha=4.0,
+        nonnegative=True,
+        num_user_blocks=3,
+        num_item_blocks=5,
+        seed=9,
+        checkpoint_interval=2,
+        feedback="explicit",
+    )
     als = build_als(cfg, default_blocks=2)
-    got = {p: als.getOrDefault(p) for p in ("rank", "maxIter", "regParam", "alpha", "nonnegative", "numUserBlocks",
-                                            "numItemBlocks", "seed", "checkpointInterval", "implicitPrefs")}
-    assert got == {"rank": 7, "maxIter": 3, "regParam": 0.2, "alpha": 4.0, "nonnegative": True, "numUserBlocks": 3,
-                   "numItemBlocks": 5, "seed": 9, "checkpointInterval": 2, "implicitPrefs": False}
+    got = {
+        p: als.getOrDefault(p)
+        for p in (
+            "rank",
+            "maxIter",
+            "regParam",
+            "alpha",
+            "nonnegative",
+            "numUserBlocks",
+            "numItemBlocks",
+            "seed",
+            "checkpointInterval",
+            "implicitPrefs",
+        )
+    }
+    assert got == {
+        "rank": 7,
+        "maxIter": 3,
+        "regParam": 0.2,
+        "alpha": 4.0,
+        "nonnegative": True,
+        "numUserBlocks": 3,
+        "numItemBlocks": 5,
+        "seed": 9,
+        "checkpointInterval": 2,
+        "implicitPrefs": False,
+    }
 
 
 def test_fit_recovers_block_structure_and_is_seeded(spark) -> None:  # noqa: ANN001
@@ -37,15 +70,19 @@ def test_fit_recovers_block_structure_and_is_seeded(spark) -> None:  # noqa: ANN
     scores = u @ v.T
     assert scores[:10, :10].mean() > scores[:10, 10:].mean() + 0.3
     assert scores[10:, 10:].mean() > scores[10:, :10].mean() + 0.3
-    again = np.array([r.factors for r in factor_frames(fit_als(training_frame(matrix, cfg), cfg))[0]
-                      .orderBy("user_idx").collect()])
+    again = np.array(
+        [r.factors for r in factor_frames(fit_als(training_frame(matrix, cfg), cfg))[0].orderBy("user_idx").collect()]
+    )
     np.testing.assert_allclose(u, again, rtol=1e-5, atol=1e-6)
 
 
 def test_train_job_writes_factors_and_a_model_row(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
     raw = tmp_path / "u.data"
-    raw.write_text("".join(f"{u}\t{i}\t{1 + (u * i) % 5}\t88000{u:04d}\n"
-                           for u in range(1, 31) for i in range(1, 21) if (u + i) % 4))
+    raw.write_text(
+        "".join(
+            f"{u}\t{i}\t{1 + (u * i) % 5}\t88000{u:04d}\n" for u in range(1, 31) for i in range(1, 21) if (u + i) % 4
+        )
+    )
     ingest(cfg, f"ingest.source.path={raw}", "ingest.source.preset=movielens-100k")
     for feedback in ("implicit", "explicit"):
         c = cfg.with_overrides([f"als.feedback={feedback}", "als.rank=4", "als.max_iter=3"])
@@ -63,8 +100,9 @@ def test_train_job_writes_factors_and_a_model_row(spark, cfg, ingest, store, tmp
 
 
 def _matrix(spark, rows: list[tuple[int, int, float]]):  # noqa: ANN001, ANN202
-    return spark.createDataFrame([(u, i, v, v) for u, i, v in rows],
-                                 "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE")
+    return spark.createDataFrame(
+        [(u, i, v, v) for u, i, v in rows], "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE"
+    )
 
 
 def test_training_values_beyond_float32_are_an_error_naming_the_pairs_and_the_options(spark) -> None:  # noqa: ANN001
@@ -76,8 +114,10 @@ def test_training_values_beyond_float32_are_an_error_naming_the_pairs_and_the_op
         check_training_values(training_frame(matrix, implicit), implicit, users, items)
     message = str(err.value)
     # 1 + 10 x 1e38 overflows float32 (alpha is the cause); 3.5e38 does on its own
-    assert "2 training pair(s) have a value ALS cannot hold: implicit ALS weighs 1 + als.alpha x confidence " \
-           "(als.alpha = 10), which must be finite in float32 (at most 3.403e+38)" in message
+    assert (
+        "2 training pair(s) have a value ALS cannot hold: implicit ALS weighs 1 + als.alpha x confidence "
+        "(als.alpha = 10), which must be finite in float32 (at most 3.403e+38)" in message
+    )
     assert "(user_id 'alice', item_id 'apple'): confidence 1e+38 -> 1e+39" in message
     assert "(user_id 'bob', item_id 'apple'): confidence 3.5e+38 -> 3.5e+39" in message
     assert "pear" not in message
@@ -105,17 +145,32 @@ def test_more_than_five_bad_pairs_are_counted_not_listed(spark) -> None:  # noqa
     assert lines[6].strip() == "... and 2 more"
 
 
-def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(spark, cfg, ingest, store,  # noqa: ANN001
-                                                                          tmp_path: Path) -> None:
+def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(
+    spark,
+    cfg,
+    ingest,
+    store,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     raw = tmp_path / "plays.csv"
     # each play count fits float32, so ingest keeps them; their sum for (u1, i1) does not
     raw.write_text("user,item,plays\nu1,i1,3e38\nu1,i1,2e38\nu1,i2,3\nu2,i1,4\nu2,i2,1\n")
-    report = ingest(cfg, f"ingest.source.path={raw}", "ingest.source.preset=custom", "ingest.source.user_col=user",
-                    "ingest.source.item_col=item", "ingest.source.value_col=plays", "ingest.source.timestamp_format=none")
+    report = ingest(
+        cfg,
+        f"ingest.source.path={raw}",
+        "ingest.source.preset=custom",
+        "ingest.source.user_col=user",
+        "ingest.source.item_col=item",
+        "ingest.source.value_col=plays",
+        "ingest.source.timestamp_format=none",
+    )
     assert (report.events_added, report.rows_rejected) == (5, 0)
     c = cfg.with_overrides(["als.rank=2", "als.max_iter=1", "als.alpha=1.0"])
-    with pytest.raises(InputError, match=r"^1 training pair\(s\) .*\n    \(user_id 'u1', item_id 'i1'\): "
-                                         r"confidence 5e\+38 -> 5e\+38"):
+    with pytest.raises(
+        InputError,
+        match=r"^1 training pair\(s\) .*\n    \(user_id 'u1', item_id 'i1'\): "
+        r"confidence 5e\+38 -> 5e\+38",
+    ):
         run_train_als(spark, c, RunContext.new("train-als", c))
     assert store.version(T.USER_FACTORS) is None and store.version(T.MODELS) is None
 
@@ -135,9 +190,10 @@ def test_implicit_als_beats_popularity_on_movielens_u1(spark, shared_data: Path)
     names = ["u", "i", "r", "t"]
     base = pd.read_csv(shared_data / "ml-100k" / "u1.base", sep="\t", names=names)
     test = pd.read_csv(shared_data / "ml-100k" / "u1.test", sep="\t", names=names)
-    matrix = spark.createDataFrame([(int(u) - 1, int(i) - 1, float(r), float(r)) for u, i, r in
-                                    zip(base.u, base.i, base.r)],
-                                   "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE")
+    matrix = spark.createDataFrame(
+        [(int(u) - 1, int(i) - 1, float(r), float(r)) for u, i, r in zip(base.u, base.i, base.r)],
+        "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE",
+    )
     cfg = AlsConfig(rank=32, max_iter=10, reg_param=0.05, alpha=1.0, seed=1)
     users, items = factor_frames(fit_als(training_frame(matrix, cfg), cfg))
     u = np.zeros((943, cfg.rank))

@@ -28,8 +28,14 @@ def quick_results(spark, base_config, tmp_path_factory: pytest.TempPathFactory) 
     sizes.update(scale_min_events=2_000, scale_max_events=2_000)
     cfg = base_config.with_overrides([*cli.run_overrides(sizes["events"], work), f"storage.root={work / 'warehouse'}"])
     ctx = BenchContext(spark=spark, cfg=cfg, work=work, quick=True, repeats=1, sizes=sizes)
-    results: dict = {"date": "today", "command": "python -m recsys_spark.bench --quick", "quick": True,
-                     "sizes": sizes, "repeats": 1, "machine": machine(spark)}
+    results: dict = {
+        "date": "today",
+        "command": "python -m recsys_spark.bench --quick",
+        "quick": True,
+        "sizes": sizes,
+        "repeats": 1,
+        "machine": machine(spark),
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "STAGES", pipeline.STAGES[:2])
         results.update(cli.run_benchmarks(ctx, cli.DEFAULT_ONLY))

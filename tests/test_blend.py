@@ -29,9 +29,12 @@ def _blend_sql(sources: list[tuple[DataFrame, float]], k: int) -> DataFrame:
         term = F.lit(w / total) * F.coalesce(f"s{i}", F.lit(0.0))
         score = term if score is None else score + term
     order = Window.partitionBy("user_idx").orderBy(F.col("score").desc(), F.col("item_idx"))
-    return (both.select("user_idx", "item_idx", score.cast("float").alias("score"))
-            .withColumn("rank", F.row_number().over(order).cast("int")).where(F.col("rank") <= k)
-            .select("user_idx", "item_idx", "score", "rank"))
+    return (
+        both.select("user_idx", "item_idx", score.cast("float").alias("score"))
+        .withColumn("rank", F.row_number().over(order).cast("int"))
+        .where(F.col("rank") <= k)
+        .select("user_idx", "item_idx", "score", "rank")
+    )
 
 
 def _lists(seed: int, n: int = 2) -> list[list]:
@@ -52,8 +55,9 @@ def _lists(seed: int, n: int = 2) -> list[list]:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize(("weights", "k"), [((0.5, 0.5), 10), ((0.3, 0.7), 4), ((1.0, 0.0), 20),
-                                            ((0.2, 0.5, 0.3), 10), ((2.0, 1.0, 1.0), 6)])
+@pytest.mark.parametrize(
+    ("weights", "k"), [((0.5, 0.5), 10), ((0.3, 0.7), 4), ((1.0, 0.0), 20), ((0.2, 0.5, 0.3), 10), ((2.0, 1.0, 1.0), 6)]
+)
 def test_blend_equals_the_sql_formulation(spark, seed: int, weights: tuple[float, ...], k: int) -> None:  # noqa: ANN001
     sources = [(spark.createDataFrame(rows, SCHEMA), w) for rows, w in zip(_lists(seed, len(weights)), weights)]
     want = _blend_sql(sources, k)
@@ -68,7 +72,13 @@ def test_min_max_scaled_per_user() -> None:
 
 
 def test_partition_of_one_source_only() -> None:
-    table = pa.table({"user_idx": pa.array([3, 3], pa.int32()), "item_idx": pa.array([9, 2], pa.int32()),
-                      "score": pa.array([1.0, 1.0], pa.float32()), "src": pa.array([1, 1], pa.int8())})
+    table = pa.table(
+        {
+            "user_idx": pa.array([3, 3], pa.int32()),
+            "item_idx": pa.array([9, 2], pa.int32()),
+            "score": pa.array([1.0, 1.0], pa.float32()),
+            "src": pa.array([1, 1], pa.int8()),
+        }
+    )
     out = blend_partition(table, [0.75, 0.25], 5).to_pydict()
     assert out == {"user_idx": [3, 3], "item_idx": [2, 9], "score": [0.25, 0.25], "rank": [1, 2]}

@@ -8,14 +8,18 @@ import pytest
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k, score_block, top_k_rows
 
 
-def brute_force(q: np.ndarray, t: np.ndarray, k: int, exclude: set[tuple[int, int]] = frozenset(),
-                min_score: float | None = None) -> dict[int, list[tuple[int, float]]]:
+def brute_force(
+    q: np.ndarray, t: np.ndarray, k: int, exclude: set[tuple[int, int]] = frozenset(), min_score: float | None = None
+) -> dict[int, list[tuple[int, float]]]:
     """Reference: full product in float64, sort each row by (score desc, id asc)."""
     scores = q.astype(np.float64) @ t.astype(np.float64).T
     out = {}
     for i in range(q.shape[0]):
-        cand = [(j, scores[i, j]) for j in range(t.shape[0]) if (i, j) not in exclude
-                and (min_score is None or scores[i, j] >= min_score)]
+        cand = [
+            (j, scores[i, j])
+            for j in range(t.shape[0])
+            if (i, j) not in exclude and (min_score is None or scores[i, j] >= min_score)
+        ]
         cand.sort(key=lambda x: (-x[1], x[0]))
         out[i] = cand[:k]
     return out
@@ -36,8 +40,7 @@ def _assert_same(got: dict[int, list[tuple[int, float]]], want: dict[int, list[t
 
 
 def test_top_k_rows_orders_and_breaks_ties_by_id() -> None:
-    scores = np.array([[0.5, 0.9, 0.5, 0.1, 0.5],
-                       [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
+    scores = np.array([[0.5, 0.9, 0.5, 0.1, 0.5], [1.0, 1.0, 1.0, 1.0, 1.0]], dtype=np.float32)
     ids = np.array([10, 11, 12, 13, 14])
     r, c, s = top_k_rows(scores, ids, 3)
     assert r.tolist() == [0, 0, 0, 1, 1, 1]
@@ -111,8 +114,11 @@ def _collect(df) -> dict[int, list[tuple[int, float]]]:  # noqa: ANN001
     return out
 
 
-@pytest.mark.parametrize("shape", [BlockShape(1000, 1000), BlockShape(7, 1000), BlockShape(16, 11),
-                                   BlockShape(5, 3)], ids=["one-cell", "query-blocks", "both", "tiny"])
+@pytest.mark.parametrize(
+    "shape",
+    [BlockShape(1000, 1000), BlockShape(7, 1000), BlockShape(16, 11), BlockShape(5, 3)],
+    ids=["one-cell", "query-blocks", "both", "tiny"],
+)
 def test_blocked_equals_brute_force_with_seen_items(spark, shape: BlockShape) -> None:  # noqa: ANN001
     rng = np.random.default_rng(7)
     q = rng.normal(size=(40, 6)).astype(np.float32)

@@ -22,16 +22,34 @@ def _matrix(spark, rows):  # noqa: ANN001, ANN202
 
 def test_popular_items_overall_and_recent(spark) -> None:  # noqa: ANN001
     # item 0: 3 users long ago; item 1: 2 users recently; item 2: 2 users, one recent; item 3: 1 recent
-    m = _matrix(spark, [(0, 0, 1, 30), (1, 0, 1, 30), (2, 0, 1, 30), (0, 1, 1, 1), (1, 1, 1, 0),
-                        (0, 2, 1, 2), (3, 2, 1, 20), (3, 3, 1, 0)])
+    m = _matrix(
+        spark,
+        [
+            (0, 0, 1, 30),
+            (1, 0, 1, 30),
+            (2, 0, 1, 30),
+            (0, 1, 1, 1),
+            (1, 1, 1, 0),
+            (0, 2, 1, 2),
+            (3, 2, 1, 20),
+            (3, 3, 1, 0),
+        ],
+    )
     rows = {(r.segment, r.rank): (r.item_idx, r.users) for r in popular_items(m, 7, 3).collect()}
-    assert rows == {("overall", 1): (0, 3), ("overall", 2): (1, 2), ("overall", 3): (2, 2),
-                    ("recent", 1): (1, 2), ("recent", 2): (2, 1), ("recent", 3): (3, 1)}
+    assert rows == {
+        ("overall", 1): (0, 3),
+        ("overall", 2): (1, 2),
+        ("overall", 3): (2, 2),
+        ("recent", 1): (1, 2),
+        ("recent", 2): (2, 1),
+        ("recent", 3): (3, 1),
+    }
 
 
 def test_cold_start_excludes_seen_items(spark) -> None:  # noqa: ANN001
-    popular = spark.createDataFrame([(r, i, 10 - r) for r, i in enumerate([5, 6, 7, 8], start=1)],
-                                    "rank INT, item_idx INT, users LONG")
+    popular = spark.createDataFrame(
+        [(r, i, 10 - r) for r, i in enumerate([5, 6, 7, 8], start=1)], "rank INT, item_idx INT, users LONG"
+    )
     seen = _matrix(spark, [(1, 5, 1, 0), (1, 7, 1, 0)])
     cold = spark.createDataFrame([(1,), (2,)], "user_idx INT")
     got = {(r.user_idx, r.rank): r.item_idx for r in cold_start_candidates(cold, seen, popular, 2, 2).collect()}
@@ -41,8 +59,10 @@ def test_cold_start_excludes_seen_items(spark) -> None:  # noqa: ANN001
 def test_item_item_scores_sum_neighbour_similarities(spark) -> None:  # noqa: ANN001
     # user 0 saw items 0 (newest), 1, 2 (oldest); with recent_items=2 only 0 and 1 vote
     m = _matrix(spark, [(0, 0, 1, 0), (0, 1, 1, 1), (0, 2, 1, 2)])
-    nb = spark.createDataFrame([(0, 3, 0.5), (0, 4, 0.2), (1, 3, 0.25), (1, 2, 0.9), (2, 5, 0.99)],
-                               "item_idx INT, neighbor_idx INT, similarity DOUBLE")
+    nb = spark.createDataFrame(
+        [(0, 3, 0.5), (0, 4, 0.2), (1, 3, 0.25), (1, 2, 0.9), (2, 5, 0.99)],
+        "item_idx INT, neighbor_idx INT, similarity DOUBLE",
+    )
     users = spark.createDataFrame([(0,)], "user_idx INT")
     got = [(r.item_idx, r.score, r.rank) for r in item_item_candidates(m, nb, users, 5, 2).orderBy("rank").collect()]
     assert [(i, rk) for i, _, rk in got] == [(3, 1), (4, 2)]  # item 2 is seen; item 5 only from a stale item
@@ -54,7 +74,10 @@ def test_blend_scales_each_source_per_user(spark) -> None:  # noqa: ANN001
     schema = "user_idx INT, item_idx INT, score FLOAT, rank INT"
     als = spark.createDataFrame([(0, 1, 10.0, 1), (0, 2, 6.0, 2), (0, 3, 2.0, 3)], schema)
     ii = spark.createDataFrame([(0, 3, 4.0, 1), (0, 4, 1.0, 2)], schema)
-    got = {r.item_idx: (r.score, r.rank) for r in blend_candidates({"als": als, "item_item": ii}, {"als": 0.25, "item_item": 0.75}, 10).collect()}
+    got = {
+        r.item_idx: (r.score, r.rank)
+        for r in blend_candidates({"als": als, "item_item": ii}, {"als": 0.25, "item_item": 0.75}, 10).collect()
+    }
     # als scaled: 1 -> 1, 2 -> 0.5, 3 -> 0; item_item scaled: 3 -> 1, 4 -> 0
     assert got[1][0] == pytest.approx(0.25) and got[2][0] == pytest.approx(0.125)
     assert got[3][0] == pytest.approx(0.75) and got[4][0] == pytest.approx(0.0)
@@ -77,17 +100,32 @@ def _log(path: Path) -> Path:
     return path
 
 
-def test_topk_job_end_to_end_and_lookups_match(spark, cfg, ingest, store, tmp_path: Path,  # noqa: ANN001
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_topk_job_end_to_end_and_lookups_match(
+    spark,
+    cfg,
+    ingest,
+    store,
+    tmp_path: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from recsys_spark.lookup import Recommendations, UnknownItemError
     from recsys_spark.pipeline import run_candidates, run_item_similarity, run_train_als
     from recsys_spark.run import RunContext
 
     ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
-    c = cfg.with_overrides(["als.rank=4", "als.max_iter=5", "similarity.cosine.min_cooccurrence=1",
-                            "candidates.k=5", "candidates.min_history=3", "candidates.user_block=7",
-                            "candidates.item_block=8", "candidates.rows_per_file=1000",
-                            'candidates.strategies=["als", "item_item", "blend"]'])
+    c = cfg.with_overrides(
+        [
+            "als.rank=4",
+            "als.max_iter=5",
+            "similarity.cosine.min_cooccurrence=1",
+            "candidates.k=5",
+            "candidates.min_history=3",
+            "candidates.user_block=7",
+            "candidates.item_block=8",
+            "candidates.rows_per_file=1000",
+            'candidates.strategies=["als", "item_item", "blend"]',
+        ]
+    )
     run_train_als(spark, c, RunContext.new("train-als", c))
     run_item_similarity(spark, c, RunContext.new("item-similarity", c))
     out = run_candidates(spark, c, RunContext.new("topk", c))
@@ -118,12 +156,15 @@ def test_topk_job_end_to_end_and_lookups_match(spark, cfg, ingest, store, tmp_pa
 
     # lookups return exactly the rows Spark wrote
     recs = Recommendations.open(c.storage.root, strategy="blend", neighbor_method="cosine")
-    spark_rows = {(r.user_id, r.rank): (r.item_id, r.item_idx, pytest.approx(r.score), r.source)
-                  for r in cands.where("strategy = 'blend'").collect()}
+    spark_rows = {
+        (r.user_id, r.rank): (r.item_id, r.item_idx, pytest.approx(r.score), r.source)
+        for r in cands.where("strategy = 'blend'").collect()
+    }
     users = sorted({u for u, _ in spark_rows})
     looked = recs.for_users(users, k=5)
-    assert {(u, x.rank): (x.item_id, x.item_idx, x.score, x.source) for u, rs in looked.items() for x in rs} \
-        == spark_rows
+    assert {
+        (u, x.rank): (x.item_id, x.item_idx, x.score, x.source) for u, rs in looked.items() for x in rs
+    } == spark_rows
     nb_rows = store.read(T.ITEM_NEIGHBORS).where("method = 'cosine' AND item_id = 'i003'").orderBy("rank").collect()
     assert [(n.item_id, n.rank) for n in recs.similar_items("i003", k=50)] == [(r.neighbor_id, r.rank) for r in nb_rows]
     assert len(recs.similar_items("i003", k=2)) == 2

@@ -40,26 +40,44 @@ def test_options_may_follow_the_command(capsys: pytest.CaptureFixture[str], tmp_
 
 
 def test_spark_error_summary_keeps_the_python_cause() -> None:
-    exc = RuntimeError("An exception was thrown from the Python worker:\n  File x, line 3\n"
-                       "ModuleNotFoundError: No module named 'pandas'\n SQLSTATE: 38000)")
-    assert spark_error_summary(exc) == ("An exception was thrown from the Python worker: "
-                                        "(ModuleNotFoundError: No module named 'pandas')")
+    exc = RuntimeError(
+        "An exception was thrown from the Python worker:\n  File x, line 3\n"
+        "ModuleNotFoundError: No module named 'pandas'\n SQLSTATE: 38000)"
+    )
+    assert spark_error_summary(exc) == (
+        "An exception was thrown from the Python worker: (ModuleNotFoundError: No module named 'pandas')"
+    )
 
 
 def test_job_entry_point_rejects_bad_overrides() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "jobs" / "ingest.py"), "--set", "ingest.nope=1"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "jobs" / "ingest.py"), "--set", "ingest.nope=1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "ingest.nope: unknown key" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_ingest_and_tables_end_to_end(spark, cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
     raw = tmp_path / "raw.csv"
-    raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\n"
-                   "e1,u1,i1,view,2026-09-01T00:00:00Z,1\ne2,u2,i1,click,2026-09-01T00:01:00Z,1\n")
+    raw.write_text(
+        "event_id,user_id,item_id,event_type,timestamp,value\n"
+        "e1,u1,i1,view,2026-09-01T00:00:00Z,1\ne2,u2,i1,click,2026-09-01T00:01:00Z,1\n"
+    )
     root = cfg.storage.root
-    args = ["--set", f"storage.root={root}", "--set", f"ingest.source.path={raw}",
-            "--set", "spark.master=local[2]", "--set", "spark.ui_enabled=false"]
+    args = [
+        "--set",
+        f"storage.root={root}",
+        "--set",
+        f"ingest.source.path={raw}",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "spark.ui_enabled=false",
+    ]
     assert main([*args, "ingest"]) == 0
     out = capsys.readouterr().out
     assert "new events: 2" in out
@@ -70,16 +88,29 @@ def test_cli_ingest_and_tables_end_to_end(spark, cfg, tmp_path: Path, capsys: py
     assert main([*args, "vacuum", "--retention-hours", "0", "--dry-run"]) == 0
 
 
-def test_an_unwritable_table_root_fails_before_any_work(spark, cfg, tmp_path: Path,  # noqa: ANN001
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unwritable_table_root_fails_before_any_work(
+    spark,
+    cfg,
+    tmp_path: Path,  # noqa: ANN001
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     raw = tmp_path / "raw.csv"
     raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\ne1,u1,i1,view,2026-09-01T00:00:00Z,1\n")
+
     def last_job() -> int:  # job ids only grow, whatever the tracker has forgotten
         return max(spark.sparkContext.statusTracker().getJobIdsForGroup(None), default=-1)
 
     jobs_before = last_job()
-    args = ["--set", "storage.root=/proc/recsys-warehouse", "--set", f"ingest.source.path={raw}",
-            "--set", "spark.master=local[2]", "--set", "spark.ui_enabled=false"]
+    args = [
+        "--set",
+        "storage.root=/proc/recsys-warehouse",
+        "--set",
+        f"ingest.source.path={raw}",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "spark.ui_enabled=false",
+    ]
     assert main([*args, "ingest"]) == 2
     err = capsys.readouterr().err
     assert "error: storage.root '/proc/recsys-warehouse' (/proc/recsys-warehouse) is not writable" in err

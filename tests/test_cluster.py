@@ -44,8 +44,16 @@ _CONFIG = "conf/local-cluster.toml"
 #: Absolute tolerance on every evaluation metric of an ALS-based model (cluster vs local mode).
 METRIC_TOLERANCE = 0.02
 #: Columns that name the run which wrote a row, not its content.
-_RUN_COLUMNS = {"run_id", "model_version", "ingested_at", "rejected_at", "created_at", "trained_at",
-                "evaluated_at", "mtime_ms"}
+_RUN_COLUMNS = {
+    "run_id",
+    "model_version",
+    "ingested_at",
+    "rejected_at",
+    "created_at",
+    "trained_at",
+    "evaluated_at",
+    "mtime_ms",
+}
 _SUBMIT_TIMEOUT_S = 1800
 
 
@@ -86,8 +94,14 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     _venv_is_current()
     work = _scratch_checkout(tmp_path_factory.mktemp("walkthrough") / "checkout")
     try:
-        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_cluster_block()], cwd=work, env=_env(),
-                              capture_output=True, text=True, timeout=_SUBMIT_TIMEOUT_S)
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", readme_cluster_block()],
+            cwd=work,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=_SUBMIT_TIMEOUT_S,
+        )
     finally:
         devcluster.stop(work / ".cluster")  # a failed job leaves the cluster up: set -e skips cluster-down
     yield work, proc
@@ -97,9 +111,25 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
 def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same config in local mode (local[2], the cluster's two cores), one `recsys-spark demo`."""
     work = _scratch_checkout(tmp_path_factory.mktemp("local") / "checkout")
-    proc = subprocess.run([str(VENV / "bin" / "recsys-spark"), "--config", _CONFIG, "--set", "spark.master=local[2]",
-                           "--set", "spark.driver_memory=2g", "--set", "spark.ui_enabled=false", "demo"],
-                          cwd=work, env=_env(), capture_output=True, text=True, timeout=_SUBMIT_TIMEOUT_S)
+    proc = subprocess.run(
+        [
+            str(VENV / "bin" / "recsys-spark"),
+            "--config",
+            _CONFIG,
+            "--set",
+            "spark.master=local[2]",
+            "--set",
+            "spark.driver_memory=2g",
+            "--set",
+            "spark.ui_enabled=false",
+            "demo",
+        ],
+        cwd=work,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=_SUBMIT_TIMEOUT_S,
+    )
     assert proc.returncode == 0, f"local-mode reference run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return work
 
@@ -140,10 +170,24 @@ def test_readme_cluster_walkthrough(walkthrough: tuple[Path, subprocess.Complete
     assert len({a.name for a in apps}) == 6, f"expected 6 applications on the workers, found {apps}"
 
 
-@pytest.mark.parametrize("table", [T.INTERACTIONS, T.USERS, T.ITEMS, T.INTERACTION_MATRIX, T.REJECTED_INTERACTIONS,
-                                   T.INGESTED_FILES, T.POPULAR_ITEMS])
-def test_ingest_tables_equal_local_mode(spark: SparkSession, walkthrough, local_run: Path,  # noqa: ANN001
-                                        table: str) -> None:
+@pytest.mark.parametrize(
+    "table",
+    [
+        T.INTERACTIONS,
+        T.USERS,
+        T.ITEMS,
+        T.INTERACTION_MATRIX,
+        T.REJECTED_INTERACTIONS,
+        T.INGESTED_FILES,
+        T.POPULAR_ITEMS,
+    ],
+)
+def test_ingest_tables_equal_local_mode(
+    spark: SparkSession,
+    walkthrough,
+    local_run: Path,  # noqa: ANN001
+    table: str,
+) -> None:
     cluster, local = _store(spark, walkthrough[0]), _store(spark, local_run)
     _assert_same(cluster.read(table), local.read(table))
 
@@ -153,8 +197,7 @@ def test_item_item_tables_equal_local_mode(spark: SparkSession, walkthrough, loc
     where = "method = 'cosine'"
     _assert_same(cluster.read(T.ITEM_NEIGHBORS, where=where), local.read(T.ITEM_NEIGHBORS, where=where), approx=True)
     where = "strategy = 'item_item'"
-    _assert_same(cluster.read(T.USER_CANDIDATES, where=where), local.read(T.USER_CANDIDATES, where=where),
-                 approx=True)
+    _assert_same(cluster.read(T.USER_CANDIDATES, where=where), local.read(T.USER_CANDIDATES, where=where), approx=True)
 
 
 def test_evaluation_metrics_match_local_mode(spark: SparkSession, walkthrough, local_run: Path) -> None:  # noqa: ANN001
@@ -167,7 +210,9 @@ def test_evaluation_metrics_match_local_mode(spark: SparkSession, walkthrough, l
     for key, value in cluster.items():
         exact = key[1] in ("item_item", "popularity", "random")
         tolerance = 1e-9 if exact else METRIC_TOLERANCE
-        assert value == pytest.approx(local[key], abs=tolerance, nan_ok=True), f"{key}: cluster {value}, local {local[key]}"
+        assert value == pytest.approx(local[key], abs=tolerance, nan_ok=True), (
+            f"{key}: cluster {value}, local {local[key]}"
+        )
 
 
 # -- an executor killed mid-stage ----------------------------------------------------------------
@@ -243,8 +288,12 @@ def _events(event_dir: Path) -> list[dict]:
     return [json.loads(line) for p in logs for line in p.read_text().splitlines() if line.strip()]
 
 
-def test_executor_killed_mid_stage_is_retried(spark: SparkSession, walkthrough, local_run: Path,  # noqa: ANN001
-                                              tmp_path: Path) -> None:
+def test_executor_killed_mid_stage_is_retried(
+    spark: SparkSession,
+    walkthrough,
+    local_run: Path,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     """item-similarity (cosine) on the cluster, on a copy of the walkthrough's tables, with an
     executor JVM SIGKILLed in the middle of a running task: the lost task is re-run, the job
     succeeds, and the neighbours equal the local-mode run's."""
@@ -254,12 +303,34 @@ def test_executor_killed_mid_stage_is_retried(spark: SparkSession, walkthrough, 
     state = devcluster.start(tmp_path / "cluster", port=0)
     ui_port, event_dir = devcluster.free_port(), tmp_path / "events"
     event_dir.mkdir()
-    cmd = [str(VENV / "bin" / "spark-submit"), "--master", state.master_url, "--driver-memory", "2g",
-           "--conf", "spark.ui.enabled=true", "--conf", f"spark.ui.port={ui_port}",
-           "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir=file://{event_dir}",
-           "--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false",
-           "--py-files", str(work / "dist" / "recsys_spark.zip"), str(work / "jobs" / "item_similarity.py"),
-           "--config", _CONFIG, "--set", f"storage.root={root}", "--set", f"spark.checkpoint_dir={tmp_path / 'ckpt'}"]
+    cmd = [
+        str(VENV / "bin" / "spark-submit"),
+        "--master",
+        state.master_url,
+        "--driver-memory",
+        "2g",
+        "--conf",
+        "spark.ui.enabled=true",
+        "--conf",
+        f"spark.ui.port={ui_port}",
+        "--conf",
+        "spark.eventLog.enabled=true",
+        "--conf",
+        f"spark.eventLog.dir=file://{event_dir}",
+        "--conf",
+        "spark.eventLog.compress=false",
+        "--conf",
+        "spark.eventLog.rolling.enabled=false",
+        "--py-files",
+        str(work / "dist" / "recsys_spark.zip"),
+        str(work / "jobs" / "item_similarity.py"),
+        "--config",
+        _CONFIG,
+        "--set",
+        f"storage.root={root}",
+        "--set",
+        f"spark.checkpoint_dir={tmp_path / 'ckpt'}",
+    ]
     env = {**_env(), "PYSPARK_PYTHON": str(VENV / "bin" / "python")}
     killer = _ExecutorKiller(state, f"http://127.0.0.1:{ui_port}")
     try:
@@ -273,18 +344,27 @@ def test_executor_killed_mid_stage_is_retried(spark: SparkSession, walkthrough, 
     assert killer.kills, "no executor was caught in the middle of a task"
 
     events = _events(event_dir)
-    lost = [e for e in events if e["Event"] == "SparkListenerTaskEnd"
-            and e["Task End Reason"]["Reason"] == "ExecutorLostFailure"]
+    lost = [
+        e
+        for e in events
+        if e["Event"] == "SparkListenerTaskEnd" and e["Task End Reason"]["Reason"] == "ExecutorLostFailure"
+    ]
     assert lost, f"no task failed with ExecutorLostFailure after kills {killer.kills}"
     removed = {e["Executor ID"] for e in events if e["Event"] == "SparkListenerExecutorRemoved"}
     assert {str(k["executor"]) for k in killer.kills} <= removed
     # every lost task was run again and succeeded: same stage, same partition, a later attempt
-    succeeded = {(e["Stage ID"], e["Task Info"]["Index"]) for e in events if e["Event"] == "SparkListenerTaskEnd"
-                 and e["Task End Reason"]["Reason"] == "Success"}
+    succeeded = {
+        (e["Stage ID"], e["Task Info"]["Index"])
+        for e in events
+        if e["Event"] == "SparkListenerTaskEnd" and e["Task End Reason"]["Reason"] == "Success"
+    }
     for e in lost:
         assert (e["Stage ID"], e["Task Info"]["Index"]) in succeeded, f"lost task never re-run: {e['Task Info']}"
 
     where = "method = 'cosine'"
     killed_run = TableStore(spark, StorageConfig(root=str(root)))
-    _assert_same(killed_run.read(T.ITEM_NEIGHBORS, where=where), _store(spark, local_run).read(T.ITEM_NEIGHBORS,
-                 where=where), approx=True)
+    _assert_same(
+        killed_run.read(T.ITEM_NEIGHBORS, where=where),
+        _store(spark, local_run).read(T.ITEM_NEIGHBORS, where=where),
+        approx=True,
+    )

@@ -33,10 +33,25 @@ HEADER = "event_id,user_id,item_id,event_type,timestamp,value\n"
 
 
 def _racer(root: Path, raw: Path, barrier: Path, parties: int, kill: str | None = None) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "tests._ingest_racer", str(root), str(raw), str(barrier), str(parties),
-           *([kill] if kill else [])]
-    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests._ingest_racer",
+        str(root),
+        str(raw),
+        str(barrier),
+        str(parties),
+        *([kill] if kill else []),
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -61,8 +76,11 @@ def _race(root: Path, raws: list[Path], barrier: Path, kills: list[str | None] |
 
 def _log(folder: Path, name: str, prefix: str, n: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"{prefix}{i},u{i % 23},i{i % 17},{('view', 'click', 'purchase')[i % 3]},"
-             f"2026-09-{1 + i % 5:02d}T{i % 24:02d}:00:00Z,1\n" for i in range(n)]
+    lines = [
+        f"{prefix}{i},u{i % 23},i{i % 17},{('view', 'click', 'purchase')[i % 3]},"
+        f"2026-09-{1 + i % 5:02d}T{i % 24:02d}:00:00Z,1\n"
+        for i in range(n)
+    ]
     # a duplicate and a corrupt line, so that dedupe and quarantine race too
     (folder / name).write_text(HEADER + "".join(lines) + lines[0] + f"{prefix}bad,,i1,view,2026-09-01T00:00:00Z,1\n")
 
@@ -77,8 +95,11 @@ def _tables(store: TableStore, with_idx: bool = True) -> dict[str, DataFrame]:
         out[t] = df.drop(*[c for c in drop if c in df.columns])
     matrix = store.read(T.INTERACTION_MATRIX)
     if not with_idx:  # the matrix by original ids
-        matrix = (matrix.join(store.read(T.USERS), "user_idx").join(store.read(T.ITEMS), "item_idx")
-                  .select("user_id", "item_id", "confidence", "rating", "event_count", "last_event_time"))
+        matrix = (
+            matrix.join(store.read(T.USERS), "user_idx")
+            .join(store.read(T.ITEMS), "item_idx")
+            .select("user_id", "item_id", "confidence", "rating", "event_count", "last_event_time")
+        )
     out[T.INTERACTION_MATRIX] = matrix
     return out
 
@@ -87,12 +108,15 @@ def _assert_one_ingest(got: TableStore, want: TableStore, with_idx: bool = True)
     for name, users in ((T.USERS, "user"), (T.ITEMS, "item")):
         ids = got.read(name)
         # an id map never holds an id, or an index, twice
-        assert ids.count() == ids.select(f"{users}_id").distinct().count() == ids.select(f"{users}_idx").distinct().count()
+        assert (
+            ids.count() == ids.select(f"{users}_id").distinct().count() == ids.select(f"{users}_idx").distinct().count()
+        )
     assert got.read(T.INTERACTIONS).groupBy("event_key").count().where(F.col("count") > 1).count() == 0
     mine, theirs = _tables(got, with_idx), _tables(want, with_idx)
     for table in theirs:
-        assert_df_equality(mine[table], theirs[table], ignore_row_order=True, ignore_nullable=True,
-                           ignore_column_order=True)
+        assert_df_equality(
+            mine[table], theirs[table], ignore_row_order=True, ignore_nullable=True, ignore_column_order=True
+        )
 
 
 def _clean(spark: SparkSession, ingest, cfg: Config, root: Path, *raws: Path) -> TableStore:  # noqa: ANN001
@@ -106,7 +130,8 @@ def _store(spark: SparkSession, cfg: Config, root: Path) -> TableStore:
 
 
 def test_two_ingests_of_the_same_files_at_once_store_everything_exactly_once(
-        spark: SparkSession, ingest, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest, cfg: Config, tmp_path: Path
+) -> None:  # noqa: ANN001
     raw = tmp_path / "raw"
     _log(raw, "a.csv", "a", 300)
     _log(raw, "b.csv", "b", 200)
@@ -123,8 +148,12 @@ def test_two_ingests_of_the_same_files_at_once_store_everything_exactly_once(
     assert runs == {"succeeded"} and got.read(T.RUNS).count() == 2
 
 
-def test_ingests_of_different_files_at_once_both_land(spark: SparkSession, ingest, cfg: Config,  # noqa: ANN001
-                                                      tmp_path: Path) -> None:
+def test_ingests_of_different_files_at_once_both_land(
+    spark: SparkSession,
+    ingest,
+    cfg: Config,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     a, b = tmp_path / "raw-a", tmp_path / "raw-b"
     _log(a, "a.csv", "a", 300)
     _log(b, "b.csv", "b", 300)  # the same users and items as a.csv, other events
@@ -141,11 +170,13 @@ def test_ingests_of_different_files_at_once_both_land(spark: SparkSession, inges
 
 
 def test_an_ingest_killed_beside_a_running_one_leaves_tables_that_complete_cleanly(
-        spark: SparkSession, ingest, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest, cfg: Config, tmp_path: Path
+) -> None:  # noqa: ANN001
     raw = tmp_path / "raw"
     _log(raw, "a.csv", "a", 300)
-    (killed_code, killed_out), (code, out) = _race(tmp_path / "raced", [raw, raw], tmp_path / "barrier",
-                                                   kills=["die-after-1", "late"])
+    (killed_code, killed_out), (code, out) = _race(
+        tmp_path / "raced", [raw, raw], tmp_path / "barrier", kills=["die-after-1", "late"]
+    )
     assert killed_code == -signal.SIGKILL and "dying" in killed_out, killed_out[-3000:]
     assert code == 0, out[-3000:]
     raced = cfg.with_overrides([f"storage.root={tmp_path / 'raced'}", f"ingest.source.path={raw}"])

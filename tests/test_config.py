@@ -70,8 +70,10 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 
 
 def test_overrides_are_typed_toml_literals() -> None:
-    cfg = load_config(None, ["generate.num_events=1000", "spark.ui_enabled=false", "spark.master=local[3]",
-                             "ingest.half_life_days=7.5"])
+    cfg = load_config(
+        None,
+        ["generate.num_events=1000", "spark.ui_enabled=false", "spark.master=local[3]", "ingest.half_life_days=7.5"],
+    )
     assert cfg.generate.num_events == 1000
     assert cfg.spark.ui_enabled is False
     assert cfg.spark.master == "local[3]"
@@ -102,11 +104,19 @@ def test_presets_fill_source_and_explicit_keys_win(preset: str) -> None:
 
 def test_source_consistency_checks() -> None:
     with pytest.raises(ConfigError, match="field_names is required"):
-        load_config(None, ["ingest.source.preset=custom", "ingest.source.format=tsv", "ingest.source.header=false",
-                           "ingest.source.timestamp_col=ts"])
+        load_config(
+            None,
+            [
+                "ingest.source.preset=custom",
+                "ingest.source.format=tsv",
+                "ingest.source.header=false",
+                "ingest.source.timestamp_col=ts",
+            ],
+        )
     with pytest.raises(ConfigError, match="value_col \\(the rating\\) is required"):
-        load_config(None, ["ingest.source.preset=custom", "ingest.source.feedback=explicit",
-                           "ingest.source.timestamp_col=ts"])
+        load_config(
+            None, ["ingest.source.preset=custom", "ingest.source.feedback=explicit", "ingest.source.timestamp_col=ts"]
+        )
     with pytest.raises(ConfigError, match="timestamp_col is required"):
         load_config(None, ["ingest.source.preset=custom"])
 
@@ -133,8 +143,14 @@ def test_every_field_is_documented() -> None:
 
 def test_toml_datetimes_are_taken_as_iso_strings(tmp_path: Path) -> None:
     # an unquoted TOML date-time is a datetime, not a string; the options mean the same instant
-    cfg = load_config(None, ["ingest.min_event_time=1900-01-01T00:00:00Z", "generate.start_date=2026-09-01",
-                             "evaluation.time_cutoff=2026-10-01T12:00:00+02:00"])
+    cfg = load_config(
+        None,
+        [
+            "ingest.min_event_time=1900-01-01T00:00:00Z",
+            "generate.start_date=2026-09-01",
+            "evaluation.time_cutoff=2026-10-01T12:00:00+02:00",
+        ],
+    )
     assert cfg.ingest.min_event_time == "1900-01-01T00:00:00Z"
     assert cfg.generate.start_date == "2026-09-01"
     assert cfg.evaluation.time_cutoff == "2026-10-01T12:00:00+02:00"
@@ -143,28 +159,34 @@ def test_toml_datetimes_are_taken_as_iso_strings(tmp_path: Path) -> None:
     assert load_config(f).ingest.min_event_time == "1950-06-01T00:00:00"
 
 
-@pytest.mark.parametrize(("key", "value", "relation"), [
-    ("generate.output", "{root}/..", "contains"),
-    ("generate.output", "{root}/x/../", "is"),
-    ("evaluation.output_dir", "{root}/items/../reports", "is inside"),
-    ("spark.checkpoint_dir", "{root}/../warehouse/ckpt", "is inside"),
-    ("ingest.source.path", "{root}/../..", "contains"),
-    ("evaluation.given_test", "{root}/{{fold}}.test", "is inside"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "relation"),
+    [
+        ("generate.output", "{root}/..", "contains"),
+        ("generate.output", "{root}/x/../", "is"),
+        ("evaluation.output_dir", "{root}/items/../reports", "is inside"),
+        ("spark.checkpoint_dir", "{root}/../warehouse/ckpt", "is inside"),
+        ("ingest.source.path", "{root}/../..", "contains"),
+        ("evaluation.given_test", "{root}/{{fold}}.test", "is inside"),
+    ],
+)
 def test_paths_must_stay_out_of_the_table_root(key: str, value: str, relation: str, tmp_path: Path) -> None:
     root = tmp_path / "warehouse"
     path = value.format(root=root)
     with pytest.raises(ConfigError) as err:
         load_config(None, [f"storage.root={root}", f"{key}={path}"])
-    assert f"{key} '{path}' {relation} the table root (storage.root = '{root}', that is {root} once '..' is " \
-           "resolved)" in str(err.value)
+    assert (
+        f"{key} '{path}' {relation} the table root (storage.root = '{root}', that is {root} once '..' is "
+        "resolved)" in str(err.value)
+    )
 
 
 def test_uri_paths_are_compared_within_one_bucket() -> None:
     with pytest.raises(ConfigError, match=r"generate.output 's3://b/w/x/\.\./raw' is inside the table root"):
         load_config(None, ["storage.root=s3a://b/w", "generate.output=s3://b/w/x/../raw"])
-    cfg = load_config(None, ["storage.root=s3a://b/w", "generate.output=s3://other/w/raw",
-                             "spark.checkpoint_dir=hdfs:///b/w"])
+    cfg = load_config(
+        None, ["storage.root=s3a://b/w", "generate.output=s3://other/w/raw", "spark.checkpoint_dir=hdfs:///b/w"]
+    )
     assert cfg.generate.output == "s3://other/w/raw"
 
 
@@ -174,7 +196,9 @@ def test_folders_must_not_be_files(tmp_path: Path) -> None:
     for key in ("storage.root", "spark.checkpoint_dir", "evaluation.output_dir"):
         with pytest.raises(ConfigError, match=rf"{key}: {key} '.*file' must be a directory, but it is a file"):
             load_config(None, [f"{key}={f}"])
-    with pytest.raises(ConfigError, match=r"storage.root '.*/file/wh' must be a directory, but it is a file \(.*/file is a file\)"):
+    with pytest.raises(
+        ConfigError, match=r"storage.root '.*/file/wh' must be a directory, but it is a file \(.*/file is a file\)"
+    ):
         load_config(None, [f"storage.root={f}/wh"])
 
 
@@ -183,8 +207,19 @@ def test_config_path_is_a_directory(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
-@pytest.mark.parametrize(("encoding", "ok"), [("UTF-8", True), ("utf8", True), ("latin1", True), ("ISO-8859-1", True),
-                                              ("ascii", True), ("UTF-16", False), ("cp1252", False), ("klingon", False)])
+@pytest.mark.parametrize(
+    ("encoding", "ok"),
+    [
+        ("UTF-8", True),
+        ("utf8", True),
+        ("latin1", True),
+        ("ISO-8859-1", True),
+        ("ascii", True),
+        ("UTF-16", False),
+        ("cp1252", False),
+        ("klingon", False),
+    ],
+)
 def test_encodings_ingest_can_decode(encoding: str, ok: bool) -> None:
     overrides = [f"ingest.source.encoding={encoding}"]
     if ok:
@@ -205,10 +240,21 @@ def test_delimiter_and_bounds() -> None:
 
 
 def test_set_reaches_dotted_spark_properties_and_writes_scalars_as_spark_spells_them() -> None:
-    cfg = load_config(None, ["spark.conf.spark.eventLog.enabled=true", "spark.conf.spark.sql.shuffle.partitions=7",
-                             "spark.conf.spark.memory.fraction=0.5", "spark.conf.spark.eventLog.dir=file:///tmp/ev"])
-    assert cfg.spark.conf == {"spark.eventLog.enabled": "true", "spark.sql.shuffle.partitions": "7",
-                              "spark.memory.fraction": "0.5", "spark.eventLog.dir": "file:///tmp/ev"}
+    cfg = load_config(
+        None,
+        [
+            "spark.conf.spark.eventLog.enabled=true",
+            "spark.conf.spark.sql.shuffle.partitions=7",
+            "spark.conf.spark.memory.fraction=0.5",
+            "spark.conf.spark.eventLog.dir=file:///tmp/ev",
+        ],
+    )
+    assert cfg.spark.conf == {
+        "spark.eventLog.enabled": "true",
+        "spark.sql.shuffle.partitions": "7",
+        "spark.memory.fraction": "0.5",
+        "spark.eventLog.dir": "file:///tmp/ev",
+    }
     with pytest.raises(ConfigError, match=r"spark\.conf\.x"):
         load_config(None, ["spark.conf.x=[1, 2]"])
 
@@ -216,15 +262,26 @@ def test_set_reaches_dotted_spark_properties_and_writes_scalars_as_spark_spells_
 def test_min_rating_above_max_rating_is_an_error_naming_both_keys() -> None:
     with pytest.raises(ConfigError, match=r"ingest\.min_rating = 4 is above ingest\.max_rating = 2"):
         load_config(None, ["ingest.min_rating=4", "ingest.max_rating=2"])
-    with pytest.raises(ConfigError, match=r"ingest\.min_rating = 1 is above ingest\.max_rating = 0\.5: .*the "
-                                          r"movielens-100k preset sets 1 \.\. 5"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ingest\.min_rating = 1 is above ingest\.max_rating = 0\.5: .*the "
+        r"movielens-100k preset sets 1 \.\. 5",
+    ):
         load_config(None, ["ingest.source.preset=movielens-100k", "ingest.max_rating=0.5"])
     assert load_config(None, ["ingest.min_rating=3", "ingest.max_rating=3"]).ingest.max_rating == 3.0
 
 
-@pytest.mark.parametrize(("preset", "scale"), [("movielens-100k", (1.0, 5.0)), ("movielens-csv", (0.5, 5.0)),
-                                               ("amazon-5core", (1.0, 5.0)), ("synthetic", (None, None)),
-                                               ("lastfm-plays", (None, None)), ("custom", (None, None))])
+@pytest.mark.parametrize(
+    ("preset", "scale"),
+    [
+        ("movielens-100k", (1.0, 5.0)),
+        ("movielens-csv", (0.5, 5.0)),
+        ("amazon-5core", (1.0, 5.0)),
+        ("synthetic", (None, None)),
+        ("lastfm-plays", (None, None)),
+        ("custom", (None, None)),
+    ],
+)
 def test_presets_of_rated_data_set_their_rating_scale_unless_the_user_sets_it(preset: str, scale: tuple) -> None:
     base = [f"ingest.source.preset={preset}"] + (["ingest.source.timestamp_col=ts"] if preset == "custom" else [])
     ingest = load_config(None, base).ingest
@@ -238,8 +295,11 @@ def test_presets_of_rated_data_set_their_rating_scale_unless_the_user_sets_it(pr
 
 
 def test_ingest_bounds_null_tokens_and_weights_are_checked() -> None:
-    with pytest.raises(ConfigError, match=r"ingest\.max_value bounds implicit values; ratings .* are bounded by "
-                                          r"ingest\.min_rating / ingest\.max_rating"):
+    with pytest.raises(
+        ConfigError,
+        match=r"ingest\.max_value bounds implicit values; ratings .* are bounded by "
+        r"ingest\.min_rating / ingest\.max_rating",
+    ):
         load_config(None, ["ingest.source.preset=amazon-5core", "ingest.max_value=100"])
     with pytest.raises(ConfigError, match=r"ingest\.max_value: Input should be greater than 0"):
         load_config(None, ["ingest.max_value=0"])

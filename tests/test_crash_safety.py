@@ -40,8 +40,9 @@ def _writer(root: Path, point: str, version: int, raw: Path | None = None) -> su
     cmd = [sys.executable, "-m", "tests._crash_writer", str(root), point, str(version), *([str(raw)] if raw else [])]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # a process group of its own: SIGKILL reaches the driver JVM and the Python workers too
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
@@ -66,8 +67,13 @@ def _write_folders(location: str) -> list[Path]:
 
 def _assert_reads_version(spark: SparkSession, store: TableStore, root: Path, version: int) -> None:
     """Spark and the lookup API both see exactly the rows that ``version`` of the writer wrote."""
-    assert_df_equality(store.read(T.USER_CANDIDATES), candidates(spark, version), ignore_row_order=True,
-                       ignore_nullable=True, ignore_column_order=True)
+    assert_df_equality(
+        store.read(T.USER_CANDIDATES),
+        candidates(spark, version),
+        ignore_row_order=True,
+        ignore_nullable=True,
+        ignore_column_order=True,
+    )
     recs = Recommendations.open(str(root))
     for user in ("u000", f"u{USERS - 1:03d}"):
         got = recs.for_user(user, k=K)
@@ -90,8 +96,10 @@ def test_sigkill_during_a_table_write(spark: SparkSession, table_v0, point: str)
     if point == "during-write":
         # kill once Spark's tasks are writing Parquet into this write's own (new) folder
         deadline = time.monotonic() + _TIMEOUT_S
-        while (not any(any(f.rglob("*.parquet")) for f in set(_write_folders(location)) - before)
-               and time.monotonic() < deadline):
+        while (
+            not any(any(f.rglob("*.parquet")) for f in set(_write_folders(location)) - before)
+            and time.monotonic() < deadline
+        ):
             assert proc.poll() is None, f"the writer ended before it could be killed:\n{proc.stdout.read()}"
             time.sleep(0.1)
         _kill_group(proc)
@@ -104,8 +112,11 @@ def test_sigkill_during_a_table_write(spark: SparkSession, table_v0, point: str)
     if not landed:
         # the killed write's folder holds Parquet files that no version names: invisible orphans
         committed = storage._Table(T.USER_CANDIDATES, location).delta().file_uris()
-        orphans = [f for f in _write_folders(location)
-                   if any(f.rglob("*.parquet")) and not any(f"/{f.name}/" in u for u in committed)]
+        orphans = [
+            f
+            for f in _write_folders(location)
+            if any(f.rglob("*.parquet")) and not any(f"/{f.name}/" in u for u in committed)
+        ]
         assert orphans, "the killed write left no files: the kill came too late to test anything"
         removed = store.vacuum(T.USER_CANDIDATES, retention_hours=0)
         assert removed and not any(f.exists() and any(f.rglob("*.parquet")) for f in orphans)
@@ -131,8 +142,14 @@ def _ingest_tables(store: TableStore) -> dict[str, DataFrame]:
 
 
 @pytest.mark.parametrize("commits_before_kill", [1, 2, 4])
-def test_sigkill_between_the_commits_of_an_ingest(spark: SparkSession, ingest, cfg: Config, raw_log: Path,  # noqa: ANN001
-                                                  tmp_path: Path, commits_before_kill: int) -> None:
+def test_sigkill_between_the_commits_of_an_ingest(
+    spark: SparkSession,
+    ingest,
+    cfg: Config,
+    raw_log: Path,  # noqa: ANN001
+    tmp_path: Path,
+    commits_before_kill: int,
+) -> None:
     root = tmp_path / "killed"
     proc = _writer(root, f"ingest-after-{commits_before_kill}", 0, raw_log)
     code, out = _finish(proc)
@@ -193,27 +210,32 @@ def _frame(spark: SparkSession, tag: str, n: int) -> DataFrame:
     return spark.range(n).select(F.col("id").cast("int").alias("id"), F.lit(tag).alias("writer"))
 
 
-def _race(spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch, table: str,
-          mode: str) -> list[object]:
+def _race(
+    spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch, table: str, mode: str
+) -> list[object]:
     """Version 0 of ``table`` by a base writer (5 rows), then writers a (10 rows) and b (20 rows)
     committing in ``mode`` at the same moment; their results or exceptions."""
     store.write(_frame(spark, "base", 5), table, mode, COMMIT)
     _racing(monkeypatch, 2)
-    return _in_threads(lambda: store.write(_frame(spark, "a", 10), table, mode, COMMIT),
-                       lambda: store.write(_frame(spark, "b", 20), table, mode, COMMIT))
+    return _in_threads(
+        lambda: store.write(_frame(spark, "a", 10), table, mode, COMMIT),
+        lambda: store.write(_frame(spark, "b", 20), table, mode, COMMIT),
+    )
 
 
-def test_two_overwrites_at_once_one_wins_cleanly(spark: SparkSession, store: TableStore,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_overwrites_at_once_one_wins_cleanly(
+    spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a, b = _race(spark, store, monkeypatch, "contested", "overwrite")
     outcomes = {"a": a, "b": b}
     failed = {k: v for k, v in outcomes.items() if isinstance(v, Exception)}
-    rows = {r["writer"]: r["n"] for r in store.read("contested").groupBy("writer").agg(F.count("*").alias("n"))
-            .collect()}
+    rows = {
+        r["writer"]: r["n"] for r in store.read("contested").groupBy("writer").agg(F.count("*").alias("n")).collect()
+    }
     if failed:
         # one wins, the other gets a clear conflict error and leaves nothing behind
         assert len(failed) == 1, failed
-        (loser, exc), = failed.items()
+        ((loser, exc),) = failed.items()
         assert isinstance(exc, ConcurrentWriteError) and "re-run" in str(exc) and "contested" in str(exc)
         winner = "b" if loser == "a" else "a"
         assert rows == {winner: {"a": 10, "b": 20}[winner]}
@@ -232,13 +254,13 @@ def test_two_overwrites_at_once_one_wins_cleanly(spark: SparkSession, store: Tab
         assert any(f"/{folder.name}/" in u for u in ever), f"orphaned write folder {folder.name}"
 
 
-def test_two_appends_at_once_both_land(spark: SparkSession, store: TableStore,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_appends_at_once_both_land(spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = _race(spark, store, monkeypatch, "appended", "append")
     assert not isinstance(a, Exception) and not isinstance(b, Exception), (a, b)
     assert sorted([a.version, b.version]) == [1, 2]  # the later commit retried on top of the earlier
-    rows = {r["writer"]: r["n"] for r in store.read("appended").groupBy("writer").agg(F.count("*").alias("n"))
-            .collect()}
+    rows = {
+        r["writer"]: r["n"] for r in store.read("appended").groupBy("writer").agg(F.count("*").alias("n")).collect()
+    }
     assert rows == {"base": 5, "a": 10, "b": 20}
 
 
@@ -273,17 +295,23 @@ def test_a_lookup_reader_always_sees_one_complete_version(spark: SparkSession, t
     assert len(seen) > 10 and len(observed) >= 2, f"the reader saw only versions {observed} in {len(seen)} reads"
 
 
-def test_a_crash_before_the_matrix_commit_is_repaired_by_the_rerun(spark: SparkSession, ingest, cfg: Config,  # noqa: ANN001
-                                                                    tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_before_the_matrix_commit_is_repaired_by_the_rerun(
+    spark: SparkSession,
+    ingest,
+    cfg: Config,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A second batch whose events landed but whose matrix did not: the re-run adds no events, and
     must still rebuild the matrix (a stale one would silently miss the batch)."""
     header = "event_id,user_id,item_id,event_type,timestamp,value\n"
     first, second = tmp_path / "raw" / "a.csv", tmp_path / "raw" / "b.csv"
     first.parent.mkdir()
     first.write_text(header + "".join(f"a{i},u{i % 7},i{i % 5},click,2026-09-01T00:{i:02d}:00Z,1\n" for i in range(40)))
-    killed, clean = (cfg.with_overrides([f"storage.root={tmp_path / name}", f"ingest.source.path={first.parent}"])
-                     for name in ("killed", "clean"))
+    killed, clean = (
+        cfg.with_overrides([f"storage.root={tmp_path / name}", f"ingest.source.path={first.parent}"])
+        for name in ("killed", "clean")
+    )
     ingest(killed)
     second.write_text(header + "".join(f"b{i},u{i % 9},i{i % 6},view,2026-09-02T00:{i:02d}:00Z,1\n" for i in range(30)))
     write = TableStore.write
@@ -306,17 +334,20 @@ def test_a_crash_before_the_matrix_commit_is_repaired_by_the_rerun(spark: SparkS
 
 
 def test_two_conditional_appends_from_one_version_at_once_exactly_one_lands(
-        spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both writers read version 0 and commit at the same moment: Delta's log takes one of them."""
     store.write(_frame(spark, "base", 5), "conditional", "append", COMMIT)
     _racing(monkeypatch, 2)
     a, b = _in_threads(
         lambda: store.write(_frame(spark, "a", 10), "conditional", "append", COMMIT, expected_version=0),
-        lambda: store.write(_frame(spark, "b", 20), "conditional", "append", COMMIT, expected_version=0))
+        lambda: store.write(_frame(spark, "b", 20), "conditional", "append", COMMIT, expected_version=0),
+    )
     failed = [r for r in (a, b) if isinstance(r, Exception)]
     assert len(failed) == 1 and isinstance(failed[0], ConcurrentWriteError), (a, b)
     assert "moved while this run worked" in str(failed[0])
     winner = "a" if failed[0] is b else "b"
-    rows = {r["writer"]: r["n"] for r in store.read("conditional").groupBy("writer").agg(F.count("*").alias("n"))
-            .collect()}
+    rows = {
+        r["writer"]: r["n"] for r in store.read("conditional").groupBy("writer").agg(F.count("*").alias("n")).collect()
+    }
     assert rows == {"base": 5, winner: {"a": 10, "b": 20}[winner]} and store.version("conditional") == 1

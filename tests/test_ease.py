@@ -23,8 +23,9 @@ def _rows(seed: int = 3) -> list[tuple[int, int, float]]:
     return [(u, i, float(rng.integers(1, 6))) for u, i in sorted(pairs)]
 
 
-def _capped_matrix(rows: list[tuple[int, int, float]], transform: str, epsilon: float,
-                   max_items: int) -> tuple[np.ndarray, np.ndarray]:
+def _capped_matrix(
+    rows: list[tuple[int, int, float]], transform: str, epsilon: float, max_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(items, users x items X) with each history cut to its max_items strongest (ties: lower item)."""
     items = np.array(sorted({i for _, i, _ in rows}))
     x = np.zeros((max(u for u, _, _ in rows) + 1, len(items)))
@@ -52,14 +53,23 @@ def _fit(spark, rows, params: SimilarityConfig):  # noqa: ANN001, ANN202
 
 @pytest.mark.parametrize("block_items", [5, 1000])
 @pytest.mark.parametrize("confidence", ["binary", "linear", "log"])
-def test_spark_ease_equals_a_dense_numpy_inverse(spark, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
-                                                 confidence: str, block_items: int) -> None:
+def test_spark_ease_equals_a_dense_numpy_inverse(
+    spark,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+    confidence: str,
+    block_items: int,
+) -> None:
     if block_items == 5:
         # several target blocks and query blocks that straddle them; the Gram also arrives in chunks
         monkeypatch.setattr(ease, "_COLLECT_BYTES", 40 * ease._GRAM_ENTRY_BYTES)
     rows = _rows()
-    params = SimilarityConfig(method="ease", top_n=100, max_user_items=8, block_items=block_items,
-                              ease=EaseConfig(confidence=confidence, epsilon=2.0, l2=3.0))
+    params = SimilarityConfig(
+        method="ease",
+        top_n=100,
+        max_user_items=8,
+        block_items=block_items,
+        ease=EaseConfig(confidence=confidence, epsilon=2.0, l2=3.0),
+    )
     got = _fit(spark, rows, params)
 
     items, x = _capped_matrix(rows, confidence, 2.0, 8)
@@ -89,8 +99,9 @@ def test_a_search_fits_every_l2_from_one_gram_per_transform(spark, monkeypatch: 
     grams = ease.EaseGrams(df)
     for confidence in ("binary", "linear"):
         for l2 in (2.0, 30.0):
-            params = SimilarityConfig(method="ease", top_n=100, max_user_items=8,
-                                      ease=EaseConfig(confidence=confidence, l2=l2))
+            params = SimilarityConfig(
+                method="ease", top_n=100, max_user_items=8, ease=EaseConfig(confidence=confidence, l2=l2)
+            )
             got = ease.fit_ease(df, params, grams).neighbors.collect()
             items, x = _capped_matrix(rows, confidence, 1.0, 8)
             ref = _reference_ease(x, l2)
@@ -104,8 +115,7 @@ def test_a_search_fits_every_l2_from_one_gram_per_transform(spark, monkeypatch: 
     grams.release()
 
 
-def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(
-        spark, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(spark, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     rows = _rows(seed=8)
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     solved = []
@@ -116,12 +126,13 @@ def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(
     for l2 in (2.0, 30.0):
         ref = _reference_ease(x, l2)
         for top_n in (2, 5, 100):
-            params = SimilarityConfig(method="ease", top_n=top_n, max_user_items=8,
-                                      ease=EaseConfig(confidence="linear", l2=l2))
+            params = SimilarityConfig(
+                method="ease", top_n=top_n, max_user_items=8, ease=EaseConfig(confidence="linear", l2=l2)
+            )
             got = ease.fit_ease(df, params, grams).neighbors.collect()
             for k, item in enumerate(items):
                 mine = sorted((r for r in got if r.item_idx == item), key=lambda r: r.rank)
-                by_size = np.argsort(-np.abs(ref[k]), kind="stable")[:min(top_n, len(items) - 1)]
+                by_size = np.argsort(-np.abs(ref[k]), kind="stable")[: min(top_n, len(items) - 1)]
                 assert {r.neighbor_idx for r in mine} == {int(items[j]) for j in by_size}
                 at = [int(np.searchsorted(items, r.neighbor_idx)) for r in mine]
                 np.testing.assert_allclose([r.similarity for r in mine], ref[k, at], rtol=0, atol=1e-6)
@@ -132,8 +143,9 @@ def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(
 def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noqa: ANN001
     # item ids with gaps: matrix positions are not ids, and pairs are keyed by the id range
     rows = [(u, 3 * i + 1, c) for u, i, c in _rows(seed=8)]
-    params = SimilarityConfig(method="ease", top_n=3, max_user_items=8, block_items=4,
-                              ease=EaseConfig(confidence="linear", l2=3.0))
+    params = SimilarityConfig(
+        method="ease", top_n=3, max_user_items=8, block_items=4, ease=EaseConfig(confidence="linear", l2=3.0)
+    )
     got = _fit(spark, rows, params)
     items, x = _capped_matrix(rows, "linear", 1.0, 8)
     ref = _reference_ease(x, 3.0)
@@ -164,14 +176,15 @@ def test_a_catalogue_above_max_items_is_a_config_error_naming_the_option(spark, 
 
 def test_memory_estimate_counts_one_dense_matrix_and_the_kept_weights() -> None:
     m = ease_memory(20_000, 50)
-    assert m.matrix_bytes == 8 * 20_000 ** 2
+    assert m.matrix_bytes == 8 * 20_000**2
     assert m.kept_bytes == ease._KEPT_ROW_BYTES * 20_000 * 50
     assert ease_memory(10, 50).kept_bytes == ease._KEPT_ROW_BYTES * 10 * 9  # at most n - 1 neighbours per item
     assert m.total_bytes == m.matrix_bytes + m.kept_bytes + m.buffer_bytes
 
 
 def test_in_place_solve_reads_the_upper_triangle_and_equals_the_inverse_formula(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(ease, "_MIRROR_BLOCK", 3)  # several mirror blocks, one of them ragged
     rng = np.random.default_rng(1)
     x = rng.poisson(0.7, size=(30, 11)).astype(float)
@@ -205,8 +218,9 @@ def _largest_abs_by_sort(w: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
 
 
 @pytest.mark.parametrize("buffer", [7, 1 << 21])
-def test_largest_abs_overall_is_exact_with_ties_zeros_and_subnormals(monkeypatch: pytest.MonkeyPatch,
-                                                                     buffer: int) -> None:
+def test_largest_abs_overall_is_exact_with_ties_zeros_and_subnormals(
+    monkeypatch: pytest.MonkeyPatch, buffer: int
+) -> None:
     monkeypatch.setattr(ease, "_ROW_BUFFER", buffer)  # 7: one row per pass step
     rng = np.random.default_rng(5)
     for trial in range(60):
@@ -224,21 +238,26 @@ def test_largest_abs_overall_is_exact_with_ties_zeros_and_subnormals(monkeypatch
             np.testing.assert_array_equal(cols, want_cols)
 
 
-def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(
-        spark) -> None:  # noqa: ANN001
+def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(spark) -> None:  # noqa: ANN001
     rows = _rows(seed=8)
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     items, x = _capped_matrix(rows, "linear", 1.0, 8)
     ref = _reference_ease(x, 3.0)
     want_rows, want_cols = _largest_abs_by_sort(ref, len(items) * 3)
     want = {(int(items[r]), int(items[c])): ref[r, c] for r, c in zip(want_rows, want_cols)}
-    params = SimilarityConfig(method="ease", top_n=3, max_user_items=8, block_items=4,
-                              ease=EaseConfig(confidence="linear", l2=3.0, prune="global"))
+    params = SimilarityConfig(
+        method="ease",
+        top_n=3,
+        max_user_items=8,
+        block_items=4,
+        ease=EaseConfig(confidence="linear", l2=3.0, prune="global"),
+    )
     grams = ease.EaseGrams(df)
     for got in (item_ease(df, params).collect(), ease.fit_ease(df, params, grams).neighbors.collect()):
         assert {(r.item_idx, r.neighbor_idx) for r in got} == set(want)
-        np.testing.assert_allclose([r.similarity for r in got], [want[r.item_idx, r.neighbor_idx] for r in got],
-                                   rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            [r.similarity for r in got], [want[r.item_idx, r.neighbor_idx] for r in got], rtol=0, atol=1e-6
+        )
         lengths = np.bincount([r.item_idx for r in got])
         assert lengths.max() > 3 and lengths[items].min() < 3  # the budget moved between items
         for item in items:

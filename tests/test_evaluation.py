@@ -22,10 +22,12 @@ def test_random_baseline_is_seeded_unseen_and_distinct(spark) -> None:  # noqa: 
     rows = recs.collect()
     assert len(rows) == 200 and all(r.item_idx % 3 or r.item_idx >= 40 for r in rows)  # never a seen item
     assert recs.groupBy("user_idx", "item_idx").count().where("count > 1").count() == 0
-    assert {(r.user_idx, r.item_idx, r.rank) for r in random_recs(train, users, 50, 10, seed=3).collect()} == \
-        {(r.user_idx, r.item_idx, r.rank) for r in rows}
-    assert {(r.user_idx, r.item_idx) for r in random_recs(train, users, 50, 10, seed=4).collect()} != \
-        {(r.user_idx, r.item_idx) for r in rows}
+    assert {(r.user_idx, r.item_idx, r.rank) for r in random_recs(train, users, 50, 10, seed=3).collect()} == {
+        (r.user_idx, r.item_idx, r.rank) for r in rows
+    }
+    assert {(r.user_idx, r.item_idx) for r in random_recs(train, users, 50, 10, seed=4).collect()} != {
+        (r.user_idx, r.item_idx) for r in rows
+    }
 
 
 def test_popularity_baseline_skips_seen_items(spark) -> None:  # noqa: ANN001
@@ -37,21 +39,38 @@ def test_popularity_baseline_skips_seen_items(spark) -> None:  # noqa: ANN001
 
 
 def _synthetic(cfg, tmp_path: Path):  # noqa: ANN001, ANN202
-    return cfg.with_overrides([
-        f"generate.output={tmp_path / 'raw'}", "generate.num_users=400", "generate.num_items=150",
-        "generate.num_events=12000", "generate.partitions=2", f"ingest.source.path={tmp_path / 'raw'}",
-        "ingest.source.preset=synthetic", "ingest.max_reject_fraction=0.05", "als.rank=8", "als.max_iter=5",
-        f"evaluation.output_dir={tmp_path / 'reports'}", "evaluation.ks=[5, 10, 20]",
-        "similarity.cosine.min_cooccurrence=1",
-    ])
+    return cfg.with_overrides(
+        [
+            f"generate.output={tmp_path / 'raw'}",
+            "generate.num_users=400",
+            "generate.num_items=150",
+            "generate.num_events=12000",
+            "generate.partitions=2",
+            f"ingest.source.path={tmp_path / 'raw'}",
+            "ingest.source.preset=synthetic",
+            "ingest.max_reject_fraction=0.05",
+            "als.rank=8",
+            "als.max_iter=5",
+            f"evaluation.output_dir={tmp_path / 'reports'}",
+            "evaluation.ks=[5, 10, 20]",
+            "similarity.cosine.min_cooccurrence=1",
+        ]
+    )
 
 
 def test_evaluate_job_writes_table_json_and_report(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
     from recsys_spark.pipeline import run_evaluate, run_generate
 
-    c = _synthetic(cfg, tmp_path).with_overrides([
-        'candidates.strategies=["als", "item_item", "blend"]', "evaluation.max_users=150", "als.tune=true",
-        "tuning.als_trials=2", "tuning.als_rank=[4, 8]", "tuning.als_short_iter=2"])
+    c = _synthetic(cfg, tmp_path).with_overrides(
+        [
+            'candidates.strategies=["als", "item_item", "blend"]',
+            "evaluation.max_users=150",
+            "als.tune=true",
+            "tuning.als_trials=2",
+            "tuning.als_rank=[4, 8]",
+            "tuning.als_short_iter=2",
+        ]
+    )
     run_generate(spark, c)
     ingest(c)
     res = run_evaluate(spark, c, RunContext.new("evaluate", c))
@@ -101,11 +120,22 @@ def test_movielens_100k_fold_u1(spark, ingest, cfg, store, shared_data: Path, tm
     from recsys_spark.pipeline import run_evaluate
 
     base = shared_data / "ml-100k"
-    c = load_config(REPO / "conf" / "movielens-100k.toml", [
-        f"storage.root={cfg.storage.root}", f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
-        f"ingest.source.path={base / 'u.data'}", "als.tune=false", "similarity.tune=false", "candidates.tune=false",
-        f"evaluation.given_train={base / '{fold}.base'}", f"evaluation.given_test={base / '{fold}.test'}",
-        'evaluation.folds=["u1"]', "evaluation.ks=[10]", f"evaluation.output_dir={tmp_path / 'reports'}"])
+    c = load_config(
+        REPO / "conf" / "movielens-100k.toml",
+        [
+            f"storage.root={cfg.storage.root}",
+            f"spark.checkpoint_dir={tmp_path / 'checkpoints'}",
+            f"ingest.source.path={base / 'u.data'}",
+            "als.tune=false",
+            "similarity.tune=false",
+            "candidates.tune=false",
+            f"evaluation.given_train={base / '{fold}.base'}",
+            f"evaluation.given_test={base / '{fold}.test'}",
+            'evaluation.folds=["u1"]',
+            "evaluation.ks=[10]",
+            f"evaluation.output_dir={tmp_path / 'reports'}",
+        ],
+    )
     strategies = list(c.candidates.strategies)
     assert strategies == ["als", "item_item", "ease", "rp3beta", "blend"]
     ingest(c)
@@ -128,16 +158,32 @@ def test_other_datasets(spark, ingest, cfg, store, shared_data: Path, tmp_path: 
     from recsys_spark.pipeline import run_evaluate
 
     if dataset == "ml-latest-small":
-        source = [f"ingest.source.path={shared_data / 'ml-latest-small' / 'ratings.csv'}",
-                  "ingest.source.preset=movielens-csv", "evaluation.split=time", "evaluation.test_fraction=0.2"]
+        source = [
+            f"ingest.source.path={shared_data / 'ml-latest-small' / 'ratings.csv'}",
+            "ingest.source.preset=movielens-csv",
+            "evaluation.split=time",
+            "evaluation.test_fraction=0.2",
+        ]
     else:
-        source = [f"ingest.source.path={shared_data / 'hetrec2011-lastfm-2k' / 'user_artists.dat'}",
-                  "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p", "evaluation.split=random",
-                  "evaluation.test_fraction=0.2"]
-    c = cfg.with_overrides([*source, "als.rank=32", "als.max_iter=10", "similarity.cosine.min_cooccurrence=1",
-                            "candidates.recent_items=1000", 'candidates.strategies=["als", "item_item"]',
-                            "evaluation.ks=[10, 20]",
-                            f"evaluation.output_dir={tmp_path / 'reports'}"])
+        source = [
+            f"ingest.source.path={shared_data / 'hetrec2011-lastfm-2k' / 'user_artists.dat'}",
+            "ingest.source.preset=lastfm-plays",
+            "ingest.value_transform=log1p",
+            "evaluation.split=random",
+            "evaluation.test_fraction=0.2",
+        ]
+    c = cfg.with_overrides(
+        [
+            *source,
+            "als.rank=32",
+            "als.max_iter=10",
+            "similarity.cosine.min_cooccurrence=1",
+            "candidates.recent_items=1000",
+            'candidates.strategies=["als", "item_item"]',
+            "evaluation.ks=[10, 20]",
+            f"evaluation.output_dir={tmp_path / 'reports'}",
+        ]
+    )
     ingest(c)
     s = run_evaluate(spark, c, RunContext.new("evaluate", c)).summary
     ndcg = {r["model"]: r["value"] for r in s["results"] if r["metric"] == "ndcg" and r["k"] == 10}
@@ -194,12 +240,16 @@ def _ndcg_at(lists: dict[int, list[int]], relevant: dict[int, set[int]], k: int)
 def test_what_is_evaluated_is_exactly_what_is_served(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
     """topk's lists, scored by the served split, equal a numpy NDCG of the table's own rows; and a
     given split that fits on the same training file scores its lists, made by the same code, the same."""
-    from recsys_spark.pipeline import (run_candidates, run_evaluate, run_generate, run_item_similarity,
-                                       run_train_als)
+    from recsys_spark.pipeline import run_candidates, run_evaluate, run_generate, run_item_similarity, run_train_als
 
-    c = _synthetic(cfg, tmp_path).with_overrides([
-        'candidates.strategies=["item_item", "blend"]', "candidates.blend_weights={item_item = 0.7, als = 0.3}",
-        "candidates.k=20", "evaluation.ks=[10]"])
+    c = _synthetic(cfg, tmp_path).with_overrides(
+        [
+            'candidates.strategies=["item_item", "blend"]',
+            "candidates.blend_weights={item_item = 0.7, als = 0.3}",
+            "candidates.k=20",
+            "evaluation.ks=[10]",
+        ]
+    )
     run_generate(spark, c)
     ingest(c)
     for job, run in (("train-als", run_train_als), ("item-similarity", run_item_similarity), ("topk", run_candidates)):
@@ -215,8 +265,12 @@ def test_what_is_evaluated_is_exactly_what_is_served(spark, cfg, ingest, store, 
         if (u, i) not in seen:
             relevant.setdefault(u, set()).add(i)
     (tmp_path / "test").mkdir()
-    (tmp_path / "test" / "held_out.csv").write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "".join(
-        f"t{u}-{i},{users[u]},{items[i]},view,2026-10-01T00:00:00Z,1\n" for u, rel in relevant.items() for i in rel))
+    (tmp_path / "test" / "held_out.csv").write_text(
+        "event_id,user_id,item_id,event_type,timestamp,value\n"
+        + "".join(
+            f"t{u}-{i},{users[u]},{items[i]},view,2026-10-01T00:00:00Z,1\n" for u, rel in relevant.items() for i in rel
+        )
+    )
     served = c.with_overrides(["evaluation.split=served", f"evaluation.given_test={tmp_path / 'test'}"])
     s = run_evaluate(spark, served, RunContext.new("evaluate", served)).summary
     got = {r["model"]: r["value"] for r in s["results"] if r["metric"] == "ndcg" and r["k"] == 10}
@@ -229,8 +283,13 @@ def test_what_is_evaluated_is_exactly_what_is_served(spark, cfg, ingest, store, 
     assert got["item_item"] > got["random"]  # the comparison means something
 
     # a given split fitting on the same log makes the same item_item lists, so scores them the same
-    given = c.with_overrides(["evaluation.split=given", f"evaluation.given_train={tmp_path / 'raw'}",
-                              f"evaluation.given_test={tmp_path / 'test'}"])
+    given = c.with_overrides(
+        [
+            "evaluation.split=given",
+            f"evaluation.given_train={tmp_path / 'raw'}",
+            f"evaluation.given_test={tmp_path / 'test'}",
+        ]
+    )
     g = run_evaluate(spark, given, RunContext.new("evaluate", given)).summary
     again = {r["model"]: r["value"] for r in g["results"] if r["metric"] == "ndcg" and r["k"] == 10}
     assert again["item_item"] == pytest.approx(got["item_item"], abs=1e-12)

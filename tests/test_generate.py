@@ -73,7 +73,7 @@ def test_users_keep_to_their_own_genres() -> None:
     world = _world(cfg)
     genre_of = np.empty(cfg.num_items, dtype=int)
     for g in range(len(world.genre_share)):
-        genre_of[world.genre_items[world.genre_start[g]:world.genre_start[g + 1]]] = g
+        genre_of[world.genre_items[world.genre_start[g] : world.genre_start[g + 1]]] = g
     own, expected = [], []
     for u in range(300):
         mix = user_profile(u, cfg, world).genre_mix

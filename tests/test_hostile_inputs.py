@@ -95,13 +95,27 @@ def _row(prefix: str, i: int, item: str | None = None) -> str:
 
 def _parquet(users: pa.Array, n: int | None = None) -> pa.Table:
     nan, inf = float("nan"), float("inf")
-    table = pa.table({
-        "user": users,
-        "item": ["p-i1", "p-i2", "p-i3", "p-i4", "p-i5", "", "p-i7", "p\x00i8", "p-i9"],
-        "ts": pa.array([1788000000, 1788000000000, 1788000000, 1788000000, 1788000000, 1788000000, None,
-                        1788000000, 1788000000000], pa.int64()),
-        "w": pa.array([1.0, nan, inf, -1.0, None, 2.0, 1.0, 1.0, 1.0], pa.float64()),
-    })
+    table = pa.table(
+        {
+            "user": users,
+            "item": ["p-i1", "p-i2", "p-i3", "p-i4", "p-i5", "", "p-i7", "p\x00i8", "p-i9"],
+            "ts": pa.array(
+                [
+                    1788000000,
+                    1788000000000,
+                    1788000000,
+                    1788000000,
+                    1788000000,
+                    1788000000,
+                    None,
+                    1788000000,
+                    1788000000000,
+                ],
+                pa.int64(),
+            ),
+            "w": pa.array([1.0, nan, inf, -1.0, None, 2.0, 1.0, 1.0, 1.0], pa.float64()),
+        }
+    )
     return table if n is None else table.slice(0, n)
 
 
@@ -115,17 +129,22 @@ _INT64_IDS = pa.array([2**63 - 1, 3, 4, 5, 6, 7, 8, 9, -(2**63)], pa.int64())
 
 MAKERS: dict[str, Callable[[Path], Any]] = {
     "ten_mb_line": lambda p: p.write_text(
-        HEADER + _row("tm", 1) + "tm9,tm-u9," + "x" * 10_000_000 + f",view,{WHEN},1\n" + _row("tm", 2)),
+        HEADER + _row("tm", 1) + "tm9,tm-u9," + "x" * 10_000_000 + f",view,{WHEN},1\n" + _row("tm", 2)
+    ),
     "ten_mb_header": lambda p: p.write_text("h" * 10_000_000 + "\n" + _row("th", 1)),
-    "gzipped": lambda p: p.write_bytes(gzip.compress((HEADER + _row("gz", 1) + _row("gz", 2) + _row("gz", 3, "")).encode())),
+    "gzipped": lambda p: p.write_bytes(
+        gzip.compress((HEADER + _row("gz", 1) + _row("gz", 2) + _row("gz", 3, "")).encode())
+    ),
     "bzipped": lambda p: p.write_bytes(bz2.compress((HEADER + _row("bz", 1) + _row("bz", 2)).encode())),
     "header_only_gz": lambda p: p.write_bytes(gzip.compress(HEADER.encode())),
     # cut in the middle: the driver's first look at the file already runs out of data
-    "truncated_early_gz": lambda p: p.write_bytes(gzip.compress((HEADER + "".join(
-        _row("te", i) for i in range(50))).encode())[:300]),
+    "truncated_early_gz": lambda p: p.write_bytes(
+        gzip.compress((HEADER + "".join(_row("te", i) for i in range(50))).encode())[:300]
+    ),
     # cut near the end of ~250 KB of text: only Spark's full read reaches the cut
-    "truncated_late_gz": lambda p: p.write_bytes(gzip.compress((HEADER + "".join(
-        _row("tz", i) for i in range(5000))).encode())[:-100]),
+    "truncated_late_gz": lambda p: p.write_bytes(
+        gzip.compress((HEADER + "".join(_row("tz", i) for i in range(5000))).encode())[:-100]
+    ),
     "gzip_named_csv": lambda p: p.write_bytes(gzip.compress((HEADER + _row("gn", 1)).encode())),
     "deflated": lambda p: p.write_bytes(zlib.compress((HEADER + _row("df", 1)).encode())),
     "parquet_named_csv": lambda p: p.write_bytes(_parquet_bytes(pa.table({"event_id": ["x"], "user_id": ["u"]}))),
@@ -133,13 +152,18 @@ MAKERS: dict[str, Callable[[Path], Any]] = {
     "parquet_empty": lambda p: pq.write_table(_parquet(_INT64_IDS, 0), p),
     "parquet_string_user": lambda p: pq.write_table(_parquet(pa.array([str(i) for i in range(9)])), p),
     # what pandas writes: datetime64[ns] as INT64 TIMESTAMP(NANOS, false), and NaT as null
-    "pandas_naive_ns": lambda p: pd.DataFrame({
-        "user": ["pd-u1", "pd-u2", "pd-u3"], "item": ["pd-i1", "pd-i2", "pd-i3"],
-        "ts": pd.to_datetime(["2026-08-29 10:40:00.123456789", "1999-12-31 23:59:59.9999999", None]),
-        "w": [1.0, 2.0, 1.0]}).to_parquet(p),
+    "pandas_naive_ns": lambda p: pd.DataFrame(
+        {
+            "user": ["pd-u1", "pd-u2", "pd-u3"],
+            "item": ["pd-i1", "pd-i2", "pd-i3"],
+            "ts": pd.to_datetime(["2026-08-29 10:40:00.123456789", "1999-12-31 23:59:59.9999999", None]),
+            "w": [1.0, 2.0, 1.0],
+        }
+    ).to_parquet(p),
     # an int column with a missing value: pandas makes it float64
-    "pandas_float_ids": lambda p: pd.DataFrame({
-        "user": [1, None], "item": ["pf-i1", "pf-i2"], "ts": [1788000000, 1788000000], "w": [1.0, 1.0]}).to_parquet(p),
+    "pandas_float_ids": lambda p: pd.DataFrame(
+        {"user": [1, None], "item": ["pf-i1", "pf-i2"], "ts": [1788000000, 1788000000], "w": [1.0, 1.0]}
+    ).to_parquet(p),
     "one_row": lambda p: p.write_text(HEADER + f"one-{p.name},one-{p.name},one-i,view,{WHEN},1\n"),
     "fifo": lambda p: os.mkfifo(p),
     "empty_dir": lambda p: p.mkdir(),
@@ -201,12 +225,20 @@ def _run_batch(spark: SparkSession, base: Config, work: Path, batch: str) -> Bat
     for case in ROW_CASES:
         if case.batch == batch:
             _place(case, work, keep_dirs=True)
-    cfg = base.with_overrides([f"storage.root={work / 'warehouse'}", f"ingest.source.path={work / batch}",
-                               "ingest.max_reject_fraction=1.0", *TABLE["batch"][batch]["set"]])
+    cfg = base.with_overrides(
+        [
+            f"storage.root={work / 'warehouse'}",
+            f"ingest.source.path={work / batch}",
+            "ingest.max_reject_fraction=1.0",
+            *TABLE["batch"][batch]["set"],
+        ]
+    )
     report = _ingest(spark, cfg)
     store = TableStore(spark, cfg.storage)
-    files = {r.path: FileOutcome(r.rows_read, r.rows_rejected, {}, {}, [], {}, {})
-             for r in store.read(T.INGESTED_FILES).collect()}
+    files = {
+        r.path: FileOutcome(r.rows_read, r.rows_rejected, {}, {}, [], {}, {})
+        for r in store.read(T.INGESTED_FILES).collect()
+    }
     if store.exists(T.REJECTED_INTERACTIONS):
         for r in store.read(T.REJECTED_INTERACTIONS).collect():
             files[r.source_file].rejected[r.line_number] = r.reason
@@ -222,8 +254,9 @@ def _run_batch(spark: SparkSession, base: Config, work: Path, batch: str) -> Bat
 
 
 @pytest.fixture(scope="module")
-def batch_outcome(spark: SparkSession, base_config: Config,
-                  tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], BatchOutcome]:
+def batch_outcome(
+    spark: SparkSession, base_config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], BatchOutcome]:
     done: dict[str, BatchOutcome] = {}
 
     def get(batch: str) -> BatchOutcome:
@@ -287,14 +320,20 @@ def _error_setup(case: Case, base: Config, work: Path) -> tuple[list[str], Path,
     path = _place(case, folder, keep_dirs=False)
     source = path if case.source == "file" else folder
     extra = [s.replace("{file}", str(path)).replace("{dir}", str(folder)) for s in case.set]
-    sets = [f"storage.root={work / 'warehouse'}", f"ingest.source.path={source}", "ingest.max_reject_fraction=1.0",
-            *TABLE["batch"][case.batch]["set"], *extra]
+    sets = [
+        f"storage.root={work / 'warehouse'}",
+        f"ingest.source.path={source}",
+        "ingest.max_reject_fraction=1.0",
+        *TABLE["batch"][case.batch]["set"],
+        *extra,
+    ]
     return sets, path, folder
 
 
 @pytest.mark.parametrize("case", ERROR_CASES, ids=lambda c: c.name)
-def test_bad_files_and_options_fail_clearly_and_commit_nothing(case: Case, spark: SparkSession, base_config: Config,
-                                                               tmp_path: Path) -> None:
+def test_bad_files_and_options_fail_clearly_and_commit_nothing(
+    case: Case, spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
     sets, path, folder = _error_setup(case, base_config, tmp_path)
     with pytest.raises(ERRORS[case.error]) as err:
         _ingest(spark, base_config.with_overrides(sets))
@@ -309,24 +348,32 @@ def test_bad_files_and_options_fail_clearly_and_commit_nothing(case: Case, spark
 
 
 @pytest.mark.parametrize("name", ["gz-that-is-not-gzip", "utf16-configured", "truncated-gzip-found-by-spark"])
-def test_cli_prints_one_clear_error_without_a_traceback(name: str, spark: SparkSession, base_config: Config,
-                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_prints_one_clear_error_without_a_traceback(
+    name: str, spark: SparkSession, base_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     case = next(c for c in ERROR_CASES if c.name == name)
     sets, path, _ = _error_setup(case, base_config, tmp_path)
     s = base_config.spark  # the shared session's own settings, so that the CLI reuses it unchanged
-    sets += [f"spark.master={s.master}", f"spark.shuffle_partitions={s.shuffle_partitions}",
-             "spark.ui_enabled=false", f"spark.checkpoint_dir={s.checkpoint_dir}"]
+    sets += [
+        f"spark.master={s.master}",
+        f"spark.shuffle_partitions={s.shuffle_partitions}",
+        "spark.ui_enabled=false",
+        f"spark.checkpoint_dir={s.checkpoint_dir}",
+    ]
     assert main([arg for s_ in sets for arg in ("--set", s_)] + ["ingest"]) == 2
     out = capsys.readouterr()
-    first = out.err[out.err.index("error: "):].splitlines()[0]
+    first = out.err[out.err.index("error: ") :].splitlines()[0]
     assert ("ingest.source.encoding" if case.error == "ConfigError" else str(path)) in first
     assert "Traceback" not in out.err + out.out
 
 
 def test_every_corpus_file_is_in_the_table() -> None:
     listed = {c.file for c in CASES if not c.make} | {name for c in CASES for name in c.also}
-    committed = {str(p.relative_to(HOSTILE)) for p in HOSTILE.rglob("*")
-                 if p.is_file() and p.name not in ("expected.toml", ".gitattributes")}
+    committed = {
+        str(p.relative_to(HOSTILE))
+        for p in HOSTILE.rglob("*")
+        if p.is_file() and p.name not in ("expected.toml", ".gitattributes")
+    }
     assert committed == listed
     assert {c.make for c in CASES if c.make} | {m for c in CASES for m in c.also_make.values()} <= set(MAKERS)
     assert len({c.name for c in CASES}) == len(CASES)

@@ -37,15 +37,15 @@ BAD_LINES = [
 ]
 
 
-
-
 def _write(path: Path, lines: list[str], header: str | None = HEADER) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(([header] if header else []) + lines) + "\n")
     return path
 
 
-def test_planted_bad_rows_are_exactly_quarantined(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_planted_bad_rows_are_exactly_quarantined(
+    spark, ingest, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:  # noqa: ANN001
     lines = GOOD_LINES[:3] + [b for b, _ in BAD_LINES] + GOOD_LINES[3:] + [GOOD_LINES[0]]  # + a duplicate
     f = _write(tmp_path / "in" / "events.csv", lines)
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.9")
@@ -53,8 +53,9 @@ def test_planted_bad_rows_are_exactly_quarantined(spark, ingest, cfg: Config, st
     assert report.rows_rejected == len(BAD_LINES)
     assert report.rows_duplicate == 1
     assert report.events_added == len(GOOD_LINES)
-    rejected = {(r.line_number, r.raw_line, r.reason, r.source_file)
-                for r in store.read(T.REJECTED_INTERACTIONS).collect()}
+    rejected = {
+        (r.line_number, r.raw_line, r.reason, r.source_file) for r in store.read(T.REJECTED_INTERACTIONS).collect()
+    }
     expected = {(5 + i, line, reason, str(f)) for i, (line, reason) in enumerate(BAD_LINES)}  # after header + 3
     assert rejected == expected
     assert report.reject_reasons == {reason: 1 for _, reason in BAD_LINES}
@@ -68,7 +69,10 @@ def test_tables_and_ids(spark, ingest, cfg: Config, store: TableStore, tmp_path:
     inter = store.read(T.INTERACTIONS)
     assert inter.count() == 5
     assert {str(r.event_date) for r in inter.select("event_date").distinct().collect()} == {
-        "2026-09-01", "2026-09-02", "2026-09-03"}
+        "2026-09-01",
+        "2026-09-02",
+        "2026-09-03",
+    }
     m = {(r.user_idx, r.item_idx): r for r in store.read(T.INTERACTION_MATRIX).collect()}
     alice_apple = m[(users["alice"], items["apple"])]
     assert alice_apple.confidence == 1.0 + 2.0 and alice_apple.event_count == 2
@@ -76,8 +80,9 @@ def test_tables_and_ids(spark, ingest, cfg: Config, store: TableStore, tmp_path:
     assert store.schema(T.INTERACTION_MATRIX)["user_idx"].dataType.simpleString() == "int"
 
 
-def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, ingest, cfg: Config, store: TableStore,
-                                                               tmp_path: Path) -> None:  # noqa: ANN001
+def test_reingest_changes_nothing_and_new_ids_get_new_numbers(
+    spark, ingest, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:  # noqa: ANN001
     first = _write(tmp_path / "in" / "day1.csv", GOOD_LINES)
     ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
     before = table_versions(store)
@@ -97,8 +102,10 @@ def test_reingest_changes_nothing_and_new_ids_get_new_numbers(spark, ingest, cfg
     assert store.version(T.INTERACTIONS) == before[T.INTERACTIONS]
 
     # A new day: new ids are numbered after the old ones, old ids keep theirs.
-    _write(tmp_path / "in" / "day2.csv", ["e20,zed,apple,view,2026-09-04T10:00:00Z,1",
-                                          "e21,alice,kiwi,view,2026-09-04T10:00:00Z,1"])
+    _write(
+        tmp_path / "in" / "day2.csv",
+        ["e20,zed,apple,view,2026-09-04T10:00:00Z,1", "e21,alice,kiwi,view,2026-09-04T10:00:00Z,1"],
+    )
     day2 = ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
     assert (day2.events_added, day2.new_users, day2.new_items) == (2, 1, 1)
     users_after = {r.user_id: r.user_idx for r in store.read(T.USERS).collect()}
@@ -121,7 +128,9 @@ def test_modified_file_adds_only_its_new_events(spark, ingest, cfg: Config, stor
     assert store.read(T.REJECTED_INTERACTIONS).count() == 2
 
 
-def test_too_many_rejects_fail_and_commit_nothing(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_too_many_rejects_fail_and_commit_nothing(
+    spark, ingest, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:  # noqa: ANN001
     f = _write(tmp_path / "bad.csv", GOOD_LINES[:2] + [b for b, _ in BAD_LINES])
     with pytest.raises(RejectThresholdError) as err:
         ingest(cfg, f"ingest.source.path={f}")
@@ -154,29 +163,40 @@ def test_tsv_without_header_crlf_bom_and_latin1(spark, ingest, cfg: Config, stor
     latin = tmp_path / "latin.csv"
     latin.write_bytes("user_id,item_id,event_type,timestamp,value\nzoë,café,view,2026-09-01,1\n".encode("latin-1"))
     c = cfg.with_overrides([f"storage.root={tmp_path / 'wh2'}"])
-    ingest(c, f"ingest.source.path={latin}", "ingest.source.preset=custom", "ingest.source.encoding=ISO-8859-1",
-            "ingest.source.event_type_col=event_type", "ingest.source.value_col=value",
-            "ingest.source.timestamp_col=timestamp")
+    ingest(
+        c,
+        f"ingest.source.path={latin}",
+        "ingest.source.preset=custom",
+        "ingest.source.encoding=ISO-8859-1",
+        "ingest.source.event_type_col=event_type",
+        "ingest.source.value_col=value",
+        "ingest.source.timestamp_col=timestamp",
+    )
     assert [r.user_id for r in TableStore(spark, c.storage).read(T.USERS).collect()] == ["zoë"]
 
 
 def test_invalid_utf8_is_quarantined(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     f = tmp_path / "mixed.csv"
-    f.write_bytes((HEADER + "\n" + "\n".join(GOOD_LINES) + "\n").encode() +
-                  b"e9,caf\xe9,apple,view,2026-09-01T10:00:00Z,1\n")
+    f.write_bytes(
+        (HEADER + "\n" + "\n".join(GOOD_LINES) + "\n").encode() + b"e9,caf\xe9,apple,view,2026-09-01T10:00:00Z,1\n"
+    )
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     assert report.reject_reasons == {"invalid_encoding": 1}
     assert store.read(T.REJECTED_INTERACTIONS).first().line_number == 7
 
 
 def test_json_lines_gzipped(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
-    rows = [{"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1393545600},
-            {"reviewerID": "A2", "asin": "B1", "overall": 3.0, "unixReviewTime": 1393545600},
-            {"reviewerID": "A2", "asin": ["B2"], "overall": 3.0, "unixReviewTime": 1393545600}]
+    rows = [
+        {"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1393545600},
+        {"reviewerID": "A2", "asin": "B1", "overall": 3.0, "unixReviewTime": 1393545600},
+        {"reviewerID": "A2", "asin": ["B2"], "overall": 3.0, "unixReviewTime": 1393545600},
+    ]
     f = tmp_path / "reviews.json.gz"
     with gzip.open(f, "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
-    report = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=amazon-5core", "ingest.max_reject_fraction=0.9")
+    report = ingest(
+        cfg, f"ingest.source.path={f}", "ingest.source.preset=amazon-5core", "ingest.max_reject_fraction=0.9"
+    )
     assert (report.events_added, report.rows_rejected) == (2, 2)
     assert report.reject_reasons == {"invalid_id": 1, "malformed_row": 1}
     assert {r.line_number for r in store.read(T.REJECTED_INTERACTIONS).collect()} == {3, 4}
@@ -184,13 +204,28 @@ def test_json_lines_gzipped(spark, ingest, cfg: Config, store: TableStore, tmp_p
 
 def test_parquet_source(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
     (tmp_path / "pq").mkdir()
-    table = pa.table({"user": [1, 2, 2, 3], "item": ["x", "y", "x", None], "ts": pa.array(
-        [1_788_000_000_000, 1_788_000_100_000, 1_788_000_200_000, 1_788_000_300_000], pa.timestamp("ms", "UTC")),
-        "kind": ["view", "click", "view", "view"]})
+    table = pa.table(
+        {
+            "user": [1, 2, 2, 3],
+            "item": ["x", "y", "x", None],
+            "ts": pa.array(
+                [1_788_000_000_000, 1_788_000_100_000, 1_788_000_200_000, 1_788_000_300_000], pa.timestamp("ms", "UTC")
+            ),
+            "kind": ["view", "click", "view", "view"],
+        }
+    )
     pq.write_table(table, tmp_path / "pq" / "part-0.parquet")
-    report = ingest(cfg, f"ingest.source.path={tmp_path / 'pq'}", "ingest.source.preset=custom", "ingest.source.format=parquet",
-                     "ingest.source.user_col=user", "ingest.source.item_col=item", "ingest.source.timestamp_col=ts",
-                     "ingest.source.event_type_col=kind", "ingest.max_reject_fraction=0.5")
+    report = ingest(
+        cfg,
+        f"ingest.source.path={tmp_path / 'pq'}",
+        "ingest.source.preset=custom",
+        "ingest.source.format=parquet",
+        "ingest.source.user_col=user",
+        "ingest.source.item_col=item",
+        "ingest.source.timestamp_col=ts",
+        "ingest.source.event_type_col=kind",
+        "ingest.max_reject_fraction=0.5",
+    )
     assert (report.events_added, report.rows_rejected) == (3, 1)
     bad = store.read(T.REJECTED_INTERACTIONS).first()
     assert bad.line_number == 4 and bad.reason == "missing_item_id" and '"user":3' in bad.raw_line
@@ -202,8 +237,13 @@ def test_not_a_parquet_file_names_the_file(spark, ingest, cfg: Config, tmp_path:
     f = tmp_path / "fake.parquet"
     f.write_text("user,item\n1,2\n")
     with pytest.raises(InputError, match=r"fake.parquet is not a readable Parquet file"):
-        ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=custom", "ingest.source.format=parquet",
-                "ingest.source.timestamp_format=none")
+        ingest(
+            cfg,
+            f"ingest.source.path={f}",
+            "ingest.source.preset=custom",
+            "ingest.source.format=parquet",
+            "ingest.source.timestamp_format=none",
+        )
 
 
 def test_oversize_line_is_quarantined_not_parsed(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001

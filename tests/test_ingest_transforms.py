@@ -9,51 +9,68 @@ from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
 from recsys_spark.config import IngestConfig, SourceConfig
-from recsys_spark.ingest import (accepted_events, assign_dense_ids, interaction_matrix, parse_timestamp,
-                                 validate_events)
+from recsys_spark.ingest import accepted_events, assign_dense_ids, interaction_matrix, parse_timestamp, validate_events
 from recsys_spark.sources import FIELDS
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
-IMPLICIT = SourceConfig(preset="custom", event_type_col="type", value_col="v", timestamp_col="ts",
-                        timestamp_format="auto")
-EXPLICIT = SourceConfig(preset="custom", value_col="r", timestamp_col="ts", timestamp_format="unix_s",
-                        feedback="explicit", default_event_type="rating")
+IMPLICIT = SourceConfig(
+    preset="custom", event_type_col="type", value_col="v", timestamp_col="ts", timestamp_format="auto"
+)
+EXPLICIT = SourceConfig(
+    preset="custom",
+    value_col="r",
+    timestamp_col="ts",
+    timestamp_format="unix_s",
+    feedback="explicit",
+    default_event_type="rating",
+)
 
 
 def _raw(spark, rows: list[dict]):  # noqa: ANN001, ANN202
     cols = ["source_file", "line_number", "raw_line", "parse_error", *FIELDS]
-    data = [(r.get("source_file", "f.csv"), i + 1, r.get("raw_line", f"line{i}"), r.get("parse_error"),
-             *[r.get(c) for c in FIELDS]) for i, r in enumerate(rows)]
+    data = [
+        (
+            r.get("source_file", "f.csv"),
+            i + 1,
+            r.get("raw_line", f"line{i}"),
+            r.get("parse_error"),
+            *[r.get(c) for c in FIELDS],
+        )
+        for i, r in enumerate(rows)
+    ]
     return spark.createDataFrame(data, ", ".join(f"{c} {'LONG' if c == 'line_number' else 'STRING'}" for c in cols))
 
 
-@pytest.mark.parametrize("fmt, text, expected", [
-    ("unix_s", "874724710", "1997-09-20T03:05:10"),
-    ("unix_ms", "874724710500", "1997-09-20T03:05:10.500"),
-    ("iso", "2026-09-01T12:34:56.789Z", "2026-09-01T12:34:56.789"),
-    ("iso", "2026-09-01 12:34:56", "2026-09-01T12:34:56"),
-    ("iso", "2026-09-01T14:34:56+02:00", "2026-09-01T12:34:56"),
-    ("auto", "874724710", "1997-09-20T03:05:10"),
-    ("auto", "874724710500", "1997-09-20T03:05:10.500"),
-    ("auto", "-86400", "1969-12-31T00:00:00"),
-    ("auto", "1969-07-20T20:17:00Z", "1969-07-20T20:17:00"),
-    ("auto", "not a time", None),
-    ("unix_s", "2026-09-01", None),
-    ("auto", "1e300", None),
-    ("auto", "NaN", None),
-    # unix times are plain decimals too: Java's parseDouble would read all of these
-    ("unix_s", "874724710d", None),
-    ("unix_s", "0x1.a1p29", None),
-    ("unix_s", "\uff18\uff17\uff14\uff17\uff12\uff14\uff17\uff11\uff10", None),
-    ("unix_ms", "874724710500f", None),
-    ("unix_ms", "874_724_710_500", None),
-    ("auto", "874724710D", None),
-    ("auto", "--874724710", None),
-    ("unix_s", "+874724710", "1997-09-20T03:05:10"),
-    ("unix_ms", "8.747247105E11", "1997-09-20T03:05:10.500"),
-    ("auto", "8.7472471e8", "1997-09-20T03:05:10"),
-    ("auto", "874724710\u00a0", "1997-09-20T03:05:10"),
-])
+@pytest.mark.parametrize(
+    "fmt, text, expected",
+    [
+        ("unix_s", "874724710", "1997-09-20T03:05:10"),
+        ("unix_ms", "874724710500", "1997-09-20T03:05:10.500"),
+        ("iso", "2026-09-01T12:34:56.789Z", "2026-09-01T12:34:56.789"),
+        ("iso", "2026-09-01 12:34:56", "2026-09-01T12:34:56"),
+        ("iso", "2026-09-01T14:34:56+02:00", "2026-09-01T12:34:56"),
+        ("auto", "874724710", "1997-09-20T03:05:10"),
+        ("auto", "874724710500", "1997-09-20T03:05:10.500"),
+        ("auto", "-86400", "1969-12-31T00:00:00"),
+        ("auto", "1969-07-20T20:17:00Z", "1969-07-20T20:17:00"),
+        ("auto", "not a time", None),
+        ("unix_s", "2026-09-01", None),
+        ("auto", "1e300", None),
+        ("auto", "NaN", None),
+        # unix times are plain decimals too: Java's parseDouble would read all of these
+        ("unix_s", "874724710d", None),
+        ("unix_s", "0x1.a1p29", None),
+        ("unix_s", "\uff18\uff17\uff14\uff17\uff12\uff14\uff17\uff11\uff10", None),
+        ("unix_ms", "874724710500f", None),
+        ("unix_ms", "874_724_710_500", None),
+        ("auto", "874724710D", None),
+        ("auto", "--874724710", None),
+        ("unix_s", "+874724710", "1997-09-20T03:05:10"),
+        ("unix_ms", "8.747247105E11", "1997-09-20T03:05:10.500"),
+        ("auto", "8.7472471e8", "1997-09-20T03:05:10"),
+        ("auto", "874724710\u00a0", "1997-09-20T03:05:10"),
+    ],
+)
 def test_parse_timestamp(spark, fmt: str, text: str, expected: str | None) -> None:  # noqa: ANN001
     parsed = parse_timestamp(F.col("t"), fmt)
     row = spark.createDataFrame([(text,)], "t STRING").select(parsed.alias("p")).first()
@@ -68,31 +85,34 @@ def test_parse_timestamp(spark, fmt: str, text: str, expected: str | None) -> No
 GOOD = {"user_id": "u1", "item_id": "i1", "event_type": "view", "value": "1", "timestamp": "2026-09-01T00:00:00Z"}
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({}, None),
-    ({"event_type": " VIEW "}, None),
-    ({"parse_error": "malformed_row"}, "malformed_row"),
-    ({"parse_error": "invalid_encoding"}, "invalid_encoding"),
-    ({"user_id": ""}, "missing_user_id"),
-    ({"user_id": None}, "missing_user_id"),
-    ({"item_id": "   "}, "missing_item_id"),
-    ({"item_id": "x" * 300}, "oversize_field"),
-    ({"user_id": "a\x00b"}, "invalid_id"),
-    ({"item_id": "\x00<non-scalar>"}, "invalid_id"),
-    ({"event_type": ""}, "missing_event_type"),
-    ({"event_type": "hover"}, "unknown_event_type"),
-    ({"timestamp": ""}, "missing_timestamp"),
-    ({"timestamp": "yesterday"}, "unparsable_timestamp"),
-    ({"timestamp": "1850-01-01T00:00:00Z"}, "timestamp_out_of_range"),
-    ({"timestamp": "2099-01-01T00:00:00Z"}, "timestamp_out_of_range"),
-    ({"timestamp": "1988-01-01T00:00:00Z"}, "timestamp_out_of_range"),
-    ({"value": ""}, "missing_value"),
-    ({"value": "lots"}, "unparsable_value"),
-    ({"value": "NaN"}, "non_finite_value"),
-    ({"value": "-Infinity"}, "non_finite_value"),
-    ({"value": "-2"}, "negative_value"),
-    ({"user_id": "12345678901234567890123456789"}, None),  # overflows int64: ids are strings
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({}, None),
+        ({"event_type": " VIEW "}, None),
+        ({"parse_error": "malformed_row"}, "malformed_row"),
+        ({"parse_error": "invalid_encoding"}, "invalid_encoding"),
+        ({"user_id": ""}, "missing_user_id"),
+        ({"user_id": None}, "missing_user_id"),
+        ({"item_id": "   "}, "missing_item_id"),
+        ({"item_id": "x" * 300}, "oversize_field"),
+        ({"user_id": "a\x00b"}, "invalid_id"),
+        ({"item_id": "\x00<non-scalar>"}, "invalid_id"),
+        ({"event_type": ""}, "missing_event_type"),
+        ({"event_type": "hover"}, "unknown_event_type"),
+        ({"timestamp": ""}, "missing_timestamp"),
+        ({"timestamp": "yesterday"}, "unparsable_timestamp"),
+        ({"timestamp": "1850-01-01T00:00:00Z"}, "timestamp_out_of_range"),
+        ({"timestamp": "2099-01-01T00:00:00Z"}, "timestamp_out_of_range"),
+        ({"timestamp": "1988-01-01T00:00:00Z"}, "timestamp_out_of_range"),
+        ({"value": ""}, "missing_value"),
+        ({"value": "lots"}, "unparsable_value"),
+        ({"value": "NaN"}, "non_finite_value"),
+        ({"value": "-Infinity"}, "non_finite_value"),
+        ({"value": "-2"}, "negative_value"),
+        ({"user_id": "12345678901234567890123456789"}, None),  # overflows int64: ids are strings
+    ],
+)
 def test_validation_reasons(spark, change: dict, reason: str | None) -> None:  # noqa: ANN001
     raw = _raw(spark, [{**GOOD, **change}])
     got = validate_events(raw, IMPLICIT, IngestConfig(), NOW).first()
@@ -106,13 +126,32 @@ def _validated(spark, rows: list[dict], source: SourceConfig = IMPLICIT, cfg: In
 def test_a_value_is_a_plain_decimal_number_or_it_is_rejected(spark) -> None:  # noqa: ANN001
     cases = {
         # Java's parseDouble (Spark's cast) reads the first three as 5, 5 and 8
-        "5d": "unparsable_value", "5f": "unparsable_value", "0x1p3": "unparsable_value",
-        "1,5": "unparsable_value", "1_000": "unparsable_value", "--5": "unparsable_value",
-        "0b101": "unparsable_value", "5 5": "unparsable_value", "1e": "unparsable_value", ".": "unparsable_value",
-        "5\n": "unparsable_value", "\uff15": "unparsable_value", "\u0665": "unparsable_value",
-        "\u221e": "non_finite_value", "-\u221e": "non_finite_value", "inf": "non_finite_value",
-        "+NaN": "non_finite_value", "INFINITY": "non_finite_value", "1e400": "non_finite_value",
-        ".5": 0.5, "5.": 5.0, "+5": 5.0, "1e5": 1e5, "1E-3": 0.001, "-0": 0.0, "\u00a05\u3000": 5.0,
+        "5d": "unparsable_value",
+        "5f": "unparsable_value",
+        "0x1p3": "unparsable_value",
+        "1,5": "unparsable_value",
+        "1_000": "unparsable_value",
+        "--5": "unparsable_value",
+        "0b101": "unparsable_value",
+        "5 5": "unparsable_value",
+        "1e": "unparsable_value",
+        ".": "unparsable_value",
+        "5\n": "unparsable_value",
+        "\uff15": "unparsable_value",
+        "\u0665": "unparsable_value",
+        "\u221e": "non_finite_value",
+        "-\u221e": "non_finite_value",
+        "inf": "non_finite_value",
+        "+NaN": "non_finite_value",
+        "INFINITY": "non_finite_value",
+        "1e400": "non_finite_value",
+        ".5": 0.5,
+        "5.": 5.0,
+        "+5": 5.0,
+        "1e5": 1e5,
+        "1E-3": 0.001,
+        "-0": 0.0,
+        "\u00a05\u3000": 5.0,
     }
     got = _validated(spark, [{**GOOD, "value": v} for v in cases])
     assert {v: r.reason or r.value_num for v, r in zip(cases, got)} == cases
@@ -120,12 +159,29 @@ def test_a_value_is_a_plain_decimal_number_or_it_is_rejected(spark) -> None:  # 
 
 def test_null_tokens_are_missing_in_every_field_and_a_null_event_id_is_no_id(spark) -> None:  # noqa: ANN001
     src = IMPLICIT.model_copy(update={"event_id_col": "id"})
-    rows = [{**GOOD, "user_id": "NULL"}, {**GOOD, "item_id": "\\N"}, {**GOOD, "event_type": "None"},
-            {**GOOD, "timestamp": "Null"}, {**GOOD, "value": "null"}, {**GOOD, "user_id": " NULL\u00a0"},
-            {**GOOD, "user_id": "nULL"}, {**GOOD, "event_id": "NULL"}, {**GOOD, "event_id": "e1"}]
+    rows = [
+        {**GOOD, "user_id": "NULL"},
+        {**GOOD, "item_id": "\\N"},
+        {**GOOD, "event_type": "None"},
+        {**GOOD, "timestamp": "Null"},
+        {**GOOD, "value": "null"},
+        {**GOOD, "user_id": " NULL\u00a0"},
+        {**GOOD, "user_id": "nULL"},
+        {**GOOD, "event_id": "NULL"},
+        {**GOOD, "event_id": "e1"},
+    ]
     got = _validated(spark, rows, src)
-    assert [r.reason for r in got] == ["missing_user_id", "missing_item_id", "missing_event_type", "missing_timestamp",
-                                       "missing_value", "missing_user_id", None, None, None]
+    assert [r.reason for r in got] == [
+        "missing_user_id",
+        "missing_item_id",
+        "missing_event_type",
+        "missing_timestamp",
+        "missing_value",
+        "missing_user_id",
+        None,
+        None,
+        None,
+    ]
     events = accepted_events(validate_events(_raw(spark, rows[6:]), src, IngestConfig(), NOW), src, IngestConfig())
     keys = [r.event_key for r in events.collect()]
     assert len(keys) == 3 and [k for k in keys if k.startswith("id:")] == ["id:e1"]  # NULL is keyed by content
@@ -135,19 +191,46 @@ def test_null_tokens_are_missing_in_every_field_and_a_null_event_id_is_no_id(spa
 
 def test_invisible_reordering_and_control_characters_make_an_id_invalid(spark) -> None:  # noqa: ANN001
     src = IMPLICIT.model_copy(update={"event_id_col": "id"})
-    invalid = ["a\u0085b", "a\u0080", "a\u009f", "a\u2028b", "a\u2029b", "\u200ertl", "a\u200fb", "ab\u202ecd",
-               "\u2066x\u2069", "a\u061cb", "zw\u200bsp", "wj\u2060x", "bom\ufeffx", "a\tb", "a\u0000"]
-    rows = ([{**GOOD, "user_id": u} for u in invalid] + [{**GOOD, "item_id": "i\u202a"}, {**GOOD, "event_id": "e\u0085"}]
-            + [{**GOOD, "user_id": "\U0001F469\u200d\U0001F4BB"}, {**GOOD, "user_id": "\u0628\u200c\u0627"}])
+    invalid = [
+        "a\u0085b",
+        "a\u0080",
+        "a\u009f",
+        "a\u2028b",
+        "a\u2029b",
+        "\u200ertl",
+        "a\u200fb",
+        "ab\u202ecd",
+        "\u2066x\u2069",
+        "a\u061cb",
+        "zw\u200bsp",
+        "wj\u2060x",
+        "bom\ufeffx",
+        "a\tb",
+        "a\u0000",
+    ]
+    rows = (
+        [{**GOOD, "user_id": u} for u in invalid]
+        + [{**GOOD, "item_id": "i\u202a"}, {**GOOD, "event_id": "e\u0085"}]
+        + [{**GOOD, "user_id": "\U0001f469\u200d\U0001f4bb"}, {**GOOD, "user_id": "\u0628\u200c\u0627"}]
+    )
     got = _validated(spark, rows, src)
     assert [r.reason for r in got] == ["invalid_id"] * (len(invalid) + 2) + [None, None]  # ZWJ / ZWNJ inside are text
 
 
 def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one_user(spark) -> None:  # noqa: ANN001
     spelled = {
-        "zo\u00eb": "zo\u00eb", "zoe\u0308": "zo\u00eb", "caf\u00e9": "caf\u00e9", "cafe\u0301": "caf\u00e9",
-        "nb\u00a0": "nb", "\u2007nb\u202f": "nb", "\u200bzw": "zw", "zw\u200b\ufeff": "zw", "\u3000ideo\u2003": "ideo",
-        "end\u200d": "end", "\uff5a\uff4f": "\uff5a\uff4f", "plain": "plain",
+        "zo\u00eb": "zo\u00eb",
+        "zoe\u0308": "zo\u00eb",
+        "caf\u00e9": "caf\u00e9",
+        "cafe\u0301": "caf\u00e9",
+        "nb\u00a0": "nb",
+        "\u2007nb\u202f": "nb",
+        "\u200bzw": "zw",
+        "zw\u200b\ufeff": "zw",
+        "\u3000ideo\u2003": "ideo",
+        "end\u200d": "end",
+        "\uff5a\uff4f": "\uff5a\uff4f",
+        "plain": "plain",
     }
     got = _validated(spark, [{**GOOD, "user_id": u, "item_id": u} for u in spelled])
     assert [(r.user_id, r.item_id, r.reason) for r in got] == [(v, v, None) for v in spelled.values()]
@@ -161,8 +244,12 @@ def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one
 
 def test_a_weight_beyond_float32_is_rejected_and_the_checked_weight_is_the_one_stored(spark) -> None:  # noqa: ANN001
     cfg = IngestConfig(event_weights={"view": 1.0, "purchase": 5.0})
-    rows = [{**GOOD, "value": "1e308"}, {**GOOD, "event_type": "purchase", "value": "1e38"},
-            {**GOOD, "value": "3e38"}, {**GOOD, "event_type": "purchase", "value": "2"}]
+    rows = [
+        {**GOOD, "value": "1e308"},
+        {**GOOD, "event_type": "purchase", "value": "1e38"},
+        {**GOOD, "value": "3e38"},
+        {**GOOD, "event_type": "purchase", "value": "2"},
+    ]
     validated = validate_events(_raw(spark, rows), IMPLICIT, cfg, NOW)
     got = validated.orderBy("line_number").collect()
     assert [r.reason for r in got] == ["weight_out_of_range", "weight_out_of_range", None, None]
@@ -195,12 +282,13 @@ def test_weights_dedupe_and_keys(spark) -> None:  # noqa: ANN001
     events = accepted_events(validate_events(_raw(spark, rows), IMPLICIT, cfg, NOW), IMPLICIT, cfg)
     got = {(r.event_type, r.weight, r.source_file) for r in events.collect()}
     assert got == {("purchase", 10.0, "b.csv"), ("click", 2.0, "f.csv")} or got == {
-        ("purchase", 10.0, "f.csv"), ("click", 2.0, "f.csv")}
+        ("purchase", 10.0, "f.csv"),
+        ("click", 2.0, "f.csv"),
+    }
     assert events.count() == 2
     # keys are content hashes: the same event always gets the same key
     again = accepted_events(validate_events(_raw(spark, rows[::-1]), IMPLICIT, cfg, NOW), IMPLICIT, cfg)
-    assert_df_equality(events.select("event_key", "weight"), again.select("event_key", "weight"),
-                       ignore_row_order=True)
+    assert_df_equality(events.select("event_key", "weight"), again.select("event_key", "weight"), ignore_row_order=True)
     log1p = IngestConfig(event_weights={"view": 1.0, "click": 2.0, "purchase": 5.0}, value_transform="log1p")
     w = accepted_events(validate_events(_raw(spark, rows[:1]), IMPLICIT, log1p, NOW), IMPLICIT, log1p).first().weight
     assert w == pytest.approx(5.0 * 1.0986122886681098)
@@ -234,19 +322,28 @@ def test_dense_ids_across_many_partitions(spark) -> None:  # noqa: ANN001
 def test_interaction_matrix(spark) -> None:  # noqa: ANN001
     t = lambda d: datetime(2026, 9, d, tzinfo=timezone.utc)  # noqa: E731
     rows = [
-        (0, 0, t(1), 1.0, 1.0, False), (0, 0, t(5), 1.0, 2.0, False), (0, 1, t(3), 4.0, 4.0, True),
-        (0, 1, t(9), 2.0, 2.0, True), (1, 0, t(9), 1.0, 5.0, False),
+        (0, 0, t(1), 1.0, 1.0, False),
+        (0, 0, t(5), 1.0, 2.0, False),
+        (0, 1, t(3), 4.0, 4.0, True),
+        (0, 1, t(9), 2.0, 2.0, True),
+        (1, 0, t(9), 1.0, 5.0, False),
     ]
-    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, event_time TIMESTAMP, value DOUBLE, weight DOUBLE, "
-                                     "is_rating BOOLEAN")
+    df = spark.createDataFrame(
+        rows, "user_idx INT, item_idx INT, event_time TIMESTAMP, value DOUBLE, weight DOUBLE, is_rating BOOLEAN"
+    )
     m = {(r.user_idx, r.item_idx): r for r in interaction_matrix(df, IngestConfig()).collect()}
     assert m[(0, 0)].confidence == 3.0 and m[(0, 0)].event_count == 2 and m[(0, 0)].rating is None
     assert m[(0, 1)].rating == 2.0  # the latest rating wins
     assert m[(0, 0)].last_event_time.replace(tzinfo=timezone.utc) == t(5)
-    mx = {(r.user_idx, r.item_idx): r.confidence for r in interaction_matrix(df, IngestConfig(aggregation="max")).collect()}
+    mx = {
+        (r.user_idx, r.item_idx): r.confidence
+        for r in interaction_matrix(df, IngestConfig(aggregation="max")).collect()
+    }
     assert mx[(0, 0)] == 2.0
-    decayed = {(r.user_idx, r.item_idx): r.confidence
-               for r in interaction_matrix(df, IngestConfig(half_life_days=4.0)).collect()}
+    decayed = {
+        (r.user_idx, r.item_idx): r.confidence
+        for r in interaction_matrix(df, IngestConfig(half_life_days=4.0)).collect()
+    }
     # newest event is 2026-09-09: 8 days (two half-lives) before it counts a quarter
-    assert decayed[(0, 0)] == pytest.approx(1.0 * 0.5 ** 2 + 2.0 * 0.5 ** 1)
+    assert decayed[(0, 0)] == pytest.approx(1.0 * 0.5**2 + 2.0 * 0.5**1)
     assert decayed[(1, 0)] == pytest.approx(5.0)

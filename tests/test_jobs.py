@@ -17,20 +17,41 @@ REPO = Path(__file__).resolve().parent.parent
 def _submit(job: str, zip_path: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     submit = Path(sys.executable).parent / "spark-submit"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
-    cmd = [str(submit), "--master", "local[2]", "--driver-memory", "1g", "--conf", "spark.ui.enabled=false",
-           "--py-files", str(zip_path), str(REPO / "jobs" / job), "--config", str(REPO / "conf" / "local.toml"),
-           *args]
+    cmd = [
+        str(submit),
+        "--master",
+        "local[2]",
+        "--driver-memory",
+        "1g",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--py-files",
+        str(zip_path),
+        str(REPO / "jobs" / job),
+        "--config",
+        str(REPO / "conf" / "local.toml"),
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def test_pipeline_jobs_under_spark_submit(tmp_path: Path) -> None:
     zip_path = Path(shutil.make_archive(str(tmp_path / "recsys_spark"), "zip", REPO, "recsys_spark"))
     raw = tmp_path / "u.data"
-    raw.write_text("".join(f"{u}\t{i}\t{1 + (u + i) % 5}\t88000{u:04d}\n"
-                           for u in range(1, 41) for i in range(1, 31) if (u + i) % 3))
+    raw.write_text(
+        "".join(
+            f"{u}\t{i}\t{1 + (u + i) % 5}\t88000{u:04d}\n" for u in range(1, 41) for i in range(1, 31) if (u + i) % 3
+        )
+    )
     root = tmp_path / "warehouse"
-    common = ["--set", f"storage.root={root}", "--set", f"spark.checkpoint_dir={tmp_path / 'ckpt'}",
-              "--set", "spark.shuffle_partitions=2"]
+    common = [
+        "--set",
+        f"storage.root={root}",
+        "--set",
+        f"spark.checkpoint_dir={tmp_path / 'ckpt'}",
+        "--set",
+        "spark.shuffle_partitions=2",
+    ]
     steps = [
         ("ingest.py", ["--set", f"ingest.source.path={raw}", "--set", "ingest.source.preset=movielens-100k"]),
         ("train_als.py", ["--set", "als.rank=4", "--set", "als.max_iter=3"]),

@@ -24,16 +24,34 @@ L2 = math.log2
 # u4: recommendations, no truth: not counted
 # u5: 4 relevant items, more than k = 1 and 2 (hits at ranks 1 and 3)
 # u6: a hit at rank 1 on an item of grade 0 (graded IDCG 0)
-RECS = [(1, 10, 1), (1, 11, 2), (1, 12, 3), (1, 13, 4), (1, 14, 5),
-        (2, 20, 1), (2, 21, 2),
-        (4, 40, 1),
-        (5, 50, 1), (5, 99, 2), (5, 51, 3),
-        (6, 60, 1)]
-TRUTH = [(1, 11, 2.0), (1, 13, 1.0), (1, 20, 3.0), (1, 13, 0.0),
-         (2, 21, 1.0), (2, 21, 2.0),
-         (3, 30, 0.0),
-         (5, 50, 1.0), (5, 51, 0.0), (5, 52, 2.0), (5, 53, 1.0),
-         (6, 60, 0.0)]
+RECS = [
+    (1, 10, 1),
+    (1, 11, 2),
+    (1, 12, 3),
+    (1, 13, 4),
+    (1, 14, 5),
+    (2, 20, 1),
+    (2, 21, 2),
+    (4, 40, 1),
+    (5, 50, 1),
+    (5, 99, 2),
+    (5, 51, 3),
+    (6, 60, 1),
+]
+TRUTH = [
+    (1, 11, 2.0),
+    (1, 13, 1.0),
+    (1, 20, 3.0),
+    (1, 13, 0.0),
+    (2, 21, 1.0),
+    (2, 21, 2.0),
+    (3, 30, 0.0),
+    (5, 50, 1.0),
+    (5, 51, 0.0),
+    (5, 52, 2.0),
+    (5, 53, 1.0),
+    (6, 60, 0.0),
+]
 KS = (1, 2, 5)
 
 # per user u1, u2, u3, u5, u6; gains 2^g - 1: u1 {11: 3, 13: 1, 20: 7}, u2 {21: 3}, u5 {50: 1, 51: 0, 52: 3, 53: 1}
@@ -45,10 +63,22 @@ EXPECTED = {
     ("recall", 2): (1 / 3 + 1 + 0 + 1 / 4 + 1) / 5,
     ("recall", 5): (2 / 3 + 1 + 0 + 2 / 4 + 1) / 5,
     ("ndcg", 1): (0 + 0 + 0 + 1 + 1) / 5,
-    ("ndcg", 2): ((1 / L2(3)) / (1 / L2(2) + 1 / L2(3)) + (1 / L2(3)) / (1 / L2(2)) + 0
-                  + (1 / L2(2)) / (1 / L2(2) + 1 / L2(3)) + 1) / 5,
-    ("ndcg", 5): ((1 / L2(3) + 1 / L2(5)) / (1 / L2(2) + 1 / L2(3) + 1 / L2(4)) + (1 / L2(3)) / (1 / L2(2)) + 0
-                  + (1 / L2(2) + 1 / L2(4)) / (1 / L2(2) + 1 / L2(3) + 1 / L2(4) + 1 / L2(5)) + 1) / 5,
+    ("ndcg", 2): (
+        (1 / L2(3)) / (1 / L2(2) + 1 / L2(3))
+        + (1 / L2(3)) / (1 / L2(2))
+        + 0
+        + (1 / L2(2)) / (1 / L2(2) + 1 / L2(3))
+        + 1
+    )
+    / 5,
+    ("ndcg", 5): (
+        (1 / L2(3) + 1 / L2(5)) / (1 / L2(2) + 1 / L2(3) + 1 / L2(4))
+        + (1 / L2(3)) / (1 / L2(2))
+        + 0
+        + (1 / L2(2) + 1 / L2(4)) / (1 / L2(2) + 1 / L2(3) + 1 / L2(4) + 1 / L2(5))
+        + 1
+    )
+    / 5,
     ("map", 1): (0 + 0 + 0 + (1 / 1) / 1 + (1 / 1) / 1) / 5,
     ("map", 2): ((1 / 2) / 2 + (1 / 2) / 1 + 0 + (1 / 1) / 2 + (1 / 1) / 1) / 5,
     ("map", 5): ((1 / 2 + 2 / 4) / 3 + (1 / 2) / 1 + 0 + (1 / 1 + 2 / 3) / 4 + (1 / 1) / 1) / 5,
@@ -59,10 +89,22 @@ EXPECTED = {
     ("hit_rate", 2): (1 + 1 + 0 + 1 + 1) / 5,
     ("hit_rate", 5): (1 + 1 + 0 + 1 + 1) / 5,
     ("ndcg_graded", 1): (0 + 0 + 0 + (1 / L2(2)) / (3 / L2(2)) + 0) / 5,
-    ("ndcg_graded", 2): ((3 / L2(3)) / (7 / L2(2) + 3 / L2(3)) + (3 / L2(3)) / (3 / L2(2)) + 0
-                         + (1 / L2(2)) / (3 / L2(2) + 1 / L2(3)) + 0) / 5,
-    ("ndcg_graded", 5): ((3 / L2(3) + 1 / L2(5)) / (7 / L2(2) + 3 / L2(3) + 1 / L2(4)) + (3 / L2(3)) / (3 / L2(2)) + 0
-                         + (1 / L2(2) + 0 / L2(4)) / (3 / L2(2) + 1 / L2(3) + 1 / L2(4) + 0 / L2(5)) + 0) / 5,
+    ("ndcg_graded", 2): (
+        (3 / L2(3)) / (7 / L2(2) + 3 / L2(3))
+        + (3 / L2(3)) / (3 / L2(2))
+        + 0
+        + (1 / L2(2)) / (3 / L2(2) + 1 / L2(3))
+        + 0
+    )
+    / 5,
+    ("ndcg_graded", 5): (
+        (3 / L2(3) + 1 / L2(5)) / (7 / L2(2) + 3 / L2(3) + 1 / L2(4))
+        + (3 / L2(3)) / (3 / L2(2))
+        + 0
+        + (1 / L2(2) + 0 / L2(4)) / (3 / L2(2) + 1 / L2(3) + 1 / L2(4) + 0 / L2(5))
+        + 0
+    )
+    / 5,
 }
 ORDER = RANKING_METRICS + ("ndcg_graded",)
 
@@ -82,17 +124,18 @@ def test_ranking_metrics_hand_computed(spark) -> None:  # noqa: ANN001
 
 
 def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark) -> None:  # noqa: ANN001
-    got = ranking_metrics(spark.createDataFrame(RECS, RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA),
-                          [5, 2, 2, 1])
+    got = ranking_metrics(
+        spark.createDataFrame(RECS, RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), [5, 2, 2, 1]
+    )
     expected = {mk: v for mk, v in EXPECTED.items() if mk[0] != "ndcg_graded"}
     assert_approx_df_equality(got, _frame(spark, expected, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
 def test_empty_recs_score_zero_for_every_truth_user(spark) -> None:  # noqa: ANN001
-    got = ranking_metrics(spark.createDataFrame([], RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), KS,
-                          graded=True)
-    assert_approx_df_equality(got, _frame(spark, {mk: 0.0 for mk in EXPECTED}, 5, ORDER), 1e-12,
-                              ignore_nullable=True)
+    got = ranking_metrics(
+        spark.createDataFrame([], RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), KS, graded=True
+    )
+    assert_approx_df_equality(got, _frame(spark, {mk: 0.0 for mk in EXPECTED}, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
 def test_empty_truth_gives_no_rows(spark) -> None:  # noqa: ANN001
@@ -118,9 +161,7 @@ def test_bad_cutoffs_are_rejected(spark, ks) -> None:  # noqa: ANN001
 
 
 # three lists over a catalogue of 10 items; 8 training users
-CAT_RECS = [(1, 0, 1), (1, 1, 2), (1, 2, 3),
-            (2, 0, 1), (2, 3, 2),
-            (3, 1, 1), (3, 0, 2), (3, 4, 3), (3, 5, 4)]
+CAT_RECS = [(1, 0, 1), (1, 1, 2), (1, 2, 3), (2, 0, 1), (2, 3, 2), (3, 1, 1), (3, 0, 2), (3, 4, 3), (3, 5, 4)]
 POPULARITY = [(0, 8), (1, 4), (2, 1), (3, 2), (5, 0)]  # item 4 unknown: popularity 0, like item 5
 # item 1 is not unit length, item 3 is zero (skipped), item 4 has none (skipped), item 7 is never recommended
 FACTORS = [(0, [1.0, 0.0]), (1, [0.0, 2.0]), (2, [1.0, 1.0]), (3, [0.0, 0.0]), (5, [3.0, 4.0]), (7, [1.0, -1.0])]
@@ -137,13 +178,16 @@ def test_catalogue_metrics_hand_computed(spark) -> None:  # noqa: ANN001
     u3_k4 = ((1 - 0) + (1 - 4 / 5) + (1 - 3 / 5)) / 3  # pairs (1, 0), (1, 5), (0, 5); item 4 has no factors
     expected = {
         # exposure k=1: c0=2 c1=1; k=2: c0=3 c1=2 c3=1; k=3: + c2=1 c4=1; k=4: + c5=1
-        ("coverage", 1): 2 / 10, ("coverage", 2): 3 / 10, ("coverage", 3): 5 / 10, ("coverage", 4): 6 / 10,
+        ("coverage", 1): 2 / 10,
+        ("coverage", 2): 3 / 10,
+        ("coverage", 3): 5 / 10,
+        ("coverage", 4): 6 / 10,
         # sorted ascending over all 10 items, weight 2i - n - 1 = 2i - 11
         ("gini", 1): ((2 * 9 - 11) * 1 + (2 * 10 - 11) * 2) / (10 * 3),
         ("gini", 2): ((2 * 8 - 11) * 1 + (2 * 9 - 11) * 2 + (2 * 10 - 11) * 3) / (10 * 6),
         ("gini", 3): ((2 * 6 - 11) + (2 * 7 - 11) + (2 * 8 - 11) + (2 * 9 - 11) * 2 + (2 * 10 - 11) * 3) / (10 * 8),
-        ("gini", 4): ((2 * 5 - 11) + (2 * 6 - 11) + (2 * 7 - 11) + (2 * 8 - 11) + (2 * 9 - 11) * 2
-                      + (2 * 10 - 11) * 3) / (10 * 9),
+        ("gini", 4): ((2 * 5 - 11) + (2 * 6 - 11) + (2 * 7 - 11) + (2 * 8 - 11) + (2 * 9 - 11) * 2 + (2 * 10 - 11) * 3)
+        / (10 * 9),
         ("novelty", 1): (i0 + i0 + i1) / 3,
         ("novelty", 2): (i0 + i1 + i0 + i3 + i1 + i0) / 6,
         ("novelty", 3): (i0 + i1 + i2 + i0 + i3 + i1 + i0 + i4) / 8,
@@ -154,27 +198,42 @@ def test_catalogue_metrics_hand_computed(spark) -> None:  # noqa: ANN001
         ("ild", 4): (u1_k3 + u3_k4) / 2,
     }
     users = {mk: 2 if mk[0] == "ild" else 3 for mk in expected}
-    got = catalogue_metrics(spark.createDataFrame(CAT_RECS, RECS_SCHEMA), (1, 2, 3, 4), n_items=10,
-                            item_popularity=spark.createDataFrame(POPULARITY, POP_SCHEMA), n_users=8,
-                            item_factors=spark.createDataFrame(FACTORS, FACTORS_SCHEMA))
-    assert_approx_df_equality(got, _frame(spark, expected, users, ("coverage", "gini", "novelty", "ild")), 1e-12,
-                              ignore_nullable=True)
+    got = catalogue_metrics(
+        spark.createDataFrame(CAT_RECS, RECS_SCHEMA),
+        (1, 2, 3, 4),
+        n_items=10,
+        item_popularity=spark.createDataFrame(POPULARITY, POP_SCHEMA),
+        n_users=8,
+        item_factors=spark.createDataFrame(FACTORS, FACTORS_SCHEMA),
+    )
+    assert_approx_df_equality(
+        got, _frame(spark, expected, users, ("coverage", "gini", "novelty", "ild")), 1e-12, ignore_nullable=True
+    )
 
 
 def test_catalogue_metrics_without_recommendations_or_factors(spark) -> None:  # noqa: ANN001
     pop = spark.createDataFrame(POPULARITY, POP_SCHEMA)
-    got = catalogue_metrics(spark.createDataFrame([], RECS_SCHEMA), (1, 5), n_items=10, item_popularity=pop,
-                            n_users=8, item_factors=spark.createDataFrame(FACTORS, FACTORS_SCHEMA))
+    got = catalogue_metrics(
+        spark.createDataFrame([], RECS_SCHEMA),
+        (1, 5),
+        n_items=10,
+        item_popularity=pop,
+        n_users=8,
+        item_factors=spark.createDataFrame(FACTORS, FACTORS_SCHEMA),
+    )
     assert [tuple(r) for r in got.collect()] == [("coverage", 1, 0.0, 0), ("coverage", 5, 0.0, 0)]
-    got = catalogue_metrics(spark.createDataFrame(CAT_RECS, RECS_SCHEMA), (2,), n_items=10, item_popularity=pop,
-                            n_users=8)
+    got = catalogue_metrics(
+        spark.createDataFrame(CAT_RECS, RECS_SCHEMA), (2,), n_items=10, item_popularity=pop, n_users=8
+    )
     assert [r.metric for r in got.collect()] == ["coverage", "gini", "novelty"]
 
 
 # ---- randomized comparison against a straightforward per-user reference ----
 
-def reference_ranking(recs: list[tuple[int, int, int]], truth: list[tuple[int, int, float]],
-                      ks: tuple[int, ...]) -> dict[tuple[str, int], tuple[float, int]]:
+
+def reference_ranking(
+    recs: list[tuple[int, int, int]], truth: list[tuple[int, int, float]], ks: tuple[int, ...]
+) -> dict[tuple[str, int], tuple[float, int]]:
     rel: dict[int, dict[int, float]] = defaultdict(dict)
     for u, i, g in truth:
         rel[u][i] = max(g, rel[u].get(i, -math.inf))
@@ -197,7 +256,7 @@ def reference_ranking(recs: list[tuple[int, int, int]], truth: list[tuple[int, i
             ap = sum((n + 1) / r for n, r in enumerate(hit_ranks))
             scores["map"].append(ap / min(n_rel, k))
             scores["mrr"].append(1 / hit_ranks[0] if hit_ranks else 0.0)
-            gains = sorted((2 ** g - 1 for g in items.values()), reverse=True)[:k]
+            gains = sorted((2**g - 1 for g in items.values()), reverse=True)[:k]
             igdcg = sum(g / math.log2(p + 1) for p, g in enumerate(gains, start=1))
             gdcg = sum((2 ** items[top[r - 1]] - 1) / math.log2(r + 1) for r in hit_ranks)
             scores["ndcg_graded"].append(gdcg / igdcg if igdcg > 0 else 0.0)
@@ -206,8 +265,14 @@ def reference_ranking(recs: list[tuple[int, int, int]], truth: list[tuple[int, i
     return out
 
 
-def reference_catalogue(recs: list[tuple[int, int, int]], ks: tuple[int, ...], n_items: int, pop: dict[int, int],
-                        n_users: int, factors: dict[int, np.ndarray]) -> dict[tuple[str, int], tuple[float, int]]:
+def reference_catalogue(
+    recs: list[tuple[int, int, int]],
+    ks: tuple[int, ...],
+    n_items: int,
+    pop: dict[int, int],
+    n_users: int,
+    factors: dict[int, np.ndarray],
+) -> dict[tuple[str, int], tuple[float, int]]:
     lists: dict[int, list[int]] = defaultdict(list)
     for u, i, _ in sorted(recs, key=lambda r: (r[0], r[2])):
         lists[u].append(i)
@@ -223,8 +288,11 @@ def reference_catalogue(recs: list[tuple[int, int, int]], ks: tuple[int, ...], n
                 info.append(-math.log2(max(pop.get(i, 0), 1) / n_users))
             vecs = [factors[i] for i in top if i in factors and np.linalg.norm(factors[i]) > 0]
             if len(vecs) >= 2:
-                dists = [1 - vecs[a] @ vecs[b] / (np.linalg.norm(vecs[a]) * np.linalg.norm(vecs[b]))
-                         for a in range(len(vecs)) for b in range(a + 1, len(vecs))]
+                dists = [
+                    1 - vecs[a] @ vecs[b] / (np.linalg.norm(vecs[a]) * np.linalg.norm(vecs[b]))
+                    for a in range(len(vecs))
+                    for b in range(a + 1, len(vecs))
+                ]
                 ilds.append(np.mean(dists))
         c = np.sort(counts)
         idx = np.arange(1, n_items + 1)
@@ -274,8 +342,9 @@ def test_ranking_metrics_match_reference_on_random_data(spark) -> None:  # noqa:
     _, _, recs, truth, _, _ = _random_data()
     ks = (1, 5, 10, 20)
     want = reference_ranking(recs, truth, ks)
-    got = ranking_metrics(spark.createDataFrame(recs, RECS_SCHEMA), spark.createDataFrame(truth, TRUTH_SCHEMA), ks,
-                          graded=True)
+    got = ranking_metrics(
+        spark.createDataFrame(recs, RECS_SCHEMA), spark.createDataFrame(truth, TRUTH_SCHEMA), ks, graded=True
+    )
     _assert_matches({(r.metric, r.k): (r.value, r.users) for r in got.collect()}, want)
     assert 0 < want[("recall", 20)][0] < 1 and want[("ndcg", 1)][1] > 100  # the data exercises the metrics
 
@@ -285,9 +354,13 @@ def test_catalogue_metrics_match_reference_on_random_data(spark) -> None:  # noq
     ks = (1, 5, 10, 20)
     want = reference_catalogue(recs, ks, n_items, pop, n_users, {i: v.astype(np.float64) for i, v in factors.items()})
     got = catalogue_metrics(
-        spark.createDataFrame(recs, RECS_SCHEMA), ks, n_items=n_items, n_users=n_users,
+        spark.createDataFrame(recs, RECS_SCHEMA),
+        ks,
+        n_items=n_items,
+        n_users=n_users,
         item_popularity=spark.createDataFrame(list(pop.items()), POP_SCHEMA),
-        item_factors=spark.createDataFrame([(i, [float(x) for x in v]) for i, v in factors.items()], FACTORS_SCHEMA))
+        item_factors=spark.createDataFrame([(i, [float(x) for x in v]) for i, v in factors.items()], FACTORS_SCHEMA),
+    )
     _assert_matches({(r.metric, r.k): (r.value, r.users) for r in got.collect()}, want)
 
 
@@ -301,5 +374,8 @@ def test_rating_errors_match_numpy(spark) -> None:  # noqa: ANN001
     assert got["n"] == 500
     assert got["rmse"] == pytest.approx(np.sqrt(np.mean((prediction - rating) ** 2)), abs=1e-12)
     assert got["mae"] == pytest.approx(np.mean(np.abs(prediction - rating)), abs=1e-12)
-    assert rating_errors(spark.createDataFrame([], "rating DOUBLE, prediction DOUBLE")) == \
-        {"rmse": None, "mae": None, "n": 0}
+    assert rating_errors(spark.createDataFrame([], "rating DOUBLE, prediction DOUBLE")) == {
+        "rmse": None,
+        "mae": None,
+        "n": 0,
+    }

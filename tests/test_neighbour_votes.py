@@ -63,8 +63,9 @@ def test_blocks_split_between_users_give_the_same_lists(spark, monkeypatch) -> N
 
 def test_seen_items_stale_items_and_missing_times(spark) -> None:  # noqa: ANN001
     # user 0: item 0 newest, item 1 has no time (counts as oldest), item 2 in between; recent=2
-    hist = spark.createDataFrame([(0, 0, 1.0, T0), (0, 1, 9.0, None), (0, 2, 1.0, T0 - timedelta(days=1))],
-                                 HISTORY_SCHEMA)
+    hist = spark.createDataFrame(
+        [(0, 0, 1.0, T0), (0, 1, 9.0, None), (0, 2, 1.0, T0 - timedelta(days=1))], HISTORY_SCHEMA
+    )
     nb = spark.createDataFrame([(0, 3, 0.5), (2, 3, 0.25), (2, 4, 0.25), (1, 5, 0.9), (0, 2, 0.8)], NEIGHBOUR_SCHEMA)
     got = [tuple(r) for r in nv.neighbour_vote_top_k(hist, nb, 10, 2).orderBy("rank").collect()]
     assert got == [(0, 3, 0.75, 1), (0, 4, 0.25, 2)]  # 2 is seen; 5 only from the stale item 1

@@ -41,8 +41,11 @@ def test_the_implicit_peers_return_k_ranked_unseen_items_per_user(rank) -> None:
     pytest.importorskip("implicit")
     x = _random_matrix(5, users=60, items=40)
     users, k = np.arange(0, 60, 3), 6
-    params = {"factors": 4, "regularization": 0.1, "alpha": 1.0, "iterations": 3} if (
-        rank is peers.implicit_als_rank) else {"K": 10}
+    params = (
+        {"factors": 4, "regularization": 0.1, "alpha": 1.0, "iterations": 3}
+        if (rank is peers.implicit_als_rank)
+        else {"K": 10}
+    )
     u, i, r = rank(x, params, users, k)
     assert set(u.tolist()) <= set(users.tolist())
     for user in users:
@@ -57,4 +60,7 @@ def test_the_implicit_als_grid_is_seeded_and_inside_its_ranges() -> None:
     assert grid == peers.implicit_als_grid(trials=30, seed=3) != peers.implicit_als_grid(trials=30, seed=4)
     assert all(0.05 <= g["regularization"] <= 200.0 and 0.5 <= g["alpha"] <= 50.0 for g in grid)
     assert {g["factors"] for g in grid} <= {32, 64, 128} and {g["confidence"] for g in grid} <= {
-        "binary", "linear", "log"}
+        "binary",
+        "linear",
+        "log",
+    }

@@ -26,7 +26,11 @@ def test_fast_path_and_lexsort_agree_on_every_tie(seed: int) -> None:
     np.testing.assert_array_equal(keys[fast], keys[slow])
     np.testing.assert_array_equal(ids[fast], ids[slow])
     kept, rank = top_n_per_key(keys, vals, ids, 4, ids_ascending=True)
-    want = [(k, i) for k in range(30) for i in sorted(ids[keys == k], key=lambda i: (-vals[(keys == k) & (ids == i)][0], i))[:4]]
+    want = [
+        (k, i)
+        for k in range(30)
+        for i in sorted(ids[keys == k], key=lambda i: (-vals[(keys == k) & (ids == i)][0], i))[:4]
+    ]
     assert list(zip(keys[kept].tolist(), ids[kept].tolist())) == want
     assert rank.tolist() == [r for k in range(30) for r in range(1, min(4, int((keys == k).sum())) + 1)]
 

@@ -14,8 +14,6 @@ from tests.conftest import table_versions
 pytestmark = pytest.mark.realdata
 
 
-
-
 def test_movielens_100k(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     path = shared_data / "ml-100k" / "u.data"
     report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
@@ -29,7 +27,10 @@ def test_movielens_100k(spark, ingest, cfg: Config, store: TableStore, shared_da
     assert counts == {1.0: 6_110, 2.0: 11_370, 3.0: 27_145, 4.0: 34_174, 5.0: 21_201}
     # MovieLens ids are numeric: (length, value) numbering keeps their natural order
     assert {r.user_id: r.user_idx for r in store.read(T.USERS).where("user_idx < 3").collect()} == {
-        "1": 0, "2": 1, "3": 2}
+        "1": 0,
+        "2": 1,
+        "3": 2,
+    }
 
     before = table_versions(store)
     again = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
@@ -37,7 +38,9 @@ def test_movielens_100k(spark, ingest, cfg: Config, store: TableStore, shared_da
     assert table_versions(store) == before
 
 
-def test_movielens_official_split_files_add_up(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_movielens_official_split_files_add_up(
+    spark, ingest, cfg: Config, store: TableStore, shared_data: Path
+) -> None:  # noqa: ANN001
     """u1.base + u1.test are exactly u.data: ingesting all three adds 100,000 events, once."""
     ml = shared_data / "ml-100k"
     for name in ("u1.base", "u1.test", "u.data"):
@@ -52,17 +55,20 @@ def test_movielens_latest_small(spark, ingest, cfg: Config, store: TableStore, s
     assert (report.rows_read, report.rows_rejected, report.events_added) == (100_836, 0, 100_836)
     assert (report.new_users, report.new_items) == (610, 9_724)
     assert {r.rating for r in store.read(T.INTERACTION_MATRIX).select("rating").distinct().collect()} == {
-        x / 2 for x in range(1, 11)}
+        x / 2 for x in range(1, 11)
+    }
 
 
 def test_lastfm_plays(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
     path = shared_data / "hetrec2011-lastfm-2k" / "user_artists.dat"
-    report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=lastfm-plays",
-                     "ingest.value_transform=log1p")
+    report = ingest(
+        cfg, f"ingest.source.path={path}", "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p"
+    )
     assert (report.rows_read, report.rows_rejected, report.events_added) == (92_834, 0, 92_834)
     assert (report.new_users, report.new_items) == (1_892, 17_632)
     assert store.read(T.INTERACTION_MATRIX).agg({"confidence": "max"}).first()[0] == pytest.approx(
-        12.7733703, abs=1e-6)  # log1p(352698)
+        12.7733703, abs=1e-6
+    )  # log1p(352698)
 
 
 def test_amazon_musical_instruments(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001

@@ -28,27 +28,49 @@ def _value(model: str, metric: str, k: int, split: int) -> float:
     if metric in RANKING:
         return round(min(1.0, strength * 0.1 * (1 + np.log(k)) + noise), 4)
     spread = {"als": 0.3, "als_explicit": 0.25, "popularity": 0.01, "random": 0.95}[model]
-    return {"coverage": spread * min(1.0, k / 20), "gini": 1 - spread, "novelty": 5 + 6 * spread + noise,
-            "ild": 0.4 + spread / 2}[metric]
+    return {
+        "coverage": spread * min(1.0, k / 20),
+        "gini": 1 - spread,
+        "novelty": 5 + 6 * spread + noise,
+        "ild": 0.4 + spread / 2,
+    }[metric]
 
 
 def _evaluation(n_splits: int = 2) -> dict[str, Any]:
-    splits = [{"name": f"u{s + 1}", "kind": "random", "params": {"test_fraction": 0.2, "seed": s},
-               "train_rows": 80_000, "test_rows": 20_000, "test_users": 459 + s} for s in range(n_splits)]
+    splits = [
+        {
+            "name": f"u{s + 1}",
+            "kind": "random",
+            "params": {"test_fraction": 0.2, "seed": s},
+            "train_rows": 80_000,
+            "test_rows": 20_000,
+            "test_users": 459 + s,
+        }
+        for s in range(n_splits)
+    ]
     results = []
     for s, split in enumerate(splits):
         for model in MODELS:
             for k in (5, 10, 20):
                 for metric in RANKING + BEYOND:
-                    results.append({"split": split["name"], "model": model, "metric": metric, "k": k,
-                                    "value": _value(model, metric, k, s)})
-        results += [{"split": split["name"], "model": "als_explicit", "metric": "rmse", "k": 0, "value": 0.91 + s / 50},
-                    {"split": split["name"], "model": "als_explicit", "metric": "mae", "k": 0, "value": 0.72 + s / 50}]
+                    results.append(
+                        {
+                            "split": split["name"],
+                            "model": model,
+                            "metric": metric,
+                            "k": k,
+                            "value": _value(model, metric, k, s),
+                        }
+                    )
+        results += [
+            {"split": split["name"], "model": "als_explicit", "metric": "rmse", "k": 0, "value": 0.91 + s / 50},
+            {"split": split["name"], "model": "als_explicit", "metric": "mae", "k": 0, "value": 0.72 + s / 50},
+        ]
     # the cell checked by hand: mean 0.43, sample std 0.01414 across the two splits
     for row in results:
         if (row["model"], row["metric"], row["k"]) == ("als", "ndcg", 10):
             row["value"] = [0.42, 0.44][int(row["split"][1:]) - 1]
-    counts = sorted((int(1000 / r ** 0.9) for r in range(1, 1683)), reverse=True)
+    counts = sorted((int(1000 / r**0.9) for r in range(1, 1683)), reverse=True)
     return {
         "run_id": "20261123T170000Z-abcd1234",
         "created_at": "2026-11-23T17:00:00+00:00",
@@ -58,8 +80,11 @@ def _evaluation(n_splits: int = 2) -> dict[str, Any]:
         "splits": splits,
         "models": {
             "als": {"kind": "model", "model_version": "als-20261123T160000Z", "params": {"rank": 64, "note": EVIL}},
-            "als_explicit": {"kind": "model", "model_version": "als-explicit-1", "params": {"rank": 32,
-                                                                                             "feedback": "explicit"}},
+            "als_explicit": {
+                "kind": "model",
+                "model_version": "als-explicit-1",
+                "params": {"rank": 32, "feedback": "explicit"},
+            },
             "popularity": {"kind": "baseline", "params": {}},
             "random": {"kind": "baseline", "params": {"seed": 7}},
         },
@@ -67,8 +92,10 @@ def _evaluation(n_splits: int = 2) -> dict[str, Any]:
         "flags": [f"model 'random' does not beat most-popular on ndcg@10 {EVIL}"],
         "popularity": {"n_items": 1682, "n_interactions": sum(counts), "item_counts_desc": counts},
         "input_versions": {"interaction_matrix": 3, "users": 0},
-        "config": {"evaluate": {"ks": [5, 10, 20], "split": {"kind": "random", "test_fraction": 0.2}},
-                   "als": {"rank": 64, "reg_param": 0.1}},
+        "config": {
+            "evaluate": {"ks": [5, 10, 20], "split": {"kind": "random", "test_fraction": 0.2}},
+            "als": {"rank": 64, "reg_param": 0.1},
+        },
     }
 
 
@@ -147,8 +174,20 @@ def test_headline_table_values(rendered: str) -> None:
     table = _headline(rendered)
     assert list(table) == ["als", "als_explicit", "popularity", "random"]  # models first, then baselines
     cols = list(table["als"])
-    assert cols == ["ndcg@10", "precision@10", "recall@10", "map@10", "mrr@10", "hit_rate@10", "coverage@10",
-                    "gini@10", "novelty@10", "ild@10", "rmse", "mae"]
+    assert cols == [
+        "ndcg@10",
+        "precision@10",
+        "recall@10",
+        "map@10",
+        "mrr@10",
+        "hit_rate@10",
+        "coverage@10",
+        "gini@10",
+        "novelty@10",
+        "ild@10",
+        "rmse",
+        "mae",
+    ]
     assert table["als"]["ndcg@10"][0] == "0.4300 ± 0.0141"  # mean of 0.42, 0.44; sample std 0.02 / sqrt(2)
     assert "best" in table["als"]["ndcg@10"][1]
     assert "best" not in table["als_explicit"]["ndcg@10"][1]
@@ -221,7 +260,12 @@ def test_head_items() -> None:
 
 def test_format_value() -> None:
     assert [format_value(x) for x in (0.12345, 0.0, 0.00012345, 12.5, 123456.0)] == [
-        "0.1235", "0.0000", "0.000123", "12.5000", "1.23e+05"]
+        "0.1235",
+        "0.0000",
+        "0.000123",
+        "12.5000",
+        "1.23e+05",
+    ]
 
 
 def test_malformed_results_are_rejected(tmp_path: Path) -> None:

@@ -20,27 +20,53 @@ from recsys_spark.storage import TableStore, table_history
 #: The jobs of one pipeline round, in order (generate runs once: the input stays the same).
 ROUND = ["ingest", "train-als", "item-similarity", "topk", "evaluate"]
 #: Columns that say which run wrote a row or when, not what it holds.
-RUN_COLUMNS = {"run_id", "model_version", "ingested_at", "evaluated_at", "trained_at", "created_at",
-               "train_seconds", "input_versions"}
+RUN_COLUMNS = {
+    "run_id",
+    "model_version",
+    "ingested_at",
+    "evaluated_at",
+    "trained_at",
+    "created_at",
+    "train_seconds",
+    "input_versions",
+}
 #: Tables each job appends a row set to per run (compared run against run, not version against version).
 APPENDED = {T.EVALUATION_SUMMARY, T.MODELS}
 #: The natural key of each table: no two rows may share one.
 KEYS = {
-    T.INTERACTIONS: ["event_key"], T.USERS: ["user_id"], T.ITEMS: ["item_id"],
-    T.INTERACTION_MATRIX: ["user_idx", "item_idx"], T.INGESTED_FILES: ["path"],
-    T.USER_FACTORS: ["user_idx"], T.ITEM_FACTORS: ["item_idx"],
-    T.ITEM_NEIGHBORS: ["method", "item_idx", "neighbor_idx"], T.USER_CANDIDATES: ["strategy", "user_id", "item_id"],
+    T.INTERACTIONS: ["event_key"],
+    T.USERS: ["user_id"],
+    T.ITEMS: ["item_id"],
+    T.INTERACTION_MATRIX: ["user_idx", "item_idx"],
+    T.INGESTED_FILES: ["path"],
+    T.USER_FACTORS: ["user_idx"],
+    T.ITEM_FACTORS: ["item_idx"],
+    T.ITEM_NEIGHBORS: ["method", "item_idx", "neighbor_idx"],
+    T.USER_CANDIDATES: ["strategy", "user_id", "item_id"],
     T.REJECTED_INTERACTIONS: ["source_file", "line_number", "reason"],
 }
 
 
 def _args(cfg: Config, tmp_path: Path) -> list[str]:
-    sets = {"storage.root": cfg.storage.root, "generate.output": tmp_path / "raw", "ingest.source.path": tmp_path / "raw",
-            "ingest.source.preset": "synthetic", "generate.num_events": 6000, "generate.num_users": 300,
-            "generate.num_items": 150, "als.rank": 4, "als.max_iter": 3, "similarity.top_n": 10,
-            "similarity.method": "cosine", "candidates.k": 10, "evaluation.max_users": 200,
-            "evaluation.ks": "[10]", "evaluation.output_dir": tmp_path / "reports",
-            "spark.master": "local[2]", "spark.ui_enabled": "false"}
+    sets = {
+        "storage.root": cfg.storage.root,
+        "generate.output": tmp_path / "raw",
+        "ingest.source.path": tmp_path / "raw",
+        "ingest.source.preset": "synthetic",
+        "generate.num_events": 6000,
+        "generate.num_users": 300,
+        "generate.num_items": 150,
+        "als.rank": 4,
+        "als.max_iter": 3,
+        "similarity.top_n": 10,
+        "similarity.method": "cosine",
+        "candidates.k": 10,
+        "evaluation.max_users": 200,
+        "evaluation.ks": "[10]",
+        "evaluation.output_dir": tmp_path / "reports",
+        "spark.master": "local[2]",
+        "spark.ui_enabled": "false",
+    }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
@@ -76,8 +102,9 @@ def test_second_round_gives_identical_tables(two_rounds) -> None:  # noqa: ANN00
         if table in APPENDED or table == T.RUNS or first[table] is None:
             continue
         before, after = store.read(table, version=first[table]), store.read(table, version=second[table])
-        assert_approx_df_equality(_content(before), _content(after), precision=1e-9, ignore_row_order=True,
-                                  ignore_nullable=True)
+        assert_approx_df_equality(
+            _content(before), _content(after), precision=1e-9, ignore_row_order=True, ignore_nullable=True
+        )
 
 
 def test_appended_rows_of_both_runs_are_identical(two_rounds) -> None:  # noqa: ANN001
@@ -85,9 +112,13 @@ def test_appended_rows_of_both_runs_are_identical(two_rounds) -> None:  # noqa: 
     for table, job in ((T.EVALUATION_SUMMARY, "evaluate"), (T.MODELS, "train-als")):
         first, second = _run_ids(store, job)
         rows = store.read(table)
-        assert_approx_df_equality(_content(rows.where(F.col("run_id") == first)),
-                                  _content(rows.where(F.col("run_id") == second)),
-                                  precision=1e-9, ignore_row_order=True, ignore_nullable=True)
+        assert_approx_df_equality(
+            _content(rows.where(F.col("run_id") == first)),
+            _content(rows.where(F.col("run_id") == second)),
+            precision=1e-9,
+            ignore_row_order=True,
+            ignore_nullable=True,
+        )
 
 
 def test_no_duplicate_rows(two_rounds) -> None:  # noqa: ANN001
@@ -116,7 +147,9 @@ def test_every_run_has_a_manifest_matching_the_logs(two_rounds) -> None:  # noqa
         for table in T.CATALOGUE:
             if table == T.RUNS or not store.exists(table):
                 continue
-            logged = sorted(e.version for e in table_history(store.root, table) if e.metadata.get("run_id") == r["run_id"])
+            logged = sorted(
+                e.version for e in table_history(store.root, table) if e.metadata.get("run_id") == r["run_id"]
+            )
             assert outputs.get(table, []) == logged, f"{r['job']} {r['run_id']}: {table}"
     by_job = {}
     for r in sorted(runs, key=lambda r: r["started_at"]):
@@ -124,7 +157,8 @@ def test_every_run_has_a_manifest_matching_the_logs(two_rounds) -> None:  # noqa
     first_ingest, second_ingest = by_job["ingest"]
     assert json.loads(second_ingest["output_versions"]) == {}  # nothing new to ingest
     assert {T.INTERACTIONS, T.USERS, T.ITEMS, T.INTERACTION_MATRIX} <= json.loads(
-        first_ingest["output_versions"]).keys()
+        first_ingest["output_versions"]
+    ).keys()
     # a model job's inputs are the versions the preceding ingest left
     matrix_version = json.loads(first_ingest["output_versions"])[T.INTERACTION_MATRIX][-1]
     for r in by_job["train-als"]:

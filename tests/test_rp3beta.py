@@ -19,8 +19,9 @@ def _rows(seed: int = 5) -> list[tuple[int, int, float]]:
     return [(u, i, float(rng.integers(1, 5))) for u, i in sorted(pairs)]
 
 
-def _reference(rows: list[tuple[int, int, float]],
-               params: SimilarityConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reference(
+    rows: list[tuple[int, int, float]], params: SimilarityConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(W, co-occurrence counts, popularity), dense numpy over item ids 0..max:
     W_ij = sum_u P(u|i)^alpha P(j|u)^alpha / pop_j^beta on the capped matrix."""
     own = params.rp3beta
@@ -30,7 +31,7 @@ def _reference(rows: list[tuple[int, int, float]],
     for u, i, c in rows:
         by_user.setdefault(u, []).append((float(confidence_array(np.array([c]), own.confidence, own.epsilon)[0]), i))
     for u, history in by_user.items():
-        for r, i in sorted(history, key=lambda e: (-e[0], e[1]))[:params.max_user_items]:
+        for r, i in sorted(history, key=lambda e: (-e[0], e[1]))[: params.max_user_items]:
             x[u, i] = r
     seen = x > 0
     item_degree, user_degree = x.sum(axis=0), x.sum(axis=1)
@@ -71,8 +72,13 @@ def _fit(spark, rows, params: SimilarityConfig) -> list:  # noqa: ANN001
 @pytest.mark.parametrize("block_items", [3, 5, 1000])
 def test_spark_rp3beta_equals_a_dense_numpy_walk(spark, block_items: int) -> None:  # noqa: ANN001
     rows = _rows()
-    params = SimilarityConfig(method="rp3beta", top_n=4, max_user_items=7, block_items=block_items,
-                              rp3beta=Rp3betaConfig(confidence="linear", alpha=0.8, beta=0.6, min_similarity=0.01))
+    params = SimilarityConfig(
+        method="rp3beta",
+        top_n=4,
+        max_user_items=7,
+        block_items=block_items,
+        rp3beta=Rp3betaConfig(confidence="linear", alpha=0.8, beta=0.6, min_similarity=0.01),
+    )
     w, counts, _ = _reference(rows, params)
     got = _fit(spark, rows, params)
     assert _check_against_reference(got, w, counts, params) > 40
@@ -81,13 +87,23 @@ def test_spark_rp3beta_equals_a_dense_numpy_walk(spark, block_items: int) -> Non
     assert ((counts > 0) & (w < 0.01) & ~np.eye(len(w), dtype=bool)).any()
 
 
-@pytest.mark.parametrize(("alpha", "beta", "confidence"),
-                         [(0.0, 0.5, "linear"), (1.0, 0.0, "log"), (0.0, 0.0, "binary")])
-def test_alpha_and_beta_zero_edge_cases_match_the_reference(spark, alpha: float, beta: float,  # noqa: ANN001
-                                                            confidence: str) -> None:
+@pytest.mark.parametrize(
+    ("alpha", "beta", "confidence"), [(0.0, 0.5, "linear"), (1.0, 0.0, "log"), (0.0, 0.0, "binary")]
+)
+def test_alpha_and_beta_zero_edge_cases_match_the_reference(
+    spark,
+    alpha: float,
+    beta: float,  # noqa: ANN001
+    confidence: str,
+) -> None:
     rows = _rows(seed=9)
-    params = SimilarityConfig(method="rp3beta", top_n=6, max_user_items=7, block_items=5,
-                              rp3beta=Rp3betaConfig(confidence=confidence, alpha=alpha, beta=beta))
+    params = SimilarityConfig(
+        method="rp3beta",
+        top_n=6,
+        max_user_items=7,
+        block_items=5,
+        rp3beta=Rp3betaConfig(confidence=confidence, alpha=alpha, beta=beta),
+    )
     w, counts, popularity = _reference(rows, params)
     got = _fit(spark, rows, params)
     assert _check_against_reference(got, w, counts, params) > 40

@@ -23,8 +23,9 @@ MATRIX = [(0, 0, 1.0), (0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0), (1, 2, 1.0), (2, 1
 
 def _sims(spark, params: SimilarityConfig, rows=MATRIX) -> dict[tuple[int, int], tuple]:  # noqa: ANN001
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
-    return {(r.item_idx, r.neighbor_idx): (r.similarity, r.rank, r.cooccurrence)
-            for r in item_cosine(df, params).collect()}
+    return {
+        (r.item_idx, r.neighbor_idx): (r.similarity, r.rank, r.cooccurrence) for r in item_cosine(df, params).collect()
+    }
 
 
 def test_binary_cosine_matches_the_formula(spark) -> None:  # noqa: ANN001
@@ -78,17 +79,21 @@ def _reference(rows: list[tuple[int, int, float]], params: SimilarityConfig) -> 
         by_user.setdefault(u, []).append((-(1.0 if params.cosine.confidence == "binary" else c), i))
     x = np.zeros((n_users, n_items))
     for u, hist in by_user.items():
-        for neg, i in sorted(hist)[:params.max_user_items]:
+        for neg, i in sorted(hist)[: params.max_user_items]:
             x[u, i] = -neg
     dots, counts = x.T @ x, (x > 0).T.astype(float) @ (x > 0).astype(float)
     norms = np.sqrt((x * x).sum(axis=0))
     sims = dots / (np.outer(norms, norms) + params.cosine.shrink)
     out = []
     for i in range(n_items):
-        cand = sorted((-sims[i, j], j) for j in range(n_items)
-                      if j != i and counts[i, j] >= max(1, params.cosine.min_cooccurrence)
-                      and sims[i, j] >= params.cosine.min_similarity)
-        out += [(i, j, -neg, rank, int(counts[i, j])) for rank, (neg, j) in enumerate(cand[:params.top_n], 1)]
+        cand = sorted(
+            (-sims[i, j], j)
+            for j in range(n_items)
+            if j != i
+            and counts[i, j] >= max(1, params.cosine.min_cooccurrence)
+            and sims[i, j] >= params.cosine.min_similarity
+        )
+        out += [(i, j, -neg, rank, int(counts[i, j])) for rank, (neg, j) in enumerate(cand[: params.top_n], 1)]
     return out
 
 
@@ -99,11 +104,20 @@ def test_blocking_never_changes_the_result(spark, block_items: int, confidence: 
     rng = np.random.default_rng(11)
     pairs = {(int(u), int(min(rng.zipf(1.5), 23) - 1)) for u in rng.integers(0, 40, 300)}
     rows = [(u, i, float(rng.integers(1, 5))) for u, i in sorted(pairs)]
-    params = SimilarityConfig(cosine=CosineConfig(confidence=confidence, min_cooccurrence=2), top_n=4,
-                              max_user_items=6, block_items=block_items)
+    params = SimilarityConfig(
+        cosine=CosineConfig(confidence=confidence, min_cooccurrence=2),
+        top_n=4,
+        max_user_items=6,
+        block_items=block_items,
+    )
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
-    got = [tuple(r) for r in item_cosine(df, params).select(
-        "item_idx", "neighbor_idx", "similarity", "rank", "cooccurrence").orderBy("item_idx", "rank").collect()]
+    got = [
+        tuple(r)
+        for r in item_cosine(df, params)
+        .select("item_idx", "neighbor_idx", "similarity", "rank", "cooccurrence")
+        .orderBy("item_idx", "rank")
+        .collect()
+    ]
     assert got == _reference(rows, params)
     assert len(got) > 40  # enough pairs survive the filters for the comparison to mean something
 
@@ -138,8 +152,10 @@ def test_matches_scipy_on_movielens_100k(spark, shared_data: Path) -> None:  # n
     data = pd.read_csv(shared_data / "ml-100k" / "u.data", sep="\t", names=["u", "i", "r", "t"])
     rows = [(int(u) - 1, int(i) - 1, 1.0) for u, i in zip(data.u, data.i)]
     top_n = 20
-    got = item_cosine(spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE"),
-                      SimilarityConfig(top_n=top_n, max_user_items=10_000)).toPandas()
+    got = item_cosine(
+        spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE"),
+        SimilarityConfig(top_n=top_n, max_user_items=10_000),
+    ).toPandas()
 
     x = sp.csr_matrix((np.ones(len(rows)), (data.u - 1, data.i - 1)))
     norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0))).ravel()
@@ -166,9 +182,14 @@ def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, sto
     from recsys_spark.run import RunContext
 
     raw = tmp_path / "log.csv"
-    raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "\n".join(
-        f"e{k},u{u},i{i},view,2026-09-01T00:00:00Z,1"
-        for k, (u, i) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 3)])) + "\n")
+    raw.write_text(
+        "event_id,user_id,item_id,event_type,timestamp,value\n"
+        + "\n".join(
+            f"e{k},u{u},i{i},view,2026-09-01T00:00:00Z,1"
+            for k, (u, i) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 1), (2, 2), (3, 3)])
+        )
+        + "\n"
+    )
     cfg = cfg.with_overrides(["similarity.cosine.min_cooccurrence=1", "similarity.top_n=10"])
     ingest(cfg, f"ingest.source.path={raw}")
     result = run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
@@ -177,22 +198,37 @@ def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, sto
     assert {r.method for r in rows} == {"cosine"} and len({r.model_version for r in rows}) == 1
     meta = store.history(T.ITEM_NEIGHBORS)[0].metadata
     # items is an input too: its ids are joined into the lookup table
-    assert meta["input_versions"] == {T.INTERACTION_MATRIX: store.version(T.INTERACTION_MATRIX),
-                                      T.ITEMS: store.version(T.ITEMS)}
+    assert meta["input_versions"] == {
+        T.INTERACTION_MATRIX: store.version(T.INTERACTION_MATRIX),
+        T.ITEMS: store.version(T.ITEMS),
+    }
 
 
 def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  # noqa: ANN001
-        spark, cfg, ingest, store, tmp_path: Path) -> None:
+    spark, cfg, ingest, store, tmp_path: Path
+) -> None:
     from recsys_spark import tables as T
     from recsys_spark.pipeline import run_generate, run_item_similarity
     from recsys_spark.run import RunContext
 
-    c = cfg.with_overrides([
-        f"generate.output={tmp_path / 'raw'}", "generate.num_users=200", "generate.num_items=60",
-        "generate.num_events=4000", "generate.partitions=1", f"ingest.source.path={tmp_path / 'raw'}",
-        "ingest.source.preset=synthetic", "ingest.max_reject_fraction=0.05", "similarity.cosine.min_cooccurrence=1",
-        "similarity.top_n=20", "similarity.tune=true", "tuning.cosine_shrink=[0.0, 30.0]", "tuning.cosine_top_n=[5]",
-        'candidates.strategies=["item_item"]'])
+    c = cfg.with_overrides(
+        [
+            f"generate.output={tmp_path / 'raw'}",
+            "generate.num_users=200",
+            "generate.num_items=60",
+            "generate.num_events=4000",
+            "generate.partitions=1",
+            f"ingest.source.path={tmp_path / 'raw'}",
+            "ingest.source.preset=synthetic",
+            "ingest.max_reject_fraction=0.05",
+            "similarity.cosine.min_cooccurrence=1",
+            "similarity.top_n=20",
+            "similarity.tune=true",
+            "tuning.cosine_shrink=[0.0, 30.0]",
+            "tuning.cosine_top_n=[5]",
+            'candidates.strategies=["item_item"]',
+        ]
+    )
     run_generate(spark, c)
     ingest(c)
     run_item_similarity(spark, c, RunContext.new("item-similarity", c))
@@ -207,8 +243,10 @@ def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  
     # the table holds the chosen fit, on the whole matrix
     written = {(r.item_idx, r.neighbor_idx): r.similarity for r in store.read(T.ITEM_NEIGHBORS).collect()}
     chosen = c.similarity.model_copy(update={"cosine": c.similarity.cosine.model_copy(update=best["params"])})
-    refit = {(r.item_idx, r.neighbor_idx): r.similarity
-             for r in item_cosine(store.read(T.INTERACTION_MATRIX), chosen).collect()}
+    refit = {
+        (r.item_idx, r.neighbor_idx): r.similarity
+        for r in item_cosine(store.read(T.INTERACTION_MATRIX), chosen).collect()
+    }
     assert written.keys() == refit.keys() and all(written[k] == pytest.approx(refit[k]) for k in refit)
 
 
@@ -229,7 +267,9 @@ def test_factor_cosine_matches_numpy(spark, block_items: int) -> None:  # noqa: 
     v = rng.normal(size=(11, 4)).astype(np.float32)
     v[7] = 0.0  # a zero vector has no direction: no neighbours, and it is nobody's neighbour
     df = spark.createDataFrame([(i, x.tolist()) for i, x in enumerate(v)], "item_idx INT, factors ARRAY<FLOAT>")
-    params = SimilarityConfig(method="als", top_n=3, als=FactorCosineConfig(min_similarity=0.1), block_items=block_items)
+    params = SimilarityConfig(
+        method="als", top_n=3, als=FactorCosineConfig(min_similarity=0.1), block_items=block_items
+    )
     got = item_factor_cosine(df, params).orderBy("item_idx", "rank").collect()
 
     unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
@@ -253,11 +293,18 @@ def test_als_neighbours_sit_beside_cosine_ones(spark, cfg, ingest, store, tmp_pa
     from recsys_spark.run import RunContext
 
     raw = tmp_path / "u.data"
-    raw.write_text("".join(f"{u}\t{i}\t5\t88000{u:04d}\n" for u in range(1, 21) for i in range(1, 13)
-                           if (u < 10) == (i < 7) and (u + i) % 3))
+    raw.write_text(
+        "".join(
+            f"{u}\t{i}\t5\t88000{u:04d}\n"
+            for u in range(1, 21)
+            for i in range(1, 13)
+            if (u < 10) == (i < 7) and (u + i) % 3
+        )
+    )
     ingest(cfg, f"ingest.source.path={raw}", "ingest.source.preset=movielens-100k")
-    als_cfg = cfg.with_overrides(["similarity.method=als", "similarity.top_n=3", "similarity.block_items=5",
-                                  "als.rank=3", "als.max_iter=4"])
+    als_cfg = cfg.with_overrides(
+        ["similarity.method=als", "similarity.top_n=3", "similarity.block_items=5", "als.rank=3", "als.max_iter=4"]
+    )
     with pytest.raises(StorageError, match="run `recsys-spark train-als` first"):
         run_item_similarity(spark, als_cfg, RunContext.new("item-similarity", als_cfg))
     run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
@@ -286,7 +333,7 @@ def test_kth_largest_per_row(monkeypatch: pytest.MonkeyPatch, buffer: int) -> No
     values = rng.integers(0, 6, indptr[-1]).astype(float)  # many ties
     got = kth_largest_per_row(indptr, values, 3)
     for row, n in enumerate(lengths):
-        row_values = np.sort(values[indptr[row]:indptr[row + 1]])[::-1]
+        row_values = np.sort(values[indptr[row] : indptr[row + 1]])[::-1]
         assert got[row] == (row_values[2] if n >= 3 else -np.inf)
 
 
@@ -296,13 +343,22 @@ def test_partition_keys_put_one_cell_in_each_partition(spark) -> None:  # noqa: 
     from recsys_spark.similarity import _partition_keys
 
     keys = _partition_keys(spark, 7)
-    placed = (spark.createDataFrame([(k,) for k in keys], "key INT").repartition(7, "key")
-              .select("key", F.spark_partition_id().alias("p")).collect())
+    placed = (
+        spark.createDataFrame([(k,) for k in keys], "key INT")
+        .repartition(7, "key")
+        .select("key", F.spark_partition_id().alias("p"))
+        .collect()
+    )
     assert {r.key: r.p for r in placed} == {k: i for i, k in enumerate(keys)}
 
 
-def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(spark, cfg, ingest, store,  # noqa: ANN001
-                                                                    tmp_path: Path) -> None:
+def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(
+    spark,
+    cfg,
+    ingest,
+    store,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     from recsys_spark import tables as T
     from recsys_spark.cli import main
     from recsys_spark.ease import item_ease
@@ -312,12 +368,27 @@ def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(spark, cfg, 
     rng = np.random.default_rng(2)
     events = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 12, 60), rng.integers(0, 7, 60))})
     raw = tmp_path / "log.csv"
-    raw.write_text("event_id,user_id,item_id,event_type,timestamp,value\n" + "\n".join(
-        f"e{k},u{u},i{i},{('view', 'click', 'purchase')[k % 3]},2026-09-01T00:00:00Z,1"
-        for k, (u, i) in enumerate(events)) + "\n")
+    raw.write_text(
+        "event_id,user_id,item_id,event_type,timestamp,value\n"
+        + "\n".join(
+            f"e{k},u{u},i{i},{('view', 'click', 'purchase')[k % 3]},2026-09-01T00:00:00Z,1"
+            for k, (u, i) in enumerate(events)
+        )
+        + "\n"
+    )
     ingest(cfg, f"ingest.source.path={raw}")
-    args = ["--set", f"storage.root={cfg.storage.root}", "--set", "spark.master=local[2]",
-            "--set", "spark.ui_enabled=false", "--set", "similarity.top_n=4", "--set", "similarity.ease.l2=2.0"]
+    args = [
+        "--set",
+        f"storage.root={cfg.storage.root}",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "spark.ui_enabled=false",
+        "--set",
+        "similarity.top_n=4",
+        "--set",
+        "similarity.ease.l2=2.0",
+    ]
     assert main([*args, "--set", "similarity.method=ease", "item-similarity"]) == 0
     assert main([*args, "--set", "similarity.method=rp3beta", "item-similarity"]) == 0
 
@@ -325,8 +396,10 @@ def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(spark, cfg, 
     table = store.read(T.ITEM_NEIGHBORS)
     written = {(r.item_idx, r.neighbor_idx): (r.similarity, r.rank) for r in table.where("method = 'ease'").collect()}
     params = cfg.with_overrides(["similarity.method=ease", "similarity.top_n=4", "similarity.ease.l2=2.0"]).similarity
-    direct = {(r.item_idx, r.neighbor_idx): (r.similarity, r.rank)
-              for r in item_ease(store.read(T.INTERACTION_MATRIX), params).collect()}
+    direct = {
+        (r.item_idx, r.neighbor_idx): (r.similarity, r.rank)
+        for r in item_ease(store.read(T.INTERACTION_MATRIX), params).collect()
+    }
     assert written == direct and len(written) == 7 * 4
     assert any(s < 0 for s, _ in written.values())
     assert table.where("method = 'rp3beta'").count() == 7 * 4

@@ -35,25 +35,34 @@ from recsys_spark.storage import TableStore
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 # Two instants, one before 1970 (floor, not truncation toward zero, matters there), both whole seconds
 # so that every unit holds them exactly.
-INSTANTS = [dt.datetime(2026, 8, 29, 10, 40, tzinfo=dt.timezone.utc),
-            dt.datetime(1969, 7, 20, 20, 17, 40, tzinfo=dt.timezone.utc)]
+INSTANTS = [
+    dt.datetime(2026, 8, 29, 10, 40, tzinfo=dt.timezone.utc),
+    dt.datetime(1969, 7, 20, 20, 17, 40, tzinfo=dt.timezone.utc),
+]
 ISO = ["2026-08-29T10:40:00Z", "1969-07-20T20:17:40Z"]
 UNIT_PER_S = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 def _parquet_config(base: Config, tmp_path: Path, **cols: str) -> Config:
     mapping = {"user_col": "user", "item_col": "item", "timestamp_col": "ts", **cols}
-    return base.with_overrides([
-        f"storage.root={tmp_path / 'warehouse'}", "ingest.source.preset=custom", "ingest.source.format=parquet",
-        'ingest.min_event_time="1900-01-01T00:00:00Z"', *[f"ingest.source.{k}={v}" for k, v in mapping.items()],
-    ])
+    return base.with_overrides(
+        [
+            f"storage.root={tmp_path / 'warehouse'}",
+            "ingest.source.preset=custom",
+            "ingest.source.format=parquet",
+            'ingest.min_event_time="1900-01-01T00:00:00Z"',
+            *[f"ingest.source.{k}={v}" for k, v in mapping.items()],
+        ]
+    )
 
 
 def _events(n: int, **columns: pa.Array) -> pa.Table:
     """A Parquet-ready table of ``n`` rows: user, item and ts (unix seconds), with ``columns`` replacing or added."""
-    base: dict[str, pa.Array] = {"user": pa.array([f"u{i}" for i in range(n)]),
-                                 "item": pa.array([f"i{i}" for i in range(n)]),
-                                 "ts": pa.array([int(INSTANTS[0].timestamp())] * n, pa.int64())}
+    base: dict[str, pa.Array] = {
+        "user": pa.array([f"u{i}" for i in range(n)]),
+        "item": pa.array([f"i{i}" for i in range(n)]),
+        "ts": pa.array([int(INSTANTS[0].timestamp())] * n, pa.int64()),
+    }
     return pa.table({**base, **columns})
 
 
@@ -61,9 +70,12 @@ def _validated(spark: SparkSession, cfg: Config, path: Path) -> list[dict[str, A
     src = cfg.ingest.source
     raw = read_source(spark, src, list_source_files(str(path)), cfg.ingest.max_line_bytes)
     when = F.date_format("event_time", "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX").alias("when")
-    rows = (validate_events(raw, src, cfg.ingest, NOW)
-            .select("line_number", "user_id", "item_id", "event_type", "event_id", when, "value_num", "reason")
-            .orderBy("line_number").collect())
+    rows = (
+        validate_events(raw, src, cfg.ingest, NOW)
+        .select("line_number", "user_id", "item_id", "event_type", "event_id", when, "value_num", "reason")
+        .orderBy("line_number")
+        .collect()
+    )
     return [r.asDict() for r in rows]
 
 
@@ -79,21 +91,33 @@ def _epoch(unit: str) -> list[int]:
 
 
 TIME_COLUMNS: dict[str, Callable[[Path], None]] = {
-    **{f"timestamp[{unit}, {zone}]": (lambda p, unit=unit, zone=zone: pq.write_table(
-        _events(2, ts=pa.array(_epoch(unit), pa.timestamp(unit, None if zone == "no zone" else zone))), p))
-       for unit in UNIT_PER_S for zone in ("no zone", "UTC", "Europe/Berlin")},
+    **{
+        f"timestamp[{unit}, {zone}]": (
+            lambda p, unit=unit, zone=zone: pq.write_table(
+                _events(2, ts=pa.array(_epoch(unit), pa.timestamp(unit, None if zone == "no zone" else zone))), p
+            )
+        )
+        for unit in UNIT_PER_S
+        for zone in ("no zone", "UTC", "Europe/Berlin")
+    },
     "int96 (use_deprecated_int96_timestamps)": lambda p: pq.write_table(
-        _events(2, ts=pa.array(_epoch("ns"), pa.timestamp("ns"))), p, use_deprecated_int96_timestamps=True),
-    "pandas datetime64[ns] (to_parquet)": lambda p: _events(2).to_pandas().assign(
-        ts=pd.to_datetime([i.replace(tzinfo=None) for i in INSTANTS])).to_parquet(p),
-    "pandas datetime64[ns, Europe/Berlin] (to_parquet)": lambda p: _events(2).to_pandas().assign(
-        ts=pd.to_datetime(INSTANTS).tz_convert("Europe/Berlin")).to_parquet(p),
+        _events(2, ts=pa.array(_epoch("ns"), pa.timestamp("ns"))), p, use_deprecated_int96_timestamps=True
+    ),
+    "pandas datetime64[ns] (to_parquet)": lambda p: _events(2)
+    .to_pandas()
+    .assign(ts=pd.to_datetime([i.replace(tzinfo=None) for i in INSTANTS]))
+    .to_parquet(p),
+    "pandas datetime64[ns, Europe/Berlin] (to_parquet)": lambda p: _events(2)
+    .to_pandas()
+    .assign(ts=pd.to_datetime(INSTANTS).tz_convert("Europe/Berlin"))
+    .to_parquet(p),
 }
 
 
 @pytest.mark.parametrize("kind", TIME_COLUMNS)
 def test_every_parquet_timestamp_unit_and_zone_reads_as_the_same_utc_instant(
-        kind: str, spark: SparkSession, base_config: Config, tmp_path: Path) -> None:
+    kind: str, spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
     path = tmp_path / "t.parquet"
     TIME_COLUMNS[kind](path)
     rows = _validated(spark, _parquet_config(base_config, tmp_path), path)
@@ -105,26 +129,36 @@ def test_a_date32_column_is_midnight_utc(spark: SparkSession, base_config: Confi
     path = tmp_path / "d.parquet"
     pq.write_table(_events(2, ts=pa.array([i.date() for i in INSTANTS], pa.date32())), path)
     assert _iso(_validated(spark, _parquet_config(base_config, tmp_path), path)) == [
-        "2026-08-29T00:00:00Z", "1969-07-20T00:00:00Z"]
+        "2026-08-29T00:00:00Z",
+        "1969-07-20T00:00:00Z",
+    ]
 
 
 def test_nanoseconds_are_floored_to_microseconds_exactly_on_both_sides_of_1970(
-        spark: SparkSession, base_config: Config, tmp_path: Path) -> None:
+    spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
     # -1 ns is 1969-12-31T23:59:59.999999999: floored, not rounded to 1970; the last two are the
     # int64 extremes, where a double (53 bits) would be off by hundreds of nanoseconds.
-    nanos = [-1, 1, -1_000, 1_999, 1_788_000_000_123_456_789, -14_182_939_876_543_211,
-             2**63 - 1, -(2**63) + 1]
+    nanos = [-1, 1, -1_000, 1_999, 1_788_000_000_123_456_789, -14_182_939_876_543_211, 2**63 - 1, -(2**63) + 1]
     path = tmp_path / "ns.parquet"
     pq.write_table(_events(len(nanos), ts=pa.array(nanos, pa.timestamp("ns"))), path)
     cfg = _parquet_config(base_config, tmp_path).with_overrides(["ingest.max_future_days=200000"])
     got = [r["when"] for r in _validated(spark, cfg, path)]
-    assert got == ["1969-12-31T23:59:59.999999Z", "1970-01-01T00:00:00.000000Z", "1969-12-31T23:59:59.999999Z",
-                   "1970-01-01T00:00:00.000001Z", "2026-08-29T10:40:00.123456Z", "1969-07-20T20:17:40.123456Z",
-                   "2262-04-11T23:47:16.854775Z", "1677-09-21T00:12:43.145224Z"]
+    assert got == [
+        "1969-12-31T23:59:59.999999Z",
+        "1970-01-01T00:00:00.000000Z",
+        "1969-12-31T23:59:59.999999Z",
+        "1970-01-01T00:00:00.000001Z",
+        "2026-08-29T10:40:00.123456Z",
+        "1969-07-20T20:17:40.123456Z",
+        "2262-04-11T23:47:16.854775Z",
+        "1677-09-21T00:12:43.145224Z",
+    ]
 
 
 def test_a_nanosecond_column_outside_the_mapping_is_an_instant_in_the_quarantined_raw_line(
-        spark: SparkSession, base_config: Config, tmp_path: Path) -> None:
+    spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
     path = tmp_path / "raw.parquet"
     pq.write_table(_events(1, user=pa.array([""]), seen=pa.array([-1], pa.timestamp("ns"))), path)
     cfg = _parquet_config(base_config, tmp_path)
@@ -136,8 +170,14 @@ def test_a_nanosecond_column_outside_the_mapping_is_an_instant_in_the_quarantine
 
 # (field, Arrow array) -> what the field reads as: the id / event type text, the value, or the instant.
 READ = [
-    *[("user_col", pa.array([-(2**(w - 1)), 2**(w - 1) - 1], getattr(pa, f"int{w}")()), [str(-(2**(w - 1))), str(2**(w - 1) - 1)])
-      for w in (8, 16, 32, 64)],
+    *[
+        (
+            "user_col",
+            pa.array([-(2 ** (w - 1)), 2 ** (w - 1) - 1], getattr(pa, f"int{w}")()),
+            [str(-(2 ** (w - 1))), str(2 ** (w - 1) - 1)],
+        )
+        for w in (8, 16, 32, 64)
+    ],
     *[("user_col", pa.array([0, 2**w - 1], getattr(pa, f"uint{w}")()), ["0", str(2**w - 1)]) for w in (8, 16, 32, 64)],
     ("user_col", pa.array([decimal.Decimal(10**37), decimal.Decimal(-5)], pa.decimal128(38, 0)), [str(10**37), "-5"]),
     ("item_col", pa.array(["a", "é"], pa.large_string()), ["a", "é"]),
@@ -154,29 +194,46 @@ READ = [
     ("value_col", pa.array([0.1, 1e30], pa.float64()), [0.1, 1e30]),
     ("value_col", pa.array([decimal.Decimal("1.50"), decimal.Decimal("0.01")], pa.decimal128(10, 2)), [1.5, 0.01]),
     ("value_col", pa.array(["1.5", "3"]), [1.5, 3.0]),
-    ("timestamp_col", pa.array([1788000000, 1788000000123], pa.int64()),
-     ["2026-08-29T10:40:00Z", "2026-08-29T10:40:00.123000Z"]),
-    ("timestamp_col", pa.array([1788000000, -14182940], pa.int32()),
-     ["2026-08-29T10:40:00Z", "1969-07-20T20:17:40Z"]),
-    ("timestamp_col", pa.array([1788000000.5, -14182939.5], pa.float64()),
-     ["2026-08-29T10:40:00.500000Z", "1969-07-20T20:17:40.500000Z"]),
-    ("timestamp_col", pa.array([decimal.Decimal("1788000000.25"), decimal.Decimal(0)], pa.decimal128(12, 2)),
-     ["2026-08-29T10:40:00.250000Z", "1970-01-01T00:00:00Z"]),
+    (
+        "timestamp_col",
+        pa.array([1788000000, 1788000000123], pa.int64()),
+        ["2026-08-29T10:40:00Z", "2026-08-29T10:40:00.123000Z"],
+    ),
+    ("timestamp_col", pa.array([1788000000, -14182940], pa.int32()), ["2026-08-29T10:40:00Z", "1969-07-20T20:17:40Z"]),
+    (
+        "timestamp_col",
+        pa.array([1788000000.5, -14182939.5], pa.float64()),
+        ["2026-08-29T10:40:00.500000Z", "1969-07-20T20:17:40.500000Z"],
+    ),
+    (
+        "timestamp_col",
+        pa.array([decimal.Decimal("1788000000.25"), decimal.Decimal(0)], pa.decimal128(12, 2)),
+        ["2026-08-29T10:40:00.250000Z", "1970-01-01T00:00:00Z"],
+    ),
     ("timestamp_col", pa.array(["2026-08-29T12:40:00+02:00", "1969-07-20 20:17:40"]).dictionary_encode(), ISO),
-    ("timestamp_col", pa.array([dt.date(2026, 8, 29), dt.date(1969, 7, 20)], pa.date64()),
-     ["2026-08-29T00:00:00Z", "1969-07-20T00:00:00Z"]),
+    (
+        "timestamp_col",
+        pa.array([dt.date(2026, 8, 29), dt.date(1969, 7, 20)], pa.date64()),
+        ["2026-08-29T00:00:00Z", "1969-07-20T00:00:00Z"],
+    ),
 ]
 
 
 def _field_of(option: str) -> str:
-    return {"user_col": "user_id", "item_col": "item_id", "event_id_col": "event_id",
-            "event_type_col": "event_type", "value_col": "value_num", "timestamp_col": "when"}[option]
+    return {
+        "user_col": "user_id",
+        "item_col": "item_id",
+        "event_id_col": "event_id",
+        "event_type_col": "event_type",
+        "value_col": "value_num",
+        "timestamp_col": "when",
+    }[option]
 
 
 @pytest.mark.parametrize(("option", "array", "expected"), READ, ids=lambda v: str(getattr(v, "type", v)))
 def test_each_parquet_type_a_field_accepts_reads_as_its_exact_value(
-        option: str, array: pa.Array, expected: list[Any], spark: SparkSession, base_config: Config,
-        tmp_path: Path) -> None:
+    option: str, array: pa.Array, expected: list[Any], spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
     column = {"user_col": "user", "item_col": "item", "timestamp_col": "ts"}.get(option, "extra")
     path = tmp_path / "x.parquet"
     pq.write_table(_events(2, **{column: array}), path)
@@ -219,7 +276,8 @@ REFUSED = [
 
 @pytest.mark.parametrize(("option", "array", "fix"), REFUSED, ids=lambda v: str(getattr(v, "type", v)))
 def test_a_parquet_type_a_field_cannot_read_is_refused_naming_file_column_type_and_fix(
-        option: str, array: pa.Array, fix: str, base_config: Config, tmp_path: Path) -> None:
+    option: str, array: pa.Array, fix: str, base_config: Config, tmp_path: Path
+) -> None:
     column = {"user_col": "user", "item_col": "item", "timestamp_col": "ts"}.get(option, "extra")
     path = tmp_path / "x.parquet"
     pq.write_table(_events(2, **{column: array}), path)
@@ -232,16 +290,21 @@ def test_a_parquet_type_a_field_cannot_read_is_refused_naming_file_column_type_a
     assert fix in message
 
 
-@pytest.mark.parametrize(("array", "fix"), [
-    (pa.array([1.5, 2.5], pa.float16()), "Spark cannot read float16; cast it to float32 or float64"),
-    (pa.array([dt.time(12, 0)] * 2, pa.time64("us")), "Spark cannot read a time of day"),
-    (pa.array([dt.time(12, 0)] * 2, pa.time32("ms")), "Spark cannot read a time of day"),
-    (pa.array([uuid.UUID(int=1).bytes] * 2, pa.uuid()), "Spark cannot read the Parquet UUID type"),
-    (pa.array([decimal.Decimal(1)] * 2, pa.decimal256(40, 0)), "Spark reads decimals of at most 38 digits"),
-    (pa.array([{"w": 1.0}] * 2, pa.struct([("w", pa.float16())])), "its field 'extra.w'"),
-], ids=lambda v: str(getattr(v, "type", v)))
+@pytest.mark.parametrize(
+    ("array", "fix"),
+    [
+        (pa.array([1.5, 2.5], pa.float16()), "Spark cannot read float16; cast it to float32 or float64"),
+        (pa.array([dt.time(12, 0)] * 2, pa.time64("us")), "Spark cannot read a time of day"),
+        (pa.array([dt.time(12, 0)] * 2, pa.time32("ms")), "Spark cannot read a time of day"),
+        (pa.array([uuid.UUID(int=1).bytes] * 2, pa.uuid()), "Spark cannot read the Parquet UUID type"),
+        (pa.array([decimal.Decimal(1)] * 2, pa.decimal256(40, 0)), "Spark reads decimals of at most 38 digits"),
+        (pa.array([{"w": 1.0}] * 2, pa.struct([("w", pa.float16())])), "its field 'extra.w'"),
+    ],
+    ids=lambda v: str(getattr(v, "type", v)),
+)
 def test_a_column_spark_cannot_read_at_all_is_refused_even_when_not_mapped(
-        array: pa.Array, fix: str, base_config: Config, tmp_path: Path) -> None:
+    array: pa.Array, fix: str, base_config: Config, tmp_path: Path
+) -> None:
     path = tmp_path / "x.parquet"
     pq.write_table(_events(2, extra=array), path)
     cfg = _parquet_config(base_config, tmp_path)
@@ -250,13 +313,22 @@ def test_a_column_spark_cannot_read_at_all_is_refused_even_when_not_mapped(
     assert f"column 'extra' of {path} is {array.type}" in str(err.value) and fix in str(err.value)
 
 
-@pytest.mark.parametrize(("fmt", "array", "fix"), [
-    ("unix_s", pa.array([1, 2], pa.timestamp("ns")), "a native time, but ingest.source.timestamp_format = 'unix_s'"),
-    ("unix_ms", pa.array([dt.date(2026, 1, 1)] * 2, pa.date32()), "set it to 'auto' (or 'iso')"),
-    ("iso", pa.array([1788000000] * 2, pa.int64()), "a number, but ingest.source.timestamp_format = 'iso'"),
-], ids=["ns-as-unix_s", "date-as-unix_ms", "int-as-iso"])
+@pytest.mark.parametrize(
+    ("fmt", "array", "fix"),
+    [
+        (
+            "unix_s",
+            pa.array([1, 2], pa.timestamp("ns")),
+            "a native time, but ingest.source.timestamp_format = 'unix_s'",
+        ),
+        ("unix_ms", pa.array([dt.date(2026, 1, 1)] * 2, pa.date32()), "set it to 'auto' (or 'iso')"),
+        ("iso", pa.array([1788000000] * 2, pa.int64()), "a number, but ingest.source.timestamp_format = 'iso'"),
+    ],
+    ids=["ns-as-unix_s", "date-as-unix_ms", "int-as-iso"],
+)
 def test_a_time_column_whose_type_contradicts_timestamp_format_is_refused(
-        fmt: str, array: pa.Array, fix: str, base_config: Config, tmp_path: Path) -> None:
+    fmt: str, array: pa.Array, fix: str, base_config: Config, tmp_path: Path
+) -> None:
     path = tmp_path / "x.parquet"
     pq.write_table(_events(2, ts=array), path)
     cfg = _parquet_config(base_config, tmp_path).with_overrides([f"ingest.source.timestamp_format={fmt}"])
@@ -268,8 +340,10 @@ def test_a_time_column_whose_type_contradicts_timestamp_format_is_refused(
 def test_an_empty_parquet_file_is_not_refused_for_a_null_typed_column(base_config: Config, tmp_path: Path) -> None:
     # pandas types the empty object columns of an empty frame as null: there is nothing to misread
     path = tmp_path / "empty.parquet"
-    pq.write_table(pa.table({"user": pa.array([], pa.null()), "item": pa.array([], pa.string()),
-                             "ts": pa.array([], pa.int64())}), path)
+    pq.write_table(
+        pa.table({"user": pa.array([], pa.null()), "item": pa.array([], pa.string()), "ts": pa.array([], pa.int64())}),
+        path,
+    )
     cfg = _parquet_config(base_config, tmp_path)
     assert sources._parquet_schemas(cfg.ingest.source, [SourceFile(str(path), 1, 0)]) == (["user", "item", "ts"], set())
 
@@ -281,16 +355,18 @@ def _tree(root: Path) -> Path:
     """in/a.csv, in/sub/b.csv, in/sub/up -> .. (a loop), in/sub/self -> . (a loop), in/gone -> missing."""
     (root / "in" / "sub").mkdir(parents=True)
     for name in ("in/a.csv", "in/sub/b.csv"):
-        (root / name).write_text("event_id,user_id,item_id,event_type,timestamp,value\n"
-                                 f"{name},u-{name},i,view,2026-09-01T10:00:00Z,1\n")
+        (root / name).write_text(
+            f"event_id,user_id,item_id,event_type,timestamp,value\n{name},u-{name},i,view,2026-09-01T10:00:00Z,1\n"
+        )
     os.symlink("..", root / "in" / "sub" / "up")
     os.symlink(".", root / "in" / "sub" / "self")
     os.symlink(root / "missing.csv", root / "in" / "gone.csv")
     return root / "in"
 
 
-def test_a_symlink_loop_is_entered_once_and_named(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_symlink_loop_is_entered_once_and_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = _tree(tmp_path)
     listed: list[str] = []
     scandir = os.scandir
@@ -303,7 +379,9 @@ def test_a_symlink_loop_is_entered_once_and_named(tmp_path: Path, caplog: pytest
     assert scan.dangling_links == [str(folder / "gone.csv")]
     text = caplog.text
     assert f"not entering {folder / 'sub' / 'up'}: a symbolic link to {folder}" in text
-    assert f"skipping {folder / 'gone.csv'}: a symbolic link to {tmp_path / 'missing.csv'}, which does not exist" in text
+    assert (
+        f"skipping {folder / 'gone.csv'}: a symbolic link to {tmp_path / 'missing.csv'}, which does not exist" in text
+    )
     assert list_source_files(str(folder)) == scan.files
 
 
@@ -327,17 +405,21 @@ def test_links_to_files_and_to_directories_elsewhere_are_followed_once_per_path(
     os.symlink(elsewhere / "deep" / "c.csv", folder / "c-link.csv")
     os.symlink(elsewhere, folder / "more")
     scan = scan_source_files(str(folder))
-    assert [(f.path, f.size) for f in scan.files] == [(str(folder / "c-link.csv"), 6),
-                                                      (str(folder / "more" / "deep" / "c.csv"), 6)]
+    assert [(f.path, f.size) for f in scan.files] == [
+        (str(folder / "c-link.csv"), 6),
+        (str(folder / "more" / "deep" / "c.csv"), 6),
+    ]
     assert (scan.dangling_links, scan.symlink_loops) == ([], [])
 
 
 def test_a_folder_with_links_ingests_each_file_once_under_its_link_path(
-        spark: SparkSession, ingest: Callable[..., Any], base_config: Config, tmp_path: Path) -> None:
+    spark: SparkSession, ingest: Callable[..., Any], base_config: Config, tmp_path: Path
+) -> None:
     folder = _tree(tmp_path)
     os.symlink(folder / "a.csv", folder / "sub" / "a-again.csv")  # the same file by a second path
-    cfg = base_config.with_overrides([f"storage.root={tmp_path / 'warehouse'}", f"ingest.source.path={folder}",
-                                      "ingest.source.preset=synthetic"])
+    cfg = base_config.with_overrides(
+        [f"storage.root={tmp_path / 'warehouse'}", f"ingest.source.path={folder}", "ingest.source.preset=synthetic"]
+    )
     report = ingest(cfg)
     assert (report.files_seen, report.rows_read, report.rows_duplicate, report.events_added) == (3, 3, 1, 2)
     # the links it did not follow are counted in the report, not only logged

@@ -13,8 +13,11 @@ SCHEMA = "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE, last_eve
 
 
 def _matrix(spark, n_users: int = 30):  # noqa: ANN001, ANN202
-    rows = [(u, i, 1.0, float(1 + (u + i) % 5), T0 + timedelta(hours=u * 10 + i))
-            for u in range(n_users) for i in range(u % 12 + 1)]
+    rows = [
+        (u, i, 1.0, float(1 + (u + i) % 5), T0 + timedelta(hours=u * 10 + i))
+        for u in range(n_users)
+        for i in range(u % 12 + 1)
+    ]
     return spark.createDataFrame(rows, SCHEMA)
 
 
@@ -42,7 +45,7 @@ def test_leave_last_holds_out_the_newest_items(spark) -> None:  # noqa: ANN001
     te = _pairs(test)
     for u in range(30):
         n = u % 12 + 1
-        expected = {(u, i) for i in range(n)[-min(2, n - 1):]} if n > 1 else set()
+        expected = {(u, i) for i in range(n)[-min(2, n - 1) :]} if n > 1 else set()
         assert {p for p in te if p[0] == u} == expected
     assert not _pairs(train) & te
 
@@ -69,8 +72,9 @@ def test_given_split_drops_pairs_seen_in_train(spark) -> None:  # noqa: ANN001
 
 def test_relevance_threshold_and_grades(spark) -> None:  # noqa: ANN001
     rows = [(0, 1, 1.0, 5.0, T0), (0, 2, 1.0, 3.0, T0), (1, 1, 1.0, None, T0)]
-    got = {(r.user_idx, r.item_idx): r.grade for r in
-           relevant_items(spark.createDataFrame(rows, SCHEMA), 4.0).collect()}
+    got = {
+        (r.user_idx, r.item_idx): r.grade for r in relevant_items(spark.createDataFrame(rows, SCHEMA), 4.0).collect()
+    }
     assert got == {(0, 1): 5.0, (1, 1): 1.0}  # rated below threshold: not relevant; implicit: relevant
 
 

@@ -13,25 +13,48 @@ import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
-from pyspark.sql.types import (ArrayType, DateType, DoubleType, FloatType, IntegerType, LongType, StringType,
-                               StructField, StructType, TimestampType)
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from recsys_spark.errors import SchemaMismatchError, StorageError
 from recsys_spark.session import delta_jars_loaded
 from recsys_spark.storage import CommitInfo, TableStore, describe_table, file_stats, table_location
 
 COMMIT = CommitInfo("test", "run-1", "cfg123")
-SCHEMA = StructType([
-    StructField("id", LongType()), StructField("name", StringType()), StructField("score", DoubleType()),
-    StructField("day", DateType()), StructField("at", TimestampType()),
-    StructField("vec", ArrayType(FloatType())),
-])
+SCHEMA = StructType(
+    [
+        StructField("id", LongType()),
+        StructField("name", StringType()),
+        StructField("score", DoubleType()),
+        StructField("day", DateType()),
+        StructField("at", TimestampType()),
+        StructField("vec", ArrayType(FloatType())),
+    ]
+)
 
 
 def _rows(n: int, offset: int = 0) -> list[tuple]:
-    return [(i, f"n{i % 5}" if i % 7 else None, i / 3, date(2026, 1, 1 + i % 3),
-             datetime(2026, 1, 1, 12, 0, i % 60, 123456, tzinfo=timezone.utc), [float(i), 0.5])
-            for i in range(offset, offset + n)]
+    return [
+        (
+            i,
+            f"n{i % 5}" if i % 7 else None,
+            i / 3,
+            date(2026, 1, 1 + i % 3),
+            datetime(2026, 1, 1, 12, 0, i % 60, 123456, tzinfo=timezone.utc),
+            [float(i), 0.5],
+        )
+        for i in range(offset, offset + n)
+    ]
 
 
 def _df(spark, n: int = 50, offset: int = 0):  # noqa: ANN001, ANN202
@@ -120,12 +143,15 @@ def test_empty_dataframes(spark, store: TableStore) -> None:  # noqa: ANN001
     assert store.read("empty_parts", version=1).count() == 4
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda df: df.withColumn("id", F.col("id").cast("string")), "column 'id' is \"string\", table has \"long\""),
-    (lambda df: df.withColumn("extra", F.lit(1)), "unexpected column 'extra'"),
-    (lambda df: df.drop("score"), "missing column 'score'"),
-    (lambda df: df.withColumn("id", F.col("id").cast(IntegerType())), "column 'id' is \"integer\""),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda df: df.withColumn("id", F.col("id").cast("string")), 'column \'id\' is "string", table has "long"'),
+        (lambda df: df.withColumn("extra", F.lit(1)), "unexpected column 'extra'"),
+        (lambda df: df.drop("score"), "missing column 'score'"),
+        (lambda df: df.withColumn("id", F.col("id").cast(IntegerType())), "column 'id' is \"integer\""),
+    ],
+)
 def test_schema_mismatch_is_an_error_and_writes_nothing(spark, store: TableStore, change, message: str) -> None:  # noqa: ANN001
     store.write(_df(spark, 5), "things", "overwrite", COMMIT)
     for mode in ("append", "overwrite"):
@@ -178,8 +204,11 @@ def test_history_records_job_run_and_config(spark, store: TableStore) -> None:  
     assert (summary.version, summary.rows, summary.last_run_id) == (1, 4, "run-2")
 
 
-def test_history_numbers_versions_right_when_a_commit_lands_during_the_read(spark, store: TableStore,  # noqa: ANN001
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_history_numbers_versions_right_when_a_commit_lands_during_the_read(
+    spark,
+    store: TableStore,  # noqa: ANN001
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """deltalake numbers history from the handle's loaded version but lists from the newest commit:
     a commit landing in between shifted every number down (a racing append reported version 0)."""
     store.write(_df(spark, 2), "things", "overwrite", COMMIT)
@@ -258,13 +287,14 @@ def test_file_stats_skip_long_strings(tmp_path: Path) -> None:
 @pytest.mark.deltaspark
 def test_delta_spark_engine_round_trip(spark, cfg) -> None:  # noqa: ANN001
     if not delta_jars_loaded(spark):
-        pytest.skip("Delta Lake jars are not on the Spark classpath (Maven is unreachable here); "
-                    "run with spark.jars.packages=io.delta:delta-spark_4.2_2.13:4.4.1 to test this engine")
+        pytest.skip(
+            "Delta Lake jars are not on the Spark classpath (Maven is unreachable here); "
+            "run with spark.jars.packages=io.delta:delta-spark_4.2_2.13:4.4.1 to test this engine"
+        )
     store = TableStore(spark, cfg.storage.model_copy(update={"engine": "delta-spark"}))
     df = _df(spark, 20)
     assert store.write(df, "native", "overwrite", COMMIT, partition_by=["day"]).engine == "delta-spark"
-    assert_df_equality(store.read("native"), df, ignore_row_order=True, ignore_nullable=True,
-                       ignore_column_order=True)
+    assert_df_equality(store.read("native"), df, ignore_row_order=True, ignore_nullable=True, ignore_column_order=True)
     with pytest.raises(SchemaMismatchError):
         store.write(df.withColumn("x", F.lit(1)), "native", "append", COMMIT, partition_by=["day"])
     assert store.history("native")[0].metadata["run_id"] == "run-1"
@@ -307,19 +337,27 @@ def test_overwrite_of_one_partition_keeps_the_others(spark, store: TableStore) -
     rows = [(1, "a", 0.1), (2, "a", 0.2), (3, "b", 0.3)]
     schema = "id INT, method STRING, v DOUBLE"
     store.write(spark.createDataFrame(rows, schema), "nb", "overwrite", COMMIT, ["method"])
-    store.write(spark.createDataFrame([(9, "b", 0.9)], schema), "nb", "overwrite", COMMIT, ["method"],
-                replace={"method": "b"})
+    store.write(
+        spark.createDataFrame([(9, "b", 0.9)], schema), "nb", "overwrite", COMMIT, ["method"], replace={"method": "b"}
+    )
     got = sorted((r.id, r.method) for r in store.read("nb").collect())
     assert got == [(1, "a"), (2, "a"), (9, "b")]
     # a new partition value is added without touching the rest
-    store.write(spark.createDataFrame([(5, "c", 0.5)], schema), "nb", "overwrite", COMMIT, ["method"],
-                replace={"method": "c"})
+    store.write(
+        spark.createDataFrame([(5, "c", 0.5)], schema), "nb", "overwrite", COMMIT, ["method"], replace={"method": "c"}
+    )
     assert store.read("nb").count() == 4 and store.read("nb", version=1).count() == 3
     # rows outside the replaced partition are refused, and nothing is committed or left behind
     before = {p.name for p in Path(store.location("nb")).iterdir()}
     with pytest.raises(StorageError, match="other partitions"):
-        store.write(spark.createDataFrame([(7, "a", 0.7), (8, "c", 0.8)], schema), "nb", "overwrite", COMMIT,
-                    ["method"], replace={"method": "c"})
+        store.write(
+            spark.createDataFrame([(7, "a", 0.7), (8, "c", 0.8)], schema),
+            "nb",
+            "overwrite",
+            COMMIT,
+            ["method"],
+            replace={"method": "c"},
+        )
     assert store.version("nb") == 2 and {p.name for p in Path(store.location("nb")).iterdir()} == before
     with pytest.raises(StorageError, match="mode 'overwrite'"):
         store.write(spark.createDataFrame(rows, schema), "nb", "append", COMMIT, ["method"], replace={"method": "a"})
@@ -347,8 +385,11 @@ def test_a_conditional_write_to_a_table_that_moved_commits_nothing(spark, store:
     store.write(_df(spark, 5), "moved", "append", COMMIT)
     read = store.version("moved")
     store.write(_df(spark, 3, 100), "moved", "append", COMMIT)  # another writer, after our read
-    with pytest.raises(ConcurrentWriteError, match=r"table 'moved' moved while this run worked: it expected the "
-                                                   r"table to be at version 0, and it is at version 1"):
+    with pytest.raises(
+        ConcurrentWriteError,
+        match=r"table 'moved' moved while this run worked: it expected the "
+        r"table to be at version 0, and it is at version 1",
+    ):
         store.write(_df(spark, 7, 200), "moved", mode, COMMIT, expected_version=read)
     assert store.version("moved") == 1 and store.read("moved").count() == 8
     assert len(_write_folders(store.location("moved"))) == 2  # no files of the refused write
@@ -374,8 +415,9 @@ def test_the_commit_itself_refuses_a_stale_version(spark, store: TableStore, mon
 
     def another_writer_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         actions = add_actions(*args, **kwargs)
-        DeltaTable(store.location("stale")).create_write_transaction([], mode="append", schema=DeltaTable(
-            store.location("stale")).schema())
+        DeltaTable(store.location("stale")).create_write_transaction(
+            [], mode="append", schema=DeltaTable(store.location("stale")).schema()
+        )
         return actions
 
     monkeypatch.setattr(storage, "_add_actions", another_writer_first)
@@ -396,8 +438,11 @@ def test_reading_a_version_that_does_not_exist_names_the_versions_there_are(spar
 def test_an_unwritable_table_root_fails_up_front_naming_it(spark, cfg) -> None:  # noqa: ANN001
     # /proc refuses new entries even to root, as a read-only mount or a foreign bucket would
     bad = TableStore(spark, cfg.with_overrides(["storage.root=/proc/recsys-warehouse"]).storage)
-    with pytest.raises(StorageError, match=r"storage.root '/proc/recsys-warehouse' \(/proc/recsys-warehouse\) is "
-                                           r"not writable: .*nothing was run"):
+    with pytest.raises(
+        StorageError,
+        match=r"storage.root '/proc/recsys-warehouse' \(/proc/recsys-warehouse\) is "
+        r"not writable: .*nothing was run",
+    ):
         bad.check_writable()
     TableStore(spark, cfg.storage).check_writable()  # a normal root passes, and is left as it was
     assert not [p for p in Path(cfg.storage.root).iterdir() if p.name.startswith(".recsys-write-check")]

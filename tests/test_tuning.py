@@ -47,8 +47,10 @@ def test_the_carve_out_is_seeded(spark: SparkSession, base_config: Config) -> No
     two = carve_validation(train, base_config.with_overrides(["tuning.seed=3"]))
     other = carve_validation(train, base_config.with_overrides(["tuning.seed=4"]))
     try:
+
         def pairs(v: tuning.Validation) -> set[tuple[int, int]]:
             return {(r.user_idx, r.item_idx) for r in v.fit.collect()}
+
         assert pairs(one) == pairs(two) != pairs(other)
     finally:
         for v in (one, two, other):
@@ -62,16 +64,26 @@ def test_the_ease_space_tries_each_top_n_with_every_l2_and_top_n_varies_fastest(
     assert _method_space(plain, "ease") == [{"confidence": "binary", "l2": 10.0}, {"confidence": "binary", "l2": 100.0}]
     grid = plain.with_overrides(["tuning.ease_top_n=[50, 500]"])
     assert _method_space(grid, "ease") == [
-        {"confidence": "binary", "l2": 10.0, "top_n": 50}, {"confidence": "binary", "l2": 10.0, "top_n": 500},
-        {"confidence": "binary", "l2": 100.0, "top_n": 50}, {"confidence": "binary", "l2": 100.0, "top_n": 500}]
+        {"confidence": "binary", "l2": 10.0, "top_n": 50},
+        {"confidence": "binary", "l2": 10.0, "top_n": 500},
+        {"confidence": "binary", "l2": 100.0, "top_n": 50},
+        {"confidence": "binary", "l2": 100.0, "top_n": 500},
+    ]
     pruned = grid.with_overrides(['tuning.ease_prune=["item", "global"]', "tuning.ease_l2=[10.0]"])
     assert _method_space(pruned, "ease") == [  # both re-prune one solve, so they vary fastest together
-        {"confidence": "binary", "l2": 10.0, "top_n": n, "prune": p} for n in (50, 500) for p in ("item", "global")]
+        {"confidence": "binary", "l2": 10.0, "top_n": n, "prune": p} for n in (50, 500) for p in ("item", "global")
+    ]
 
 
 def test_the_als_space_is_seeded_and_inside_its_ranges() -> None:
-    tc = TuningConfig(als_trials=40, als_rank=[16, 128], als_reg_param=[0.01, 1.0], als_alpha=[0.5, 20.0],
-                      als_confidence=["binary", "log"], seed=11)
+    tc = TuningConfig(
+        als_trials=40,
+        als_rank=[16, 128],
+        als_reg_param=[0.01, 1.0],
+        als_alpha=[0.5, 20.0],
+        als_confidence=["binary", "log"],
+        seed=11,
+    )
     space = als_space(tc)
     assert space == als_space(tc) != als_space(tc.model_copy(update={"seed": 12}))
     assert len(space) == 40
@@ -91,8 +103,9 @@ def test_survivors_are_the_best_share_best_first_and_never_a_failed_trial() -> N
     assert survivors(result, 1.0) == [{"x": 2}, {"x": 4}, {"x": 5}, {"x": 0}, {"x": 3}]
 
 
-@pytest.mark.parametrize(("sources", "steps"), [(["als", "ease"], 4), (["als", "ease", "rp3beta"], 3),
-                                                 (["a", "b", "c", "d"], 2)])
+@pytest.mark.parametrize(
+    ("sources", "steps"), [(["als", "ease"], 4), (["als", "ease", "rp3beta"], 3), (["a", "b", "c", "d"], 2)]
+)
 def test_the_blend_grid_is_every_point_of_the_simplex_at_its_step(sources: list[str], steps: int) -> None:
     grid = list(blend_grid(sources, steps))
     assert len(grid) == math.comb(steps + len(sources) - 1, len(sources) - 1)
@@ -144,8 +157,9 @@ def _lists_and_truth(seed: int) -> tuple[list[tuple[int, int, int]], list[tuple[
         items = rng.choice(30, size=n, replace=False)
         recs += [(u, int(i), r) for r, i in enumerate(items, 1)]
     recs += [(3, recs[0][1], 12), (5, 7, 1), (5, 7, 4)]  # the same item twice in one list
-    truth = [(u, int(i), 1.0) for u in range(10, 50) for i in rng.choice(30, size=int(rng.integers(1, 9)),
-                                                                        replace=False)]
+    truth = [
+        (u, int(i), 1.0) for u in range(10, 50) for i in rng.choice(30, size=int(rng.integers(1, 9)), replace=False)
+    ]
     truth += [truth[0], truth[5]]  # a pair twice counts once
     return recs, truth
 
@@ -181,7 +195,8 @@ def test_a_metric_without_a_driver_twin_is_refused() -> None:
 
 
 def test_the_blend_search_on_the_driver_scores_every_trial_as_spark_does(
-        spark: SparkSession, base_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    spark: SparkSession, base_config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each weight vector's validation value, cold-start users included, equals the Spark path's."""
     import datetime as dt
 
@@ -196,18 +211,34 @@ def test_the_blend_search_on_the_driver_scores_every_trial_as_spark_does(
     for u in range(80):
         n = 2 if u % 9 == 0 else int(rng.integers(6, 16))  # every ninth user stays cold after the carve-out
         for i in rng.choice(40, size=n, replace=False):
-            rows.append((u, int(i), float(rng.integers(1, 4)), float(rng.integers(1, 6)),
-                         t0 + dt.timedelta(hours=int(rng.integers(0, 500)))))
-    train = spark.createDataFrame(rows, "user_idx int, item_idx int, confidence double, rating double, "
-                                        "last_event_time timestamp")
-    cfg = base_config.with_overrides([
-        'candidates.strategies=["als", "item_item", "blend"]', "candidates.blend_weights={als = 0.5, item_item = 0.5}",
-        "candidates.k=20", "candidates.min_history=3", "als.rank=4", "als.max_iter=3",
-        "similarity.cosine.min_cooccurrence=1", "tuning.validation_fraction=0.2", "tuning.blend_steps=2",
-        "evaluation.rating_threshold=3.0"])
+            rows.append(
+                (
+                    u,
+                    int(i),
+                    float(rng.integers(1, 4)),
+                    float(rng.integers(1, 6)),
+                    t0 + dt.timedelta(hours=int(rng.integers(0, 500))),
+                )
+            )
+    train = spark.createDataFrame(
+        rows, "user_idx int, item_idx int, confidence double, rating double, last_event_time timestamp"
+    )
+    cfg = base_config.with_overrides(
+        [
+            'candidates.strategies=["als", "item_item", "blend"]',
+            "candidates.blend_weights={als = 0.5, item_item = 0.5}",
+            "candidates.k=20",
+            "candidates.min_history=3",
+            "als.rank=4",
+            "als.max_iter=3",
+            "similarity.cosine.min_cooccurrence=1",
+            "tuning.validation_fraction=0.2",
+            "tuning.blend_steps=2",
+            "evaluation.rating_threshold=3.0",
+        ]
+    )
     v = carve_validation(train, cfg)
-    on_fit = fitting.fit_as_configured(v.fit, cfg.model_copy(
-        update={"candidates": every_blend_source(cfg.candidates)}))
+    on_fit = fitting.fit_as_configured(v.fit, cfg.model_copy(update={"candidates": every_blend_source(cfg.candidates)}))
     try:
         _, on_driver = fitting.tune_blend(cfg, v, on_fit)
         monkeypatch.setattr(fitting, "MAX_DRIVER_ROWS", -1)  # the Spark path

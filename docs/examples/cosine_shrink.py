@@ -35,7 +35,7 @@ def cosine(x: np.ndarray, shrink: float, top_n: int) -> np.ndarray:
     norms = np.sqrt(np.diag(gram))
     sims = gram / (np.outer(norms, norms) + shrink + 1e-300)
     np.fill_diagonal(sims, 0.0)
-    kth = -np.partition(-sims, top_n - 1, axis=1)[:, top_n - 1:top_n]
+    kth = -np.partition(-sims, top_n - 1, axis=1)[:, top_n - 1 : top_n]
     return np.where(sims >= kth, sims, 0.0)
 
 

@@ -36,7 +36,7 @@ def ndcg_at_10(scores: np.ndarray, items: np.ndarray, relevant: dict[int, set[in
     for row, rel in relevant.items():
         top = np.lexsort((np.arange(scores.shape[1]), -scores[row]))[:10]
         hits = np.array([items[j] in rel for j in top])
-        values.append(discounts[hits].sum() / discounts[:min(len(rel), 10)].sum())
+        values.append(discounts[hits].sum() / discounts[: min(len(rel), 10)].sum())
     return float(np.mean(values))
 
 

@@ -66,8 +66,9 @@ def main(argv: list[str]) -> None:
                 scores = x @ pruned(b, top_n)
                 scores[x > 0] = -np.inf
                 values.append(ndcg_at_10(scores, items, relevant))
-            print(f"{transform:7s} l2 {l2:8.0f}: " + "  ".join(
-                f"top {n or 'all'} {v:.4f}" for n, v in zip(TOP_N, values)))
+            print(
+                f"{transform:7s} l2 {l2:8.0f}: " + "  ".join(f"top {n or 'all'} {v:.4f}" for n, v in zip(TOP_N, values))
+            )
             if best is None or values[-1] > best[0]:
                 best = (values[-1], transform, l2)
     assert best is not None

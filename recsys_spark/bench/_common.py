@@ -50,11 +50,18 @@ class BenchContext:
             # same users/items per event as the CLI's synthetic data; a small log in fewer files
             # spares ingest per-file overhead (the seed still fixes the data)
             partitions = max(2, min(self.cfg.generate.partitions, events // 100_000))
-            cfg = self.cfg.with_overrides([
-                f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
-                f"generate.num_items={max(100, events // 50)}", f"generate.partitions={partitions}",
-                f"generate.output={folder / 'raw'}", f"ingest.source.path={folder / 'raw'}",
-                "ingest.source.preset=synthetic", f"storage.root={folder / 'warehouse'}"])
+            cfg = self.cfg.with_overrides(
+                [
+                    f"generate.num_events={events}",
+                    f"generate.num_users={max(100, events // 20)}",
+                    f"generate.num_items={max(100, events // 50)}",
+                    f"generate.partitions={partitions}",
+                    f"generate.output={folder / 'raw'}",
+                    f"ingest.source.path={folder / 'raw'}",
+                    "ingest.source.preset=synthetic",
+                    f"storage.root={folder / 'warehouse'}",
+                ]
+            )
             start = time.perf_counter()
             _, written = run_generate(self.spark, cfg)
             run_ingest(self.spark, cfg, RunContext.new("bench-data", cfg))
@@ -74,8 +81,7 @@ def timed(fn: Callable[[], Any], repeats: int, setup: Callable[[], None] | None 
 
 
 def summary(times: list[float]) -> dict[str, float]:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "runs": len(times)}
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:
@@ -131,8 +137,9 @@ def cpu_seconds() -> tuple[float, float] | None:
     return busy, ours
 
 
-def other_cpu_percent(before: tuple[float, float] | None, after: tuple[float, float] | None,
-                       wall_s: float) -> float | None:
+def other_cpu_percent(
+    before: tuple[float, float] | None, after: tuple[float, float] | None, wall_s: float
+) -> float | None:
     """Share of the machine's CPU that processes other than this benchmark used in ``wall_s``."""
     if before is None or after is None or wall_s <= 0:
         return None
@@ -154,15 +161,21 @@ def machine(spark) -> dict[str, Any]:  # noqa: ANN001
     import numpy
     import pyspark
 
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "cores": os.cpu_count(),
-            "cpu": _cpu_model(), "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-            "spark": pyspark.__version__, "numpy": numpy.__version__,
-            "java": spark.sparkContext._jvm.System.getProperty("java.version"),  # type: ignore[attr-defined]
-            "master": spark.sparkContext.master}
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cores": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+        "spark": pyspark.__version__,
+        "numpy": numpy.__version__,
+        "java": spark.sparkContext._jvm.System.getProperty("java.version"),  # type: ignore[attr-defined]
+        "master": spark.sparkContext.master,
+    }
 
 
 def faster(ratio: float) -> str:
-    """"**3.1×** faster" or "**1.3×** slower" for a time ratio (baseline / ours)."""
+    """ "**3.1×** faster" or "**1.3×** slower" for a time ratio (baseline / ours)."""
     return f"**{ratio:.1f}×** faster" if ratio >= 1 else f"**{1 / ratio:.1f}×** slower"
 
 

@@ -55,20 +55,37 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     points = []
     synth_cfg, matrix = _synthetic_matrix(ctx)
     try:
-        points.append(_bench_point(spark, "synthetic", f"{ctx.sizes['als_events']:,} synthetic events", matrix,
-                                   _als_params(synth_cfg.als), ctx, threads, profile=True))
+        points.append(
+            _bench_point(
+                spark,
+                "synthetic",
+                f"{ctx.sizes['als_events']:,} synthetic events",
+                matrix,
+                _als_params(synth_cfg.als),
+                ctx,
+                threads,
+                profile=True,
+            )
+        )
     finally:
         shutil.rmtree(ctx.work / "als-raw", ignore_errors=True)
         shutil.rmtree(ctx.work / "als-warehouse", ignore_errors=True)
     points.append(_ml100k_point(ctx, threads))
     from recsys_spark.als import blas_in_use
 
-    return {"quick": ctx.quick, "threads": threads, "jvm_blas": blas_in_use(spark), "implicit_blas": _implicit_blas(),
-            "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
-            "target_ratio": _TARGET_RATIO, "points": points}
+    return {
+        "quick": ctx.quick,
+        "threads": threads,
+        "jvm_blas": blas_in_use(spark),
+        "implicit_blas": _implicit_blas(),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+        "target_ratio": _TARGET_RATIO,
+        "points": points,
+    }
 
 
 # -- data ----------------------------------------------------------------------------------------
+
 
 def _synthetic_matrix(ctx: BenchContext) -> tuple[Config, DataFrame]:
     """``als_events`` synthetic events (generated and ingested once per run and size); its interaction_matrix."""
@@ -108,13 +125,27 @@ def _ml100k_point(ctx: BenchContext, threads: int) -> dict[str, Any]:
     from recsys_spark.storage import TableStore
 
     root = ctx.work / "als-ml100k"
-    cfg = ctx.cfg.with_overrides(["ingest.source.preset=movielens-100k", f"ingest.source.path={data}",
-                                  f"storage.root={root}", *_ml100k_als(ctx.cfg)])
+    cfg = ctx.cfg.with_overrides(
+        [
+            "ingest.source.preset=movielens-100k",
+            f"ingest.source.path={data}",
+            f"storage.root={root}",
+            *_ml100k_als(ctx.cfg),
+        ]
+    )
     try:
         run_ingest(ctx.spark, cfg, RunContext.new("bench-als-ml100k", cfg))
         matrix = TableStore(ctx.spark, cfg.storage).read("interaction_matrix")
-        return _bench_point(ctx.spark, "ml-100k", "ML-100K u.data (ratings as implicit confidence)", matrix,
-                            _als_params(cfg.als), ctx, threads, profile=False)
+        return _bench_point(
+            ctx.spark,
+            "ml-100k",
+            "ML-100K u.data (ratings as implicit confidence)",
+            matrix,
+            _als_params(cfg.als),
+            ctx,
+            threads,
+            profile=False,
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -131,8 +162,9 @@ def _iterations(als: AlsConfig, quick: bool) -> tuple[int, int]:
     return max(1, hi // 2), hi
 
 
-def calibrated_iterations(fit: Callable[[int], float], lo: int, hi: int, min_span_s: float,
-                          cap: int = _MAX_ITERATIONS) -> tuple[int, int]:
+def calibrated_iterations(
+    fit: Callable[[int], float], lo: int, hi: int, min_span_s: float, cap: int = _MAX_ITERATIONS
+) -> tuple[int, int]:
     """(lo, hi') with hi' >= hi raised until the slope's span should last ``min_span_s``.
 
     One warm-up pair of fits estimates the time per iteration; a non-positive estimate (noise) falls back
@@ -149,11 +181,15 @@ def calibrated_iterations(fit: Callable[[int], float], lo: int, hi: int, min_spa
 def _training_rows(train: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(user_idx, item_idx, value) of the training frame as numpy arrays in the driver (Arrow, no pickling)."""
     table = train.select("user_idx", "item_idx", "value").toArrow()
-    return (table["user_idx"].to_numpy().astype("int32"), table["item_idx"].to_numpy().astype("int32"),
-            table["value"].to_numpy().astype("float64"))
+    return (
+        table["user_idx"].to_numpy().astype("int32"),
+        table["item_idx"].to_numpy().astype("int32"),
+        table["value"].to_numpy().astype("float64"),
+    )
 
 
 # -- contenders ----------------------------------------------------------------------------------
+
 
 class _Contender:
     """One timed contender of the slope method: a fit timer, its (lo, hi) iterations, an optional check."""
@@ -169,8 +205,13 @@ class _Contender:
 
     def result(self) -> dict[str, Any]:
         per_iter = statistics.median(self.slopes)
-        return {"iterations": [self.lo, self.hi], "per_iter": summary(self.slopes), "total": summary(self.t_hi),
-                "lo_total": summary(self.t_lo), "fixed_s": statistics.median(self.t_lo) - self.lo * per_iter}
+        return {
+            "iterations": [self.lo, self.hi],
+            "per_iter": summary(self.slopes),
+            "total": summary(self.t_hi),
+            "lo_total": summary(self.t_lo),
+            "fixed_s": statistics.median(self.t_lo) - self.lo * per_iter,
+        }
 
 
 def _interleaved(contenders: dict[str, _Contender], repeats: int) -> None:
@@ -191,8 +232,12 @@ def _ours(spark: SparkSession, train: DataFrame, als: AlsConfig, threads: int) -
     from recsys_spark.als import build_als, fit_als
     from recsys_spark.session import released_caches
 
-    def fit(iterations: int, tweak: Callable[[ALS], ALS] | None = None, data: DataFrame | None = None,
-            check: Callable[[ALSModel], None] | None = None) -> float:
+    def fit(
+        iterations: int,
+        tweak: Callable[[ALS], ALS] | None = None,
+        data: DataFrame | None = None,
+        check: Callable[[ALSModel], None] | None = None,
+    ) -> float:
         cfg = als.model_copy(update={"max_iter": iterations})
         frame = train if data is None else data
         # the fitted factor RDDs are cached by MLlib and never freed otherwise; in local mode they
@@ -217,9 +262,16 @@ def _implicit(csr: Any, als: AlsConfig, threads: int) -> Callable[..., float]:
     def fit(iterations: int, use_cg: bool = True, check: Callable[[Any], None] | None = None) -> float:
         # alpha=1: the matrix already holds MLlib's confidence 1 + alpha * r (implicit would multiply
         # the stored value by its alpha, and then treat the product itself as the confidence)
-        model = AlternatingLeastSquares(factors=als.rank, regularization=als.reg_param, alpha=1.0,
-                                        dtype=np.float32, use_cg=use_cg, iterations=iterations,
-                                        random_state=als.seed, num_threads=threads)
+        model = AlternatingLeastSquares(
+            factors=als.rank,
+            regularization=als.reg_param,
+            alpha=1.0,
+            dtype=np.float32,
+            use_cg=use_cg,
+            iterations=iterations,
+            random_state=als.seed,
+            num_threads=threads,
+        )
         # implicit parallelises over users itself; a threaded BLAS inside each solve would oversubscribe
         with threadpool_limits(1, "blas"):
             start = time.perf_counter()
@@ -242,8 +294,9 @@ def _implicit_blas() -> str:
         # numpy and scipy may each bundle an OpenBLAS; implicit's kernels call scipy's
         libs = [i for i in threadpool_info() if i["user_api"] == "blas"]
         libs = [i for i in libs if "scipy" in i.get("filepath", "") and "numpy" not in i["filepath"]] or libs
-        names = {" ".join(str(i.get(k) or "") for k in ("internal_api", "version", "architecture")).strip()
-                 for i in libs}
+        names = {
+            " ".join(str(i.get(k) or "") for k in ("internal_api", "version", "architecture")).strip() for i in libs
+        }
         return ", ".join(sorted(names)) or "unknown"
     except (ImportError, OSError, KeyError):  # informational only
         return "unknown"
@@ -257,12 +310,20 @@ def _normal_equation_flops(nnz: int, users: int, items: int, k: int) -> float:
     Gramian YtY of the other side (k(k+1) per row). implicit's Cholesky path does the same arithmetic.
     """
     per_rating = k * (k + 1) + 2 * k
-    per_row = k * (k + 1) / 2 + k + k ** 3 / 3 + 2 * k ** 2 + k * (k + 1)
+    per_row = k * (k + 1) / 2 + k + k**3 / 3 + 2 * k**2 + k * (k + 1)
     return 2 * nnz * per_rating + (users + items) * per_row
 
 
-def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, als: AlsConfig, ctx: BenchContext,
-                 threads: int, profile: bool) -> dict[str, Any]:
+def _bench_point(
+    spark: SparkSession,
+    name: str,
+    what: str,
+    matrix: DataFrame,
+    als: AlsConfig,
+    ctx: BenchContext,
+    threads: int,
+    profile: bool,
+) -> dict[str, Any]:
     import numpy as np
     import scipy.sparse
     from pyspark import StorageLevel
@@ -277,16 +338,19 @@ def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, a
         n_users, n_items = len(np.unique(users)), len(np.unique(items))
         # MLlib's confidence is 1 + alpha * r, weighting the rank-1 term by alpha * r; implicit's is
         # the stored value c, weighting it by c - 1: store 1 + alpha * r and both solve the same system
-        csr = scipy.sparse.csr_matrix(((1.0 + als.alpha * values).astype(np.float32), (users, items)),
-                                      shape=(int(users.max()) + 1, int(items.max()) + 1))
+        csr = scipy.sparse.csr_matrix(
+            ((1.0 + als.alpha * values).astype(np.float32), (users, items)),
+            shape=(int(users.max()) + 1, int(items.max()) + 1),
+        )
         ours, theirs = _ours(spark, train, als, threads), _implicit(csr, als, threads)
         sanity: dict[str, Any] = {}
 
         def check_ours(model: ALSModel) -> None:
             bad = F.exists("features", lambda x: F.isnan(x) | (F.abs(x) == float("inf")))
             for side, frame in (("users", model.userFactors), ("items", model.itemFactors)):
-                row = frame.agg(F.count("*").alias("n"), F.max(F.size("features")).alias("k"),
-                                F.sum(bad.cast("int")).alias("bad")).first()
+                row = frame.agg(
+                    F.count("*").alias("n"), F.max(F.size("features")).alias("k"), F.sum(bad.cast("int")).alias("bad")
+                ).first()
                 sanity[f"ours_{side}"] = [row["n"], row["k"]]
                 sanity["ours_finite"] = sanity.get("ours_finite", True) and row["bad"] == 0
 
@@ -308,16 +372,21 @@ def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, a
             "implicit_cg": _Contender(theirs, *calibrated_iterations(theirs, lo, hi, min_span), check_theirs),
             # the exact solver only separates algorithm from engine; its fixed cost is negligible, so a
             # slope from one iteration up measures it at a fraction of the cost of the full counts
-            "implicit_cholesky": _Contender(cholesky, *calibrated_iterations(cholesky, *_CHOLESKY_ITERATIONS,
-                                                                             min_span)),
+            "implicit_cholesky": _Contender(
+                cholesky, *calibrated_iterations(cholesky, *_CHOLESKY_ITERATIONS, min_span)
+            ),
         }
         _interleaved(timed, ctx.repeats)
         results = {k: c.result() for k, c in timed.items()}
         pair_ratios = [a / b for a, b in zip(timed["ours"].slopes, timed["implicit_cg"].slopes) if a > 0 and b > 0]
-        log.info("als bench %s: per iteration ours %.2f s, implicit %.3f s (CG), %.3f s (Cholesky)", name,
-                 *(results[k]["per_iter"]["median_s"] for k in ("ours", "implicit_cg", "implicit_cholesky")))
-        sanity["same_shape"] = (sanity["ours_users"] == sanity["implicit_users"]
-                                and sanity["ours_items"] == sanity["implicit_items"])
+        log.info(
+            "als bench %s: per iteration ours %.2f s, implicit %.3f s (CG), %.3f s (Cholesky)",
+            name,
+            *(results[k]["per_iter"]["median_s"] for k in ("ours", "implicit_cg", "implicit_cholesky")),
+        )
+        sanity["same_shape"] = (
+            sanity["ours_users"] == sanity["implicit_users"] and sanity["ours_items"] == sanity["implicit_items"]
+        )
         prof = _profile(train, als, ours, threads, lo, hi) if profile else None
     finally:
         train.unpersist()
@@ -329,15 +398,30 @@ def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, a
         return a / b if a > 0 and b > 0 else None
 
     return {
-        "name": name, "what": what, "rows": len(values), "users": n_users, "items": n_items,
-        "params": {"rank": als.rank, "reg_param": als.reg_param, "alpha": als.alpha, "seed": als.seed,
-                   "iterations": hi, "slope_iterations": [lo, hi], "checkpoint_interval": als.checkpoint_interval,
-                   "blocks": als.num_user_blocks or threads},
+        "name": name,
+        "what": what,
+        "rows": len(values),
+        "users": n_users,
+        "items": n_items,
+        "params": {
+            "rank": als.rank,
+            "reg_param": als.reg_param,
+            "alpha": als.alpha,
+            "seed": als.seed,
+            "iterations": hi,
+            "slope_iterations": [lo, hi],
+            "checkpoint_interval": als.checkpoint_interval,
+            "blocks": als.num_user_blocks or threads,
+        },
         "ours": {"what": "recsys-spark fit_als (MLlib ALS, implicit prefs, exact Cholesky solve)", **results["ours"]},
-        "implicit_cg": {"what": "implicit AlternatingLeastSquares (its default: conjugate gradient, 3 steps)",
-                        **results["implicit_cg"]},
-        "implicit_cholesky": {"what": "implicit AlternatingLeastSquares(use_cg=False) (exact Cholesky, as MLlib)",
-                              **results["implicit_cholesky"]},
+        "implicit_cg": {
+            "what": "implicit AlternatingLeastSquares (its default: conjugate gradient, 3 steps)",
+            **results["implicit_cg"],
+        },
+        "implicit_cholesky": {
+            "what": "implicit AlternatingLeastSquares(use_cg=False) (exact Cholesky, as MLlib)",
+            **results["implicit_cholesky"],
+        },
         "ratio": ratio(per["ours"], per["implicit_cg"]),
         # ours / implicit within each repetition (both measured back to back under the same load)
         "ratio_per_repetition": summary(pair_ratios) if pair_ratios else None,
@@ -345,12 +429,14 @@ def _bench_point(spark: SparkSession, name: str, what: str, matrix: DataFrame, a
         "ratio_cholesky_vs_cg": ratio(per["implicit_cholesky"], per["implicit_cg"]),
         "gflop_per_iter": flops / 1e9,
         "gflops": {k: flops / 1e9 / per[k] for k in ("ours", "implicit_cholesky") if per[k] > 0},
-        "sanity": sanity, "profile": prof,
+        "sanity": sanity,
+        "profile": prof,
     }
 
 
-def _profile(train: DataFrame, als: AlsConfig, ours: Callable[..., float], threads: int, lo: int,
-             hi: int) -> dict[str, Any]:
+def _profile(
+    train: DataFrame, als: AlsConfig, ours: Callable[..., float], threads: int, lo: int, hi: int
+) -> dict[str, Any]:
     """Estimator variants of the training job, each paired with a default fit, and the scheduling floor.
 
     A variant runs once, right after a default fit of the same ``lo`` iterations, and is reported as the
@@ -362,20 +448,30 @@ def _profile(train: DataFrame, als: AlsConfig, ours: Callable[..., float], threa
 
     more_blocks = 4 * threads
     variants: dict[str, tuple[str, Callable[[ALS], ALS]]] = {
-        "blocks": (f"{more_blocks} user and {more_blocks} item blocks (default {als.num_user_blocks or threads})",
-                   lambda e: e.setNumUserBlocks(more_blocks).setNumItemBlocks(more_blocks)),
-        "memory_only": ("intermediate RDDs MEMORY_ONLY (default MEMORY_AND_DISK)",
-                        lambda e: e.setIntermediateStorageLevel("MEMORY_ONLY")),
+        "blocks": (
+            f"{more_blocks} user and {more_blocks} item blocks (default {als.num_user_blocks or threads})",
+            lambda e: e.setNumUserBlocks(more_blocks).setNumItemBlocks(more_blocks),
+        ),
+        "memory_only": (
+            "intermediate RDDs MEMORY_ONLY (default MEMORY_AND_DISK)",
+            lambda e: e.setIntermediateStorageLevel("MEMORY_ONLY"),
+        ),
     }
     if lo >= als.checkpoint_interval:  # a shorter fit never checkpoints, so there is nothing to compare
-        variants["no_checkpoints"] = (f"no checkpoints (default every {als.checkpoint_interval} iterations)",
-                                      lambda e: e.setCheckpointInterval(-1))
+        variants["no_checkpoints"] = (
+            f"no checkpoints (default every {als.checkpoint_interval} iterations)",
+            lambda e: e.setCheckpointInterval(-1),
+        )
     out: dict[str, Any] = {"iterations": lo, "variants": {}}
     for key, (what, tweak) in variants.items():
         default_s = ours(lo)
         variant_s = ours(lo, tweak=tweak)
-        out["variants"][key] = {"what": what, "total_s": variant_s, "default_s": default_s,
-                                "ratio": variant_s / default_s}
+        out["variants"][key] = {
+            "what": what,
+            "total_s": variant_s,
+            "default_s": default_s,
+            "ratio": variant_s / default_s,
+        }
         log.info("als bench profile: %s %.2f s against %.2f s", key, variant_s, default_s)
     # a ~1% sample keeps every job, stage and shuffle of an iteration but almost none of the arithmetic
     floor = train.sample(fraction=_FLOOR_SAMPLE, seed=als.seed).persist(StorageLevel.MEMORY_AND_DISK)
@@ -390,6 +486,7 @@ def _profile(train: DataFrame, als: AlsConfig, ours: Callable[..., float], threa
 
 
 # -- report --------------------------------------------------------------------------------------
+
 
 def _fmt(s: float) -> str:
     return f"{s:.3f}" if abs(s) < 1 else f"{s:.2f}" if abs(s) < 10 else f"{s:.1f}"
@@ -411,26 +508,43 @@ def _x(ratio: float | None) -> str:
 def _point_lines(p: dict[str, Any], r: dict[str, Any]) -> list[str]:
     target, q, s = r["target_ratio"], p["params"], p["sanity"]
     met = p["ratio"] is not None and p["ratio"] <= target
-    verdict = ("not judged at --quick sizes" if r.get("quick") else "met" if met else
-               "**missed**" if p["ratio"] is not None else "not judged")
+    verdict = (
+        "not judged at --quick sizes"
+        if r.get("quick")
+        else "met"
+        if met
+        else "**missed**"
+        if p["ratio"] is not None
+        else "not judged"
+    )
     rep = p.get("ratio_per_repetition")
-    spread = (f"; per repetition, both timed back to back, {rep['min_s']:.1f}–{rep['max_s']:.1f}×"
-              if rep and rep["runs"] > 1 else "")
-    text = (f"**{p['what']}**: time per iteration, ours / implicit: **{_x(p['ratio'])}** (target ≤ {target:.0f}×: "
-            f"{verdict}{spread}); ours / implicit's exact Cholesky solver, the algorithm MLlib uses: "
-            f"{_x(p['ratio_cholesky'])}. {p['rows']:,} matrix rows, {p['users']:,} users × {p['items']:,} items; "
-            f"rank {q['rank']}, reg {q['reg_param']:g}, alpha {q['alpha']:g}, seed {q['seed']}, {q['blocks']} "
-            f"user/item blocks, checkpoint every {q['checkpoint_interval']} iterations.")
+    spread = (
+        f"; per repetition, both timed back to back, {rep['min_s']:.1f}–{rep['max_s']:.1f}×"
+        if rep and rep["runs"] > 1
+        else ""
+    )
+    text = (
+        f"**{p['what']}**: time per iteration, ours / implicit: **{_x(p['ratio'])}** (target ≤ {target:.0f}×: "
+        f"{verdict}{spread}); ours / implicit's exact Cholesky solver, the algorithm MLlib uses: "
+        f"{_x(p['ratio_cholesky'])}. {p['rows']:,} matrix rows, {p['users']:,} users × {p['items']:,} items; "
+        f"rank {q['rank']}, reg {q['reg_param']:g}, alpha {q['alpha']:g}, seed {q['seed']}, {q['blocks']} "
+        f"user/item blocks, checkpoint every {q['checkpoint_interval']} iterations."
+    )
     floor = _floor(r)
     if verdict == "**missed**" and floor is not None and p.get("profile") is None:
-        text += (f" Why: the data is small, so ours' iteration ({_fmt(p['ours']['per_iter']['median_s'])} s) is "
-                 f"mostly Spark's per-iteration scheduling floor ({_fmt(floor)} s on the synthetic 1% sample below, "
-                 f"measured at another moment of the run), while implicit's whole iteration takes "
-                 f"{_fmt(p['implicit_cg']['per_iter']['median_s'])} s.")
+        text += (
+            f" Why: the data is small, so ours' iteration ({_fmt(p['ours']['per_iter']['median_s'])} s) is "
+            f"mostly Spark's per-iteration scheduling floor ({_fmt(floor)} s on the synthetic 1% sample below, "
+            f"measured at another moment of the run), while implicit's whole iteration takes "
+            f"{_fmt(p['implicit_cg']['per_iter']['median_s'])} s."
+        )
     ok = s.get("ours_finite") and s.get("implicit_finite") and s.get("same_shape")
-    text += (" Sanity: both factorisations are finite and of the same shape "
-             f"({s['ours_users'][0]:,}×{s['ours_users'][1]} users, {s['ours_items'][0]:,}×{s['ours_items'][1]} items)."
-             if ok else f" **Factor check failed**: {s}.")
+    text += (
+        " Sanity: both factorisations are finite and of the same shape "
+        f"({s['ours_users'][0]:,}×{s['ours_users'][1]} users, {s['ours_items'][0]:,}×{s['ours_items'][1]} items)."
+        if ok
+        else f" **Factor check failed**: {s}."
+    )
     return [text, ""]
 
 
@@ -438,27 +552,37 @@ def _profile_lines(p: dict[str, Any], r: dict[str, Any]) -> list[str]:
     prof, ours = p["profile"], p["ours"]
     per = ours["per_iter"]["median_s"]
     floor = prof["floor"]["per_iter_s"]
-    lines = [f"Profile of ours on the {p['name']} data:", "",
-             "- fixed cost of a fit (the slope's intercept: reading the frame, building the in/out blocks, the "
-             "first shuffles, materialising the factors): "
-             + (f"{_fmt(ours['fixed_s'])} s" if ours["fixed_s"] > 0 else "within the noise")
-             + f"; then {_fmt(per)} s per iteration.",
-             f"- scheduling floor: on a {prof['floor']['rows']:,}-row sample (~{_FLOOR_SAMPLE:.0%}) of the same matrix "
-             + (f"an iteration still takes {_fmt(floor)} s" if floor > 0 else
-                "the per-iteration time is too small to separate from the noise")
-             + ": Spark's jobs, stages, shuffle files and checkpoints with almost no arithmetic."]
+    lines = [
+        f"Profile of ours on the {p['name']} data:",
+        "",
+        "- fixed cost of a fit (the slope's intercept: reading the frame, building the in/out blocks, the "
+        "first shuffles, materialising the factors): "
+        + (f"{_fmt(ours['fixed_s'])} s" if ours["fixed_s"] > 0 else "within the noise")
+        + f"; then {_fmt(per)} s per iteration.",
+        f"- scheduling floor: on a {prof['floor']['rows']:,}-row sample (~{_FLOOR_SAMPLE:.0%}) of the same matrix "
+        + (
+            f"an iteration still takes {_fmt(floor)} s"
+            if floor > 0
+            else "the per-iteration time is too small to separate from the noise"
+        )
+        + ": Spark's jobs, stages, shuffle files and checkpoints with almost no arithmetic.",
+    ]
     g = p["gflops"]
     if "ours" in g and "implicit_cholesky" in g:
-        lines.append(f"- arithmetic: an exact iteration is {p['gflop_per_iter']:.2f} GFLOP (a packed rank-1 update "
-                     f"per rating and side, a Cholesky solve per row); ours sustains {g['ours']:.2f} GFLOP/s on it, "
-                     f"implicit's exact solver {g['implicit_cholesky']:.2f} GFLOP/s on the same {r['threads']} "
-                     "threads. "
-                     f"implicit's default conjugate-gradient solver does 3 O(nnz·k) steps instead (time per iteration, "
-                     f"exact / CG: {_x(p['ratio_cholesky_vs_cg'])}).")
+        lines.append(
+            f"- arithmetic: an exact iteration is {p['gflop_per_iter']:.2f} GFLOP (a packed rank-1 update "
+            f"per rating and side, a Cholesky solve per row); ours sustains {g['ours']:.2f} GFLOP/s on it, "
+            f"implicit's exact solver {g['implicit_cholesky']:.2f} GFLOP/s on the same {r['threads']} "
+            "threads. "
+            f"implicit's default conjugate-gradient solver does 3 O(nnz·k) steps instead (time per iteration, "
+            f"exact / CG: {_x(p['ratio_cholesky_vs_cg'])})."
+        )
     for v in prof["variants"].values():
-        lines.append(f"- {v['what']}: {_fmt(v['total_s'])} s against {_fmt(v['default_s'])} s for the default fit "
-                     f"just before it ({v['ratio'] - 1:+.0%}; {prof['iterations']} iteration"
-                     f"{'s' if prof['iterations'] != 1 else ''} each, one pair).")
+        lines.append(
+            f"- {v['what']}: {_fmt(v['total_s'])} s against {_fmt(v['default_s'])} s for the default fit "
+            f"just before it ({v['ratio'] - 1:+.0%}; {prof['iterations']} iteration"
+            f"{'s' if prof['iterations'] != 1 else ''} each, one pair)."
+        )
     return lines
 
 
@@ -466,66 +590,92 @@ def _conclusion(p: dict[str, Any], r: dict[str, Any]) -> str:
     prof, per = p["profile"], p["ours"]["per_iter"]["median_s"]
     target = r["target_ratio"]
     if r.get("quick") or p["ratio"] is None or p["ratio_cholesky"] is None:
-        return ("At this size the per-iteration times are too small to separate from the noise; the profile means "
-                "something only at full size.")
+        return (
+            "At this size the per-iteration times are too small to separate from the noise; the profile means "
+            "something only at full size."
+        )
     engine, algorithm = p["ratio_cholesky"], p["ratio_cholesky_vs_cg"]
     floor = min(max(prof["floor"]["per_iter_s"], 0.0), per)
-    parts = [(f"Reading: {p['ratio']:.1f}× = {engine:.1f}× (Spark/JVM against implicit's exact solver: the engine, "
-              f"of which the scheduling floor is {floor / per:.0%} of an iteration) × {algorithm:.1f}× (exact "
-              "Cholesky against 3 CG steps: the algorithm).")]
+    parts = [
+        (
+            f"Reading: {p['ratio']:.1f}× = {engine:.1f}× (Spark/JVM against implicit's exact solver: the engine, "
+            f"of which the scheduling floor is {floor / per:.0%} of an iteration) × {algorithm:.1f}× (exact "
+            "Cholesky against 3 CG steps: the algorithm)."
+        )
+    ]
     if r["jvm_blas"] == "JNIBLAS":
-        parts.append("Native BLAS is already in use, which is what the issue's ~15× on pure-Java BLAS lacked; it "
-                     "cannot be switched off inside a running JVM, so this run does not re-measure the Java side.")
+        parts.append(
+            "Native BLAS is already in use, which is what the issue's ~15× on pure-Java BLAS lacked; it "
+            "cannot be switched off inside a running JVM, so this run does not re-measure the Java side."
+        )
     else:
-        parts.append(f"MLlib is on {r['jvm_blas']}, not native BLAS: installing a system BLAS (libblas.so.3, e.g. "
-                     "OpenBLAS) that netlib's JNIBLAS can load is the first thing to try.")
+        parts.append(
+            f"MLlib is on {r['jvm_blas']}, not native BLAS: installing a system BLAS (libblas.so.3, e.g. "
+            "OpenBLAS) that netlib's JNIBLAS can load is the first thing to try."
+        )
     faster = [v for v in prof["variants"].values() if v["ratio"] < 0.95]
     if faster:
         best = min(faster, key=lambda v: v["ratio"])
-        parts.append(f"Of the settings tried, {best['what']} made its fit {1 - best['ratio']:.0%} faster than the "
-                     "paired default (one pair: confirm before changing the default).")
+        parts.append(
+            f"Of the settings tried, {best['what']} made its fit {1 - best['ratio']:.0%} faster than the "
+            "paired default (one pair: confirm before changing the default)."
+        )
     else:
-        parts.append("None of the block counts, storage levels or checkpoint settings tried made a fit more than 5% "
-                     "faster than its paired default, so none of them closes the gap.")
+        parts.append(
+            "None of the block counts, storage levels or checkpoint settings tried made a fit more than 5% "
+            "faster than its paired default, so none of them closes the gap."
+        )
     if p["ratio"] > target:
-        parts.append(f"The ≤ {target:.0f}× target is **missed**: the algorithmic factor alone is {algorithm:.1f}×, so "
-                     "an exact solver needs an engine within "
-                     f"{target / algorithm:.1f}× of implicit's kernels, and ours is at {engine:.1f}×. What would close "
-                     "it is a conjugate-gradient solve in the training job (MLlib has none) or fewer Spark jobs per "
-                     "iteration, not a Spark setting.")
+        parts.append(
+            f"The ≤ {target:.0f}× target is **missed**: the algorithmic factor alone is {algorithm:.1f}×, so "
+            "an exact solver needs an engine within "
+            f"{target / algorithm:.1f}× of implicit's kernels, and ours is at {engine:.1f}×. What would close "
+            "it is a conjugate-gradient solve in the training job (MLlib has none) or fewer Spark jobs per "
+            "iteration, not a Spark setting."
+        )
     else:
-        parts.append(f"The ≤ {target:.0f}× target is met, but with little room: the algorithmic factor alone is "
-                     f"{algorithm:.1f}×, which any exact-solver implementation pays, leaving {target / algorithm:.1f}× "
-                     f"for the engine, of which ours uses {engine:.1f}×.")
+        parts.append(
+            f"The ≤ {target:.0f}× target is met, but with little room: the algorithmic factor alone is "
+            f"{algorithm:.1f}×, which any exact-solver implementation pays, leaving {target / algorithm:.1f}× "
+            f"for the engine, of which ours uses {engine:.1f}×."
+        )
     return " ".join(parts)
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
     points = [p for p in r["points"] if "skipped" not in p]
     rank = points[0]["params"]["rank"] if points else "?"
-    lines = [f"## ALS training per iteration vs `implicit` (rank {rank}, implicit feedback)", "",
-             (f"Both fit the same (user, item, confidence) rows with the same rank, regularisation, alpha, seed and "
-              f"thread budget: {r['threads']} threads (Spark's default parallelism; implicit `num_threads="
-              f"{r['threads']}`, its BLAS held to 1 thread with threadpoolctl; OPENBLAS_NUM_THREADS="
-              f"{r['openblas_num_threads']} for the JVM). MLlib's JVM BLAS: **{r['jvm_blas']}** (JNIBLAS = native; "
-              f"VectorBLAS or F2jBLAS = Java); implicit's: {r['implicit_blas']}. MLlib's confidence is 1 + alpha·r; "
-              "implicit multiplies the stored value by its own alpha and takes the product itself as the confidence, "
-              "so it is given 1 + alpha·r with alpha = 1 and both solve the same weighted least squares. The one "
-              "difference left is that MLlib scales the regularisation by each row's rating count (ALS-WR) and "
-              "implicit does not, which changes no work per iteration. Per-iteration time is the slope between fits "
-              "of two iteration counts (fixed costs cancel); implicit gets more iterations than ours, enough for its span "
-              f"to last about {_MIN_SPAN_S:g} s, so its slope is not a difference of noise. The total is the whole "
-              "fit at the larger count."), "",
-             "| data | contender | per iteration s | min–max | total s | min–max | iterations |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## ALS training per iteration vs `implicit` (rank {rank}, implicit feedback)",
+        "",
+        (
+            f"Both fit the same (user, item, confidence) rows with the same rank, regularisation, alpha, seed and "
+            f"thread budget: {r['threads']} threads (Spark's default parallelism; implicit `num_threads="
+            f"{r['threads']}`, its BLAS held to 1 thread with threadpoolctl; OPENBLAS_NUM_THREADS="
+            f"{r['openblas_num_threads']} for the JVM). MLlib's JVM BLAS: **{r['jvm_blas']}** (JNIBLAS = native; "
+            f"VectorBLAS or F2jBLAS = Java); implicit's: {r['implicit_blas']}. MLlib's confidence is 1 + alpha·r; "
+            "implicit multiplies the stored value by its own alpha and takes the product itself as the confidence, "
+            "so it is given 1 + alpha·r with alpha = 1 and both solve the same weighted least squares. The one "
+            "difference left is that MLlib scales the regularisation by each row's rating count (ALS-WR) and "
+            "implicit does not, which changes no work per iteration. Per-iteration time is the slope between fits "
+            "of two iteration counts (fixed costs cancel); implicit gets more iterations than ours, enough for its span "
+            f"to last about {_MIN_SPAN_S:g} s, so its slope is not a difference of noise. The total is the whole "
+            "fit at the larger count."
+        ),
+        "",
+        "| data | contender | per iteration s | min–max | total s | min–max | iterations |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for p in points:
         for key in ("ours", "implicit_cg", "implicit_cholesky"):
             c = p[key]
             lo, hi = c["iterations"]
-            lines.append(f"| {p['name']} | {c['what']} | {_fmt(c['per_iter']['median_s'])} | "
-                         f"{_fmt(c['per_iter']['min_s'])}–{_fmt(c['per_iter']['max_s'])} | "
-                         f"{_fmt(c['total']['median_s'])} | {_fmt(c['total']['min_s'])}–{_fmt(c['total']['max_s'])} "
-                         f"| {lo} → {hi} |")
+            lines.append(
+                f"| {p['name']} | {c['what']} | {_fmt(c['per_iter']['median_s'])} | "
+                f"{_fmt(c['per_iter']['min_s'])}–{_fmt(c['per_iter']['max_s'])} | "
+                f"{_fmt(c['total']['median_s'])} | {_fmt(c['total']['min_s'])}–{_fmt(c['total']['max_s'])} "
+                f"| {lo} → {hi} |"
+            )
     lines.append("")
     for p in points:
         lines += _point_lines(p, r)

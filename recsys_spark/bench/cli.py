@@ -41,9 +41,13 @@ def _module(name: str) -> Any:
 
 def run_overrides(events: int, work: Path) -> list[str]:
     """Config overrides of a benchmark run: the shared synthetic log's size and a scratch checkpoint dir."""
-    return [f"generate.num_events={events}", f"generate.num_users={max(100, events // 20)}",
-            f"generate.num_items={max(100, events // 50)}", "spark.ui_enabled=false",
-            f"spark.checkpoint_dir={work / 'checkpoints'}"]
+    return [
+        f"generate.num_events={events}",
+        f"generate.num_users={max(100, events // 20)}",
+        f"generate.num_items={max(100, events // 50)}",
+        "spark.ui_enabled=false",
+        f"spark.checkpoint_dir={work / 'checkpoints'}",
+    ]
 
 
 def run_benchmarks(ctx: BenchContext, only: list[str]) -> dict[str, Any]:
@@ -72,7 +76,8 @@ def render(results: dict[str, Any]) -> str:
 
     m = results["machine"]
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"Measured {results['date']} with `{results['command']}`.",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gb']:.0f} GB RAM, Python {m['python']}, "
         f"Spark {m['spark']} ({m['master']}), Java {m['java']}, numpy {m['numpy']}.",
@@ -88,8 +93,11 @@ def render(results: dict[str, Any]) -> str:
             lines += section
             other = results[name].get("other_cpu_percent")
             if other is not None and other > BUSY_MACHINE_PERCENT:
-                lines[-1:] = [f"Other processes used {other:.0f}% of the machine's CPU during this benchmark, so "
-                              "its figures may be slower or noisier than on an idle machine.", ""]
+                lines[-1:] = [
+                    f"Other processes used {other:.0f}% of the machine's CPU during this benchmark, so "
+                    "its figures may be slower or noisier than on an idle machine.",
+                    "",
+                ]
     return "\n".join(lines)
 
 
@@ -104,19 +112,29 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="recsys-spark-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one repetition (CI smoke run)")
-    parser.add_argument("--only", default=",".join(DEFAULT_ONLY),
-                        help=f"comma-separated benchmarks to run, of {','.join(BENCHMARKS)} "
-                             f"(default: {','.join(DEFAULT_ONLY)})")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the other benchmarks' results already in --out and replace only those run")
+    parser.add_argument(
+        "--only",
+        default=",".join(DEFAULT_ONLY),
+        help=f"comma-separated benchmarks to run, of {','.join(BENCHMARKS)} (default: {','.join(DEFAULT_ONLY)})",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other benchmarks' results already in --out and replace only those run",
+    )
     sizes_spec = {name: spec for bench in BENCHMARKS for name, spec in _module(bench).SIZES.items()}
     for name, (default, _, help_) in sizes_spec.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, help=help_)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench-results", help="directory for BENCHMARKS.md and benchmarks.json")
     parser.add_argument("--config", default=None)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. candidates.item_block=32768 (repeatable)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. candidates.item_block=32768 (repeatable)",
+    )
     args = parser.parse_args(argv)
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
@@ -137,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     if "quality" in only:  # an hour of searches: their progress goes to stderr, as the jobs log it
         import logging
 
-        logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logging.basicConfig(
+            level=logging.WARNING,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+            datefmt="%H:%M:%S",
+        )
         for name in ("recsys_spark.tuning", "recsys_spark.fitting", "recsys_spark.bench"):
             logging.getLogger(name).setLevel(logging.INFO)
     from recsys_spark.bench._common import BenchContext, machine
@@ -153,7 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python -m recsys_spark.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "quick": args.quick, "sizes": sizes, "repeats": repeats, "machine": machine(spark),
+            "quick": args.quick,
+            "sizes": sizes,
+            "repeats": repeats,
+            "machine": machine(spark),
         }
         results.update(run_benchmarks(ctx, only))
     finally:
@@ -172,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             # a run over some of a section's datasets keeps the others' earlier figures
             before = earlier.get(name, {}).get("datasets")
             if isinstance(before, dict) and isinstance(results[name].get("datasets"), dict):
-                results[name]["datasets"] = {**{d: v for d, v in before.items() if d not in results[name]["datasets"]},
-                                             **results[name]["datasets"]}
+                results[name]["datasets"] = {
+                    **{d: v for d, v in before.items() if d not in results[name]["datasets"]},
+                    **results[name]["datasets"],
+                }
         results = {**results, **kept}
     # the measurements first: a section that cannot be rendered must not cost the run's figures
     (out / "benchmarks.json").write_text(json.dumps(results, indent=2))

@@ -49,21 +49,26 @@ def bench_ingest(spark, cfg: Config, events: int, work: Path, repeats: int) -> d
     b, o = statistics.median(baseline), statistics.median(ours)
     return {
         "events": events,
-        "baseline": {"what": "spark.read.csv(...).write.parquet(...)", **summary(baseline),
-                     "events_per_s": events / b},
-        "ingest": {"what": "recsys-spark ingest (validate, dedupe, ids, 6 Delta tables)", **summary(ours),
-                   "events_per_s": events / o},
+        "baseline": {"what": "spark.read.csv(...).write.parquet(...)", **summary(baseline), "events_per_s": events / b},
+        "ingest": {
+            "what": "recsys-spark ingest (validate, dedupe, ids, 6 Delta tables)",
+            **summary(ours),
+            "events_per_s": events / o,
+        },
         "ratio_vs_baseline": o / b,
     }
 
 
-
 def markdown(ing: dict[str, Any]) -> list[str]:
-    lines = [f"## Ingest ({ing['events']:,} synthetic events, CSV)", "",
-             "| job | median s | min–max s | events/s |", "|---|---:|---:|---:|"]
+    lines = [
+        f"## Ingest ({ing['events']:,} synthetic events, CSV)",
+        "",
+        "| job | median s | min–max s | events/s |",
+        "|---|---:|---:|---:|",
+    ]
     for key in ("baseline", "ingest"):
         r = ing[key]
-        lines.append(f"| {r['what']} | {r['median_s']:.1f} | {r['min_s']:.1f}–{r['max_s']:.1f} | "
-                     f"{r['events_per_s']:,.0f} |")
-    return lines + ["", f"Ingest takes **{ing['ratio_vs_baseline']:.2f}×** the time of the plain CSV→Parquet copy.",
-                    ""]
+        lines.append(
+            f"| {r['what']} | {r['median_s']:.1f} | {r['min_s']:.1f}–{r['max_s']:.1f} | {r['events_per_s']:,.0f} |"
+        )
+    return lines + ["", f"Ingest takes **{ing['ratio_vs_baseline']:.2f}×** the time of the plain CSV→Parquet copy.", ""]

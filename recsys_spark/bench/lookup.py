@@ -24,8 +24,10 @@ if TYPE_CHECKING:  # the lookup reader process must not import pyspark
 
 TITLE = "Lookup latency"
 #: Size options: name -> (full default, --quick value, help).
-SIZES = {"lookup_users": (1_000_000, 2_000, "users (x 100 candidates) in the lookup benchmark's table"),
-         "lookup_items": (200_000, 2_000, "items (x 50 neighbours) in the lookup benchmark's item_neighbors")}
+SIZES = {
+    "lookup_users": (1_000_000, 2_000, "users (x 100 candidates) in the lookup benchmark's table"),
+    "lookup_items": (200_000, 2_000, "items (x 50 neighbours) in the lookup benchmark's item_neighbors"),
+}
 
 #: Neighbours per item in the item lookup table (the similarity job's default top_n).
 _NEIGHBORS = 50
@@ -73,9 +75,16 @@ def _candidate_rows(spark, n_users: int, k: int, n_items: int, files: int) -> Da
     noise = F.pmod(F.xxhash64(F.col("id")), F.lit(1000)) * (0.4 / k / 1000)  # < half a rank step
     score = ((0.5 + user_scale) * (k + 1 - rank) / k + noise).cast("float")
     return _expanded(spark, n_users, k, files, "u").select(
-        _padded_id("u", user_idx).alias("user_id"), user_idx.alias("user_idx"), rank.alias("rank"),
-        _padded_id("i", item_idx).alias("item_id"), item_idx.alias("item_idx"), score.alias("score"),
-        F.lit("als").alias("source"), F.lit("bench").alias("model_version"), F.lit("als").alias("strategy"))
+        _padded_id("u", user_idx).alias("user_id"),
+        user_idx.alias("user_idx"),
+        rank.alias("rank"),
+        _padded_id("i", item_idx).alias("item_id"),
+        item_idx.alias("item_idx"),
+        score.alias("score"),
+        F.lit("als").alias("source"),
+        F.lit("bench").alias("model_version"),
+        F.lit("als").alias("strategy"),
+    )
 
 
 def _expanded(spark, n_keys: int, k: int, files: int, key: str) -> DataFrame:  # noqa: ANN001
@@ -87,9 +96,11 @@ def _expanded(spark, n_keys: int, k: int, files: int, key: str) -> DataFrame:  #
     """
     from pyspark.sql import functions as F
 
-    return (spark.range(0, n_keys, 1, files)
-            .select(F.col("id").cast("int").alias(key), F.explode(F.sequence(F.lit(1), F.lit(k))).alias("rank"))
-            .withColumn("id", F.col(key).cast("long") * k + F.col("rank") - 1))
+    return (
+        spark.range(0, n_keys, 1, files)
+        .select(F.col("id").cast("int").alias(key), F.explode(F.sequence(F.lit(1), F.lit(k))).alias("rank"))
+        .withColumn("id", F.col(key).cast("long") * k + F.col("rank") - 1)
+    )
 
 
 def _neighbor_rows(spark, n_items: int, n: int, files: int) -> DataFrame:  # noqa: ANN001
@@ -100,15 +111,26 @@ def _neighbor_rows(spark, n_items: int, n: int, files: int) -> DataFrame:  # noq
     neighbor_idx = ((item_idx.cast("long") + rank * _ITEM_STRIDE) % n_items).cast("int")
     noise = F.pmod(F.xxhash64(F.col("id")), F.lit(1000)) * (0.4 / n / 1000)
     return _expanded(spark, n_items, n, files, "u").select(
-        _padded_id("i", item_idx).alias("item_id"), item_idx.alias("item_idx"), rank.alias("rank"),
-        _padded_id("i", neighbor_idx).alias("neighbor_id"), neighbor_idx.alias("neighbor_idx"),
+        _padded_id("i", item_idx).alias("item_id"),
+        item_idx.alias("item_idx"),
+        rank.alias("rank"),
+        _padded_id("i", neighbor_idx).alias("neighbor_id"),
+        neighbor_idx.alias("neighbor_idx"),
         ((n + 1 - rank) / (n + 1) + noise).cast("float").alias("similarity"),
         (F.pmod(F.xxhash64(F.col("id")), F.lit(500)) + 1).cast("int").alias("cooccurrence"),
-        F.lit("cosine").alias("method"), F.lit("bench").alias("model_version"))
+        F.lit("cosine").alias("method"),
+        F.lit("bench").alias("model_version"),
+    )
 
 
-def _write_lookup_tables(spark, cfg: Config, n_users: int, k: int, n_items: int,  # noqa: ANN001
-                         n_neighbor_items: int) -> tuple[WriteResult, WriteResult]:
+def _write_lookup_tables(
+    spark,
+    cfg: Config,
+    n_users: int,
+    k: int,
+    n_items: int,  # noqa: ANN001
+    n_neighbor_items: int,
+) -> tuple[WriteResult, WriteResult]:
     """popular_items, user_candidates and item_neighbors under ``cfg.storage.root``, laid out as the
     candidates and similarity jobs lay them out; returns the user_candidates and item_neighbors writes.
 
@@ -126,21 +148,43 @@ def _write_lookup_tables(spark, cfg: Config, n_users: int, k: int, n_items: int,
     store = TableStore(spark, cfg.storage)
     ctx = RunContext.new("bench-lookup", cfg)
     rank = (F.col("id") % k + 1).cast("int")
-    popular = (spark.range(2 * k).select(
-        F.when(F.col("id") < k, "overall").otherwise("recent").alias("segment"), rank.alias("rank"),
-        (rank - 1).alias("item_idx"), _padded_id("i", rank - 1).alias("item_id"),
-        (k + 1 - rank).cast("double").alias("score"), (k + 1 - rank).cast("long").alias("users"),
-        F.lit("popular-bench").alias("model_version"))
-        .repartition(1).sortWithinPartitions("segment", "rank"))
+    popular = (
+        spark.range(2 * k)
+        .select(
+            F.when(F.col("id") < k, "overall").otherwise("recent").alias("segment"),
+            rank.alias("rank"),
+            (rank - 1).alias("item_idx"),
+            _padded_id("i", rank - 1).alias("item_id"),
+            (k + 1 - rank).cast("double").alias("score"),
+            (k + 1 - rank).cast("long").alias("users"),
+            F.lit("popular-bench").alias("model_version"),
+        )
+        .repartition(1)
+        .sortWithinPartitions("segment", "rank")
+    )
     store.write(popular, T.POPULAR_ITEMS, "overwrite", ctx.commit())
     n_files = max(1, math.ceil(n_users * k / cfg.candidates.rows_per_file))
     rows = _candidate_rows(spark, n_users, k, n_items, n_files)
-    users = store.write(rows, T.USER_CANDIDATES, "overwrite", ctx.commit(model_version="bench", strategy="als"),
-                        ["strategy"], replace={"strategy": "als"}, row_group_bytes=pipeline.LOOKUP_ROW_GROUP_BYTES)
+    users = store.write(
+        rows,
+        T.USER_CANDIDATES,
+        "overwrite",
+        ctx.commit(model_version="bench", strategy="als"),
+        ["strategy"],
+        replace={"strategy": "als"},
+        row_group_bytes=pipeline.LOOKUP_ROW_GROUP_BYTES,
+    )
     n_files = max(1, math.ceil(n_neighbor_items * _NEIGHBORS / cfg.candidates.rows_per_file))
     neighbors = _neighbor_rows(spark, n_neighbor_items, _NEIGHBORS, n_files)
-    items = store.write(neighbors, T.ITEM_NEIGHBORS, "overwrite", ctx.commit(model_version="bench", method="cosine"),
-                        ["method"], replace={"method": "cosine"}, row_group_bytes=pipeline.LOOKUP_ROW_GROUP_BYTES)
+    items = store.write(
+        neighbors,
+        T.ITEM_NEIGHBORS,
+        "overwrite",
+        ctx.commit(model_version="bench", method="cosine"),
+        ["method"],
+        replace={"method": "cosine"},
+        row_group_bytes=pipeline.LOOKUP_ROW_GROUP_BYTES,
+    )
     return users, items
 
 
@@ -172,6 +216,7 @@ def lookup_reader(spec: dict[str, Any]) -> dict[str, Any]:
         def lookup(key: str) -> int:
             cols = ds.to_table(filter=pc.field(column) == key, columns=columns).to_pydict()
             return sum(1 for r in cols["rank"] if r <= k)
+
     open_s = time.perf_counter() - start
     for uid in user_ids[:warmup]:
         lookup(uid)
@@ -181,27 +226,49 @@ def lookup_reader(spec: dict[str, Any]) -> dict[str, Any]:
         counts.append(lookup(uid))
         times.append((time.perf_counter() - t0) * 1000)
     ms = sorted(times)
-    return {"lookups": len(ms), "warmup": warmup, "open_s": open_s, "median_ms": statistics.median(ms),
-            "p99_ms": percentile(ms, 99), "max_ms": ms[-1], "mean_ms": statistics.fmean(ms),
-            "rows_ok": sum(c == k for c in counts),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-            "pyspark_imported": "pyspark" in sys.modules}
+    return {
+        "lookups": len(ms),
+        "warmup": warmup,
+        "open_s": open_s,
+        "median_ms": statistics.median(ms),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": ms[-1],
+        "mean_ms": statistics.fmean(ms),
+        "rows_ok": sum(c == k for c in counts),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "pyspark_imported": "pyspark" in sys.modules,
+    }
 
 
 def _run_reader(spec: dict[str, Any], work: Path) -> dict[str, Any]:
     """:func:`lookup_reader` in a fresh interpreter (no Spark, no JVM), so its RSS is a serving process's."""
     path = work / f"reader-{spec['key']}-{spec['mode']}.json"
     path.write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, "-m", "recsys_spark.bench", "--lookup-reader", str(path)],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "recsys_spark.bench", "--lookup-reader", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"lookup reader ({spec['key']}, {spec['mode']}) failed with exit code {proc.returncode}:\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"lookup reader ({spec['key']}, {spec['mode']}) failed with exit code {proc.returncode}:\n"
+            f"{proc.stderr[-3000:]}"
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_lookup(spark, cfg: Config, work: Path, n_users: int, n_neighbor_items: int,  # noqa: ANN001
-                 lookups: int = 1000, k: int = 100, n_items: int = 20_000, seed: int = 42) -> dict[str, Any]:
+def bench_lookup(
+    spark,
+    cfg: Config,
+    work: Path,
+    n_users: int,
+    n_neighbor_items: int,  # noqa: ANN001
+    lookups: int = 1000,
+    k: int = 100,
+    n_items: int = 20_000,
+    seed: int = 42,
+) -> dict[str, Any]:
     from deltalake import DeltaTable
 
     from recsys_spark import tables as T
@@ -212,27 +279,40 @@ def bench_lookup(spark, cfg: Config, work: Path, n_users: int, n_neighbor_items:
     users_written, items_written = _write_lookup_tables(spark, cfg, n_users, k, n_items, n_neighbor_items)
     write_s = time.perf_counter() - start
     rng = random.Random(seed)
-    result: dict[str, Any] = {"users": n_users, "candidates_per_user": k, "items": n_neighbor_items,
-                              "neighbors_per_item": _NEIGHBORS}
+    result: dict[str, Any] = {
+        "users": n_users,
+        "candidates_per_user": k,
+        "items": n_neighbor_items,
+        "neighbors_per_item": _NEIGHBORS,
+    }
     try:
         for key, table, n_keys, per_key, written in (
-                ("user", T.USER_CANDIDATES, n_users, k, users_written),
-                ("item", T.ITEM_NEIGHBORS, n_neighbor_items, _NEIGHBORS, items_written)):
+            ("user", T.USER_CANDIDATES, n_users, k, users_written),
+            ("item", T.ITEM_NEIGHBORS, n_neighbor_items, _NEIGHBORS, items_written),
+        ):
             prefix = "u" if key == "user" else "i"
             keys = [f"{prefix}{i:08d}" for i in rng.sample(range(n_keys), min(n_keys, lookups + _LOOKUP_WARMUP))]
-            files = [u[len("file://"):] if u.startswith("file://") else u
-                     for u in DeltaTable(T.table_location(str(root), table)).file_uris()]
-            spec = {"root": str(root), "k": per_key, "warmup": _LOOKUP_WARMUP, "key": key, "keys": keys,
-                    "files": files}
+            files = [
+                u[len("file://") :] if u.startswith("file://") else u
+                for u in DeltaTable(T.table_location(str(root), table)).file_uris()
+            ]
+            spec = {"root": str(root), "k": per_key, "warmup": _LOOKUP_WARMUP, "key": key, "keys": keys, "files": files}
             ours = _run_reader({**spec, "mode": "recommendations"}, work)
             baseline = _run_reader({**spec, "mode": "files"}, work)
             call = f"for_user(uid, k={per_key})" if key == "user" else f"similar_items(iid, k={per_key})"
             result[key] = {
-                "table": {"name": table, "rows": written.rows, "files": written.files, "mb": written.bytes / 1e6,
-                          "engine": written.engine},
+                "table": {
+                    "name": table,
+                    "rows": written.rows,
+                    "files": written.files,
+                    "mb": written.bytes / 1e6,
+                    "engine": written.engine,
+                },
                 "lookup": {"what": f"Recommendations.open(root).{call}", **ours},
-                "baseline": {"what": f"pyarrow.dataset(<same files>) filtered on {key}_id (no Delta statistics)",
-                             **baseline},
+                "baseline": {
+                    "what": f"pyarrow.dataset(<same files>) filtered on {key}_id (no Delta statistics)",
+                    **baseline,
+                },
                 "speedup_median": baseline["median_ms"] / ours["median_ms"],
                 "speedup_p99": baseline["p99_ms"] / ours["p99_ms"],
             }
@@ -240,38 +320,54 @@ def bench_lookup(spark, cfg: Config, work: Path, n_users: int, n_neighbor_items:
         shutil.rmtree(root, ignore_errors=True)
     result["write_s"] = write_s
     p99 = result["user"]["lookup"]["p99_ms"]
-    result["target"] = {"p99_ms_below": _LOOKUP_TARGET_P99_MS, "at_users": 1_000_000, "met": p99 < _LOOKUP_TARGET_P99_MS,
-                        "measured_at_target_size": n_users >= 1_000_000}
+    result["target"] = {
+        "p99_ms_below": _LOOKUP_TARGET_P99_MS,
+        "at_users": 1_000_000,
+        "met": p99 < _LOOKUP_TARGET_P99_MS,
+        "measured_at_target_size": n_users >= 1_000_000,
+    }
     return result
 
 
 def markdown(lk: dict[str, Any]) -> list[str]:
     target = lk["target"]
-    lines = [f"## Lookups ({lk['users']:,} users × {lk['candidates_per_user']} candidates; {lk['items']:,} items × "
-             f"{lk['neighbors_per_item']} neighbours)", "",
-             "Tables written like the candidates and similarity jobs write them (sorted by the lookup key, "
-             f"{lk['write_s']:.0f} s to write both). Each reader is a fresh Python process without Spark; "
-             f"{lk['user']['lookup']['lookups']:,} random existing keys after {lk['user']['lookup']['warmup']} "
-             "warm-up lookups. Peak RSS is the whole reader process's.", "",
-             "| lookup | table | reader | median ms | p99 ms | max ms | full rows | open s | peak RSS MB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"## Lookups ({lk['users']:,} users × {lk['candidates_per_user']} candidates; {lk['items']:,} items × "
+        f"{lk['neighbors_per_item']} neighbours)",
+        "",
+        "Tables written like the candidates and similarity jobs write them (sorted by the lookup key, "
+        f"{lk['write_s']:.0f} s to write both). Each reader is a fresh Python process without Spark; "
+        f"{lk['user']['lookup']['lookups']:,} random existing keys after {lk['user']['lookup']['warmup']} "
+        "warm-up lookups. Peak RSS is the whole reader process's.",
+        "",
+        "| lookup | table | reader | median ms | p99 ms | max ms | full rows | open s | peak RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key in ("user", "item"):
         section = lk[key]
         t = section["table"]
         where = f"{t['rows']:,} rows, {t['files']} file{'s' if t['files'] != 1 else ''}, {t['mb']:,.0f} MB"
         for reader in ("baseline", "lookup"):
             r = section[reader]
-            lines.append(f"| {key} | {where} | {r['what']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | "
-                         f"{r['max_ms']:.1f} | {r['rows_ok']}/{r['lookups']} | {r['open_s']:.2f} | "
-                         f"{r['peak_rss_mb']:.0f} |")
+            lines.append(
+                f"| {key} | {where} | {r['what']} | {r['median_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['max_ms']:.1f} | {r['rows_ok']}/{r['lookups']} | {r['open_s']:.2f} | "
+                f"{r['peak_rss_mb']:.0f} |"
+            )
     met = "met" if target["met"] else "**missed**"
-    size = "" if target["measured_at_target_size"] else \
-        f" (the target is for {target['at_users']:,} users; this run had {lk['users']:,})"
+    size = (
+        ""
+        if target["measured_at_target_size"]
+        else f" (the target is for {target['at_users']:,} users; this run had {lk['users']:,})"
+    )
     u, i = lk["user"], lk["item"]
-    lines += ["", f"`for_user` is {faster(u['speedup_median'])} than the plain dataset at the median and "
-              f"{faster(u['speedup_p99'])} at p99; `similar_items` {faster(i['speedup_median'])} and "
-              f"{faster(i['speedup_p99'])}. The target p99 < {target['p99_ms_below']:.0f} ms warm for user lookups "
-              f"is {met}: p99 = {u['lookup']['p99_ms']:.1f} ms{size}."
-              + (" A reader imported pyspark." if u["lookup"]["pyspark_imported"] or i["lookup"]["pyspark_imported"]
-                 else ""), ""]
+    lines += [
+        "",
+        f"`for_user` is {faster(u['speedup_median'])} than the plain dataset at the median and "
+        f"{faster(u['speedup_p99'])} at p99; `similar_items` {faster(i['speedup_median'])} and "
+        f"{faster(i['speedup_p99'])}. The target p99 < {target['p99_ms_below']:.0f} ms warm for user lookups "
+        f"is {met}: p99 = {u['lookup']['p99_ms']:.1f} ms{size}."
+        + (" A reader imported pyspark." if u["lookup"]["pyspark_imported"] or i["lookup"]["pyspark_imported"] else ""),
+        "",
+    ]
     return lines

@@ -47,7 +47,7 @@ def top_k_unseen(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: 
     """Each user's k best unseen items from a dense users x items score block (ties: lower item id)."""
     scores = scores.astype(np.float64, copy=True)
     for row, u in enumerate(users):
-        scores[row, seen.indices[seen.indptr[u]:seen.indptr[u + 1]]] = -np.inf
+        scores[row, seen.indices[seen.indptr[u] : seen.indptr[u + 1]]] = -np.inf
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     out_u, out_i, out_r = [], [], []
@@ -64,7 +64,7 @@ def top_k_unseen(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: 
 
 def _in_blocks(users: np.ndarray, block: int) -> Iterable[np.ndarray]:
     for start in range(0, len(users), block):
-        yield users[start:start + block]
+        yield users[start : start + block]
 
 
 def ease_rank(x: sp.csr_matrix, params: dict[str, Any], users: np.ndarray, k: int) -> Lists:
@@ -91,9 +91,14 @@ def implicit_als_rank(x: sp.csr_matrix, params: dict[str, Any], users: np.ndarra
     values = x.copy()
     values.data = confidence_array(values.data, params.get("confidence", "binary"))
     with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(factors=params["factors"], regularization=params["regularization"],
-                                        alpha=params["alpha"], iterations=params.get("iterations", 15),
-                                        random_state=7, use_gpu=False)
+        model = AlternatingLeastSquares(
+            factors=params["factors"],
+            regularization=params["regularization"],
+            alpha=params["alpha"],
+            iterations=params.get("iterations", 15),
+            random_state=7,
+            use_gpu=False,
+        )
         model.fit(values.tocsr(), show_progress=False)
         ids, _ = model.recommend(users, x[users], N=k, filter_already_liked_items=True)
     return _flat(users, ids)
@@ -135,21 +140,32 @@ def implicit_als_grid(trials: int = IMPLICIT_ALS_TRIALS, seed: int = 7) -> list[
     from recsys_spark.tuning import log_uniform
 
     rng = np.random.default_rng([seed, 2])
-    return [{"factors": int(rng.choice(_IMPLICIT_FACTORS)),
-             "regularization": round(log_uniform(rng, *_IMPLICIT_REGULARIZATION), 4),
-             "alpha": round(log_uniform(rng, *_IMPLICIT_ALPHA), 4),
-             "confidence": str(rng.choice(_CONFIDENCES))} for _ in range(trials)]
+    return [
+        {
+            "factors": int(rng.choice(_IMPLICIT_FACTORS)),
+            "regularization": round(log_uniform(rng, *_IMPLICIT_REGULARIZATION), 4),
+            "alpha": round(log_uniform(rng, *_IMPLICIT_ALPHA), 4),
+            "confidence": str(rng.choice(_CONFIDENCES)),
+        }
+        for _ in range(trials)
+    ]
 
 
 def peers(ease_l2: list[float], quick: bool, ease_confidence: Iterable[str] = ("binary", "linear")) -> list[Peer]:
     """The peers and their settings to choose from (tiny with ``quick``): numpy EASE gets exactly
     our EASE search's grid, so the two differ only in how they are computed."""
     if quick:
-        return [Peer("implicit_als", [{"factors": 8, "regularization": 1.0, "alpha": 1.0, "iterations": 3}],
-                     implicit_als_rank),
-                Peer("implicit_cosine", [{"K": 20}], implicit_cosine_rank),
-                Peer("numpy_ease", [{"confidence": "binary", "l2": 100.0}], ease_rank)]
-    return [Peer("implicit_als", implicit_als_grid(), implicit_als_rank),
-            Peer("implicit_cosine", [{"K": k} for k in (20, 50, 100, 200, 400)], implicit_cosine_rank),
-            Peer("numpy_ease", [{"confidence": c, "l2": l2} for c in ease_confidence for l2 in ease_l2],
-                 ease_rank)]
+        return [
+            Peer(
+                "implicit_als",
+                [{"factors": 8, "regularization": 1.0, "alpha": 1.0, "iterations": 3}],
+                implicit_als_rank,
+            ),
+            Peer("implicit_cosine", [{"K": 20}], implicit_cosine_rank),
+            Peer("numpy_ease", [{"confidence": "binary", "l2": 100.0}], ease_rank),
+        ]
+    return [
+        Peer("implicit_als", implicit_als_grid(), implicit_als_rank),
+        Peer("implicit_cosine", [{"K": k} for k in (20, 50, 100, 200, 400)], implicit_cosine_rank),
+        Peer("numpy_ease", [{"confidence": c, "l2": l2} for c in ease_confidence for l2 in ease_l2], ease_rank),
+    ]

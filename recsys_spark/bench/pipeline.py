@@ -33,18 +33,35 @@ TITLE = "End-to-end pipeline and scaling"
 #: Size options: name -> (full default, --quick value, help).
 SIZES = {
     "scale_min_events": (100_000, 10_000, "smallest synthetic event count of the pipeline scaling benchmark"),
-    "scale_max_events": (1_000_000, 10_000,
-                         "largest synthetic event count of the pipeline scaling benchmark; points run on the "
-                         "1-3-10 ladder between min and max (e.g. 10000000 adds 3M and 10M)"),
-    "scale_rungs": (3, 3, "pipeline scaling ladder: 3 runs the 1-3-10 rungs between min and max, 10 only the "
-                          "powers of ten (0.1M, 1M, 10M)"),
-    "scale_budget_s": (480, 0, "pipeline scaling: skip a larger point when the time spent plus its predicted "
-                               "time would exceed this many seconds (0: no limit)"),
+    "scale_max_events": (
+        1_000_000,
+        10_000,
+        "largest synthetic event count of the pipeline scaling benchmark; points run on the "
+        "1-3-10 ladder between min and max (e.g. 10000000 adds 3M and 10M)",
+    ),
+    "scale_rungs": (
+        3,
+        3,
+        "pipeline scaling ladder: 3 runs the 1-3-10 rungs between min and max, 10 only the "
+        "powers of ten (0.1M, 1M, 10M)",
+    ),
+    "scale_budget_s": (
+        480,
+        0,
+        "pipeline scaling: skip a larger point when the time spent plus its predicted "
+        "time would exceed this many seconds (0: no limit)",
+    ),
 }
 
 #: Stages in pipeline order: (name in the report, recsys-spark subcommand).
-STAGES = [("generate", "generate"), ("ingest", "ingest"), ("train-als", "train-als"),
-          ("item-similarity (cosine)", "item-similarity"), ("topk", "topk"), ("evaluate", "evaluate")]
+STAGES = [
+    ("generate", "generate"),
+    ("ingest", "ingest"),
+    ("train-als", "train-als"),
+    ("item-similarity (cosine)", "item-similarity"),
+    ("topk", "topk"),
+    ("evaluate", "evaluate"),
+]
 
 #: Synthetic events per user at every scale point.
 USER_EVENTS = 20
@@ -60,8 +77,14 @@ _POLL_S = 0.2
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     s = ctx.sizes
-    return bench_pipeline(ctx.cfg, ctx.work / "pipeline", s["scale_min_events"], s["scale_max_events"],
-                          s["scale_budget_s"], s["scale_rungs"])
+    return bench_pipeline(
+        ctx.cfg,
+        ctx.work / "pipeline",
+        s["scale_min_events"],
+        s["scale_max_events"],
+        s["scale_budget_s"],
+        s["scale_rungs"],
+    )
 
 
 # -- scale points --------------------------------------------------------------------------------
@@ -74,7 +97,7 @@ def scale_points(lo: int, hi: int, rungs: int = 3) -> list[int]:
         raise ValueError(f"--scale-rungs must be 3 (1-3-10 ladder) or 10 (powers of ten), not {rungs}")
     if lo >= hi:
         return [hi]
-    ladder = {m * 10 ** e for e in range(1, 12) for m in ((1, 3) if rungs == 3 else (1,))}
+    ladder = {m * 10**e for e in range(1, 12) for m in ((1, 3) if rungs == 3 else (1,))}
     return sorted({lo, hi} | {v for v in ladder if lo < v < hi})
 
 
@@ -119,12 +142,15 @@ def _write_config(raw: dict[str, Any], path: Path, event_dir: Path) -> None:
     """
     data = dict(raw)
     spark = dict(data.get("spark") or {})
-    spark["conf"] = {**dict(spark.get("conf") or {}), "spark.eventLog.enabled": "true",
-                     "spark.eventLog.dir": event_dir.resolve().as_uri(), "spark.eventLog.compress": "false",
-                     "spark.eventLog.rolling.enabled": "false"}
+    spark["conf"] = {
+        **dict(spark.get("conf") or {}),
+        "spark.eventLog.enabled": "true",
+        "spark.eventLog.dir": event_dir.resolve().as_uri(),
+        "spark.eventLog.compress": "false",
+        "spark.eventLog.rolling.enabled": "false",
+    }
     data["spark"] = spark
-    path.write_text("".join(f"{json.dumps(str(k))} = {_toml_value(v)}\n" for k, v in data.items()),
-                    encoding="utf-8")
+    path.write_text("".join(f"{json.dumps(str(k))} = {_toml_value(v)}\n" for k, v in data.items()), encoding="utf-8")
 
 
 # -- measuring one process -----------------------------------------------------------------------
@@ -205,8 +231,16 @@ class _TreeMonitor:
 
 def _event_log_metrics(event_dir: Path) -> dict[str, Any]:
     """Spill, JVM heap peak and GC time from the task-end events of the JSON event logs in ``event_dir``."""
-    out: dict[str, Any] = {"tasks": 0, "memory_spilled_bytes": 0, "disk_spilled_bytes": 0, "peak_heap_bytes": 0,
-                           "gc_s": 0.0, "failed_tasks": 0, "driver_memory": None, "event_log_found": False}
+    out: dict[str, Any] = {
+        "tasks": 0,
+        "memory_spilled_bytes": 0,
+        "disk_spilled_bytes": 0,
+        "peak_heap_bytes": 0,
+        "gc_s": 0.0,
+        "failed_tasks": 0,
+        "driver_memory": None,
+        "event_log_found": False,
+    }
     for f in sorted(p for p in event_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
         out["event_log_found"] = True
         with f.open(encoding="utf-8", errors="replace") as lines:
@@ -264,10 +298,16 @@ def _run_process(cmd: list[str], folder: Path, event_dir: Path) -> dict[str, Any
     stdout = out_path.read_text(encoding="utf-8", errors="replace")
     stderr = err_path.read_text(encoding="utf-8", errors="replace")
     finished = _FINISHED.findall(stderr)
-    res: dict[str, Any] = {"wall_s": wall, "exit_code": code, "job_s": float(finished[-1][1]) if finished else None,
-                           "cpu_s": sum(mem.cpu.values()), "peak_rss_bytes": mem.peak_rss,
-                           "peak_jvm_rss_bytes": mem.peak_jvm_hwm,
-                           **_event_log_metrics(event_dir), "stdout": stdout}
+    res: dict[str, Any] = {
+        "wall_s": wall,
+        "exit_code": code,
+        "job_s": float(finished[-1][1]) if finished else None,
+        "cpu_s": sum(mem.cpu.values()),
+        "peak_rss_bytes": mem.peak_rss,
+        "peak_jvm_rss_bytes": mem.peak_jvm_hwm,
+        **_event_log_metrics(event_dir),
+        "stdout": stdout,
+    }
     if code != 0:
         tail = [ln for ln in (stderr + stdout).splitlines() if ln.strip()][-6:]
         res["error"] = "\n".join(tail)
@@ -288,8 +328,9 @@ print(f"session_s={t2 - t1:.3f} stop_s={time.perf_counter() - t2:.3f}")
 """
 
 
-def _other_cpu_percent(before: tuple[float, float] | None, after: tuple[float, float] | None,
-                       own_before: float, point: dict[str, Any]) -> float | None:
+def _other_cpu_percent(
+    before: tuple[float, float] | None, after: tuple[float, float] | None, own_before: float, point: dict[str, Any]
+) -> float | None:
     """Share of the machine's CPU used by processes other than this benchmark during a scale point.
 
     _common.other_cpu_percent counts descendants through /proc cutime, which misses the stage JVMs
@@ -313,12 +354,20 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int, item
     top-k would grow with the square of the log, which measures catalogue size, not log size.
     """
     users = max(100, events // USER_EVENTS)
-    overrides = [f"storage.root={folder / 'warehouse'}", f"generate.output={folder / 'raw'}",
-                 f"ingest.source.path={folder / 'raw'}", "ingest.source.preset=synthetic",
-                 f"generate.num_events={events}", f"generate.num_users={users}", f"generate.num_items={items}",
-                 "spark.ui_enabled=false", f"spark.checkpoint_dir={folder / 'checkpoints'}",
-                 f"evaluation.output_dir={folder / 'reports'}", f"evaluation.max_users={eval_users}",
-                 "similarity.method=cosine"]
+    overrides = [
+        f"storage.root={folder / 'warehouse'}",
+        f"generate.output={folder / 'raw'}",
+        f"ingest.source.path={folder / 'raw'}",
+        "ingest.source.preset=synthetic",
+        f"generate.num_events={events}",
+        f"generate.num_users={users}",
+        f"generate.num_items={items}",
+        "spark.ui_enabled=false",
+        f"spark.checkpoint_dir={folder / 'checkpoints'}",
+        f"evaluation.output_dir={folder / 'reports'}",
+        f"evaluation.max_users={eval_users}",
+        "similarity.method=cosine",
+    ]
     sets = [a for o in overrides for a in ("--set", o)]
     point: dict[str, Any] = {"events": events, "users": users, "items": items, "stages": {}, "ok": True}
     before, own_before, started = cpu_seconds(), _tree_cpu(os.getpid()), time.perf_counter()
@@ -330,8 +379,9 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int, item
         return run_dir, event_dir
 
     run_dir, event_dir = configured("startup")
-    probe = _run_process([sys.executable, "-c", _STARTUP_CODE, str(run_dir / "config.toml"), *overrides],
-                         run_dir, event_dir)
+    probe = _run_process(
+        [sys.executable, "-c", _STARTUP_CODE, str(run_dir / "config.toml"), *overrides], run_dir, event_dir
+    )
     if probe["exit_code"] != 0:
         raise RuntimeError(f"a bare Spark session failed to start:\n{probe.get('error')}")
     point["startup_s"] = probe["wall_s"]
@@ -343,8 +393,11 @@ def _point(raw: dict[str, Any], folder: Path, events: int, eval_users: int, item
     for label, command in STAGES:
         run_dir, event_dir = configured(command)
         print(f"  pipeline {events:,} events: {label} ...", file=sys.stderr, flush=True)
-        res = _run_process([sys.executable, "-m", "recsys_spark.cli", "--config", str(run_dir / "config.toml"),
-                            *sets, command], run_dir, event_dir)
+        res = _run_process(
+            [sys.executable, "-m", "recsys_spark.cli", "--config", str(run_dir / "config.toml"), *sets, command],
+            run_dir,
+            event_dir,
+        )
         stdout = res.pop("stdout")
         if command == "generate" and (m := _GENERATED.search(stdout)):
             point["events_written"] = int(m.group(1).replace(",", ""))
@@ -383,9 +436,14 @@ def bench_pipeline(cfg: Config, work: Path, lo: int, hi: int, budget_s: int, run
             predicted = fixed + (last["wall_s"] - fixed) * (events / last["events"]) ** slope
             spent = time.perf_counter() - started
             if spent + predicted > budget_s:
-                skipped += [{"events": e, "reason": f"time budget: {spent:.0f} s spent, next point predicted "
-                                                     f"{predicted:.0f} s, budget {budget_s} s"}
-                            for e in planned[i:]]
+                skipped += [
+                    {
+                        "events": e,
+                        "reason": f"time budget: {spent:.0f} s spent, next point predicted "
+                        f"{predicted:.0f} s, budget {budget_s} s",
+                    }
+                    for e in planned[i:]
+                ]
                 break
         print(f"pipeline: scale point {events:,} events", file=sys.stderr, flush=True)
         folder = work / f"events-{events}"
@@ -395,23 +453,30 @@ def bench_pipeline(cfg: Config, work: Path, lo: int, hi: int, budget_s: int, run
             shutil.rmtree(folder, ignore_errors=True)  # 10M events take GBs; keep only one point on disk
         if not point["ok"] and not points:
             failed = point["stages"][point["failed_stage"]]
-            raise RuntimeError(f"pipeline stage {point['failed_stage']} failed at {events:,} events:\n"
-                               f"{failed.get('error')}")
+            raise RuntimeError(
+                f"pipeline stage {point['failed_stage']} failed at {events:,} events:\n{failed.get('error')}"
+            )
         points.append(point)
         if not point["ok"]:
             # a larger log will not fit better; the failure itself is the finding
-            skipped += [{"events": e, "reason": f"stage {point['failed_stage']} failed at {events:,} events"}
-                        for e in planned[i + 1:]]
+            skipped += [
+                {"events": e, "reason": f"stage {point['failed_stage']} failed at {events:,} events"}
+                for e in planned[i + 1 :]
+            ]
             break
 
     ok = [p for p in points if p["ok"]]
     xs = [p["events"] for p in ok]
     exponents: dict[str, dict[str, float | None]] = {}
     for label, _ in STAGES:
-        exponents[label] = {"job": growth_exponent(xs, [p["stages"][label]["job_s"] for p in ok]),
-                            "wall": growth_exponent(xs, [p["stages"][label]["wall_s"] for p in ok])}
-    exponents["total"] = {"job": growth_exponent(xs, [_total(p, "job_s") for p in ok]),
-                          "wall": growth_exponent(xs, [_total(p, "wall_s") for p in ok])}
+        exponents[label] = {
+            "job": growth_exponent(xs, [p["stages"][label]["job_s"] for p in ok]),
+            "wall": growth_exponent(xs, [p["stages"][label]["wall_s"] for p in ok]),
+        }
+    exponents["total"] = {
+        "job": growth_exponent(xs, [_total(p, "job_s") for p in ok]),
+        "wall": growth_exponent(xs, [_total(p, "wall_s") for p in ok]),
+    }
     startups = [p["startup_s"] for p in points]
     largest = points[-1] if points else None
     at_target = next((p for p in points if p["events"] >= MEMORY_TARGET_EVENTS), None)
@@ -420,12 +485,16 @@ def bench_pipeline(cfg: Config, work: Path, lo: int, hi: int, budget_s: int, run
         # from sampling the stage processes: the generic /proc accounting misses their unreaped JVMs
         "other_cpu_percent": max(busy) if busy else None,
         "stages": [label for label, _ in STAGES],
-        "planned_events": planned, "budget_s": budget_s, "points": points, "skipped": skipped,
+        "planned_events": planned,
+        "budget_s": budget_s,
+        "points": points,
+        "skipped": skipped,
         "evaluation_max_users": eval_users,
         "driver_memory": (largest or {}).get("driver_memory") or cfg.spark.driver_memory,
         "master": cfg.spark.master,
         "startup": {"median_s": statistics.median(startups) if startups else None, "runs": len(startups)},
-        "exponents": exponents, "near_linear_max": NEAR_LINEAR,
+        "exponents": exponents,
+        "near_linear_max": NEAR_LINEAR,
         "memory_target": _memory_target(at_target),
     }
 
@@ -441,8 +510,14 @@ def _memory_target(point: dict[str, Any] | None) -> dict[str, Any]:
     stages = point["stages"].values()
     spilled = sum(s["memory_spilled_bytes"] + s["disk_spilled_bytes"] for s in stages)
     logs = all(s["event_log_found"] for s in stages)
-    target.update({"completed": point["ok"], "spilled_bytes": spilled, "event_logs_complete": logs,
-                   "met": point["ok"] and logs and spilled == 0})
+    target.update(
+        {
+            "completed": point["ok"],
+            "spilled_bytes": spilled,
+            "event_logs_complete": logs,
+            "met": point["ok"] and logs and spilled == 0,
+        }
+    )
     return target
 
 
@@ -472,95 +547,142 @@ def markdown(r: dict[str, Any]) -> list[str]:
     start = r["startup"]
     lines: list[str] = []
     if not points:
-        return ["## End-to-end pipeline", "", "No scale point ran: " + "; ".join(
-                f"{_events(s['events'])}: {s['reason']}" for s in skipped) + ".", ""]
+        return [
+            "## End-to-end pipeline",
+            "",
+            "No scale point ran: " + "; ".join(f"{_events(s['events'])}: {s['reason']}" for s in skipped) + ".",
+            "",
+        ]
 
     # -- end to end at the largest point
     p = points[-1]
-    lines += [f"## End-to-end pipeline ({p['events']:,} synthetic events, {p['users']:,} users, "
-              f"{p['items']:,} items)", "",
-              f"Each stage runs as its own `recsys-spark` process ({r['master']}, driver memory "
-              f"{r['driver_memory']}), so its wall time includes starting Python and the JVM; “job” is the "
-              "CLI's own timing of the stage without startup. CPU s and peak RSS are summed over the stage's "
-              "process tree (Python driver, JVM, Python workers), sampled every "
-              f"{_POLL_S:g} s; heap is the JVM heap peak Spark reports with task ends; spill is Spark's "
-              "memory/disk bytes spilled by tasks (in local mode all tasks run in the driver). Evaluation "
-              f"scores a seeded sample of at most {r['evaluation_max_users']:,} users (models still train on "
-              "the whole training split). The demo's second similarity step (cosine of ALS item factors) is "
-              "not included.", "",
-              "| stage | wall s (with startup) | job s | CPU s | peak RSS GB | JVM heap peak GB | "
-              "spilled MB (memory / disk) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        f"## End-to-end pipeline ({p['events']:,} synthetic events, {p['users']:,} users, {p['items']:,} items)",
+        "",
+        f"Each stage runs as its own `recsys-spark` process ({r['master']}, driver memory "
+        f"{r['driver_memory']}), so its wall time includes starting Python and the JVM; “job” is the "
+        "CLI's own timing of the stage without startup. CPU s and peak RSS are summed over the stage's "
+        "process tree (Python driver, JVM, Python workers), sampled every "
+        f"{_POLL_S:g} s; heap is the JVM heap peak Spark reports with task ends; spill is Spark's "
+        "memory/disk bytes spilled by tasks (in local mode all tasks run in the driver). Evaluation "
+        f"scores a seeded sample of at most {r['evaluation_max_users']:,} users (models still train on "
+        "the whole training split). The demo's second similarity step (cosine of ALS item factors) is "
+        "not included.",
+        "",
+        "| stage | wall s (with startup) | job s | CPU s | peak RSS GB | JVM heap peak GB | "
+        "spilled MB (memory / disk) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for label, s in p["stages"].items():
         failed = " (**failed**)" if s["exit_code"] != 0 else ""
-        lines.append(f"| {label}{failed} | {s['wall_s']:.1f} | {s['job_s']:.1f} | {s['cpu_s']:.0f} | "
-                     f"{_gb(s['peak_rss_bytes'])} | "
-                     f"{_gb(s['peak_heap_bytes'])} | {s['memory_spilled_bytes'] / 1e6:.0f} / "
-                     f"{s['disk_spilled_bytes'] / 1e6:.0f} |")
+        lines.append(
+            f"| {label}{failed} | {s['wall_s']:.1f} | {s['job_s']:.1f} | {s['cpu_s']:.0f} | "
+            f"{_gb(s['peak_rss_bytes'])} | "
+            f"{_gb(s['peak_heap_bytes'])} | {s['memory_spilled_bytes'] / 1e6:.0f} / "
+            f"{s['disk_spilled_bytes'] / 1e6:.0f} |"
+        )
     st = p["stages"].values()
     spilled = sum(s["memory_spilled_bytes"] + s["disk_spilled_bytes"] for s in st)
-    lines.append(f"| **total** | {_total(p, 'wall_s'):.1f} | {_total(p, 'job_s'):.1f} | {_total(p, 'cpu_s'):.0f} | "
-                 f"{_gb(max(s['peak_rss_bytes'] for s in st))} (max) | {_gb(max(s['peak_heap_bytes'] for s in st))} "
-                 f"(max) | {sum(s['memory_spilled_bytes'] for s in st) / 1e6:.0f} / "
-                 f"{sum(s['disk_spilled_bytes'] for s in st) / 1e6:.0f} |")
+    lines.append(
+        f"| **total** | {_total(p, 'wall_s'):.1f} | {_total(p, 'job_s'):.1f} | {_total(p, 'cpu_s'):.0f} | "
+        f"{_gb(max(s['peak_rss_bytes'] for s in st))} (max) | {_gb(max(s['peak_heap_bytes'] for s in st))} "
+        f"(max) | {sum(s['memory_spilled_bytes'] for s in st) / 1e6:.0f} / "
+        f"{sum(s['disk_spilled_bytes'] for s in st) / 1e6:.0f} |"
+    )
     session = f" ({p['session_build_s']:.1f} s of it building the session)" if p.get("session_build_s") else ""
-    lines += ["", f"Starting and stopping a bare Spark session in a fresh process takes **{start['median_s']:.1f} s** "
-              f"(median of {start['runs']}, one per scale point; {p['startup_s']:.1f} s at this point{session}). "
-              f"The {len(p['stages'])} stage processes pay it {len(p['stages'])} times; `recsys-spark demo` runs "
-              f"every stage in one process and would take about {_total(p, 'job_s') + p['startup_s']:.0f} s here "
-              "(the job times plus one startup)."]
+    lines += [
+        "",
+        f"Starting and stopping a bare Spark session in a fresh process takes **{start['median_s']:.1f} s** "
+        f"(median of {start['runs']}, one per scale point; {p['startup_s']:.1f} s at this point{session}). "
+        f"The {len(p['stages'])} stage processes pay it {len(p['stages'])} times; `recsys-spark demo` runs "
+        f"every stage in one process and would take about {_total(p, 'job_s') + p['startup_s']:.0f} s here "
+        "(the job times plus one startup).",
+    ]
     if not p["ok"]:
-        lines += ["", f"Stage {p['failed_stage']} **failed** at this size:", "", "```",
-                  p["stages"][p["failed_stage"]].get("error", ""), "```"]
+        lines += [
+            "",
+            f"Stage {p['failed_stage']} **failed** at this size:",
+            "",
+            "```",
+            p["stages"][p["failed_stage"]].get("error", ""),
+            "```",
+        ]
     lines += ["", _memory_sentence(r, spilled, p), ""]
 
     # -- scaling
-    lines += [f"## Scaling ({', '.join(_events(q['events']) for q in points)} events)", "",
-              f"Every point has {USER_EVENTS} events per user and the same {p['items']:,}-item catalogue: traffic "
-              "grows, the catalogue does not (catalogue size is the top-k benchmark's axis). "
-              "Job time (without startup) per stage and point, with the growth exponent: the least-squares slope "
-              "of log(time) against log(events), from job times and from wall times. 1 is linear; above "
-              f"{NEAR_LINEAR:g} is flagged ⚠. Fixed costs (Spark job scheduling, table commits) weigh most at "
-              "the small points, so exponents over a short range understate the growth at larger sizes.", "",
-              "| stage | " + " | ".join(f"{_events(q['events'])} s" for q in points) + " | exponent (job) | "
-              "exponent (wall) |", "|---|" + "---:|" * (len(points) + 2)]
+    lines += [
+        f"## Scaling ({', '.join(_events(q['events']) for q in points)} events)",
+        "",
+        f"Every point has {USER_EVENTS} events per user and the same {p['items']:,}-item catalogue: traffic "
+        "grows, the catalogue does not (catalogue size is the top-k benchmark's axis). "
+        "Job time (without startup) per stage and point, with the growth exponent: the least-squares slope "
+        "of log(time) against log(events), from job times and from wall times. 1 is linear; above "
+        f"{NEAR_LINEAR:g} is flagged ⚠. Fixed costs (Spark job scheduling, table commits) weigh most at "
+        "the small points, so exponents over a short range understate the growth at larger sizes.",
+        "",
+        "| stage | " + " | ".join(f"{_events(q['events'])} s" for q in points) + " | exponent (job) | "
+        "exponent (wall) |",
+        "|---|" + "---:|" * (len(points) + 2),
+    ]
     ex = r["exponents"]
     for label in r["stages"]:
         cells = [f"{q['stages'][label]['job_s']:.1f}" if label in q["stages"] else "–" for q in points]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_exp(ex[label]['job'])} | {_exp(ex[label]['wall'])} |")
-    lines.append("| **total (job)** | " + " | ".join(f"{_total(q, 'job_s'):.1f}" for q in points) +
-                 f" | {_exp(ex['total']['job'])} | {_exp(ex['total']['wall'])} |")
-    lines.append("| total wall with startups | " + " | ".join(f"{_total(q, 'wall_s'):.1f}" for q in points) +
-                 " | | |")
-    lines.append("| peak RSS GB (max over stages) | " + " | ".join(
-        _gb(max(s["peak_rss_bytes"] for s in q["stages"].values())) for q in points) + " | | |")
-    lines.append("| other processes' CPU % | " + " | ".join(
-        f"{q['other_cpu_percent']:.0f}" if q.get("other_cpu_percent") is not None else "–" for q in points) + " | | |")
+    lines.append(
+        "| **total (job)** | "
+        + " | ".join(f"{_total(q, 'job_s'):.1f}" for q in points)
+        + f" | {_exp(ex['total']['job'])} | {_exp(ex['total']['wall'])} |"
+    )
+    lines.append("| total wall with startups | " + " | ".join(f"{_total(q, 'wall_s'):.1f}" for q in points) + " | | |")
+    lines.append(
+        "| peak RSS GB (max over stages) | "
+        + " | ".join(_gb(max(s["peak_rss_bytes"] for s in q["stages"].values())) for q in points)
+        + " | | |"
+    )
+    lines.append(
+        "| other processes' CPU % | "
+        + " | ".join(f"{q['other_cpu_percent']:.0f}" if q.get("other_cpu_percent") is not None else "–" for q in points)
+        + " | | |"
+    )
     lines.append("")
     if len(ok) < 2:
         lines.append("**Growth exponents not measured**: fewer than two scale points completed.")
     else:
         steep = [label for label in r["stages"] if (ex[label]["job"] or 0) > NEAR_LINEAR]
-        lines.append(f"Stages should be near-linear in events (exponent ≤ {NEAR_LINEAR:g}): " + (
-            "**not met** for " + ", ".join(f"{s} ({ex[s]['job']:.2f})" for s in steep) if steep else
-            f"met for all {len(r['stages'])} stages") +
-            f" between {_events(ok[0]['events'])} and {_events(ok[-1]['events'])} events.")
+        lines.append(
+            f"Stages should be near-linear in events (exponent ≤ {NEAR_LINEAR:g}): "
+            + (
+                "**not met** for " + ", ".join(f"{s} ({ex[s]['job']:.2f})" for s in steep)
+                if steep
+                else f"met for all {len(r['stages'])} stages"
+            )
+            + f" between {_events(ok[0]['events'])} and {_events(ok[-1]['events'])} events."
+        )
         if ok[-1]["events"] >= 100_000 and all((ex[label]["job"] or 0) < 0.8 for label in r["stages"]):
-            lines.append("Every exponent is well below 1: fixed costs still dominate at these sizes, so this range "
-                         "cannot show whether a stage turns super-linear at larger logs.")
+            lines.append(
+                "Every exponent is well below 1: fixed costs still dominate at these sizes, so this range "
+                "cannot show whether a stage turns super-linear at larger logs."
+            )
     busy = [q["other_cpu_percent"] for q in points if q.get("other_cpu_percent") is not None]
     if busy and max(busy) > BUSY_MACHINE_PERCENT:
-        lines.append(f"Other processes used up to {max(busy):.0f}% of the machine's CPU during these points (counted "
-                     "here with the stage JVMs as this benchmark's own), so single stage times, and the exponents "
-                     "fitted to them, are noisy; one run per point.")
+        lines.append(
+            f"Other processes used up to {max(busy):.0f}% of the machine's CPU during these points (counted "
+            "here with the stage JVMs as this benchmark's own), so single stage times, and the exponents "
+            "fitted to them, are noisy; one run per point."
+        )
     if ok and ok[-1]["events"] < 100_000:
-        lines.append("At these tiny sizes fixed costs (startup, scheduling, commits) dominate every stage, so the "
-                     "exponents above say nothing about scaling; they show the measurement runs.")
+        lines.append(
+            "At these tiny sizes fixed costs (startup, scheduling, commits) dominate every stage, so the "
+            "exponents above say nothing about scaling; they show the measurement runs."
+        )
     if skipped:
         lines.append("Skipped: " + "; ".join(f"{_events(s['events'])} ({s['reason']})" for s in skipped) + ".")
     if not any(q["events"] >= MEMORY_TARGET_EVENTS for q in points):
-        lines.append(f"The {_events(MEMORY_TARGET_EVENTS)}-event point was **not part of this run** (largest: "
-                     f"{_events(points[-1]['events'])}); it runs with `--scale-max-events {MEMORY_TARGET_EVENTS}` "
-                     "and does not fit the 20-minute suite on this machine.")
+        lines.append(
+            f"The {_events(MEMORY_TARGET_EVENTS)}-event point was **not part of this run** (largest: "
+            f"{_events(points[-1]['events'])}); it runs with `--scale-max-events {MEMORY_TARGET_EVENTS}` "
+            "and does not fit the 20-minute suite on this machine."
+        )
     lines.append("")
     return lines
 
@@ -570,8 +692,10 @@ def _memory_sentence(r: dict[str, Any], spilled: int, p: dict[str, Any]) -> str:
     goal = f"Target: the pipeline at {_events(t['events'])} events runs on this machine without spilling the driver"
     if not t["measured"]:
         state = "no spill" if spilled == 0 else f"{spilled / 1e6:,.0f} MB spilled"
-        return (f"{goal}: **not measured** ({_events(t['events'])} was not part of this run; at "
-                f"{_events(p['events'])} events: {state}).")
+        return (
+            f"{goal}: **not measured** ({_events(t['events'])} was not part of this run; at "
+            f"{_events(p['events'])} events: {state})."
+        )
     if t["met"]:
         return f"{goal}: **met** (all stages completed, 0 bytes spilled)."
     why = []

@@ -40,26 +40,48 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: name -> (config under conf/, files that must exist under the data root, extra --set overrides).
 DATASETS: dict[str, tuple[str, list[str], list[str]]] = {
-    "ML-100K (official folds)": ("movielens-100k.toml", ["ml-100k/u.data"],
-                                 ["ingest.source.path={data}/ml-100k/u.data",
-                                  "evaluation.given_train={data}/ml-100k/{{fold}}.base",
-                                  "evaluation.given_test={data}/ml-100k/{{fold}}.test"]),
-    "Last.fm 2K (random 20% per user)": ("lastfm-2k.toml", ["hetrec2011-lastfm-2k/user_artists.dat"],
-                                         ["ingest.source.path={data}/hetrec2011-lastfm-2k/user_artists.dat"]),
-    "ml-latest-small (random 20% per user)": ("ml-latest-small.toml", ["ml-latest-small/ratings.csv"],
-                                              ["ingest.source.path={data}/ml-latest-small/ratings.csv"]),
-    "ml-latest-small (leave last 5)": ("ml-latest-small.toml", ["ml-latest-small/ratings.csv"],
-                                       ["ingest.source.path={data}/ml-latest-small/ratings.csv",
-                                        "evaluation.split=leave_last"]),
+    "ML-100K (official folds)": (
+        "movielens-100k.toml",
+        ["ml-100k/u.data"],
+        [
+            "ingest.source.path={data}/ml-100k/u.data",
+            "evaluation.given_train={data}/ml-100k/{{fold}}.base",
+            "evaluation.given_test={data}/ml-100k/{{fold}}.test",
+        ],
+    ),
+    "Last.fm 2K (random 20% per user)": (
+        "lastfm-2k.toml",
+        ["hetrec2011-lastfm-2k/user_artists.dat"],
+        ["ingest.source.path={data}/hetrec2011-lastfm-2k/user_artists.dat"],
+    ),
+    "ml-latest-small (random 20% per user)": (
+        "ml-latest-small.toml",
+        ["ml-latest-small/ratings.csv"],
+        ["ingest.source.path={data}/ml-latest-small/ratings.csv"],
+    ),
+    "ml-latest-small (leave last 5)": (
+        "ml-latest-small.toml",
+        ["ml-latest-small/ratings.csv"],
+        ["ingest.source.path={data}/ml-latest-small/ratings.csv", "evaluation.split=leave_last"],
+    ),
     "Amazon 5-core (random 20% per user)": (
-        "amazon-5core.toml", ["amazon-2014-musical-instruments-5core/Musical_Instruments_5.json.gz"],
-        ["ingest.source.path={data}/amazon-2014-musical-instruments-5core/Musical_Instruments_5.json.gz"]),
+        "amazon-5core.toml",
+        ["amazon-2014-musical-instruments-5core/Musical_Instruments_5.json.gz"],
+        ["ingest.source.path={data}/amazon-2014-musical-instruments-5core/Musical_Instruments_5.json.gz"],
+    ),
 }
 
 #: --quick: the smallest dataset, one split, no searches, tiny models: proves the machinery works.
-_QUICK = ["als.tune=false", "similarity.tune=false", "candidates.tune=false", "als.rank=8", "als.max_iter=3",
-          'candidates.strategies=["als", "ease", "blend"]', "candidates.blend_weights={ease = 0.5, als = 0.5}",
-          "similarity.ease.l2=100.0"]
+_QUICK = [
+    "als.tune=false",
+    "similarity.tune=false",
+    "candidates.tune=false",
+    "als.rank=8",
+    "als.max_iter=3",
+    'candidates.strategies=["als", "ease", "blend"]',
+    "candidates.blend_weights={ease = 0.5, als = 0.5}",
+    "similarity.ease.l2=100.0",
+]
 
 
 def data_root() -> Path:
@@ -75,8 +97,9 @@ def selected() -> list[str]:
     wanted = os.environ.get("RECSYS_QUALITY_DATASETS", "").replace(",", " ").split()
     unknown = [w for w in wanted if w not in DATASET_IDS]
     if unknown:
-        raise ValueError(f"RECSYS_QUALITY_DATASETS: unknown dataset(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(DATASET_IDS)}")
+        raise ValueError(
+            f"RECSYS_QUALITY_DATASETS: unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASET_IDS)}"
+        )
     return [DATASET_IDS[w] for w in wanted] or list(DATASETS)
 
 
@@ -103,8 +126,11 @@ def run(ctx: BenchContext) -> dict[str, Any]:
             continue
         folder = ctx.work / f"quality-{len(out['datasets'])}"
         overrides = [s.format(data=root) for s in sets] + [
-            f"storage.root={folder / 'warehouse'}", f"evaluation.output_dir={folder / 'reports'}",
-            f"spark.checkpoint_dir={folder / 'checkpoints'}", "spark.ui_enabled=false"]
+            f"storage.root={folder / 'warehouse'}",
+            f"evaluation.output_dir={folder / 'reports'}",
+            f"spark.checkpoint_dir={folder / 'checkpoints'}",
+            "spark.ui_enabled=false",
+        ]
         if "ML-100K" in name:
             folds = [f"u{i}" for i in range(1, ctx.sizes["quality_folds"] + 1)]
             overrides.append("evaluation.folds=" + "[" + ", ".join(f'"{f}"' for f in folds) + "]")
@@ -151,13 +177,15 @@ def quality_of(ctx: BenchContext, config: Path, overrides: list[str], quick: boo
                 start = time.perf_counter()
                 scored = evaluate_split(split, train, test, cfg, n_items=n_items, graded=graded)
                 seconds["ours (every strategy, searches included)"] = (
-                    seconds.get("ours (every strategy, searches included)", 0.0) + time.perf_counter() - start)
+                    seconds.get("ours (every strategy, searches included)", 0.0) + time.perf_counter() - start
+                )
                 results += scored.results
                 splits.append(scored.meta)
                 for model, meta in scored.models.items():
                     chosen.setdefault(model, []).append(meta.get("params", {}))
-                for peer_name, rows, took, params in _peers(spark, cfg, train, test, n_users, n_items, graded,
-                                                            quick, split):
+                for peer_name, rows, took, params in _peers(
+                    spark, cfg, train, test, n_users, n_items, graded, quick, split
+                ):
                     results += rows
                     seconds[peer_name] = seconds.get(peer_name, 0.0) + took
                     chosen.setdefault(peer_name, []).append(params)
@@ -171,16 +199,26 @@ def quality_of(ctx: BenchContext, config: Path, overrides: list[str], quick: boo
     ours = {m: v for m, v in means.items() if m in cfg.candidates.strategies}
     best_peer = max(peers, key=peers.get) if peers else None
     best_ours = max(ours, key=ours.get) if ours else None
-    return {"config": str(config.relative_to(REPO)), "metric": f"{metric}@{k}", "splits": splits, "means": means,
-            "per_split": {f"{r['model']}|{r['split']}": r["value"] for r in results
-                          if r["metric"] == metric and r["k"] == k},
-            "seconds": seconds, "best_ours": best_ours, "best_peer": best_peer,
-            "ratio_to_best_peer": (ours[best_ours] / peers[best_peer]) if best_ours and best_peer else None,
-            "chosen": chosen, "strategies": list(cfg.candidates.strategies)}
+    return {
+        "config": str(config.relative_to(REPO)),
+        "metric": f"{metric}@{k}",
+        "splits": splits,
+        "means": means,
+        "per_split": {
+            f"{r['model']}|{r['split']}": r["value"] for r in results if r["metric"] == metric and r["k"] == k
+        },
+        "seconds": seconds,
+        "best_ours": best_ours,
+        "best_peer": best_peer,
+        "ratio_to_best_peer": (ours[best_ours] / peers[best_peer]) if best_ours and best_peer else None,
+        "chosen": chosen,
+        "strategies": list(cfg.candidates.strategies),
+    }
 
 
-def _peers(spark: Any, cfg: Config, train: Any, test: Any, n_users: int, n_items: int, graded: bool,
-           quick: bool, split: str) -> list[tuple[str, list[dict[str, Any]], float, dict[str, Any]]]:
+def _peers(
+    spark: Any, cfg: Config, train: Any, test: Any, n_users: int, n_items: int, graded: bool, quick: bool, split: str
+) -> list[tuple[str, list[dict[str, Any]], float, dict[str, Any]]]:
     """Every peer on one split: settings chosen on the validation carve-out, then scored on the test."""
     from recsys_spark.bench.peers import matrix_of, peers
     from recsys_spark.evaluation import evaluated_users, item_popularity, score_lists
@@ -207,8 +245,17 @@ def _peers(spark: Any, cfg: Config, train: Any, test: Any, n_users: int, n_items
                     if value is not None and (best_value is None or value > best_value):
                         best, best_value = params, value
             lists = _frame(spark, *peer.rank(full, best, test_users, k_test))
-            rows = score_lists(lists, truth, cfg, split=split, model=peer.name, n_items=n_items, popularity=pop,
-                               n_train_users=n_train_users, graded=graded)
+            rows = score_lists(
+                lists,
+                truth,
+                cfg,
+                split=split,
+                model=peer.name,
+                n_items=n_items,
+                popularity=pop,
+                n_train_users=n_train_users,
+                graded=graded,
+            )
             took = time.perf_counter() - start
             log.info("peer %s on %s: %s (validation %s), %.1f s", peer.name, split, best, best_value, took)
             out.append((peer.name, rows, took, {**best, "validation": best_value}))
@@ -222,18 +269,27 @@ def _peers(spark: Any, cfg: Config, train: Any, test: Any, n_users: int, n_items
 def _frame(spark: Any, users: np.ndarray, items: np.ndarray, ranks: np.ndarray) -> Any:
     import pyarrow as pa
 
-    table = pa.table({"user_idx": pa.array(users.astype(np.int32)), "item_idx": pa.array(items.astype(np.int32)),
-                      "rank": pa.array(ranks.astype(np.int32))})
+    table = pa.table(
+        {
+            "user_idx": pa.array(users.astype(np.int32)),
+            "item_idx": pa.array(items.astype(np.int32)),
+            "rank": pa.array(ranks.astype(np.int32)),
+        }
+    )
     return spark.createDataFrame(table)
 
 
 def markdown(s: dict[str, Any]) -> list[str]:
-    lines = ["## Recommendation quality against single-machine peers", "",
-             "Each dataset is ingested with its config under `conf/`; on every split every served strategy is "
-             "scored from the lists `topk` would write (models fitted on the training part, settings searched on a "
-             "validation carve-out of it), and the peers are fitted on the same training part with their settings "
-             "chosen on the same carve-out. Values are the mean over the splits; ratios compare against popularity "
-             "and the best peer of the same run.", ""]
+    lines = [
+        "## Recommendation quality against single-machine peers",
+        "",
+        "Each dataset is ingested with its config under `conf/`; on every split every served strategy is "
+        "scored from the lists `topk` would write (models fitted on the training part, settings searched on a "
+        "validation carve-out of it), and the peers are fitted on the same training part with their settings "
+        "chosen on the same carve-out. Values are the mean over the splits; ratios compare against popularity "
+        "and the best peer of the same run.",
+        "",
+    ]
     order = [n for n in DATASETS if n in s["datasets"]] + [n for n in s["datasets"] if n not in DATASETS]
     for name in order:
         d = s["datasets"][name]
@@ -243,16 +299,30 @@ def markdown(s: dict[str, Any]) -> list[str]:
         means, metric = d["means"], d["metric"]
         pop = means.get("popularity")
         best_peer = d["best_peer"]
-        searched = (" with every search on (`make quality TUNE=1`), on each split's own validation carve-out"
-                    if d.get("searches_forced") else " as it ships (its own `tune` flags)")
-        lines += [f"### {name}", "",
-                  f"`{d['config']}`{searched}, {len(d['splits'])} split(s); {metric}.", "",
-                  f"| model | {metric} | × popularity | × best peer |", "|---|---|---|---|"]
-        order = [m for m in d["strategies"] if m in means] + [m for m in means if m.startswith(("implicit_", "numpy_"))] \
+        searched = (
+            " with every search on (`make quality TUNE=1`), on each split's own validation carve-out"
+            if d.get("searches_forced")
+            else " as it ships (its own `tune` flags)"
+        )
+        lines += [
+            f"### {name}",
+            "",
+            f"`{d['config']}`{searched}, {len(d['splits'])} split(s); {metric}.",
+            "",
+            f"| model | {metric} | × popularity | × best peer |",
+            "|---|---|---|---|",
+        ]
+        order = (
+            [m for m in d["strategies"] if m in means]
+            + [m for m in means if m.startswith(("implicit_", "numpy_"))]
             + [m for m in ("popularity", "random") if m in means]
+        )
         for model in order:
-            kind = " (peer)" if model.startswith(("implicit_", "numpy_")) else (
-                " (baseline)" if model in ("popularity", "random") else "")
+            kind = (
+                " (peer)"
+                if model.startswith(("implicit_", "numpy_"))
+                else (" (baseline)" if model in ("popularity", "random") else "")
+            )
             vs_pop = f"{means[model] / pop:.2f}" if pop else "-"
             vs_peer = f"{means[model] / means[best_peer]:.3f}" if best_peer else "-"
             bold = "**" if model == d["best_ours"] else ""
@@ -260,9 +330,17 @@ def markdown(s: dict[str, Any]) -> list[str]:
         ratio = d["ratio_to_best_peer"]
         if ratio is not None:
             verdict = "at or above" if ratio >= 1 else "**below**"
-            lines += ["", f"Best served strategy `{d['best_ours']}` is {verdict} the best peer `{best_peer}`: "
-                          f"{ratio:.3f}×."]
+            lines += [
+                "",
+                f"Best served strategy `{d['best_ours']}` is {verdict} the best peer `{best_peer}`: {ratio:.3f}×.",
+            ]
         when = f" Measured {d['measured']}." if d.get("measured") else ""
-        lines += ["", "Time per model over all splits: " + ", ".join(f"{m} {t:.0f} s" for m, t in d["seconds"].items())
-                  + "." + when, ""]
+        lines += [
+            "",
+            "Time per model over all splits: "
+            + ", ".join(f"{m} {t:.0f} s" for m, t in d["seconds"].items())
+            + "."
+            + when,
+            "",
+        ]
     return lines

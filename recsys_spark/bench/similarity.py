@@ -27,8 +27,9 @@ SIZES = {"similarity_events": (1_000_000, 20_000, "synthetic events for the item
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     # the configured (capped) row is an extra: --quick skips it to stay a smoke test
-    return bench_similarity(ctx.spark, ctx.sizes["similarity_events"], ctx.repeats,
-                            ctx.synthetic_warehouse, configured_row=not ctx.quick)
+    return bench_similarity(
+        ctx.spark, ctx.sizes["similarity_events"], ctx.repeats, ctx.synthetic_warehouse, configured_row=not ctx.quick
+    )
 
 
 _TARGET_VS_MLLIB = 10.0  # ours at least this many times faster than columnSimilarities()
@@ -71,8 +72,13 @@ def _exact_params(params: SimilarityConfig, max_history: int) -> SimilarityConfi
 # -- contenders ----------------------------------------------------------------------------------
 
 
-def _column_similarities(spark, values: DataFrame, n_users: int, n_items: int,  # noqa: ANN001
-                         top_n: int) -> DataFrame:
+def _column_similarities(
+    spark,
+    values: DataFrame,
+    n_users: int,
+    n_items: int,  # noqa: ANN001
+    top_n: int,
+) -> DataFrame:
     """Top-N neighbours per item from MLlib's exact ``RowMatrix.columnSimilarities()``.
 
     The matrix goes DataFrame -> CoordinateMatrix -> RowMatrix inside the JVM, and the similarities
@@ -86,15 +92,23 @@ def _column_similarities(spark, values: DataFrame, n_users: int, n_items: int,  
 
     from recsys_spark.similarity import top_n_per_item
 
-    entries = values.select(F.col("user_idx").cast("long").alias("i"), F.col("item_idx").cast("long").alias("j"),
-                            F.col("r").alias("value"))
+    entries = values.select(
+        F.col("user_idx").cast("long").alias("i"), F.col("item_idx").cast("long").alias("j"), F.col("r").alias("value")
+    )
     coordinates = CoordinateMatrix(callMLlibFunc("createCoordinateMatrix", entries, n_users, n_items))
     sims = coordinates.toRowMatrix().columnSimilarities(0.0)  # threshold 0: exact, no DIMSUM sampling
     upper = callMLlibFunc("getMatrixEntries", sims._java_matrix_wrapper._java_model)
-    both = upper.select(F.col("i").cast("int").alias("item_idx"), F.col("j").cast("int").alias("neighbor_idx"),
-                        F.col("value").alias("similarity")).unionByName(
-        upper.select(F.col("j").cast("int").alias("item_idx"), F.col("i").cast("int").alias("neighbor_idx"),
-                     F.col("value").alias("similarity")))
+    both = upper.select(
+        F.col("i").cast("int").alias("item_idx"),
+        F.col("j").cast("int").alias("neighbor_idx"),
+        F.col("value").alias("similarity"),
+    ).unionByName(
+        upper.select(
+            F.col("j").cast("int").alias("item_idx"),
+            F.col("i").cast("int").alias("neighbor_idx"),
+            F.col("value").alias("similarity"),
+        )
+    )
     return top_n_per_item(both, top_n).select("item_idx", "neighbor_idx", "similarity", "rank")
 
 
@@ -127,7 +141,7 @@ def _lists(items: np.ndarray, neighbors: np.ndarray, sims: np.ndarray, top_n: in
     items, neighbors, sims = items[keep], neighbors[keep], sims[keep]
     order = np.lexsort((neighbors, -sims, items))
     items, neighbors, sims = items[order], neighbors[order], sims[order]
-    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]][:len(items)])
+    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]][: len(items)])
     rank = np.arange(len(items)) - np.repeat(starts, np.diff(np.r_[starts, len(items)]))
     keep = rank < top_n
     out: Lists = {}
@@ -140,8 +154,12 @@ def _collect(df: DataFrame, top_n: int) -> Lists:
     import numpy as np
 
     t = df.select("item_idx", "neighbor_idx", "similarity").toArrow()
-    return _lists(t["item_idx"].to_numpy().astype(np.int64), t["neighbor_idx"].to_numpy().astype(np.int64),
-                  t["similarity"].to_numpy().astype(np.float64), top_n)
+    return _lists(
+        t["item_idx"].to_numpy().astype(np.int64),
+        t["neighbor_idx"].to_numpy().astype(np.int64),
+        t["similarity"].to_numpy().astype(np.float64),
+        top_n,
+    )
 
 
 def _implicit_lists(similarity: Any, top_n: int) -> Lists:
@@ -162,8 +180,9 @@ def _verdict(a: dict[int, float], b: dict[int, float]) -> str:
     if a.keys() == b.keys():
         return "identical"
     kth_a, kth_b = min(a.values()), min(b.values())
-    if all(abs(a[k] - kth_b) <= _TIE for k in a.keys() - b.keys()) and \
-            all(abs(b[k] - kth_a) <= _TIE for k in b.keys() - a.keys()):
+    if all(abs(a[k] - kth_b) <= _TIE for k in a.keys() - b.keys()) and all(
+        abs(b[k] - kth_a) <= _TIE for k in b.keys() - a.keys()
+    ):
         return "tie_only"
     return "mismatched"
 
@@ -209,7 +228,8 @@ def _against_reference(lists: Lists, reference: Lists, top_n: int) -> int:
         got = lists.get(item, {})
         kth = min(ref.values()) if ref else 0.0
         ok = len(got) == min(top_n, len(ref)) and all(
-            k in ref and abs(ref[k] - s) <= _TIE and ref[k] >= kth - _TIE for k, s in got.items())
+            k in ref and abs(ref[k] - s) <= _TIE and ref[k] >= kth - _TIE for k, s in got.items()
+        )
         bad += not ok
     return bad
 
@@ -250,13 +270,23 @@ def _stage_profile(spark, group: str) -> tuple[list[dict[str, Any]], str | None]
                 d = store.lastStageAttempt(stage_id)
                 if d.status().toString() != "COMPLETE":
                     continue  # skipped (its shuffle output was reused) or never submitted
-                wall = (d.completionTime().get().getTime() - d.submissionTime().get().getTime()) / 1e3 \
-                    if d.completionTime().isDefined() and d.submissionTime().isDefined() else None
-                stages.append({"stage": stage_id, "tasks": d.numTasks(), "wall_s": wall,
-                               "task_s": d.executorRunTime() / 1e3, "cpu_s": d.executorCpuTime() / 1e9,
-                               "rows_in": d.inputRecords() + d.shuffleReadRecords(),
-                               "rows_shuffled_out": d.shuffleWriteRecords(),
-                               "spill_mb": (d.memoryBytesSpilled() + d.diskBytesSpilled()) / 2**20})
+                wall = (
+                    (d.completionTime().get().getTime() - d.submissionTime().get().getTime()) / 1e3
+                    if d.completionTime().isDefined() and d.submissionTime().isDefined()
+                    else None
+                )
+                stages.append(
+                    {
+                        "stage": stage_id,
+                        "tasks": d.numTasks(),
+                        "wall_s": wall,
+                        "task_s": d.executorRunTime() / 1e3,
+                        "cpu_s": d.executorCpuTime() / 1e9,
+                        "rows_in": d.inputRecords() + d.shuffleReadRecords(),
+                        "rows_shuffled_out": d.shuffleWriteRecords(),
+                        "spill_mb": (d.memoryBytesSpilled() + d.diskBytesSpilled()) / 2**20,
+                    }
+                )
             except Exception:  # noqa: BLE001 - a stage the store no longer (or never) held
                 missing += 1
     if not stages:
@@ -274,8 +304,15 @@ def _kernel_seconds(csr: Any, top_n: int) -> float:
     coo = csr.tocoo()
     n = coo.nnz
     users, items = np.r_[coo.row, coo.row].astype(np.int32), np.r_[coo.col, coo.col].astype(np.int32)
-    cell = pa.table({"user": users, "item": items, "r": np.r_[coo.data, coo.data].astype(np.float64),
-                     "side": np.r_[np.zeros(n, np.int8), np.ones(n, np.int8)], "key": np.zeros(2 * n, np.int32)})
+    cell = pa.table(
+        {
+            "user": users,
+            "item": items,
+            "r": np.r_[coo.data, coo.data].astype(np.float64),
+            "side": np.r_[np.zeros(n, np.int8), np.ones(n, np.int8)],
+            "key": np.zeros(2 * n, np.int32),
+        }
+    )
     start = time.perf_counter()
     _cosine_cell(cell, {0: 0}, 1, top_n, 0.0, 1)
     return time.perf_counter() - start
@@ -284,9 +321,13 @@ def _kernel_seconds(csr: Any, top_n: int) -> float:
 # -- the benchmark -------------------------------------------------------------------------------
 
 
-def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
-                     warehouse: Callable[[int], tuple[Config, int, float]],
-                     configured_row: bool = True) -> dict[str, Any]:
+def bench_similarity(
+    spark,
+    events: int,
+    repeats: int,  # noqa: ANN001
+    warehouse: Callable[[int], tuple[Config, int, float]],
+    configured_row: bool = True,
+) -> dict[str, Any]:
     import numpy as np
     import scipy.sparse as sp
     from pyspark import StorageLevel
@@ -297,8 +338,12 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
     matrix = None
     try:
         cfg, written, prepare_s = warehouse(events)
-        matrix = (TableStore(spark, cfg.storage).read("interaction_matrix")
-                  .select("user_idx", "item_idx", "confidence").persist(StorageLevel.MEMORY_AND_DISK))
+        matrix = (
+            TableStore(spark, cfg.storage)
+            .read("interaction_matrix")
+            .select("user_idx", "item_idx", "confidence")
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
         matrix.count()  # every contender starts from the cached matrix, none pays the Delta read
         default = cfg.similarity
         confidence, top_n = default.cosine.confidence, default.top_n_of("cosine")
@@ -341,9 +386,11 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
             "ours_vs_implicit": _compare(ours_lists, implicit_lists),
             "mllib_vs_implicit": _compare(mllib_lists, implicit_lists),
             "reference_items": len(reference),
-            "not_exact": {"ours": _against_reference(ours_lists, reference, top_n),
-                          "mllib": _against_reference(mllib_lists, reference, top_n),
-                          "implicit": _against_reference(implicit_lists, reference, top_n)},
+            "not_exact": {
+                "ours": _against_reference(ours_lists, reference, top_n),
+                "mllib": _against_reference(mllib_lists, reference, top_n),
+                "implicit": _against_reference(implicit_lists, reference, top_n),
+            },
             "tie": _TIE,
         }
 
@@ -357,7 +404,11 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
             sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
         stages, profile_error = _stage_profile(spark, group)
         t_ours = first + timed(lambda: noop(ours_df(exact)), repeats - 1)
-        differs = default.max_user_items < history.max() or default.cosine.min_cooccurrence > 1 or default.cosine.min_similarity > 0
+        differs = (
+            default.max_user_items < history.max()
+            or default.cosine.min_cooccurrence > 1
+            or default.cosine.min_similarity > 0
+        )
         t_default = timed(lambda: noop(ours_df(default)), repeats) if configured_row and differs else None
         # past the budget its check run, a complete run that also collects the lists, is its only timing
         mllib_runs = repeats if mllib_check_s * repeats <= _MLLIB_BUDGET_S else 1
@@ -370,29 +421,65 @@ def bench_similarity(spark, events: int, repeats: int,  # noqa: ANN001
 
     o, m, i = statistics.median(t_ours), statistics.median(t_mllib), statistics.median(t_implicit)
     return {
-        "events": written, "users": n_users, "items": n_items, "nonzeros": int(csr.nnz),
-        "max_history": int(history.max()), "cooccurrences": cooccurrences,
-        "confidence": confidence, "top_n": top_n, "threads": threads, "prepare_s": prepare_s,
-        "default_params": {"max_user_items": default.max_user_items, "min_cooccurrence": default.cosine.min_cooccurrence,
-                           "min_similarity": default.cosine.min_similarity,
-                           "users_capped": int((history > default.max_user_items).sum())},
-        "ours": {"what": f"item_cosine, exact (cap {exact.max_user_items} = longest history, min co-occurrence 1, "
-                         "min similarity 0)", **summary(t_ours), "check_s": ours_check_s},
-        "ours_default": None if t_default is None else {
+        "events": written,
+        "users": n_users,
+        "items": n_items,
+        "nonzeros": int(csr.nnz),
+        "max_history": int(history.max()),
+        "cooccurrences": cooccurrences,
+        "confidence": confidence,
+        "top_n": top_n,
+        "threads": threads,
+        "prepare_s": prepare_s,
+        "default_params": {
+            "max_user_items": default.max_user_items,
+            "min_cooccurrence": default.cosine.min_cooccurrence,
+            "min_similarity": default.cosine.min_similarity,
+            "users_capped": int((history > default.max_user_items).sum()),
+        },
+        "ours": {
+            "what": f"item_cosine, exact (cap {exact.max_user_items} = longest history, min co-occurrence 1, "
+            "min similarity 0)",
+            **summary(t_ours),
+            "check_s": ours_check_s,
+        },
+        "ours_default": None
+        if t_default is None
+        else {
             "what": f"item_cosine, configured (cap {default.max_user_items}, min co-occurrence "
-                    f"{default.cosine.min_cooccurrence}, min similarity {default.cosine.min_similarity:g})", **summary(t_default)},
-        "mllib": {"what": "RowMatrix.columnSimilarities() (exact) + top-N window", **summary(t_mllib),
-                  "check_s": mllib_check_s, "runs_capped": mllib_runs < repeats},
-        "implicit": {"what": f"implicit CosineRecommender(K={top_n + 1}, num_threads={threads}).fit",
-                     **summary(t_implicit), "to_driver_s": to_driver_s},
+            f"{default.cosine.min_cooccurrence}, min similarity {default.cosine.min_similarity:g})",
+            **summary(t_default),
+        },
+        "mllib": {
+            "what": "RowMatrix.columnSimilarities() (exact) + top-N window",
+            **summary(t_mllib),
+            "check_s": mllib_check_s,
+            "runs_capped": mllib_runs < repeats,
+        },
+        "implicit": {
+            "what": f"implicit CosineRecommender(K={top_n + 1}, num_threads={threads}).fit",
+            **summary(t_implicit),
+            "to_driver_s": to_driver_s,
+        },
         "speedup_vs_mllib": m / o,
         "ours_over_implicit": o / i,
-        "target": {"vs_mllib_at_least": _TARGET_VS_MLLIB, "vs_mllib_met": m / o >= _TARGET_VS_MLLIB,
-                   "vs_implicit_within": _TARGET_VS_IMPLICIT, "vs_implicit_met": o / i <= _TARGET_VS_IMPLICIT},
+        "target": {
+            "vs_mllib_at_least": _TARGET_VS_MLLIB,
+            "vs_mllib_met": m / o >= _TARGET_VS_MLLIB,
+            "vs_implicit_within": _TARGET_VS_IMPLICIT,
+            "vs_implicit_met": o / i <= _TARGET_VS_IMPLICIT,
+        },
         "check": check,
-        "profile": {"stages": stages[:_PROFILE_STAGES], "stages_run": len(stages), "error": profile_error,
-                    "task_s": sum(s["task_s"] for s in stages), "cpu_s": sum(s["cpu_s"] for s in stages),
-                    "kernel_s": kernel_s, "ours_cooccurrences_per_s": cooccurrences / o, "implicit_cooccurrences_per_s": cooccurrences / i},
+        "profile": {
+            "stages": stages[:_PROFILE_STAGES],
+            "stages_run": len(stages),
+            "error": profile_error,
+            "task_s": sum(s["task_s"] for s in stages),
+            "cpu_s": sum(s["cpu_s"] for s in stages),
+            "kernel_s": kernel_s,
+            "ours_cooccurrences_per_s": cooccurrences / o,
+            "implicit_cooccurrences_per_s": cooccurrences / i,
+        },
     }
 
 
@@ -405,62 +492,92 @@ def _row(r: dict[str, Any]) -> str:
 
 def markdown(s: dict[str, Any]) -> list[str]:
     c, t, p, d = s["check"], s["target"], s["profile"], s["default_params"]
-    lines = [f"## Item-item cosine vs columnSimilarities and implicit ({s['events']:,} synthetic events: "
-             f"{s['users']:,} users × {s['items']:,} items, {s['nonzeros']:,} non-zeros, top {s['top_n']})", "",
-             f"All three read the same interaction matrix ({s.get('confidence', s.get('weighting'))} values) from the project's generate + "
-             f"ingest; its {s['cooccurrences']:,} (user, item pair) co-occurrences are the work of an exact cosine. "
-             f"Ours runs with every filter at its most permissive (history cap {s['max_history']} = the longest "
-             "history, min co-occurrence 1, min similarity 0), so all three compute the exact cosine. "
-             f"Spark results are materialised with the `noop` writer; implicit uses num_threads = {s['threads']} = "
-             f"Spark's default parallelism and is timed on its fit alone (collecting the matrix to the driver and "
-             f"building the CSR took {s['implicit']['to_driver_s']:.2f} s more).", "",
-             "| contender | median s | min–max s | runs |", "|---|---:|---:|---:|",
-             _row(s["ours"])]
+    lines = [
+        f"## Item-item cosine vs columnSimilarities and implicit ({s['events']:,} synthetic events: "
+        f"{s['users']:,} users × {s['items']:,} items, {s['nonzeros']:,} non-zeros, top {s['top_n']})",
+        "",
+        f"All three read the same interaction matrix ({s.get('confidence', s.get('weighting'))} values) from the project's generate + "
+        f"ingest; its {s['cooccurrences']:,} (user, item pair) co-occurrences are the work of an exact cosine. "
+        f"Ours runs with every filter at its most permissive (history cap {s['max_history']} = the longest "
+        "history, min co-occurrence 1, min similarity 0), so all three compute the exact cosine. "
+        f"Spark results are materialised with the `noop` writer; implicit uses num_threads = {s['threads']} = "
+        f"Spark's default parallelism and is timed on its fit alone (collecting the matrix to the driver and "
+        f"building the CSR took {s['implicit']['to_driver_s']:.2f} s more).",
+        "",
+        "| contender | median s | min–max s | runs |",
+        "|---|---:|---:|---:|",
+        _row(s["ours"]),
+    ]
     if s["ours_default"]:
         lines.append(_row(s["ours_default"]))
     lines += [_row(s["mllib"]), _row(s["implicit"])]
     if s["mllib"]["runs_capped"]:
         lines += ["", f"columnSimilarities ran once, not per repetition: {_repeats_note(s)}"]
     met = {True: "met", False: "**missed**"}
-    lines += ["", f"Ours is {faster(s['speedup_vs_mllib'])} than columnSimilarities (target ≥ "
-                  f"{t['vs_mllib_at_least']:.0f}× faster: {met[t['vs_mllib_met']]}) and takes "
-                  f"**{s['ours_over_implicit']:.1f}×** implicit's time (target ≤ {t['vs_implicit_within']:.0f}×: "
-                  f"{met[t['vs_implicit_met']]}).", "",
-              f"Top-{s['top_n']} neighbour sets per item (self excluded); tie-only means the lists differ only in "
-              f"neighbours within {c['tie']:g} of the N-th similarity:", "",
-              "| compared | items | identical | tie-only | mismatched | max abs Δsimilarity on shared pairs |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for key, label in (("ours_vs_mllib", "ours vs columnSimilarities"), ("ours_vs_implicit", "ours vs implicit"),
-                       ("mllib_vs_implicit", "columnSimilarities vs implicit")):
+    lines += [
+        "",
+        f"Ours is {faster(s['speedup_vs_mllib'])} than columnSimilarities (target ≥ "
+        f"{t['vs_mllib_at_least']:.0f}× faster: {met[t['vs_mllib_met']]}) and takes "
+        f"**{s['ours_over_implicit']:.1f}×** implicit's time (target ≤ {t['vs_implicit_within']:.0f}×: "
+        f"{met[t['vs_implicit_met']]}).",
+        "",
+        f"Top-{s['top_n']} neighbour sets per item (self excluded); tie-only means the lists differ only in "
+        f"neighbours within {c['tie']:g} of the N-th similarity:",
+        "",
+        "| compared | items | identical | tie-only | mismatched | max abs Δsimilarity on shared pairs |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label in (
+        ("ours_vs_mllib", "ours vs columnSimilarities"),
+        ("ours_vs_implicit", "ours vs implicit"),
+        ("mllib_vs_implicit", "columnSimilarities vs implicit"),
+    ):
         r = c[key]
-        lines.append(f"| {label} | {r['items']:,} | {r['identical']:,} | {r['tie_only']:,} | {r['mismatched']:,} | "
-                     f"{r['max_abs_sim_diff']:.1e} |")
+        lines.append(
+            f"| {label} | {r['items']:,} | {r['identical']:,} | {r['tie_only']:,} | {r['mismatched']:,} | "
+            f"{r['max_abs_sim_diff']:.1e} |"
+        )
     bad = c["not_exact"]
-    lines += ["", f"Against an exact float64 cosine (scipy) on {c['reference_items']} sampled items, lists that are "
-                  f"not a valid top-{s['top_n']}: ours {bad['ours']}, columnSimilarities {bad['mllib']}, implicit "
-                  f"{bad['implicit']}."]
+    lines += [
+        "",
+        f"Against an exact float64 cosine (scipy) on {c['reference_items']} sampled items, lists that are "
+        f"not a valid top-{s['top_n']}: ours {bad['ours']}, columnSimilarities {bad['mllib']}, implicit "
+        f"{bad['implicit']}.",
+    ]
     if s["ours_default"]:
-        lines += ["", f"The configured row uses the project's similarity settings (history cap {d['max_user_items']}, "
-                      f"capping {d['users_capped']:,} users; min co-occurrence {d['min_cooccurrence']}; min similarity "
-                      f"{d['min_similarity']:g}), so its neighbours need not be the exact ones."]
+        lines += [
+            "",
+            f"The configured row uses the project's similarity settings (history cap {d['max_user_items']}, "
+            f"capping {d['users_capped']:,} users; min co-occurrence {d['min_cooccurrence']}; min similarity "
+            f"{d['min_similarity']:g}), so its neighbours need not be the exact ones.",
+        ]
     if not (t["vs_mllib_met"] and t["vs_implicit_met"]):
         lines += ["", _why_missed(s)]
         if p["stages"]:
-            lines += ["", "| stage | tasks | wall s | task s | CPU s | rows in | rows shuffled out | spill MB |",
-                      "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [
+                "",
+                "| stage | tasks | wall s | task s | CPU s | rows in | rows shuffled out | spill MB |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
             for st in p["stages"]:
                 wall = "" if st["wall_s"] is None else f"{st['wall_s']:.1f}"
-                lines.append(f"| {st['stage']} | {st['tasks']} | {wall} | {st['task_s']:.1f} | {st['cpu_s']:.1f} | "
-                             f"{st['rows_in']:,} | {st['rows_shuffled_out']:,} | {st['spill_mb']:.0f} |")
-            lines += ["", "Rows in = input plus shuffle rows read; stages of one job overlap, so wall times do not "
-                          "add up."]
+                lines.append(
+                    f"| {st['stage']} | {st['tasks']} | {wall} | {st['task_s']:.1f} | {st['cpu_s']:.1f} | "
+                    f"{st['rows_in']:,} | {st['rows_shuffled_out']:,} | {st['spill_mb']:.0f} |"
+                )
+            lines += [
+                "",
+                "Rows in = input plus shuffle rows read; stages of one job overlap, so wall times do not add up.",
+            ]
     return lines + [""]
 
 
 def _repeats_note(s: dict[str, Any]) -> str:
-    return (f"its agreement-check run took {s['mllib']['check_s']:.0f} s, and {_MLLIB_BUDGET_S:.0f} s is the budget "
-            "for all its repetitions, so that run is its timing. It also collected the neighbour lists to the "
-            "driver, which a `noop` write does not; that adds a little to columnSimilarities' figure.")
+    return (
+        f"its agreement-check run took {s['mllib']['check_s']:.0f} s, and {_MLLIB_BUDGET_S:.0f} s is the budget "
+        "for all its repetitions, so that run is its timing. It also collected the neighbour lists to the "
+        "driver, which a `noop` write does not; that adds a little to columnSimilarities' figure."
+    )
 
 
 def _why_missed(s: dict[str, Any]) -> str:
@@ -468,18 +585,22 @@ def _why_missed(s: dict[str, Any]) -> str:
     t, p = s["target"], s["profile"]
     both = not (t["vs_mllib_met"] or t["vs_implicit_met"])
     ours, kernel, threads = s["ours"]["median_s"], p["kernel_s"], s["threads"]
-    text = (f"Why the target{'s are' if both else ' is'} missed: ours' block-product kernel, run once on the "
-            f"driver over the whole matrix as a single cell, takes {kernel:.2f} s on one thread "
-            f"({p['ours_cooccurrences_per_s'] * ours / kernel / 1e6:.1f} M co-occurrences/s) against implicit's "
-            f"{s['implicit']['median_s']:.2f} s on {threads} ({p['implicit_cooccurrences_per_s'] / 1e6:.1f} M/s): "
-            "the sparse product is scipy's compiled kernel, but selecting each item's top-N is vectorised numpy "
-            "(a padded partition per row, then an exact sort of the survivors) where implicit keeps a heap per "
-            f"row in C++. Spread over {threads} cores the kernel accounts for about {kernel / threads:.1f} s of "
-            f"ours' {ours:.1f} s; the rest is Spark's cost per job: the history-cap window, shuffling each "
-            "non-zero to its blocks, Arrow transfers to Python workers, and scheduling.")
+    text = (
+        f"Why the target{'s are' if both else ' is'} missed: ours' block-product kernel, run once on the "
+        f"driver over the whole matrix as a single cell, takes {kernel:.2f} s on one thread "
+        f"({p['ours_cooccurrences_per_s'] * ours / kernel / 1e6:.1f} M co-occurrences/s) against implicit's "
+        f"{s['implicit']['median_s']:.2f} s on {threads} ({p['implicit_cooccurrences_per_s'] / 1e6:.1f} M/s): "
+        "the sparse product is scipy's compiled kernel, but selecting each item's top-N is vectorised numpy "
+        "(a padded partition per row, then an exact sort of the survivors) where implicit keeps a heap per "
+        f"row in C++. Spread over {threads} cores the kernel accounts for about {kernel / threads:.1f} s of "
+        f"ours' {ours:.1f} s; the rest is Spark's cost per job: the history-cap window, shuffling each "
+        "non-zero to its blocks, Arrow transfers to Python workers, and scheduling."
+    )
     if p["stages"]:
-        text += (f" {p['stages_run']} Spark stages ran, {p['task_s']:.1f} s of task time, {p['cpu_s']:.1f} s of it "
-                 "on JVM CPU (Python workers' CPU is not counted there). Costliest stages:")
+        text += (
+            f" {p['stages_run']} Spark stages ran, {p['task_s']:.1f} s of task time, {p['cpu_s']:.1f} s of it "
+            "on JVM CPU (Python workers' CPU is not counted there). Costliest stages:"
+        )
     else:
         text += f" No stage profile: {p.get('error') or 'not recorded'}."
     return text
