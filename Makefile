@@ -9,7 +9,7 @@ BENCH_OUT ?= .
 CONFIG ?= conf/local.toml
 ARGS   ?=
 
-.PHONY: setup demo test bench quality ml100k ml100k-all dist clean clean-data check-java cluster-up cluster-down
+.PHONY: setup demo test lint bench quality ml100k ml100k-all dist clean clean-data check-java cluster-up cluster-down
 
 setup: $(STAMP)
 
@@ -37,6 +37,12 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+# Lint and format check (rules and their reasons: pyproject.toml [tool.ruff]); CI fails on either.
+# `$(BIN)/ruff format . && $(BIN)/ruff check --fix .` mends most of what it reports.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # BENCHMARKS.md and benchmarks.json in the repository root; ARGS="--quick" for the CI-sized smoke run
 bench: setup

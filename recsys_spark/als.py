@@ -165,5 +165,5 @@ def blas_in_use(spark: SparkSession) -> str:
     try:
         jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
         return str(jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName())
-    except Exception:  # not every Spark build exposes netlib; the name is informational
+    except Exception:  # noqa: BLE001 - not every Spark build exposes netlib; the name is informational
         return "unknown"

@@ -130,7 +130,7 @@ class CollectedBlend:
         """Collect the Spark lists once: ``source_lists`` (user_idx, item_idx, score, rank) by
         source, ``fallback`` (user_idx, item_idx, rank), ``truth`` (user_idx, item_idx, ...)."""
         parts = []
-        for i, (name, df) in enumerate(source_lists.items()):
+        for i, df in enumerate(source_lists.values()):
             # whole lists, not their first k: min-max scaling sees every row of a user's list
             table = df.select("user_idx", "item_idx", "score").toArrow()
             parts.append(table.append_column("src", pa.array(np.full(table.num_rows, i, dtype=np.int8))))

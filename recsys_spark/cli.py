@@ -11,11 +11,17 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_spark import tables as T
 from recsys_spark.config import DEFAULT_CONFIG, Config, load_config
 from recsys_spark.errors import ConfigError, RecsysError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from recsys_spark.run import RunContext
+    from recsys_spark.storage import TableStore
 
 log = logging.getLogger("recsys_spark")
 
@@ -52,7 +58,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _session(cfg: Config, job: str):  # noqa: ANN202 - pyspark imported lazily
+def _session(cfg: Config, job: str) -> SparkSession:
     from recsys_spark.session import build_session
 
     return build_session(cfg.spark, cfg.storage, app_name=f"recsys-spark {job}")
@@ -114,7 +120,7 @@ def run_job(job: str, fn: JobFn, argv: Sequence[str] | None = None) -> int:
     return _guard(go)
 
 
-def _recorded(spark, cfg: Config, ctx, call: Callable[[], None]) -> None:  # noqa: ANN001
+def _recorded(spark: SparkSession, cfg: Config, ctx: RunContext, call: Callable[[], None]) -> None:
     """Run a job and append its manifest to the ``runs`` table, whether it succeeds or fails."""
     from recsys_spark.run import record_run
     from recsys_spark.storage import TableStore
@@ -128,7 +134,7 @@ def _recorded(spark, cfg: Config, ctx, call: Callable[[], None]) -> None:  # noq
             store = TableStore(spark, cfg.storage)
             store.check_writable()  # an unwritable root is the job's own error: say it once
             record_run(spark, store, ctx, cfg, status, error)
-        except Exception as record_error:  # noqa: BLE001 - the job's own error matters more than its manifest's
+        except Exception as record_error:  # the job's own error matters more than its manifest's
             log.warning("could not record run %s in the runs table: %s", ctx.run_id, spark_error_summary(record_error))
             log.debug("manifest failure", exc_info=True)
         raise
@@ -138,20 +144,20 @@ def _recorded(spark, cfg: Config, ctx, call: Callable[[], None]) -> None:  # noq
 # -- subcommands ---------------------------------------------------------------------------------
 
 
-def _cmd_generate(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+def _cmd_generate(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline import run_generate
 
     path, n = run_generate(spark, cfg)
     print(f"synthetic log: {n:,} events in {path}")
 
 
-def _cmd_ingest(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+def _cmd_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline import run_ingest
 
     print(run_ingest(spark, cfg, ctx).render())
 
 
-def _cmd_train_als(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+def _cmd_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline import run_train_als
 
     print(_als_summary(cfg, run_train_als(spark, cfg, ctx)))
@@ -165,14 +171,14 @@ def _als_summary(cfg: Config, out: dict[str, Any]) -> str:
     )
 
 
-def _cmd_item_similarity(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+def _cmd_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline import run_item_similarity
 
     w = run_item_similarity(spark, cfg, ctx)
     print(f"item_neighbors v{w.version}: {w.rows:,} neighbour rows (method = {cfg.similarity.method!r})")
 
 
-def _cmd_topk(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+def _cmd_topk(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline import run_candidates
 
     out = run_candidates(spark, cfg, ctx)
@@ -180,7 +186,7 @@ def _cmd_topk(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
         print(f"{name} v{w.version}: {w.rows:,} rows in {w.files} file(s)")
 
 
-def _cmd_evaluate(spark, cfg: Config, ctx) -> None:  # noqa: ANN001
+def _cmd_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline import run_evaluate
 
     res = run_evaluate(spark, cfg, ctx)
@@ -226,9 +232,7 @@ def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, varia
 
 def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
     """Print each catalogued table's location, version and row count (reads Delta logs only)."""
-    from recsys_spark.storage import describe_table
-
-    from recsys_spark.storage import table_location
+    from recsys_spark.storage import describe_table, table_location
 
     print(f"tables under {cfg.storage.root}:")
     print(f"  {'table':<22} {'version':>7} {'rows':>12} {'files':>6} {'MB':>8}  {'last writer':<36} location")
@@ -244,7 +248,7 @@ def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
         )
 
 
-def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
+def _cmd_demo(spark: SparkSession, cfg: Config, ctx: RunContext, fresh: bool) -> None:
     """The whole pipeline on the synthetic log; every stage is skipped when its inputs are unchanged."""
     from pathlib import Path
 
@@ -312,7 +316,7 @@ def _cmd_demo(spark, cfg: Config, ctx, fresh: bool) -> None:  # noqa: ANN001
     print(f"evaluation report: {evaluation[1]}")
 
 
-def _demo_lookups(cfg: Config, store) -> None:  # noqa: ANN001
+def _demo_lookups(cfg: Config, store: TableStore) -> None:
     """End the demo the way a downstream service starts: lookups through the CLI, no Spark."""
     sample_user = _sample_key(store, T.USER_CANDIDATES, "user_id", "source = 'als'")
     sample_item = _sample_key(store, T.ITEM_NEIGHBORS, "item_id", "method = 'cosine'")
@@ -323,7 +327,7 @@ def _demo_lookups(cfg: Config, store) -> None:  # noqa: ANN001
         _lookup(cfg, what, key, 10, None, None, False)
 
 
-def _sample_key(store, table: str, column: str, where: str) -> str | None:  # noqa: ANN001
+def _sample_key(store: TableStore, table: str, column: str, where: str) -> str | None:
     """A deterministic, realistic key: the median one (by id) among the rank-1 rows matching ``where``."""
     if not store.exists(table):
         return None

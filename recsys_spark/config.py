@@ -14,12 +14,12 @@ import hashlib
 import json
 import math
 import posixpath
-import tomllib
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, get_args
 
+import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,

@@ -17,6 +17,7 @@ and the processes' logs to ``<dir>/logs``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -124,7 +125,7 @@ def _launch(name: str, args: list[str], directory: Path, env: dict[str, str]) ->
 
 def get_json(url: str, timeout: float = 5.0) -> Any:
     """A JSON document from a loopback web UI (the master's status, a driver's REST API)."""
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read().decode())
 
 
@@ -294,10 +295,8 @@ def _stop_pids(pids: list[int]) -> None:
         if _group_alive(pid):
             _signal_group(pid, signal.SIGKILL)
     for pid in pids:
-        try:
-            os.waitpid(pid, os.WNOHANG)  # reap if it was our child
-        except ChildProcessError:
-            pass
+        with contextlib.suppress(ChildProcessError):  # reap if it was our child
+            os.waitpid(pid, os.WNOHANG)
 
 
 def stop(directory: str | Path) -> bool:

@@ -62,7 +62,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +86,9 @@ from recsys_spark.similarity import (
     product_entries,
     ranked_neighbours,
 )
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -588,10 +591,10 @@ def largest_abs_overall(weights: np.ndarray, count: int) -> tuple[np.ndarray, np
 
 
 def _ranked_with_cooccurrence(
-    spark,
+    spark: SparkSession,
     gram: DataFrame,
     src: np.ndarray,
-    dst: np.ndarray,  # noqa: ANN001
+    dst: np.ndarray,
     weights: np.ndarray,
     top_n: int,
     id_bound: int,
@@ -610,10 +613,10 @@ def _ranked_with_cooccurrence(
 
 
 def kept_pair_counts(
-    spark,
+    spark: SparkSession,
     gram: DataFrame,
     src: np.ndarray,
-    dst: np.ndarray,  # noqa: ANN001
+    dst: np.ndarray,
     id_bound: int,
 ) -> np.ndarray:
     """The Gram's user count of each (src, dst) pair, 0 for a pair no user shares.

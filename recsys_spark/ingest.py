@@ -6,7 +6,7 @@ No function here reads or writes a table; :mod:`recsys_spark.pipeline` does the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
@@ -85,7 +85,7 @@ def parse_number(text: Column) -> Column:
     return F.when(text.rlike(_DECIMAL), text.try_cast("double")).when(text.rlike(_NON_FINITE), F.lit(float("nan")))
 
 
-def _normalizer(form: str):  # noqa: ANN202 - a pyspark UDF object
+def _normalizer(form: str) -> Callable[[Column], Column]:
     @F.arrow_udf("string")  # type: ignore[misc]
     def normalize(ids: pa.Array) -> pa.Array:
         return pc.utf8_normalize(ids, form)

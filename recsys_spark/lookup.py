@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -118,7 +118,7 @@ class _Table:
             if self.pinned is not None:
                 raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
             return  # may appear later; refresh() will pick it up
-        except Exception as exc:  # e.g. a pinned version that was never written or was vacuumed
+        except Exception as exc:  # noqa: BLE001 - e.g. a pinned version that was never written or was vacuumed
             if self.pinned is not None:
                 raise StorageError(
                     f"table {self.name!r} has no version {self.pinned}: {T.available_versions(self.location)}"
@@ -229,7 +229,7 @@ class Recommendations:
         """The popularity segments popular_items holds at the version served."""
         return self._tables[T.POPULAR_ITEMS].values("segment")
 
-    _LISTS = {
+    _LISTS: ClassVar[dict[str, tuple[str, type[UnknownListError], str]]] = {
         T.USER_CANDIDATES: (
             "strategy",
             UnknownStrategyError,

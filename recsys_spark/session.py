@@ -131,7 +131,7 @@ def delta_jars_loaded(spark: SparkSession) -> bool:
         loader = jvm.java.lang.Thread.currentThread().getContextClassLoader()
         loader.loadClass("org.apache.spark.sql.delta.DeltaLog")
         return True
-    except Exception:  # py4j wraps ClassNotFoundException; any failure means "not usable"
+    except Exception:  # noqa: BLE001 - py4j wraps ClassNotFoundException; any failure means "not usable"
         return False
 
 

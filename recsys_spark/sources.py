@@ -270,7 +270,8 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 def _read_head(stream: pa.NativeFile, head: bytes, until_newline: int) -> bytes:
-    """``head`` and what follows in ``stream``: at least SNIFF_BYTES, then up to a line end or ``until_newline`` bytes."""
+    """``head`` and what follows in ``stream``: at least SNIFF_BYTES, then up to a line end or
+    ``until_newline`` bytes."""
     while True:
         chunk = stream.read(SNIFF_BYTES)
         head += chunk
@@ -798,7 +799,7 @@ def _parquet_schemas(source: SourceConfig, files: Sequence[SourceFile]) -> tuple
             with fs.open_input_file(p) as fh:
                 parquet = pq.ParquetFile(fh)
                 schema, leaves, rows = parquet.schema_arrow, parquet.schema, parquet.metadata.num_rows
-        except Exception as exc:  # pyarrow raises several types for "not a Parquet file"
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for "not a Parquet file"
             raise InputError(f"{f.path} is not a readable Parquet file: {exc}") from None
         for i in range(len(leaves)):
             leaf = leaves.column(i)

@@ -41,8 +41,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import unquote
 

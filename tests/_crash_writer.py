@@ -19,6 +19,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -53,7 +55,7 @@ def candidates(spark: SparkSession, version: int, slow: bool = False) -> DataFra
     if slow:
         # a Parquet write that lasts several seconds: 4 tasks on one core, each sleeping first
         @F.pandas_udf("double")
-        def _slow(score):  # noqa: ANN001, ANN202
+        def _slow(score: pd.Series) -> pd.Series:
             time.sleep(2.0)
             return score
 

@@ -12,7 +12,15 @@ import pytest
 from recsys_spark.config import Config, load_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyspark.sql import SparkSession
+
+    from recsys_spark.pipeline import IngestReport
+    from recsys_spark.storage import TableStore
+
+    IngestRun = Callable[..., IngestReport]
+    """The ``ingest`` fixture: runs the ingest job with a config and ``--set`` style overrides."""
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -96,26 +104,26 @@ def cfg(base_config: Config, tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def store(spark, cfg: Config):  # noqa: ANN001, ANN201
+def store(spark: SparkSession, cfg: Config) -> TableStore:
     from recsys_spark.storage import TableStore
 
     return TableStore(spark, cfg.storage)
 
 
 @pytest.fixture
-def ingest(spark):  # noqa: ANN001, ANN201
+def ingest(spark: SparkSession) -> IngestRun:
     """Run the ingest job with ``cfg`` plus ``--set`` style overrides; returns its report."""
     from recsys_spark.pipeline import run_ingest
     from recsys_spark.run import RunContext
 
-    def run(cfg: Config, *overrides: str):  # noqa: ANN202
+    def run(cfg: Config, *overrides: str) -> IngestReport:
         c = cfg.with_overrides(list(overrides))
         return run_ingest(spark, c, RunContext.new("ingest", c))
 
     return run
 
 
-def table_versions(store) -> dict[str, int | None]:  # noqa: ANN001
+def table_versions(store: TableStore) -> dict[str, int | None]:
     """Version of every catalogued table (None when absent)."""
     from recsys_spark import tables as T
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -15,8 +16,15 @@ from recsys_spark.errors import InputError
 from recsys_spark.pipeline import run_train_als
 from recsys_spark.run import RunContext
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
-def test_every_parameter_comes_from_config(spark) -> None:  # noqa: ANN001 - estimators need a SparkContext
+    from recsys_spark.config import Config
+    from recsys_spark.storage import TableStore
+    from tests.conftest import IngestRun
+
+
+def test_every_parameter_comes_from_config(spark: SparkSession) -> None:  # estimators need a SparkContext
     cfg = AlsConfig(
         rank=7,
         max_iter=3,
@@ -59,7 +67,7 @@ def test_every_parameter_comes_from_config(spark) -> None:  # noqa: ANN001 - est
     }
 
 
-def test_fit_recovers_block_structure_and_is_seeded(spark) -> None:  # noqa: ANN001
+def test_fit_recovers_block_structure_and_is_seeded(spark: SparkSession) -> None:
     # two communities: users 0-9 use items 0-9, users 10-19 use items 10-19
     rows = [(u, i, 1.0, None) for u in range(20) for i in range(20) if (u < 10) == (i < 10) and (u + i) % 3]
     matrix = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE")
@@ -76,7 +84,9 @@ def test_fit_recovers_block_structure_and_is_seeded(spark) -> None:  # noqa: ANN
     np.testing.assert_allclose(u, again, rtol=1e-5, atol=1e-6)
 
 
-def test_train_job_writes_factors_and_a_model_row(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+def test_train_job_writes_factors_and_a_model_row(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
+) -> None:
     raw = tmp_path / "u.data"
     raw.write_text(
         "".join(
@@ -99,13 +109,13 @@ def test_train_job_writes_factors_and_a_model_row(spark, cfg, ingest, store, tmp
     assert uf.first().model_version == models[1].model_version
 
 
-def _matrix(spark, rows: list[tuple[int, int, float]]):  # noqa: ANN001, ANN202
+def _matrix(spark: SparkSession, rows: list[tuple[int, int, float]]) -> DataFrame:
     return spark.createDataFrame(
         [(u, i, v, v) for u, i, v in rows], "user_idx INT, item_idx INT, confidence DOUBLE, rating DOUBLE"
     )
 
 
-def test_training_values_beyond_float32_are_an_error_naming_the_pairs_and_the_options(spark) -> None:  # noqa: ANN001
+def test_training_values_beyond_float32_are_an_error_naming_the_pairs_and_the_options(spark: SparkSession) -> None:
     matrix = _matrix(spark, [(0, 0, 1e38), (0, 1, 1.0), (1, 0, 3.5e38), (1, 1, 2.0)])
     users = spark.createDataFrame([(0, "alice"), (1, "bob")], "user_idx INT, user_id STRING")
     items = spark.createDataFrame([(0, "apple"), (1, "pear")], "item_idx INT, item_id STRING")
@@ -135,7 +145,7 @@ def test_training_values_beyond_float32_are_an_error_naming_the_pairs_and_the_op
     assert "ingest.max_rating" in str(err.value)
 
 
-def test_more_than_five_bad_pairs_are_counted_not_listed(spark) -> None:  # noqa: ANN001
+def test_more_than_five_bad_pairs_are_counted_not_listed(spark: SparkSession) -> None:
     matrix = _matrix(spark, [(u, 0, 1e39) for u in range(7)])
     with pytest.raises(InputError) as err:
         check_training_values(training_frame(matrix, AlsConfig()), AlsConfig())
@@ -146,10 +156,10 @@ def test_more_than_five_bad_pairs_are_counted_not_listed(spark) -> None:  # noqa
 
 
 def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(
-    spark,
-    cfg,
-    ingest,
-    store,  # noqa: ANN001
+    spark: SparkSession,
+    cfg: Config,
+    ingest: IngestRun,
+    store: TableStore,
     tmp_path: Path,
 ) -> None:
     raw = tmp_path / "plays.csv"
@@ -175,7 +185,7 @@ def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(
     assert store.version(T.USER_FACTORS) is None and store.version(T.MODELS) is None
 
 
-def test_evaluation_and_search_fits_check_their_training_values_too(spark) -> None:  # noqa: ANN001
+def test_evaluation_and_search_fits_check_their_training_values_too(spark: SparkSession) -> None:
     from recsys_spark.fitting import fit_als_factors
 
     train = _matrix(spark, [(0, 0, 1.0), (0, 1, 1e38), (1, 0, 2.0)])
@@ -184,7 +194,7 @@ def test_evaluation_and_search_fits_check_their_training_values_too(spark) -> No
 
 
 @pytest.mark.realdata
-def test_implicit_als_beats_popularity_on_movielens_u1(spark, shared_data: Path) -> None:  # noqa: ANN001
+def test_implicit_als_beats_popularity_on_movielens_u1(spark: SparkSession, shared_data: Path) -> None:
     import pandas as pd
 
     names = ["u", "i", "r", "t"]

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from recsys_spark.bench import cli
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyspark.sql import SparkSession
+
+    from recsys_spark.config import Config
+
 
 @pytest.fixture(scope="module")
-def quick_results(spark, base_config, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: ANN001
+def quick_results(spark: SparkSession, base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Every benchmark of a plain `make bench` at its --quick size, in the suite's own session.
 
     The pipeline benchmark times each stage in a process of its own; here it runs two of them
@@ -63,7 +70,7 @@ def test_the_pipeline_benchmark_measures_each_stage_process(quick_results: dict)
         assert s["cpu_s"] > 0
 
 
-def test_unknown_benchmark_is_refused(capsys) -> None:  # noqa: ANN001
+def test_unknown_benchmark_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["--only", "nope"])
     assert exc.value.code == 2
@@ -73,7 +80,7 @@ def test_unknown_benchmark_is_refused(capsys) -> None:  # noqa: ANN001
 def test_calibrated_iterations_stretch_a_short_slope_until_it_lasts() -> None:
     from recsys_spark.bench.als import calibrated_iterations
 
-    def fit(per_iter: float, fixed: float = 0.5):  # noqa: ANN202
+    def fit(per_iter: float, fixed: float = 0.5) -> Callable[[int], float]:
         return lambda n: fixed + per_iter * n
 
     # 0.1 s per iteration: a 3 s span needs 30 iterations above lo
@@ -88,7 +95,7 @@ def test_calibrated_iterations_stretch_a_short_slope_until_it_lasts() -> None:
     assert calibrated_iterations(lambda n: 1.0, 1, 3, 3.0) == (1, 10)
 
 
-def test_scale_ladders(capsys) -> None:  # noqa: ANN001
+def test_scale_ladders(capsys: pytest.CaptureFixture[str]) -> None:
     from recsys_spark.bench.pipeline import scale_points
 
     assert scale_points(100_000, 10_000_000) == [100_000, 300_000, 1_000_000, 3_000_000, 10_000_000]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -10,6 +12,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.blend import blend_partition, blend_top_k, min_max_scaled
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 SCHEMA = "user_idx INT, item_idx INT, score FLOAT, rank INT"
 
@@ -58,7 +63,7 @@ def _lists(seed: int, n: int = 2) -> list[list]:
 @pytest.mark.parametrize(
     ("weights", "k"), [((0.5, 0.5), 10), ((0.3, 0.7), 4), ((1.0, 0.0), 20), ((0.2, 0.5, 0.3), 10), ((2.0, 1.0, 1.0), 6)]
 )
-def test_blend_equals_the_sql_formulation(spark, seed: int, weights: tuple[float, ...], k: int) -> None:  # noqa: ANN001
+def test_blend_equals_the_sql_formulation(spark: SparkSession, seed: int, weights: tuple[float, ...], k: int) -> None:
     sources = [(spark.createDataFrame(rows, SCHEMA), w) for rows, w in zip(_lists(seed, len(weights)), weights)]
     want = _blend_sql(sources, k)
     assert want.count() > 100

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
 from recsys_spark.blocked_topk import BlockShape, blocked_top_k, score_block, top_k_rows
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
 
 
 def brute_force(
@@ -50,7 +55,7 @@ def test_top_k_rows_orders_and_breaks_ties_by_id() -> None:
 
 def test_top_k_rows_drops_excluded_and_handles_short_rows() -> None:
     scores = np.array([[-np.inf, 0.2, -np.inf], [-np.inf, -np.inf, -np.inf]], dtype=np.float32)
-    r, c, s = top_k_rows(scores, np.arange(3), 2)
+    r, c, _ = top_k_rows(scores, np.arange(3), 2)
     assert list(zip(r.tolist(), c.tolist())) == [(0, 1)]
     r, c, _ = top_k_rows(scores[:1], np.arange(3), 10)  # k larger than the row
     assert c.tolist() == [1]
@@ -96,13 +101,13 @@ def test_score_block_chunks_and_masks(monkeypatch: pytest.MonkeyPatch) -> None:
     _assert_same(got, brute_force(q, t, 3, ex))
 
 
-def _frames(spark, q: np.ndarray, t: np.ndarray):  # noqa: ANN001, ANN202
+def _frames(spark: SparkSession, q: np.ndarray, t: np.ndarray) -> tuple[DataFrame, DataFrame]:
     qdf = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(q)], "query INT, vector ARRAY<FLOAT>")
     tdf = spark.createDataFrame([(i, v.tolist()) for i, v in enumerate(t)], "target INT, vector ARRAY<FLOAT>")
     return qdf, tdf
 
 
-def _collect(df) -> dict[int, list[tuple[int, float]]]:  # noqa: ANN001
+def _collect(df: DataFrame) -> dict[int, list[tuple[int, float]]]:
     got: dict[int, list[tuple[int, float, int]]] = {}
     for row in df.collect():
         got.setdefault(row.query, []).append((row.rank, row.target, row.score))
@@ -119,7 +124,7 @@ def _collect(df) -> dict[int, list[tuple[int, float]]]:  # noqa: ANN001
     [BlockShape(1000, 1000), BlockShape(7, 1000), BlockShape(16, 11), BlockShape(5, 3)],
     ids=["one-cell", "query-blocks", "both", "tiny"],
 )
-def test_blocked_equals_brute_force_with_seen_items(spark, shape: BlockShape) -> None:  # noqa: ANN001
+def test_blocked_equals_brute_force_with_seen_items(spark: SparkSession, shape: BlockShape) -> None:
     rng = np.random.default_rng(7)
     q = rng.normal(size=(40, 6)).astype(np.float32)
     t = rng.normal(size=(37, 6)).astype(np.float32)
@@ -135,7 +140,7 @@ def test_blocked_equals_brute_force_with_seen_items(spark, shape: BlockShape) ->
     assert not any((qid, tid) in seen for qid, rows in got.items() for tid, _ in rows)
 
 
-def test_blocked_min_score_and_exact_ties(spark) -> None:  # noqa: ANN001
+def test_blocked_min_score_and_exact_ties(spark: SparkSession) -> None:
     # integer-valued vectors give exact ties; the lower target id must win them across blocks
     q = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)
     t = np.array([[1, 0], [1, 0], [0, 1], [1, 0], [0, 1], [1, 1]], dtype=np.float32)
@@ -148,6 +153,6 @@ def test_blocked_min_score_and_exact_ties(spark) -> None:  # noqa: ANN001
     assert got == {2: [(5, 2.0)]}
 
 
-def test_blocked_top_k_empty_inputs(spark) -> None:  # noqa: ANN001
+def test_blocked_top_k_empty_inputs(spark: SparkSession) -> None:
     qdf, tdf = _frames(spark, np.ones((2, 3), dtype=np.float32), np.ones((2, 3), dtype=np.float32))
     assert blocked_top_k(qdf.limit(0), tdf, 5).count() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,15 +13,22 @@ from recsys_spark import tables as T
 from recsys_spark.candidates import blend_candidates, cold_start_candidates, item_item_candidates, popular_items
 from recsys_spark.neighbour_votes import recent_history
 
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from recsys_spark.config import Config
+    from recsys_spark.storage import TableStore
+    from tests.conftest import IngestRun
+
 T0 = datetime(2026, 9, 30, tzinfo=timezone.utc)
 MATRIX_SCHEMA = "user_idx INT, item_idx INT, confidence DOUBLE, last_event_time TIMESTAMP"
 
 
-def _matrix(spark, rows):  # noqa: ANN001, ANN202
+def _matrix(spark: SparkSession, rows: list[tuple[int, int, float, int]]) -> DataFrame:
     return spark.createDataFrame([(u, i, float(c), T0 - timedelta(days=d)) for u, i, c, d in rows], MATRIX_SCHEMA)
 
 
-def test_popular_items_overall_and_recent(spark) -> None:  # noqa: ANN001
+def test_popular_items_overall_and_recent(spark: SparkSession) -> None:
     # item 0: 3 users long ago; item 1: 2 users recently; item 2: 2 users, one recent; item 3: 1 recent
     m = _matrix(
         spark,
@@ -46,7 +54,7 @@ def test_popular_items_overall_and_recent(spark) -> None:  # noqa: ANN001
     }
 
 
-def test_cold_start_excludes_seen_items(spark) -> None:  # noqa: ANN001
+def test_cold_start_excludes_seen_items(spark: SparkSession) -> None:
     popular = spark.createDataFrame(
         [(r, i, 10 - r) for r, i in enumerate([5, 6, 7, 8], start=1)], "rank INT, item_idx INT, users LONG"
     )
@@ -56,7 +64,7 @@ def test_cold_start_excludes_seen_items(spark) -> None:  # noqa: ANN001
     assert got == {(1, 1): 6, (1, 2): 8, (2, 1): 5, (2, 2): 6}
 
 
-def test_item_item_scores_sum_neighbour_similarities(spark) -> None:  # noqa: ANN001
+def test_item_item_scores_sum_neighbour_similarities(spark: SparkSession) -> None:
     # user 0 saw items 0 (newest), 1, 2 (oldest); with recent_items=2 only 0 and 1 vote
     m = _matrix(spark, [(0, 0, 1, 0), (0, 1, 1, 1), (0, 2, 1, 2)])
     nb = spark.createDataFrame(
@@ -70,7 +78,7 @@ def test_item_item_scores_sum_neighbour_similarities(spark) -> None:  # noqa: AN
     assert [r.item_idx for r in recent_history(m, 2).collect()] == [0, 1]
 
 
-def test_blend_scales_each_source_per_user(spark) -> None:  # noqa: ANN001
+def test_blend_scales_each_source_per_user(spark: SparkSession) -> None:
     schema = "user_idx INT, item_idx INT, score FLOAT, rank INT"
     als = spark.createDataFrame([(0, 1, 10.0, 1), (0, 2, 6.0, 2), (0, 3, 2.0, 3)], schema)
     ii = spark.createDataFrame([(0, 3, 4.0, 1), (0, 4, 1.0, 2)], schema)
@@ -101,11 +109,11 @@ def _log(path: Path) -> Path:
 
 
 def test_topk_job_end_to_end_and_lookups_match(
-    spark,
-    cfg,
-    ingest,
-    store,
-    tmp_path: Path,  # noqa: ANN001
+    spark: SparkSession,
+    cfg: Config,
+    ingest: IngestRun,
+    store: TableStore,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from recsys_spark.lookup import Recommendations, UnknownItemError
@@ -203,7 +211,7 @@ def test_topk_job_end_to_end_and_lookups_match(
     assert "unknown item id 'nope'" in err and "Traceback" not in err
 
 
-def test_topk_needs_its_inputs(spark, cfg) -> None:  # noqa: ANN001
+def test_topk_needs_its_inputs(spark: SparkSession, cfg: Config) -> None:
     from recsys_spark.errors import StorageError
     from recsys_spark.pipeline import run_candidates
     from recsys_spark.run import RunContext

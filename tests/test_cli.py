@@ -5,10 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from recsys_spark.cli import main, spark_error_summary
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from recsys_spark.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,7 +67,9 @@ def test_job_entry_point_rejects_bad_overrides() -> None:
     assert "ingest.nope: unknown key" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_ingest_and_tables_end_to_end(spark, cfg, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_cli_ingest_and_tables_end_to_end(
+    spark: SparkSession, cfg: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     raw = tmp_path / "raw.csv"
     raw.write_text(
         "event_id,user_id,item_id,event_type,timestamp,value\n"
@@ -89,9 +97,9 @@ def test_cli_ingest_and_tables_end_to_end(spark, cfg, tmp_path: Path, capsys: py
 
 
 def test_an_unwritable_table_root_fails_before_any_work(
-    spark,
-    cfg,
-    tmp_path: Path,  # noqa: ANN001
+    spark: SparkSession,
+    cfg: Config,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     raw = tmp_path / "raw.csv"

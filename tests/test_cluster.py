@@ -35,6 +35,9 @@ from recsys_spark.storage import TableStore
 
 pytestmark = pytest.mark.cluster
 
+Walkthrough = tuple[Path, subprocess.CompletedProcess[str]]
+"""The ``walkthrough`` fixture: the scratch checkout, and the finished bash run of the README block."""
+
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
 #: What the walkthrough needs from the repository; linked into a scratch folder so that the run
@@ -89,7 +92,7 @@ def _venv_is_current() -> None:
 
 
 @pytest.fixture(scope="module")
-def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walkthrough]:
     """The README block, run verbatim by bash in a scratch checkout (cluster up, six jobs, down)."""
     _venv_is_current()
     work = _scratch_checkout(tmp_path_factory.mktemp("walkthrough") / "checkout")
@@ -184,15 +187,15 @@ def test_readme_cluster_walkthrough(walkthrough: tuple[Path, subprocess.Complete
 )
 def test_ingest_tables_equal_local_mode(
     spark: SparkSession,
-    walkthrough,
-    local_run: Path,  # noqa: ANN001
+    walkthrough: Walkthrough,
+    local_run: Path,
     table: str,
 ) -> None:
     cluster, local = _store(spark, walkthrough[0]), _store(spark, local_run)
     _assert_same(cluster.read(table), local.read(table))
 
 
-def test_item_item_tables_equal_local_mode(spark: SparkSession, walkthrough, local_run: Path) -> None:  # noqa: ANN001
+def test_item_item_tables_equal_local_mode(spark: SparkSession, walkthrough: Walkthrough, local_run: Path) -> None:
     cluster, local = _store(spark, walkthrough[0]), _store(spark, local_run)
     where = "method = 'cosine'"
     _assert_same(cluster.read(T.ITEM_NEIGHBORS, where=where), local.read(T.ITEM_NEIGHBORS, where=where), approx=True)
@@ -200,7 +203,7 @@ def test_item_item_tables_equal_local_mode(spark: SparkSession, walkthrough, loc
     _assert_same(cluster.read(T.USER_CANDIDATES, where=where), local.read(T.USER_CANDIDATES, where=where), approx=True)
 
 
-def test_evaluation_metrics_match_local_mode(spark: SparkSession, walkthrough, local_run: Path) -> None:  # noqa: ANN001
+def test_evaluation_metrics_match_local_mode(spark: SparkSession, walkthrough: Walkthrough, local_run: Path) -> None:
     def metrics(store: TableStore) -> dict[tuple, float]:
         rows = store.read(T.EVALUATION_SUMMARY).collect()
         return {(r["split"], r["model"], r["metric"], r["k"]): r["value"] for r in rows}
@@ -290,8 +293,8 @@ def _events(event_dir: Path) -> list[dict]:
 
 def test_executor_killed_mid_stage_is_retried(
     spark: SparkSession,
-    walkthrough,
-    local_run: Path,  # noqa: ANN001
+    walkthrough: Walkthrough,
+    local_run: Path,
     tmp_path: Path,
 ) -> None:
     """item-similarity (cosine) on the cluster, on a copy of the walkthrough's tables, with an

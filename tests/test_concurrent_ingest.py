@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from chispa import assert_df_equality
@@ -26,6 +27,9 @@ from pyspark.sql import functions as F
 from recsys_spark import tables as T
 from recsys_spark.config import Config
 from recsys_spark.storage import TableStore
+
+if TYPE_CHECKING:
+    from tests.conftest import IngestRun
 
 REPO = Path(__file__).resolve().parent.parent
 _TIMEOUT_S = 400
@@ -119,7 +123,7 @@ def _assert_one_ingest(got: TableStore, want: TableStore, with_idx: bool = True)
         )
 
 
-def _clean(spark: SparkSession, ingest, cfg: Config, root: Path, *raws: Path) -> TableStore:  # noqa: ANN001
+def _clean(spark: SparkSession, ingest: IngestRun, cfg: Config, root: Path, *raws: Path) -> TableStore:
     for raw in raws:
         ingest(cfg.with_overrides([f"storage.root={root}", f"ingest.source.path={raw}"]))
     return TableStore(spark, cfg.with_overrides([f"storage.root={root}"]).storage)
@@ -130,8 +134,8 @@ def _store(spark: SparkSession, cfg: Config, root: Path) -> TableStore:
 
 
 def test_two_ingests_of_the_same_files_at_once_store_everything_exactly_once(
-    spark: SparkSession, ingest, cfg: Config, tmp_path: Path
-) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest: IngestRun, cfg: Config, tmp_path: Path
+) -> None:
     raw = tmp_path / "raw"
     _log(raw, "a.csv", "a", 300)
     _log(raw, "b.csv", "b", 200)
@@ -150,8 +154,8 @@ def test_two_ingests_of_the_same_files_at_once_store_everything_exactly_once(
 
 def test_ingests_of_different_files_at_once_both_land(
     spark: SparkSession,
-    ingest,
-    cfg: Config,  # noqa: ANN001
+    ingest: IngestRun,
+    cfg: Config,
     tmp_path: Path,
 ) -> None:
     a, b = tmp_path / "raw-a", tmp_path / "raw-b"
@@ -170,8 +174,8 @@ def test_ingests_of_different_files_at_once_both_land(
 
 
 def test_an_ingest_killed_beside_a_running_one_leaves_tables_that_complete_cleanly(
-    spark: SparkSession, ingest, cfg: Config, tmp_path: Path
-) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest: IngestRun, cfg: Config, tmp_path: Path
+) -> None:
     raw = tmp_path / "raw"
     _log(raw, "a.csv", "a", 300)
     (killed_code, killed_out), (code, out) = _race(

@@ -65,7 +65,7 @@ def test_bad_paths_are_errors() -> None:
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     f = tmp_path / "broken.toml"
     f.write_text("[spark\nmaster = 1\n")
-    with pytest.raises(ConfigError, match="broken.toml is not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml is not valid TOML"):
         load_config(f)
 
 
@@ -87,7 +87,7 @@ def test_override_of_one_map_key_keeps_the_others() -> None:
 
 
 def test_malformed_override() -> None:
-    with pytest.raises(ConfigError, match="expected section.key=value"):
+    with pytest.raises(ConfigError, match=r"expected section\.key=value"):
         load_config(None, ["ingest.source.path"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         load_config(None, ["spark.master.x=1"])

@@ -10,6 +10,7 @@ or retries correctly; a lookup reader polling meanwhile always sees one complete
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from chispa import assert_df_equality
@@ -30,6 +32,11 @@ from recsys_spark.errors import ConcurrentWriteError
 from recsys_spark.lookup import Recommendations
 from recsys_spark.storage import CommitInfo, TableStore
 from tests._crash_writer import USERS, K, candidates
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tests.conftest import IngestRun
 
 REPO = Path(__file__).resolve().parent.parent
 COMMIT = CommitInfo("test", "run-test", "cfg")
@@ -51,13 +58,11 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
-def _scores_version(recs: list) -> set[int]:  # noqa: ANN001
+def _scores_version(recs: list) -> set[int]:
     return {int(r.score // 1000) for r in recs}
 
 
@@ -88,7 +93,7 @@ def table_v0(spark: SparkSession, cfg: Config) -> tuple[TableStore, Path]:
 
 
 @pytest.mark.parametrize("point", ["during-write", "before-commit", "after-commit"])
-def test_sigkill_during_a_table_write(spark: SparkSession, table_v0, point: str) -> None:  # noqa: ANN001
+def test_sigkill_during_a_table_write(spark: SparkSession, table_v0: tuple[TableStore, Path], point: str) -> None:
     store, root = table_v0
     location = store.location(T.USER_CANDIDATES)
     before = set(_write_folders(location))
@@ -144,9 +149,9 @@ def _ingest_tables(store: TableStore) -> dict[str, DataFrame]:
 @pytest.mark.parametrize("commits_before_kill", [1, 2, 4])
 def test_sigkill_between_the_commits_of_an_ingest(
     spark: SparkSession,
-    ingest,
+    ingest: IngestRun,
     cfg: Config,
-    raw_log: Path,  # noqa: ANN001
+    raw_log: Path,
     tmp_path: Path,
     commits_before_kill: int,
 ) -> None:
@@ -180,7 +185,7 @@ def _racing(monkeypatch: pytest.MonkeyPatch, parties: int) -> threading.Barrier:
     barrier = threading.Barrier(parties, timeout=120)
     add_actions = storage._add_actions
 
-    def synchronised(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def synchronised(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         actions = add_actions(*args, **kwargs)
         barrier.wait()
         return actions
@@ -189,7 +194,7 @@ def _racing(monkeypatch: pytest.MonkeyPatch, parties: int) -> threading.Barrier:
     return barrier
 
 
-def _in_threads(*calls) -> list[object]:  # noqa: ANN002
+def _in_threads(*calls: Callable[[], object]) -> list[object]:
     results: list[object] = [None] * len(calls)
 
     def run(i: int) -> None:
@@ -264,7 +269,9 @@ def test_two_appends_at_once_both_land(spark: SparkSession, store: TableStore, m
     assert rows == {"base": 5, "a": 10, "b": 20}
 
 
-def test_a_lookup_reader_always_sees_one_complete_version(spark: SparkSession, table_v0) -> None:  # noqa: ANN001
+def test_a_lookup_reader_always_sees_one_complete_version(
+    spark: SparkSession, table_v0: tuple[TableStore, Path]
+) -> None:
     store, root = table_v0
     versions = 4
     seen: list[set[int]] = []
@@ -297,8 +304,8 @@ def test_a_lookup_reader_always_sees_one_complete_version(spark: SparkSession, t
 
 def test_a_crash_before_the_matrix_commit_is_repaired_by_the_rerun(
     spark: SparkSession,
-    ingest,
-    cfg: Config,  # noqa: ANN001
+    ingest: IngestRun,
+    cfg: Config,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -316,7 +323,7 @@ def test_a_crash_before_the_matrix_commit_is_repaired_by_the_rerun(
     second.write_text(header + "".join(f"b{i},u{i % 9},i{i % 6},view,2026-09-02T00:{i:02d}:00Z,1\n" for i in range(30)))
     write = TableStore.write
 
-    def crash_at_the_matrix(self, df, table, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def crash_at_the_matrix(self: TableStore, df: DataFrame, table: str, *args: Any, **kwargs: Any) -> Any:
         if table == T.INTERACTION_MATRIX:
             raise KeyboardInterrupt("killed")  # not an Exception: nothing in the job may swallow it
         return write(self, df, table, *args, **kwargs)

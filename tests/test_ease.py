@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -13,6 +15,9 @@ from recsys_spark.confidence import confidence_array
 from recsys_spark.config import EaseConfig, SimilarityConfig
 from recsys_spark.ease import ease_memory, ease_weights_in_place, item_ease, largest_abs_overall, largest_abs_per_row
 from recsys_spark.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pyspark.sql import Row, SparkSession
 
 
 def _rows(seed: int = 3) -> list[tuple[int, int, float]]:
@@ -46,7 +51,7 @@ def _reference_ease(x: np.ndarray, l2: float) -> np.ndarray:
     return b
 
 
-def _fit(spark, rows, params: SimilarityConfig):  # noqa: ANN001, ANN202
+def _fit(spark: SparkSession, rows: list[tuple[int, int, float]], params: SimilarityConfig) -> list[Row]:
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     return item_ease(df, params).orderBy("item_idx", "rank").collect()
 
@@ -54,8 +59,8 @@ def _fit(spark, rows, params: SimilarityConfig):  # noqa: ANN001, ANN202
 @pytest.mark.parametrize("block_items", [5, 1000])
 @pytest.mark.parametrize("confidence", ["binary", "linear", "log"])
 def test_spark_ease_equals_a_dense_numpy_inverse(
-    spark,
-    monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+    spark: SparkSession,
+    monkeypatch: pytest.MonkeyPatch,
     confidence: str,
     block_items: int,
 ) -> None:
@@ -87,10 +92,12 @@ def test_spark_ease_equals_a_dense_numpy_inverse(
     for item in items:
         mine = [r for r in got if r.item_idx == item]
         assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
-        assert all(a.similarity >= b.similarity for a, b in zip(mine, mine[1:]))  # ranked by signed weight
+        assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(mine))  # ranked by signed weight
 
 
-def test_a_search_fits_every_l2_from_one_gram_per_transform(spark, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_a_search_fits_every_l2_from_one_gram_per_transform(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows = _rows(seed=8)
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     built = []
@@ -115,7 +122,9 @@ def test_a_search_fits_every_l2_from_one_gram_per_transform(spark, monkeypatch: 
     grams.release()
 
 
-def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(spark, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows = _rows(seed=8)
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     solved = []
@@ -140,7 +149,7 @@ def test_a_top_n_grid_solves_each_l2_once_and_prunes_it_as_a_fit_would(spark, mo
     grams.release()
 
 
-def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noqa: ANN001
+def test_top_n_keeps_exactly_the_largest_absolute_weights(spark: SparkSession) -> None:
     # item ids with gaps: matrix positions are not ids, and pairs are keyed by the id range
     rows = [(u, 3 * i + 1, c) for u, i, c in _rows(seed=8)]
     params = SimilarityConfig(
@@ -162,7 +171,9 @@ def test_top_n_keeps_exactly_the_largest_absolute_weights(spark) -> None:  # noq
     assert {r.rank for r in got} == {1, 2, 3}
 
 
-def test_a_catalogue_above_max_items_is_a_config_error_naming_the_option(spark, caplog) -> None:  # noqa: ANN001
+def test_a_catalogue_above_max_items_is_a_config_error_naming_the_option(
+    spark: SparkSession, caplog: pytest.LogCaptureFixture
+) -> None:
     rows = _rows()
     params = SimilarityConfig(method="ease", ease=EaseConfig(max_items=5))
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
@@ -238,7 +249,9 @@ def test_largest_abs_overall_is_exact_with_ties_zeros_and_subnormals(
             np.testing.assert_array_equal(cols, want_cols)
 
 
-def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(spark) -> None:  # noqa: ANN001
+def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(
+    spark: SparkSession,
+) -> None:
     rows = _rows(seed=8)
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     items, x = _capped_matrix(rows, "linear", 1.0, 8)
@@ -263,5 +276,5 @@ def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_o
         for item in items:
             mine = sorted((r for r in got if r.item_idx == item), key=lambda r: r.rank)
             assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
-            assert all(a.similarity >= b.similarity for a, b in zip(mine, mine[1:]))
+            assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(mine))
     grams.release()

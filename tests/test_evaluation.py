@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,10 +13,17 @@ from recsys_spark import tables as T
 from recsys_spark.evaluation import popularity_recs, random_recs
 from recsys_spark.run import RunContext
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from recsys_spark.config import Config
+    from recsys_spark.storage import TableStore
+    from tests.conftest import IngestRun
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_random_baseline_is_seeded_unseen_and_distinct(spark) -> None:  # noqa: ANN001
+def test_random_baseline_is_seeded_unseen_and_distinct(spark: SparkSession) -> None:
     train = spark.createDataFrame([(u, i) for u in range(20) for i in range(0, 40, 3)], "user_idx INT, item_idx INT")
     users = spark.createDataFrame([(u,) for u in range(20)], "user_idx INT")
     recs = random_recs(train, users, 50, 10, seed=3)
@@ -30,7 +38,7 @@ def test_random_baseline_is_seeded_unseen_and_distinct(spark) -> None:  # noqa: 
     }
 
 
-def test_popularity_baseline_skips_seen_items(spark) -> None:  # noqa: ANN001
+def test_popularity_baseline_skips_seen_items(spark: SparkSession) -> None:
     # item 0: 3 users, item 1: 2 users, item 2: 1 user
     train = spark.createDataFrame([(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (3, 2)], "user_idx INT, item_idx INT")
     users = spark.createDataFrame([(0,), (3,)], "user_idx INT")
@@ -38,7 +46,7 @@ def test_popularity_baseline_skips_seen_items(spark) -> None:  # noqa: ANN001
     assert got == {(0, 1): 2, (3, 1): 0, (3, 2): 1}  # user 0 has seen 0 and 1: only item 2 is left
 
 
-def _synthetic(cfg, tmp_path: Path):  # noqa: ANN001, ANN202
+def _synthetic(cfg: Config, tmp_path: Path) -> Config:
     return cfg.with_overrides(
         [
             f"generate.output={tmp_path / 'raw'}",
@@ -58,7 +66,9 @@ def _synthetic(cfg, tmp_path: Path):  # noqa: ANN001, ANN202
     )
 
 
-def test_evaluate_job_writes_table_json_and_report(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+def test_evaluate_job_writes_table_json_and_report(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
+) -> None:
     from recsys_spark.pipeline import run_evaluate, run_generate
 
     c = _synthetic(cfg, tmp_path).with_overrides(
@@ -107,7 +117,9 @@ def test_evaluate_job_writes_table_json_and_report(spark, cfg, ingest, store, tm
 
 
 @pytest.mark.realdata
-def test_movielens_100k_fold_u1(spark, ingest, cfg, store, shared_data: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_movielens_100k_fold_u1(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path, tmp_path: Path
+) -> None:
     """conf/movielens-100k.toml with its shipped settings (the searches' choice, made on a validation
     carve-out of u1.base) on the official fold u1: every served strategy beats popularity, and the
     best and ALS reach the fold's measured level.
@@ -153,7 +165,15 @@ def test_movielens_100k_fold_u1(spark, ingest, cfg, store, shared_data: Path, tm
 
 @pytest.mark.realdata
 @pytest.mark.parametrize("dataset", ["ml-latest-small", "lastfm-2k"])
-def test_other_datasets(spark, ingest, cfg, store, shared_data: Path, tmp_path: Path, dataset: str) -> None:  # noqa: ANN001
+def test_other_datasets(
+    spark: SparkSession,
+    ingest: IngestRun,
+    cfg: Config,
+    store: TableStore,
+    shared_data: Path,
+    tmp_path: Path,
+    dataset: str,
+) -> None:
     """ml-latest-small on a chronological split, Last.fm 2K plays on a random split (README commands)."""
     from recsys_spark.pipeline import run_evaluate
 
@@ -237,7 +257,9 @@ def _ndcg_at(lists: dict[int, list[int]], relevant: dict[int, set[int]], k: int)
     return total / len(relevant)
 
 
-def test_what_is_evaluated_is_exactly_what_is_served(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+def test_what_is_evaluated_is_exactly_what_is_served(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
+) -> None:
     """topk's lists, scored by the served split, equal a numpy NDCG of the table's own rows; and a
     given split that fits on the same training file scores its lists, made by the same code, the same."""
     from recsys_spark.pipeline import run_candidates, run_evaluate, run_generate, run_item_similarity, run_train_als

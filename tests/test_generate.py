@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,10 +11,13 @@ import pytest
 from recsys_spark.config import GenerateConfig, load_config
 from recsys_spark.generate import _world, synthetic_events, user_events, user_profile
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
 START_MS = 1_788_220_800_000  # 2026-09-01T00:00:00Z
 
 
-def _gen(**kw) -> GenerateConfig:  # noqa: ANN003
+def _gen(**kw: Any) -> GenerateConfig:
     base = {"num_events": 40_000, "num_users": 1_000, "num_items": 800, "rank": 8, "partitions": 3}
     return GenerateConfig(**{**base, **kw})
 
@@ -24,7 +29,7 @@ def sample() -> pd.DataFrame:
     return pd.concat([user_events(u, cfg, world, START_MS) for u in range(cfg.num_users)], ignore_index=True)
 
 
-def test_same_seed_same_log_whatever_the_partitioning(spark) -> None:  # noqa: ANN001
+def test_same_seed_same_log_whatever_the_partitioning(spark: SparkSession) -> None:
     a = synthetic_events(spark, _gen(num_users=200, partitions=3)).toPandas()
     b = synthetic_events(spark, _gen(num_users=200, partitions=5)).toPandas()
     c = synthetic_events(spark, _gen(num_users=200, seed=7)).toPandas()
@@ -114,5 +119,5 @@ def test_duplicates_and_corruptions_are_planted() -> None:
 def test_bad_generate_config_is_rejected() -> None:
     from recsys_spark.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="generate.num_users"):
+    with pytest.raises(ConfigError, match=r"generate\.num_users"):
         load_config(None, ["generate.num_users=1"])

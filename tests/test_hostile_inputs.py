@@ -14,7 +14,6 @@ import gzip
 import io
 import os
 import shutil
-import tomllib
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tomllib
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,11 @@ from recsys_spark.config import Config
 from recsys_spark.errors import InputError, RejectThresholdError
 from recsys_spark.storage import TableStore
 from tests.conftest import table_versions
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from tests.conftest import IngestRun
 
 HEADER = "event_id,user_id,item_id,event_type,timestamp,value"
 GOOD_LINES = [
@@ -44,8 +50,8 @@ def _write(path: Path, lines: list[str], header: str | None = HEADER) -> Path:
 
 
 def test_planted_bad_rows_are_exactly_quarantined(
-    spark, ingest, cfg: Config, store: TableStore, tmp_path: Path
-) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     lines = GOOD_LINES[:3] + [b for b, _ in BAD_LINES] + GOOD_LINES[3:] + [GOOD_LINES[0]]  # + a duplicate
     f = _write(tmp_path / "in" / "events.csv", lines)
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.9")
@@ -61,7 +67,7 @@ def test_planted_bad_rows_are_exactly_quarantined(
     assert report.reject_reasons == {reason: 1 for _, reason in BAD_LINES}
 
 
-def test_tables_and_ids(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tables_and_ids(spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path) -> None:
     ingest(cfg, f"ingest.source.path={_write(tmp_path / 'a.csv', GOOD_LINES)}")
     users = {r.user_id: r.user_idx for r in store.read(T.USERS).collect()}
     items = {r.item_id: r.item_idx for r in store.read(T.ITEMS).collect()}
@@ -81,8 +87,8 @@ def test_tables_and_ids(spark, ingest, cfg: Config, store: TableStore, tmp_path:
 
 
 def test_reingest_changes_nothing_and_new_ids_get_new_numbers(
-    spark, ingest, cfg: Config, store: TableStore, tmp_path: Path
-) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     first = _write(tmp_path / "in" / "day1.csv", GOOD_LINES)
     ingest(cfg, f"ingest.source.path={tmp_path / 'in'}")
     before = table_versions(store)
@@ -116,10 +122,12 @@ def test_reingest_changes_nothing_and_new_ids_get_new_numbers(
     assert first.exists()
 
 
-def test_modified_file_adds_only_its_new_events(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
-    f = _write(tmp_path / "log.csv", GOOD_LINES[:3] + [BAD_LINES[0][0]])
+def test_modified_file_adds_only_its_new_events(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
+    f = _write(tmp_path / "log.csv", [*GOOD_LINES[:3], BAD_LINES[0][0]])
     ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
-    _write(f, GOOD_LINES + [BAD_LINES[0][0]])
+    _write(f, [*GOOD_LINES, BAD_LINES[0][0]])
     os.utime(f, (1, 1_900_000_000))
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     assert report.events_added == 2
@@ -129,8 +137,8 @@ def test_modified_file_adds_only_its_new_events(spark, ingest, cfg: Config, stor
 
 
 def test_too_many_rejects_fail_and_commit_nothing(
-    spark, ingest, cfg: Config, store: TableStore, tmp_path: Path
-) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     f = _write(tmp_path / "bad.csv", GOOD_LINES[:2] + [b for b, _ in BAD_LINES])
     with pytest.raises(RejectThresholdError) as err:
         ingest(cfg, f"ingest.source.path={f}")
@@ -140,7 +148,7 @@ def test_too_many_rejects_fail_and_commit_nothing(
     assert all(v is None for v in table_versions(store).values())
 
 
-def test_missing_input_and_missing_columns(spark, ingest, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
+def test_missing_input_and_missing_columns(spark: SparkSession, ingest: IngestRun, cfg: Config, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"ingest.source.path .*nope.* does not exist"):
         ingest(cfg, f"ingest.source.path={tmp_path / 'nope'}")
     (tmp_path / "empty_dir").mkdir()
@@ -151,7 +159,9 @@ def test_missing_input_and_missing_columns(spark, ingest, cfg: Config, tmp_path:
         ingest(cfg, f"ingest.source.path={f}")
 
 
-def test_tsv_without_header_crlf_bom_and_latin1(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_tsv_without_header_crlf_bom_and_latin1(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     f = tmp_path / "u.data"
     f.write_bytes(b"\xef\xbb\xbf196\t242\t3\t881250949\r\n186\t302\t3\t891717742\r\n\r\n22\t377\t1\t878887116\r\n")
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=movielens-100k")
@@ -175,7 +185,9 @@ def test_tsv_without_header_crlf_bom_and_latin1(spark, ingest, cfg: Config, stor
     assert [r.user_id for r in TableStore(spark, c.storage).read(T.USERS).collect()] == ["zoë"]
 
 
-def test_invalid_utf8_is_quarantined(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_invalid_utf8_is_quarantined(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     f = tmp_path / "mixed.csv"
     f.write_bytes(
         (HEADER + "\n" + "\n".join(GOOD_LINES) + "\n").encode() + b"e9,caf\xe9,apple,view,2026-09-01T10:00:00Z,1\n"
@@ -185,7 +197,9 @@ def test_invalid_utf8_is_quarantined(spark, ingest, cfg: Config, store: TableSto
     assert store.read(T.REJECTED_INTERACTIONS).first().line_number == 7
 
 
-def test_json_lines_gzipped(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_json_lines_gzipped(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     rows = [
         {"reviewerID": "A1", "asin": "B1", "overall": 5.0, "unixReviewTime": 1393545600},
         {"reviewerID": "A2", "asin": "B1", "overall": 3.0, "unixReviewTime": 1393545600},
@@ -202,7 +216,7 @@ def test_json_lines_gzipped(spark, ingest, cfg: Config, store: TableStore, tmp_p
     assert {r.line_number for r in store.read(T.REJECTED_INTERACTIONS).collect()} == {3, 4}
 
 
-def test_parquet_source(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_parquet_source(spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path) -> None:
     (tmp_path / "pq").mkdir()
     table = pa.table(
         {
@@ -233,7 +247,7 @@ def test_parquet_source(spark, ingest, cfg: Config, store: TableStore, tmp_path:
     assert times[0].isoformat().startswith("2026-08-29T")
 
 
-def test_not_a_parquet_file_names_the_file(spark, ingest, cfg: Config, tmp_path: Path) -> None:  # noqa: ANN001
+def test_not_a_parquet_file_names_the_file(spark: SparkSession, ingest: IngestRun, cfg: Config, tmp_path: Path) -> None:
     f = tmp_path / "fake.parquet"
     f.write_text("user,item\n1,2\n")
     with pytest.raises(InputError, match=r"fake.parquet is not a readable Parquet file"):
@@ -246,16 +260,20 @@ def test_not_a_parquet_file_names_the_file(spark, ingest, cfg: Config, tmp_path:
         )
 
 
-def test_oversize_line_is_quarantined_not_parsed(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_oversize_line_is_quarantined_not_parsed(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     huge = "e9,alice," + "x" * 200_000 + ",view,2026-09-01T10:00:00Z,1"
-    f = _write(tmp_path / "big.csv", GOOD_LINES + [huge])
+    f = _write(tmp_path / "big.csv", [*GOOD_LINES, huge])
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.max_reject_fraction=0.5")
     assert report.reject_reasons == {"oversize_line": 1}
     raw = store.read(T.REJECTED_INTERACTIONS).first().raw_line
     assert raw.endswith("...[truncated]") and len(raw) < 5000
 
 
-def test_lastfm_preset_without_timestamps(spark, ingest, cfg: Config, store: TableStore, tmp_path: Path) -> None:  # noqa: ANN001
+def test_lastfm_preset_without_timestamps(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, tmp_path: Path
+) -> None:
     f = tmp_path / "user_artists.dat"
     f.write_bytes(b"userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n3\t51\t0\r\n")
     report = ingest(cfg, f"ingest.source.path={f}", "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p")

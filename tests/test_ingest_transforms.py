@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from chispa import assert_df_equality
@@ -11,6 +12,9 @@ from pyspark.sql import functions as F
 from recsys_spark.config import IngestConfig, SourceConfig
 from recsys_spark.ingest import accepted_events, assign_dense_ids, interaction_matrix, parse_timestamp, validate_events
 from recsys_spark.sources import FIELDS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, Row, SparkSession
 
 NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 IMPLICIT = SourceConfig(
@@ -26,7 +30,7 @@ EXPLICIT = SourceConfig(
 )
 
 
-def _raw(spark, rows: list[dict]):  # noqa: ANN001, ANN202
+def _raw(spark: SparkSession, rows: list[dict[str, Any]]) -> DataFrame:
     cols = ["source_file", "line_number", "raw_line", "parse_error", *FIELDS]
     data = [
         (
@@ -71,7 +75,7 @@ def _raw(spark, rows: list[dict]):  # noqa: ANN001, ANN202
         ("auto", "874724710\u00a0", "1997-09-20T03:05:10"),
     ],
 )
-def test_parse_timestamp(spark, fmt: str, text: str, expected: str | None) -> None:  # noqa: ANN001
+def test_parse_timestamp(spark: SparkSession, fmt: str, text: str, expected: str | None) -> None:
     parsed = parse_timestamp(F.col("t"), fmt)
     row = spark.createDataFrame([(text,)], "t STRING").select(parsed.alias("p")).first()
     if expected is None:
@@ -113,17 +117,19 @@ GOOD = {"user_id": "u1", "item_id": "i1", "event_type": "view", "value": "1", "t
         ({"user_id": "12345678901234567890123456789"}, None),  # overflows int64: ids are strings
     ],
 )
-def test_validation_reasons(spark, change: dict, reason: str | None) -> None:  # noqa: ANN001
+def test_validation_reasons(spark: SparkSession, change: dict, reason: str | None) -> None:
     raw = _raw(spark, [{**GOOD, **change}])
     got = validate_events(raw, IMPLICIT, IngestConfig(), NOW).first()
     assert got.reason == reason
 
 
-def _validated(spark, rows: list[dict], source: SourceConfig = IMPLICIT, cfg: IngestConfig | None = None):  # noqa: ANN001, ANN202
+def _validated(
+    spark: SparkSession, rows: list[dict[str, Any]], source: SourceConfig = IMPLICIT, cfg: IngestConfig | None = None
+) -> list[Row]:
     return validate_events(_raw(spark, rows), source, cfg or IngestConfig(), NOW).orderBy("line_number").collect()
 
 
-def test_a_value_is_a_plain_decimal_number_or_it_is_rejected(spark) -> None:  # noqa: ANN001
+def test_a_value_is_a_plain_decimal_number_or_it_is_rejected(spark: SparkSession) -> None:
     cases = {
         # Java's parseDouble (Spark's cast) reads the first three as 5, 5 and 8
         "5d": "unparsable_value",
@@ -157,7 +163,7 @@ def test_a_value_is_a_plain_decimal_number_or_it_is_rejected(spark) -> None:  # 
     assert {v: r.reason or r.value_num for v, r in zip(cases, got)} == cases
 
 
-def test_null_tokens_are_missing_in_every_field_and_a_null_event_id_is_no_id(spark) -> None:  # noqa: ANN001
+def test_null_tokens_are_missing_in_every_field_and_a_null_event_id_is_no_id(spark: SparkSession) -> None:
     src = IMPLICIT.model_copy(update={"event_id_col": "id"})
     rows = [
         {**GOOD, "user_id": "NULL"},
@@ -189,7 +195,7 @@ def test_null_tokens_are_missing_in_every_field_and_a_null_event_id_is_no_id(spa
     assert [r.user_id for r in _validated(spark, rows[:1], src, IngestConfig(null_tokens=[]))] == ["NULL"]
 
 
-def test_invisible_reordering_and_control_characters_make_an_id_invalid(spark) -> None:  # noqa: ANN001
+def test_invisible_reordering_and_control_characters_make_an_id_invalid(spark: SparkSession) -> None:
     src = IMPLICIT.model_copy(update={"event_id_col": "id"})
     invalid = [
         "a\u0085b",
@@ -217,7 +223,7 @@ def test_invisible_reordering_and_control_characters_make_an_id_invalid(spark) -
     assert [r.reason for r in got] == ["invalid_id"] * (len(invalid) + 2) + [None, None]  # ZWJ / ZWNJ inside are text
 
 
-def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one_user(spark) -> None:  # noqa: ANN001
+def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one_user(spark: SparkSession) -> None:
     spelled = {
         "zo\u00eb": "zo\u00eb",
         "zoe\u0308": "zo\u00eb",
@@ -242,7 +248,7 @@ def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one
     assert [r.user_id for r in raw][4:6] == ["nb", "nb"]  # trimming does not depend on normalisation
 
 
-def test_a_weight_beyond_float32_is_rejected_and_the_checked_weight_is_the_one_stored(spark) -> None:  # noqa: ANN001
+def test_a_weight_beyond_float32_is_rejected_and_the_checked_weight_is_the_one_stored(spark: SparkSession) -> None:
     cfg = IngestConfig(event_weights={"view": 1.0, "purchase": 5.0})
     rows = [
         {**GOOD, "value": "1e308"},
@@ -259,19 +265,19 @@ def test_a_weight_beyond_float32_is_rejected_and_the_checked_weight_is_the_one_s
     assert tamed[0].reason is None and tamed[0].weight == pytest.approx(709.196, abs=1e-3)
 
 
-def test_max_value_rejects_larger_implicit_values(spark) -> None:  # noqa: ANN001
+def test_max_value_rejects_larger_implicit_values(spark: SparkSession) -> None:
     got = _validated(spark, [{**GOOD, "value": v} for v in ("1000", "1000.5")], cfg=IngestConfig(max_value=1000.0))
     assert [r.reason for r in got] == [None, "value_out_of_range"]
 
 
-def test_explicit_ratings_range(spark) -> None:  # noqa: ANN001
+def test_explicit_ratings_range(spark: SparkSession) -> None:
     cfg = IngestConfig(min_rating=1.0, max_rating=5.0)
     rows = [{"user_id": "u", "item_id": "i", "value": v, "timestamp": "880000000"} for v in ("0.5", "3", "5", "6")]
     got = [r.reason for r in validate_events(_raw(spark, rows), EXPLICIT, cfg, NOW).orderBy("line_number").collect()]
     assert got == ["value_out_of_range", None, None, "value_out_of_range"]
 
 
-def test_weights_dedupe_and_keys(spark) -> None:  # noqa: ANN001
+def test_weights_dedupe_and_keys(spark: SparkSession) -> None:
     rows = [
         {**GOOD, "event_type": "purchase", "value": "2"},
         {**GOOD, "event_type": "purchase", "value": "2", "source_file": "b.csv"},  # exact duplicate
@@ -294,7 +300,7 @@ def test_weights_dedupe_and_keys(spark) -> None:  # noqa: ANN001
     assert w == pytest.approx(5.0 * 1.0986122886681098)
 
 
-def test_event_id_is_the_dedupe_key_when_present(spark) -> None:  # noqa: ANN001
+def test_event_id_is_the_dedupe_key_when_present(spark: SparkSession) -> None:
     src = IMPLICIT.model_copy(update={"event_id_col": "id"})
     rows = [{**GOOD, "event_id": "e1"}, {**GOOD, "event_id": "e1", "value": "3"}, {**GOOD, "event_id": "e2"}]
     events = accepted_events(validate_events(_raw(spark, rows), src, IngestConfig(), NOW), src, IngestConfig())
@@ -302,7 +308,7 @@ def test_event_id_is_the_dedupe_key_when_present(spark) -> None:  # noqa: ANN001
     assert [r.value for r in events.where("event_key = 'id:e1'").collect()] == [1.0]  # smallest content wins
 
 
-def test_dense_ids_are_stable_and_contiguous(spark) -> None:  # noqa: ANN001
+def test_dense_ids_are_stable_and_contiguous(spark: SparkSession) -> None:
     first = spark.createDataFrame([(x,) for x in ["b", "a", "10", "9", "a"]], "user_id STRING")
     ids = assign_dense_ids(first, None, "user_id", "user_idx")
     assert sorted((r.user_idx, r.user_id) for r in ids.collect()) == [(0, "9"), (1, "a"), (2, "b"), (3, "10")]
@@ -311,7 +317,7 @@ def test_dense_ids_are_stable_and_contiguous(spark) -> None:  # noqa: ANN001
     assert sorted((r.user_idx, r.user_id) for r in more.collect()) == [(4, "c"), (5, "zz")]
 
 
-def test_dense_ids_across_many_partitions(spark) -> None:  # noqa: ANN001
+def test_dense_ids_across_many_partitions(spark: SparkSession) -> None:
     ids = spark.range(0, 5000, numPartitions=7).select(F.concat(F.lit("u"), F.col("id")).alias("user_id"))
     out = assign_dense_ids(ids, None, "user_id", "user_idx")
     idx = sorted(r.user_idx for r in out.collect())
@@ -319,7 +325,7 @@ def test_dense_ids_across_many_partitions(spark) -> None:  # noqa: ANN001
     assert out.schema["user_idx"].dataType.simpleString() == "int"
 
 
-def test_interaction_matrix(spark) -> None:  # noqa: ANN001
+def test_interaction_matrix(spark: SparkSession) -> None:
     t = lambda d: datetime(2026, 9, d, tzinfo=timezone.utc)  # noqa: E731
     rows = [
         (0, 0, t(1), 1.0, 1.0, False),

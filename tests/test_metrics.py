@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 
 from recsys_spark.metrics import RANKING_METRICS, catalogue_metrics, ranking_metrics, rating_errors
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pyspark.sql import DataFrame, SparkSession
 
 RECS_SCHEMA = "user_idx INT, item_idx INT, rank INT"
 TRUTH_SCHEMA = "user_idx INT, item_idx INT, grade DOUBLE"
@@ -106,24 +112,29 @@ EXPECTED = {
     )
     / 5,
 }
-ORDER = RANKING_METRICS + ("ndcg_graded",)
+ORDER = (*RANKING_METRICS, "ndcg_graded")
 
 
-def _frame(spark, expected: dict[tuple[str, int], float], users, order):  # noqa: ANN001, ANN202
+def _frame(
+    spark: SparkSession,
+    expected: dict[tuple[str, int], float],
+    users: int | dict[tuple[str, int], int],
+    order: Sequence[str],
+) -> DataFrame:
     """The expected (metric, k, value, users) frame, in the function's order (metric, then k)."""
     keys = sorted(expected, key=lambda mk: (order.index(mk[0]), mk[1]))
     n = (lambda key: users[key]) if isinstance(users, dict) else (lambda key: users)
     return spark.createDataFrame([(m, k, float(expected[(m, k)]), n((m, k))) for m, k in keys], METRIC_SCHEMA)
 
 
-def test_ranking_metrics_hand_computed(spark) -> None:  # noqa: ANN001
+def test_ranking_metrics_hand_computed(spark: SparkSession) -> None:
     recs = spark.createDataFrame(RECS, RECS_SCHEMA)
     truth = spark.createDataFrame(TRUTH, TRUTH_SCHEMA)
     got = ranking_metrics(recs, truth, KS, graded=True)
     assert_approx_df_equality(got, _frame(spark, EXPECTED, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
-def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark) -> None:  # noqa: ANN001
+def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark: SparkSession) -> None:
     got = ranking_metrics(
         spark.createDataFrame(RECS, RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), [5, 2, 2, 1]
     )
@@ -131,19 +142,19 @@ def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark) -> None:  
     assert_approx_df_equality(got, _frame(spark, expected, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
-def test_empty_recs_score_zero_for_every_truth_user(spark) -> None:  # noqa: ANN001
+def test_empty_recs_score_zero_for_every_truth_user(spark: SparkSession) -> None:
     got = ranking_metrics(
         spark.createDataFrame([], RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), KS, graded=True
     )
     assert_approx_df_equality(got, _frame(spark, {mk: 0.0 for mk in EXPECTED}, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
-def test_empty_truth_gives_no_rows(spark) -> None:  # noqa: ANN001
+def test_empty_truth_gives_no_rows(spark: SparkSession) -> None:
     got = ranking_metrics(spark.createDataFrame(RECS, RECS_SCHEMA), spark.createDataFrame([], TRUTH_SCHEMA), KS)
     assert got.count() == 0
 
 
-def test_an_item_listed_twice_counts_once(spark) -> None:  # noqa: ANN001
+def test_an_item_listed_twice_counts_once(spark: SparkSession) -> None:
     recs = spark.createDataFrame([(1, 10, 1), (1, 10, 2), (1, 11, 3)], RECS_SCHEMA)
     truth = spark.createDataFrame([(1, 10, 1.0), (1, 11, 1.0)], TRUTH_SCHEMA)
     got = {r.metric: r.value for r in ranking_metrics(recs, truth, [3]).collect()}
@@ -154,7 +165,7 @@ def test_an_item_listed_twice_counts_once(spark) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("ks", [[], [0], [2, -1], 5, [1.5]])
-def test_bad_cutoffs_are_rejected(spark, ks) -> None:  # noqa: ANN001
+def test_bad_cutoffs_are_rejected(spark: SparkSession, ks: Any) -> None:
     df = spark.createDataFrame(RECS, RECS_SCHEMA)
     with pytest.raises(ValueError, match="ks must be"):
         ranking_metrics(df, spark.createDataFrame(TRUTH, TRUTH_SCHEMA), ks)
@@ -171,7 +182,7 @@ def _info(pop: int) -> float:
     return -L2(max(pop, 1) / 8)
 
 
-def test_catalogue_metrics_hand_computed(spark) -> None:  # noqa: ANN001
+def test_catalogue_metrics_hand_computed(spark: SparkSession) -> None:
     i0, i1, i2, i3, i4, i5 = _info(8), _info(4), _info(1), _info(2), _info(0), _info(0)
     s = 1 / math.sqrt(2)
     u1_k3 = ((1 - 0) + (1 - s) + (1 - s)) / 3  # pairs (0, 1), (0, 2), (1, 2)
@@ -211,7 +222,7 @@ def test_catalogue_metrics_hand_computed(spark) -> None:  # noqa: ANN001
     )
 
 
-def test_catalogue_metrics_without_recommendations_or_factors(spark) -> None:  # noqa: ANN001
+def test_catalogue_metrics_without_recommendations_or_factors(spark: SparkSession) -> None:
     pop = spark.createDataFrame(POPULARITY, POP_SCHEMA)
     got = catalogue_metrics(
         spark.createDataFrame([], RECS_SCHEMA),
@@ -304,7 +315,9 @@ def reference_catalogue(
     return out
 
 
-def _random_data(seed: int = 7):  # noqa: ANN202
+def _random_data(
+    seed: int = 7,
+) -> tuple[int, int, list[tuple[int, int, int]], list[tuple[int, int, float]], dict[int, int], dict[int, np.ndarray]]:
     rng = np.random.default_rng(seed)
     n_users, n_items = 200, 300
     recs, truth = [], []
@@ -338,7 +351,7 @@ def _assert_matches(got: dict, want: dict) -> None:
         assert got[key][1] == users, key
 
 
-def test_ranking_metrics_match_reference_on_random_data(spark) -> None:  # noqa: ANN001
+def test_ranking_metrics_match_reference_on_random_data(spark: SparkSession) -> None:
     _, _, recs, truth, _, _ = _random_data()
     ks = (1, 5, 10, 20)
     want = reference_ranking(recs, truth, ks)
@@ -349,7 +362,7 @@ def test_ranking_metrics_match_reference_on_random_data(spark) -> None:  # noqa:
     assert 0 < want[("recall", 20)][0] < 1 and want[("ndcg", 1)][1] > 100  # the data exercises the metrics
 
 
-def test_catalogue_metrics_match_reference_on_random_data(spark) -> None:  # noqa: ANN001
+def test_catalogue_metrics_match_reference_on_random_data(spark: SparkSession) -> None:
     n_users, n_items, recs, _, pop, factors = _random_data()
     ks = (1, 5, 10, 20)
     want = reference_catalogue(recs, ks, n_items, pop, n_users, {i: v.astype(np.float64) for i, v in factors.items()})
@@ -364,7 +377,7 @@ def test_catalogue_metrics_match_reference_on_random_data(spark) -> None:  # noq
     _assert_matches({(r.metric, r.k): (r.value, r.users) for r in got.collect()}, want)
 
 
-def test_rating_errors_match_numpy(spark) -> None:  # noqa: ANN001
+def test_rating_errors_match_numpy(spark: SparkSession) -> None:
     rng = np.random.default_rng(3)
     rating = rng.integers(1, 6, size=500).astype(float)
     prediction = rating + rng.normal(scale=0.8, size=500)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +11,9 @@ import pytest
 from chispa import assert_df_equality
 
 from recsys_spark import neighbour_votes as nv
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 T0 = datetime(2026, 9, 30, tzinfo=timezone.utc)
 HISTORY_SCHEMA = "user_idx INT, item_idx INT, confidence DOUBLE, last_event_time TIMESTAMP"
@@ -39,7 +43,9 @@ def _random_inputs(seed: int, n_users: int = 60, n_items: int = 40) -> tuple[lis
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize(("k", "recent"), [(5, 3), (50, 20)])
 @pytest.mark.parametrize("weight", [None, ("linear", 1.0), ("log", 0.5)])
-def test_kernel_equals_the_sql_joins(spark, seed: int, k: int, recent: int, weight) -> None:  # noqa: ANN001
+def test_kernel_equals_the_sql_joins(
+    spark: SparkSession, seed: int, k: int, recent: int, weight: tuple[str, float] | None
+) -> None:
     history, neighbours = _random_inputs(seed)
     hist = spark.createDataFrame(history, HISTORY_SCHEMA)
     nb = spark.createDataFrame(neighbours, NEIGHBOUR_SCHEMA)
@@ -49,7 +55,7 @@ def test_kernel_equals_the_sql_joins(spark, seed: int, k: int, recent: int, weig
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
 
 
-def test_blocks_split_between_users_give_the_same_lists(spark, monkeypatch) -> None:  # noqa: ANN001
+def test_blocks_split_between_users_give_the_same_lists(spark: SparkSession, monkeypatch: pytest.MonkeyPatch) -> None:
     history, neighbours = _random_inputs(7, n_users=200)
     hist = spark.createDataFrame(history, HISTORY_SCHEMA)
     csr = nv.neighbour_matrix(spark.createDataFrame(neighbours, NEIGHBOUR_SCHEMA).toArrow())
@@ -61,7 +67,7 @@ def test_blocks_split_between_users_give_the_same_lists(spark, monkeypatch) -> N
     assert pa.Table.from_batches(blocks).equals(whole)
 
 
-def test_seen_items_stale_items_and_missing_times(spark) -> None:  # noqa: ANN001
+def test_seen_items_stale_items_and_missing_times(spark: SparkSession) -> None:
     # user 0: item 0 newest, item 1 has no time (counts as oldest), item 2 in between; recent=2
     hist = spark.createDataFrame(
         [(0, 0, 1.0, T0), (0, 1, 9.0, None), (0, 2, 1.0, T0 - timedelta(days=1))], HISTORY_SCHEMA
@@ -71,13 +77,13 @@ def test_seen_items_stale_items_and_missing_times(spark) -> None:  # noqa: ANN00
     assert got == [(0, 3, 0.75, 1), (0, 4, 0.25, 2)]  # 2 is seen; 5 only from the stale item 1
 
 
-def test_no_neighbours_gives_no_rows(spark) -> None:  # noqa: ANN001
+def test_no_neighbours_gives_no_rows(spark: SparkSession) -> None:
     hist = spark.createDataFrame([(0, 0, 1.0, T0)], HISTORY_SCHEMA)
     nb = spark.createDataFrame([], NEIGHBOUR_SCHEMA)
     assert nv.neighbour_vote_top_k(hist, nb, 5, 3).count() == 0
 
 
-def test_weighted_votes_carry_the_voters_confidence(spark) -> None:  # noqa: ANN001
+def test_weighted_votes_carry_the_voters_confidence(spark: SparkSession) -> None:
     """score(u, j) = sum over voters i of r(confidence_ui) x similarity(i, j): the EASE scoring x_u . B."""
     hist = spark.createDataFrame([(0, 0, 4.0, T0), (0, 1, 1.0, T0 - timedelta(days=1))], HISTORY_SCHEMA)
     nb = spark.createDataFrame([(0, 3, 0.5), (1, 3, -0.25), (1, 4, 0.5)], NEIGHBOUR_SCHEMA)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from recsys_spark.bench import peers
 from recsys_spark.ease import ease_weights_in_place
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def _random_matrix(seed: int, users: int = 40, items: int = 25, density: float = 0.2) -> sp.csr_matrix:
@@ -37,7 +42,7 @@ def test_the_numpy_ease_peer_ranks_by_the_scores_of_our_in_place_solve(confidenc
 
 
 @pytest.mark.parametrize("rank", [peers.implicit_als_rank, peers.implicit_cosine_rank])
-def test_the_implicit_peers_return_k_ranked_unseen_items_per_user(rank) -> None:  # noqa: ANN001
+def test_the_implicit_peers_return_k_ranked_unseen_items_per_user(rank: Callable[..., Any]) -> None:
     pytest.importorskip("implicit")
     x = _random_matrix(5, users=60, items=40)
     users, k = np.arange(0, 60, 3), 6

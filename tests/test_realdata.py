@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -11,10 +12,17 @@ from recsys_spark.config import Config
 from recsys_spark.storage import TableStore
 from tests.conftest import table_versions
 
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from tests.conftest import IngestRun
+
 pytestmark = pytest.mark.realdata
 
 
-def test_movielens_100k(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_movielens_100k(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
+) -> None:
     path = shared_data / "ml-100k" / "u.data"
     report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-100k")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (100_000, 0, 100_000)
@@ -39,8 +47,8 @@ def test_movielens_100k(spark, ingest, cfg: Config, store: TableStore, shared_da
 
 
 def test_movielens_official_split_files_add_up(
-    spark, ingest, cfg: Config, store: TableStore, shared_data: Path
-) -> None:  # noqa: ANN001
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
+) -> None:
     """u1.base + u1.test are exactly u.data: ingesting all three adds 100,000 events, once."""
     ml = shared_data / "ml-100k"
     for name in ("u1.base", "u1.test", "u.data"):
@@ -49,7 +57,9 @@ def test_movielens_official_split_files_add_up(
     assert store.read(T.INGESTED_FILES).count() == 3
 
 
-def test_movielens_latest_small(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_movielens_latest_small(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
+) -> None:
     path = shared_data / "ml-latest-small" / "ratings.csv"
     report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-csv")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (100_836, 0, 100_836)
@@ -59,7 +69,9 @@ def test_movielens_latest_small(spark, ingest, cfg: Config, store: TableStore, s
     }
 
 
-def test_lastfm_plays(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_lastfm_plays(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
+) -> None:
     path = shared_data / "hetrec2011-lastfm-2k" / "user_artists.dat"
     report = ingest(
         cfg, f"ingest.source.path={path}", "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p"
@@ -71,7 +83,9 @@ def test_lastfm_plays(spark, ingest, cfg: Config, store: TableStore, shared_data
     )  # log1p(352698)
 
 
-def test_amazon_musical_instruments(spark, ingest, cfg: Config, store: TableStore, shared_data: Path) -> None:  # noqa: ANN001
+def test_amazon_musical_instruments(
+    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
+) -> None:
     path = shared_data / "amazon-2014-musical-instruments-5core" / "Musical_Instruments_5.json.gz"
     report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=amazon-5core")
     assert (report.rows_read, report.rows_rejected, report.events_added) == (10_261, 0, 10_261)

@@ -18,6 +18,9 @@ from recsys_spark.config import Config
 from recsys_spark.storage import TableStore, table_history
 
 #: The jobs of one pipeline round, in order (generate runs once: the input stays the same).
+Rounds = tuple[TableStore, list[dict[str, int | None]]]
+"""The ``two_rounds`` fixture: the store, and every table's version after each of the two rounds."""
+
 ROUND = ["ingest", "train-als", "item-similarity", "topk", "evaluate"]
 #: Columns that say which run wrote a row or when, not what it holds.
 RUN_COLUMNS = {
@@ -79,7 +82,7 @@ def _run_ids(store: TableStore, job: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_rounds(spark: SparkSession, base_config: Config, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def two_rounds(spark: SparkSession, base_config: Config, tmp_path_factory: pytest.TempPathFactory) -> Rounds:
     tmp = tmp_path_factory.mktemp("reruns")
     cfg = base_config.with_overrides([f"storage.root={tmp / 'warehouse'}"])
     args = _args(cfg, tmp)
@@ -93,7 +96,7 @@ def two_rounds(spark: SparkSession, base_config: Config, tmp_path_factory: pytes
     return store, versions
 
 
-def test_second_round_gives_identical_tables(two_rounds) -> None:  # noqa: ANN001
+def test_second_round_gives_identical_tables(two_rounds: Rounds) -> None:
     store, (first, second) = two_rounds
     # ingest saw only files it had ingested: it committed nothing the second time
     for table in (T.INTERACTIONS, T.USERS, T.ITEMS, T.INTERACTION_MATRIX, T.INGESTED_FILES):
@@ -107,7 +110,7 @@ def test_second_round_gives_identical_tables(two_rounds) -> None:  # noqa: ANN00
         )
 
 
-def test_appended_rows_of_both_runs_are_identical(two_rounds) -> None:  # noqa: ANN001
+def test_appended_rows_of_both_runs_are_identical(two_rounds: Rounds) -> None:
     store, _ = two_rounds
     for table, job in ((T.EVALUATION_SUMMARY, "evaluate"), (T.MODELS, "train-als")):
         first, second = _run_ids(store, job)
@@ -121,7 +124,7 @@ def test_appended_rows_of_both_runs_are_identical(two_rounds) -> None:  # noqa: 
         )
 
 
-def test_no_duplicate_rows(two_rounds) -> None:  # noqa: ANN001
+def test_no_duplicate_rows(two_rounds: Rounds) -> None:
     store, _ = two_rounds
     for table, key in KEYS.items():
         df = store.read(table)
@@ -129,7 +132,7 @@ def test_no_duplicate_rows(two_rounds) -> None:  # noqa: ANN001
         assert df.groupBy(*key).count().where("count > 1").isEmpty(), f"duplicate {key} in {table}"
 
 
-def test_every_run_has_a_manifest_matching_the_logs(two_rounds) -> None:  # noqa: ANN001
+def test_every_run_has_a_manifest_matching_the_logs(two_rounds: Rounds) -> None:
     store, _ = two_rounds
     runs = store.read(T.RUNS).collect()
     assert sorted(r["job"] for r in runs) == sorted(["generate"] + ROUND * 2)

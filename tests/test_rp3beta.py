@@ -3,12 +3,18 @@ alpha = 0 / beta = 0 edge cases."""
 
 from __future__ import annotations
 
+import itertools
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
 
 from recsys_spark.confidence import confidence_array
 from recsys_spark.config import Rp3betaConfig, SimilarityConfig
 from recsys_spark.rp3beta import item_rp3beta
+
+if TYPE_CHECKING:
+    from pyspark.sql import Row, SparkSession
 
 
 def _rows(seed: int = 5) -> list[tuple[int, int, float]]:
@@ -52,7 +58,7 @@ def _check_against_reference(got: list, w: np.ndarray, counts: np.ndarray, param
         eligible.sort(key=lambda e: (-e[0], e[1]))
         assert len(mine) == min(top_n, len(eligible)), i
         assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
-        assert all(a.similarity >= b.similarity for a, b in zip(mine, mine[1:]))
+        assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(mine))
         for r in mine:
             assert r.similarity == pytest.approx(w[i, r.neighbor_idx], rel=1e-9, abs=1e-12)
             assert r.cooccurrence == counts[i, r.neighbor_idx]
@@ -64,13 +70,13 @@ def _check_against_reference(got: list, w: np.ndarray, counts: np.ndarray, param
     return len(got)
 
 
-def _fit(spark, rows, params: SimilarityConfig) -> list:  # noqa: ANN001
+def _fit(spark: SparkSession, rows: list[tuple[int, int, float]], params: SimilarityConfig) -> list[Row]:
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     return item_rp3beta(df, params).orderBy("item_idx", "rank").collect()
 
 
 @pytest.mark.parametrize("block_items", [3, 5, 1000])
-def test_spark_rp3beta_equals_a_dense_numpy_walk(spark, block_items: int) -> None:  # noqa: ANN001
+def test_spark_rp3beta_equals_a_dense_numpy_walk(spark: SparkSession, block_items: int) -> None:
     rows = _rows()
     params = SimilarityConfig(
         method="rp3beta",
@@ -91,9 +97,9 @@ def test_spark_rp3beta_equals_a_dense_numpy_walk(spark, block_items: int) -> Non
     ("alpha", "beta", "confidence"), [(0.0, 0.5, "linear"), (1.0, 0.0, "log"), (0.0, 0.0, "binary")]
 )
 def test_alpha_and_beta_zero_edge_cases_match_the_reference(
-    spark,
+    spark: SparkSession,
     alpha: float,
-    beta: float,  # noqa: ANN001
+    beta: float,
     confidence: str,
 ) -> None:
     rows = _rows(seed=9)

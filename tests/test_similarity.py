@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -11,6 +12,13 @@ import pytest
 from recsys_spark.config import CosineConfig, FactorCosineConfig, SimilarityConfig
 from recsys_spark.ranking import kth_largest_per_row
 from recsys_spark.similarity import item_cosine
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from recsys_spark.config import Config
+    from recsys_spark.storage import TableStore
+    from tests.conftest import IngestRun
 
 # users x items, confidence values
 #        i0  i1  i2  i3
@@ -21,14 +29,16 @@ from recsys_spark.similarity import item_cosine
 MATRIX = [(0, 0, 1.0), (0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.0), (1, 2, 1.0), (2, 1, 2.0), (2, 2, 1.0), (3, 3, 3.0)]
 
 
-def _sims(spark, params: SimilarityConfig, rows=MATRIX) -> dict[tuple[int, int], tuple]:  # noqa: ANN001
+def _sims(
+    spark: SparkSession, params: SimilarityConfig, rows: list[tuple[int, int, float]] = MATRIX
+) -> dict[tuple[int, int], tuple]:
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
     return {
         (r.item_idx, r.neighbor_idx): (r.similarity, r.rank, r.cooccurrence) for r in item_cosine(df, params).collect()
     }
 
 
-def test_binary_cosine_matches_the_formula(spark) -> None:  # noqa: ANN001
+def test_binary_cosine_matches_the_formula(spark: SparkSession) -> None:
     s = _sims(spark, SimilarityConfig())
     # binary columns: i0 = {u0,u1}, i1 = {u0,u1,u2}, i2 = {u1,u2}
     assert s[(0, 1)][0] == pytest.approx(2 / math.sqrt(2 * 3))
@@ -39,13 +49,13 @@ def test_binary_cosine_matches_the_formula(spark) -> None:  # noqa: ANN001
     assert s[(1, 2)][2] == 2 and s[(0, 2)][2] == 1
 
 
-def test_weighted_cosine(spark) -> None:  # noqa: ANN001
+def test_weighted_cosine(spark: SparkSession) -> None:
     s = _sims(spark, SimilarityConfig(cosine=CosineConfig(confidence="linear")))
     # i1 = (1, 1, 2, 0), i2 = (0, 1, 1, 0)
     assert s[(1, 2)][0] == pytest.approx((1 + 2) / (math.sqrt(6) * math.sqrt(2)))
 
 
-def test_top_n_order_and_pruning(spark) -> None:  # noqa: ANN001
+def test_top_n_order_and_pruning(spark: SparkSession) -> None:
     s = _sims(spark, SimilarityConfig(top_n=1))
     assert {k: v[1] for k, v in s.items()} == {(0, 1): 1, (1, 0): 1, (2, 1): 1}
     # i1's neighbours i0 and i2 tie at 2/sqrt(6): the lower index wins
@@ -57,9 +67,9 @@ def test_top_n_order_and_pruning(spark) -> None:  # noqa: ANN001
     assert ranks[(1, 0)][1] == 1 and ranks[(1, 2)][1] == 2
 
 
-def test_heavy_user_history_is_capped(spark) -> None:  # noqa: ANN001
+def test_heavy_user_history_is_capped(spark: SparkSession) -> None:
     # u9 interacted with 4 items; capped at 2 it keeps its two strongest (i2: 5, i3: 4)
-    rows = MATRIX + [(9, 0, 1.0), (9, 1, 1.0), (9, 2, 5.0), (9, 3, 4.0)]
+    rows = [*MATRIX, (9, 0, 1.0), (9, 1, 1.0), (9, 2, 5.0), (9, 3, 4.0)]
     s = _sims(spark, SimilarityConfig(cosine=CosineConfig(confidence="linear"), max_user_items=2), rows)
     # with u9 capped, i0 and i1 gain nothing from u9, and i2/i3 co-occur through u9 only
     assert s[(2, 3)][2] == 1
@@ -99,7 +109,7 @@ def _reference(rows: list[tuple[int, int, float]], params: SimilarityConfig) -> 
 
 @pytest.mark.parametrize("block_items", [3, 1000])
 @pytest.mark.parametrize("confidence", ["binary", "linear"])
-def test_blocking_never_changes_the_result(spark, block_items: int, confidence: str) -> None:  # noqa: ANN001
+def test_blocking_never_changes_the_result(spark: SparkSession, block_items: int, confidence: str) -> None:
     # integer confidences keep every dot product exact, so ties must break identically
     rng = np.random.default_rng(11)
     pairs = {(int(u), int(min(rng.zipf(1.5), 23) - 1)) for u in rng.integers(0, 40, 300)}
@@ -122,7 +132,7 @@ def test_blocking_never_changes_the_result(spark, block_items: int, confidence: 
     assert len(got) > 40  # enough pairs survive the filters for the comparison to mean something
 
 
-def test_shrinkage_divides_by_the_norms_product_plus_shrink_and_demotes_rare_pairs(spark) -> None:  # noqa: ANN001
+def test_shrinkage_divides_by_the_norms_product_plus_shrink_and_demotes_rare_pairs(spark: SparkSession) -> None:
     rng = np.random.default_rng(5)
     pairs = {(int(u), int(min(rng.zipf(1.5), 23) - 1)) for u in rng.integers(0, 40, 300)}
     # items 30 and 31: one user, nobody else: their exact cosine is 1, the highest there is
@@ -145,7 +155,7 @@ def test_shrinkage_divides_by_the_norms_product_plus_shrink_and_demotes_rare_pai
 
 
 @pytest.mark.realdata
-def test_matches_scipy_on_movielens_100k(spark, shared_data: Path) -> None:  # noqa: ANN001
+def test_matches_scipy_on_movielens_100k(spark: SparkSession, shared_data: Path) -> None:
     import pandas as pd
     import scipy.sparse as sp
 
@@ -176,7 +186,9 @@ def test_matches_scipy_on_movielens_100k(spark, shared_data: Path) -> None:  # n
     assert got.item_idx.nunique() == 1682 - int((np.asarray((x.T @ x).sum(axis=1)).ravel() == 0).sum())
 
 
-def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+def test_item_similarity_job_writes_a_lookup_ready_table(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
+) -> None:
     from recsys_spark import tables as T
     from recsys_spark.pipeline import run_item_similarity
     from recsys_spark.run import RunContext
@@ -204,8 +216,8 @@ def test_item_similarity_job_writes_a_lookup_ready_table(spark, cfg, ingest, sto
     }
 
 
-def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  # noqa: ANN001
-    spark, cfg, ingest, store, tmp_path: Path
+def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
 ) -> None:
     from recsys_spark import tables as T
     from recsys_spark.pipeline import run_generate, run_item_similarity
@@ -250,7 +262,7 @@ def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(  
     assert written.keys() == refit.keys() and all(written[k] == pytest.approx(refit[k]) for k in refit)
 
 
-def test_item_similarity_needs_the_matrix(spark, cfg) -> None:  # noqa: ANN001
+def test_item_similarity_needs_the_matrix(spark: SparkSession, cfg: Config) -> None:
     from recsys_spark.errors import StorageError
     from recsys_spark.pipeline import run_item_similarity
     from recsys_spark.run import RunContext
@@ -260,7 +272,7 @@ def test_item_similarity_needs_the_matrix(spark, cfg) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("block_items", [100, 3])
-def test_factor_cosine_matches_numpy(spark, block_items: int) -> None:  # noqa: ANN001
+def test_factor_cosine_matches_numpy(spark: SparkSession, block_items: int) -> None:
     from recsys_spark.similarity import item_factor_cosine
 
     rng = np.random.default_rng(5)
@@ -279,14 +291,16 @@ def test_factor_cosine_matches_numpy(spark, block_items: int) -> None:  # noqa: 
         if i == 7:
             assert mine == []
             continue
-        cand = sorted(((-sim[i, j], j) for j in range(11) if j not in (i, 7) and sim[i, j] >= 0.1))[:3]
+        cand = sorted((-sim[i, j], j) for j in range(11) if j not in (i, 7) and sim[i, j] >= 0.1)[:3]
         assert [n for n, _, _ in mine] == [j for _, j in cand]
         np.testing.assert_allclose([s for _, s, _ in mine], [-s for s, _ in cand], atol=1e-6)
         assert [rk for _, _, rk in mine] == list(range(1, len(mine) + 1))
     assert all(r.cooccurrence is None for r in got)
 
 
-def test_als_neighbours_sit_beside_cosine_ones(spark, cfg, ingest, store, tmp_path: Path) -> None:  # noqa: ANN001
+def test_als_neighbours_sit_beside_cosine_ones(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
+) -> None:
     from recsys_spark import tables as T
     from recsys_spark.errors import StorageError
     from recsys_spark.pipeline import run_item_similarity, run_train_als
@@ -337,7 +351,7 @@ def test_kth_largest_per_row(monkeypatch: pytest.MonkeyPatch, buffer: int) -> No
         assert got[row] == (row_values[2] if n >= 3 else -np.inf)
 
 
-def test_partition_keys_put_one_cell_in_each_partition(spark) -> None:  # noqa: ANN001
+def test_partition_keys_put_one_cell_in_each_partition(spark: SparkSession) -> None:
     from pyspark.sql import functions as F
 
     from recsys_spark.similarity import _partition_keys
@@ -353,10 +367,10 @@ def test_partition_keys_put_one_cell_in_each_partition(spark) -> None:  # noqa: 
 
 
 def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(
-    spark,
-    cfg,
-    ingest,
-    store,  # noqa: ANN001
+    spark: SparkSession,
+    cfg: Config,
+    ingest: IngestRun,
+    store: TableStore,
     tmp_path: Path,
 ) -> None:
     from recsys_spark import tables as T

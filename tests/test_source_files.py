@@ -24,8 +24,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import tables as T
 from recsys_spark import sources
+from recsys_spark import tables as T
 from recsys_spark.config import Config
 from recsys_spark.errors import InputError
 from recsys_spark.ingest import validate_events
@@ -103,14 +103,12 @@ TIME_COLUMNS: dict[str, Callable[[Path], None]] = {
     "int96 (use_deprecated_int96_timestamps)": lambda p: pq.write_table(
         _events(2, ts=pa.array(_epoch("ns"), pa.timestamp("ns"))), p, use_deprecated_int96_timestamps=True
     ),
-    "pandas datetime64[ns] (to_parquet)": lambda p: _events(2)
-    .to_pandas()
-    .assign(ts=pd.to_datetime([i.replace(tzinfo=None) for i in INSTANTS]))
-    .to_parquet(p),
-    "pandas datetime64[ns, Europe/Berlin] (to_parquet)": lambda p: _events(2)
-    .to_pandas()
-    .assign(ts=pd.to_datetime(INSTANTS).tz_convert("Europe/Berlin"))
-    .to_parquet(p),
+    "pandas datetime64[ns] (to_parquet)": lambda p: (
+        _events(2).to_pandas().assign(ts=pd.to_datetime([i.replace(tzinfo=None) for i in INSTANTS])).to_parquet(p)
+    ),
+    "pandas datetime64[ns, Europe/Berlin] (to_parquet)": lambda p: (
+        _events(2).to_pandas().assign(ts=pd.to_datetime(INSTANTS).tz_convert("Europe/Berlin")).to_parquet(p)
+    ),
 }
 
 

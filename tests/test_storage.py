@@ -6,6 +6,7 @@ import json
 import shutil
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -29,6 +30,13 @@ from pyspark.sql.types import (
 from recsys_spark.errors import SchemaMismatchError, StorageError
 from recsys_spark.session import delta_jars_loaded
 from recsys_spark.storage import CommitInfo, TableStore, describe_table, file_stats, table_location
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pyspark.sql import DataFrame, SparkSession
+
+    from recsys_spark.config import Config
 
 COMMIT = CommitInfo("test", "run-1", "cfg123")
 SCHEMA = StructType(
@@ -57,7 +65,7 @@ def _rows(n: int, offset: int = 0) -> list[tuple]:
     ]
 
 
-def _df(spark, n: int = 50, offset: int = 0):  # noqa: ANN001, ANN202
+def _df(spark: SparkSession, n: int = 50, offset: int = 0) -> DataFrame:
     return spark.createDataFrame(_rows(n, offset), SCHEMA)
 
 
@@ -68,7 +76,7 @@ def _arrow_rows(location: str) -> list[dict]:
     return dt.to_pyarrow_dataset(filesystem=fs).to_table().to_pylist()
 
 
-def test_round_trip(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_round_trip(spark: SparkSession, store: TableStore) -> None:
     df = _df(spark)
     result = store.write(df, "things", "overwrite", COMMIT)
     assert (result.version, result.rows, result.engine) == (0, 50, "delta-rs")
@@ -76,7 +84,7 @@ def test_round_trip(spark, store: TableStore) -> None:  # noqa: ANN001
     assert store.schema("things").fieldNames() == SCHEMA.fieldNames()
 
 
-def test_time_travel_after_overwrite(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_time_travel_after_overwrite(spark: SparkSession, store: TableStore) -> None:
     store.write(_df(spark, 10), "things", "overwrite", COMMIT)
     store.write(_df(spark, 5, offset=100), "things", "overwrite", COMMIT)
     store.write(_df(spark, 3, offset=200), "things", "append", COMMIT)
@@ -88,7 +96,7 @@ def test_time_travel_after_overwrite(spark, store: TableStore) -> None:  # noqa:
         store.read("things", version=9)
 
 
-def test_partitioned_round_trip_with_nulls_and_pruning(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_partitioned_round_trip_with_nulls_and_pruning(spark: SparkSession, store: TableStore) -> None:
     df = _df(spark, 30).withColumn("day", F.when(F.col("id") == 0, None).otherwise(F.col("day")))
     result = store.write(df, "parts", "overwrite", COMMIT, partition_by=["day"])
     assert result.files == 4  # three dates and the null partition: one file each
@@ -103,7 +111,7 @@ def test_partitioned_round_trip_with_nulls_and_pruning(spark, store: TableStore)
     assert "day" not in pads.dataset(str(some_file)).schema.names
 
 
-def test_file_pruning_uses_min_max_stats(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_file_pruning_uses_min_max_stats(spark: SparkSession, store: TableStore) -> None:
     df = spark.range(0, 1000, numPartitions=4).select(F.col("id"), (F.col("id") * 2).alias("v"))
     store.write(df.repartitionByRange(4, "id").sortWithinPartitions("id"), "sorted", "overwrite", COMMIT)
     dt = DeltaTable(store.location("sorted"))
@@ -112,7 +120,7 @@ def test_file_pruning_uses_min_max_stats(spark, store: TableStore) -> None:  # n
     assert [r.v for r in store.read("sorted", where="id = 10").collect()] == [20]
 
 
-def test_commit_stats_match_the_files(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_commit_stats_match_the_files(spark: SparkSession, store: TableStore) -> None:
     store.write(_df(spark, 20).coalesce(1), "things", "overwrite", COMMIT)
     dt = DeltaTable(store.location("things"))
     log_file = Path(store.location("things")) / "_delta_log" / "00000000000000000000.json"
@@ -128,7 +136,7 @@ def test_commit_stats_match_the_files(spark, store: TableStore) -> None:  # noqa
     assert dt.version() == 0
 
 
-def test_empty_dataframes(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_empty_dataframes(spark: SparkSession, store: TableStore) -> None:
     empty = spark.createDataFrame([], SCHEMA)
     assert store.write(empty, "empty", "overwrite", COMMIT).rows == 0
     assert store.read("empty").count() == 0
@@ -152,7 +160,9 @@ def test_empty_dataframes(spark, store: TableStore) -> None:  # noqa: ANN001
         (lambda df: df.withColumn("id", F.col("id").cast(IntegerType())), "column 'id' is \"integer\""),
     ],
 )
-def test_schema_mismatch_is_an_error_and_writes_nothing(spark, store: TableStore, change, message: str) -> None:  # noqa: ANN001
+def test_schema_mismatch_is_an_error_and_writes_nothing(
+    spark: SparkSession, store: TableStore, change: Callable[[DataFrame], DataFrame], message: str
+) -> None:
     store.write(_df(spark, 5), "things", "overwrite", COMMIT)
     for mode in ("append", "overwrite"):
         with pytest.raises(SchemaMismatchError, match=message):
@@ -163,13 +173,13 @@ def test_schema_mismatch_is_an_error_and_writes_nothing(spark, store: TableStore
     assert len([p for p in Path(store.location("things")).iterdir() if not p.name.startswith("_")]) == 1
 
 
-def test_partitioning_mismatch_is_an_error(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_partitioning_mismatch_is_an_error(spark: SparkSession, store: TableStore) -> None:
     store.write(_df(spark, 5), "things", "overwrite", COMMIT, partition_by=["day"])
     with pytest.raises(SchemaMismatchError, match="partitioned by"):
         store.write(_df(spark, 5), "things", "append", COMMIT)
 
 
-def test_nullability_differences_are_not_mismatches(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_nullability_differences_are_not_mismatches(spark: SparkSession, store: TableStore) -> None:
     store.write(spark.range(3), "ids", "overwrite", COMMIT)  # id is NOT NULL here
     nullable = spark.createDataFrame([(None,), (7,)], "id BIGINT")
     store.write(nullable, "ids", "append", COMMIT)
@@ -177,7 +187,7 @@ def test_nullability_differences_are_not_mismatches(spark, store: TableStore) ->
     assert store.read("ids").count() == 5
 
 
-def test_deltalake_reads_the_rows_spark_wrote(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_deltalake_reads_the_rows_spark_wrote(spark: SparkSession, store: TableStore) -> None:
     df = _df(spark, 40)
     store.write(df, "things", "overwrite", COMMIT, partition_by=["day"])
     store.write(_df(spark, 10, offset=40), "things", "append", COMMIT, partition_by=["day"])
@@ -192,7 +202,7 @@ def test_deltalake_reads_the_rows_spark_wrote(spark, store: TableStore) -> None:
     assert [list(r["vec"]) for r in via_arrow] == [list(r["vec"]) for r in via_spark]
 
 
-def test_history_records_job_run_and_config(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_history_records_job_run_and_config(spark: SparkSession, store: TableStore) -> None:
     store.write(_df(spark, 2), "things", "overwrite", COMMIT)
     store.write(_df(spark, 2), "things", "append", CommitInfo("ingest", "run-2", "cfg456", {"files": 3}))
     h = store.history("things")
@@ -205,8 +215,8 @@ def test_history_records_job_run_and_config(spark, store: TableStore) -> None:  
 
 
 def test_history_numbers_versions_right_when_a_commit_lands_during_the_read(
-    spark,
-    store: TableStore,  # noqa: ANN001
+    spark: SparkSession,
+    store: TableStore,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """deltalake numbers history from the handle's loaded version but lists from the newest commit:
@@ -216,7 +226,7 @@ def test_history_numbers_versions_right_when_a_commit_lands_during_the_read(
     history = DeltaTable.history
     landed: list[int] = []
 
-    def another_writer_commits_first(self, limit=None):  # noqa: ANN001, ANN202
+    def another_writer_commits_first(self: DeltaTable, limit: int | None = None) -> list[dict[str, Any]]:
         if not landed:  # once: between this handle's load and its listing
             landed.append(1)
             store.write(_df(spark, 1), "things", "append", CommitInfo("other", "run-3", "cfg"))
@@ -228,7 +238,7 @@ def test_history_numbers_versions_right_when_a_commit_lands_during_the_read(
     assert [(e.version, e.metadata["run_id"]) for e in h] == [(2, "run-3"), (1, "run-2"), (0, "run-1")]
 
 
-def test_orphans_of_a_killed_write_are_invisible_and_vacuumed(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_orphans_of_a_killed_write_are_invisible_and_vacuumed(spark: SparkSession, store: TableStore) -> None:
     store.write(_df(spark, 10), "things", "overwrite", COMMIT)
     store.write(_df(spark, 6), "things", "overwrite", COMMIT)
     # A writer killed between its Parquet write and its commit leaves a folder the log never names.
@@ -246,7 +256,7 @@ def test_orphans_of_a_killed_write_are_invisible_and_vacuumed(spark, store: Tabl
     assert len([p for p in Path(store.location("things")).iterdir() if not p.name.startswith("_")]) == 1
 
 
-def test_vacuum_keeps_files_inside_the_retention_window(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_vacuum_keeps_files_inside_the_retention_window(spark: SparkSession, store: TableStore) -> None:
     store.write(_df(spark, 10), "things", "overwrite", COMMIT)
     store.write(_df(spark, 6), "things", "overwrite", COMMIT)
     assert store.vacuum("things", retention_hours=24) == []
@@ -268,7 +278,7 @@ def test_missing_table_is_a_clear_error(store: TableStore) -> None:
         store.read("nothing")
 
 
-def test_missing_partition_column_is_an_error(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_missing_partition_column_is_an_error(spark: SparkSession, store: TableStore) -> None:
     with pytest.raises(StorageError, match="partition columns"):
         store.write(_df(spark, 2), "things", "overwrite", COMMIT, partition_by=["nope"])
 
@@ -285,7 +295,7 @@ def test_file_stats_skip_long_strings(tmp_path: Path) -> None:
 
 
 @pytest.mark.deltaspark
-def test_delta_spark_engine_round_trip(spark, cfg) -> None:  # noqa: ANN001
+def test_delta_spark_engine_round_trip(spark: SparkSession, cfg: Config) -> None:
     if not delta_jars_loaded(spark):
         pytest.skip(
             "Delta Lake jars are not on the Spark classpath (Maven is unreachable here); "
@@ -300,19 +310,21 @@ def test_delta_spark_engine_round_trip(spark, cfg) -> None:  # noqa: ANN001
     assert store.history("native")[0].metadata["run_id"] == "run-1"
 
 
-def test_delta_spark_engine_without_jars_is_a_clear_error(spark, cfg) -> None:  # noqa: ANN001
+def test_delta_spark_engine_without_jars_is_a_clear_error(spark: SparkSession, cfg: Config) -> None:
     if delta_jars_loaded(spark):
         pytest.skip("Delta jars are present; this checks the message when they are not")
     with pytest.raises(StorageError, match="Delta jars are not on the Spark classpath"):
         TableStore(spark, cfg.storage.model_copy(update={"engine": "delta-spark"}))
 
 
-def test_cleanup_removes_the_write_folder_when_the_commit_fails(spark, store: TableStore, monkeypatch) -> None:  # noqa: ANN001
+def test_cleanup_removes_the_write_folder_when_the_commit_fails(
+    spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import recsys_spark.storage as storage
 
     store.write(_df(spark, 3), "things", "overwrite", COMMIT)
 
-    def boom(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def boom(*args: Any, **kwargs: Any) -> NoReturn:
         raise RuntimeError("simulated crash before commit")
 
     monkeypatch.setattr(storage, "_add_actions", boom)
@@ -324,7 +336,7 @@ def test_cleanup_removes_the_write_folder_when_the_commit_fails(spark, store: Ta
     shutil.rmtree(store.location("things"))
 
 
-def test_partition_values_with_special_characters(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_partition_values_with_special_characters(spark: SparkSession, store: TableStore) -> None:
     values = ["a+b", "c d", "e%f", "g/h", "ü=1", "x:y"]
     df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "id BIGINT, tag STRING")
     store.write(df, "tagged", "overwrite", COMMIT, partition_by=["tag"])
@@ -333,7 +345,7 @@ def test_partition_values_with_special_characters(spark, store: TableStore) -> N
     assert sorted(r["tag"] for r in _arrow_rows(store.location("tagged"))) == sorted(values)
 
 
-def test_overwrite_of_one_partition_keeps_the_others(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_overwrite_of_one_partition_keeps_the_others(spark: SparkSession, store: TableStore) -> None:
     rows = [(1, "a", 0.1), (2, "a", 0.2), (3, "b", 0.3)]
     schema = "id INT, method STRING, v DOUBLE"
     store.write(spark.createDataFrame(rows, schema), "nb", "overwrite", COMMIT, ["method"])
@@ -370,7 +382,7 @@ def _write_folders(location: str) -> list[Path]:
     return [p for p in Path(location).iterdir() if p.is_dir() and not p.name.startswith("_")]
 
 
-def test_a_conditional_append_lands_right_after_the_version_it_read(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_a_conditional_append_lands_right_after_the_version_it_read(spark: SparkSession, store: TableStore) -> None:
     first = store.write(_df(spark, 5), "cond", "append", COMMIT, expected_version=None)
     second = store.write(_df(spark, 5, 5), "cond", "append", COMMIT, expected_version=first.version)
     assert (first.version, second.version) == (0, 1)
@@ -379,7 +391,9 @@ def test_a_conditional_append_lands_right_after_the_version_it_read(spark, store
 
 
 @pytest.mark.parametrize("mode", ["append", "overwrite"])
-def test_a_conditional_write_to_a_table_that_moved_commits_nothing(spark, store: TableStore, mode: str) -> None:  # noqa: ANN001
+def test_a_conditional_write_to_a_table_that_moved_commits_nothing(
+    spark: SparkSession, store: TableStore, mode: str
+) -> None:
     from recsys_spark.errors import ConcurrentWriteError
 
     store.write(_df(spark, 5), "moved", "append", COMMIT)
@@ -395,7 +409,7 @@ def test_a_conditional_write_to_a_table_that_moved_commits_nothing(spark, store:
     assert len(_write_folders(store.location("moved"))) == 2  # no files of the refused write
 
 
-def test_a_conditional_create_fails_when_the_table_already_exists(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_a_conditional_create_fails_when_the_table_already_exists(spark: SparkSession, store: TableStore) -> None:
     from recsys_spark.errors import ConcurrentWriteError
 
     store.write(_df(spark, 5), "created", "append", COMMIT, expected_version=None)
@@ -404,7 +418,9 @@ def test_a_conditional_create_fails_when_the_table_already_exists(spark, store: 
     assert store.read("created").count() == 5
 
 
-def test_the_commit_itself_refuses_a_stale_version(spark, store: TableStore, monkeypatch) -> None:  # noqa: ANN001
+def test_the_commit_itself_refuses_a_stale_version(
+    spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The up-front version check passes, then another commit lands before ours: Delta's log refuses
     the second writer of version 1 (the race a barrier forces in test_crash_safety, made sequential)."""
     from recsys_spark import storage
@@ -413,7 +429,7 @@ def test_the_commit_itself_refuses_a_stale_version(spark, store: TableStore, mon
     store.write(_df(spark, 5), "stale", "append", COMMIT)
     add_actions = storage._add_actions
 
-    def another_writer_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def another_writer_first(*args: Any, **kwargs: Any) -> list[Any]:
         actions = add_actions(*args, **kwargs)
         DeltaTable(store.location("stale")).create_write_transaction(
             [], mode="append", schema=DeltaTable(store.location("stale")).schema()
@@ -428,14 +444,16 @@ def test_the_commit_itself_refuses_a_stale_version(spark, store: TableStore, mon
     assert len(_write_folders(store.location("stale"))) == 1  # the refused write's folder is removed
 
 
-def test_reading_a_version_that_does_not_exist_names_the_versions_there_are(spark, store: TableStore) -> None:  # noqa: ANN001
+def test_reading_a_version_that_does_not_exist_names_the_versions_there_are(
+    spark: SparkSession, store: TableStore
+) -> None:
     for offset in (0, 5, 10):
         store.write(_df(spark, 5, offset), "versions", "append", COMMIT)
     with pytest.raises(StorageError, match=r"table 'versions' has no version 99: it has versions 0\.\.2$"):
         store.read("versions", version=99)
 
 
-def test_an_unwritable_table_root_fails_up_front_naming_it(spark, cfg) -> None:  # noqa: ANN001
+def test_an_unwritable_table_root_fails_up_front_naming_it(spark: SparkSession, cfg: Config) -> None:
     # /proc refuses new entries even to root, as a read-only mount or a foreign bucket would
     bad = TableStore(spark, cfg.with_overrides(["storage.root=/proc/recsys-warehouse"]).storage)
     with pytest.raises(

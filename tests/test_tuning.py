@@ -190,7 +190,7 @@ def test_a_metric_without_a_driver_twin_is_refused() -> None:
     from recsys_spark.blend_search import ranking_metric
 
     one = np.array([0])
-    with pytest.raises(ValueError, match="ndcg_graded.*known: ndcg, precision"):
+    with pytest.raises(ValueError, match=r"ndcg_graded.*known: ndcg, precision"):
         ranking_metric("ndcg_graded", 10, one, one, one, one, one)
 
 

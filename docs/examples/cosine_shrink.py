@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from ease_reference import ndcg_at_10  # the same metric
 from ease_validation import carve  # the same per-user carve-out
 

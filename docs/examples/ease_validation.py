@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from ease_reference import COLUMNS, ease_weights, ndcg_at_10  # the same closed form and metric
 
 L2_GRID = [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0]

@@ -10,9 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_spark.config import Config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 
 @dataclass
@@ -157,7 +160,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(spark) -> dict[str, Any]:  # noqa: ANN001
+def machine(spark: SparkSession) -> dict[str, Any]:
     import numpy
     import pyspark
 

@@ -194,7 +194,7 @@ def _training_rows(train: DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray
 class _Contender:
     """One timed contender of the slope method: a fit timer, its (lo, hi) iterations, an optional check."""
 
-    def __init__(self, fit: Callable[..., float], lo: int, hi: int, check: Callable[[Any], None] | None = None):
+    def __init__(self, fit: Callable[..., float], lo: int, hi: int, check: Callable[[Any], None] | None = None) -> None:
         self.fit, self.lo, self.hi, self.check = fit, lo, hi, check
         self.t_lo: list[float] = []
         self.t_hi: list[float] = []
@@ -658,7 +658,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
             "so it is given 1 + alpha·r with alpha = 1 and both solve the same weighted least squares. The one "
             "difference left is that MLlib scales the regularisation by each row's rating count (ALS-WR) and "
             "implicit does not, which changes no work per iteration. Per-iteration time is the slope between fits "
-            "of two iteration counts (fixed costs cancel); implicit gets more iterations than ours, enough for its span "
+            "of two iteration counts (fixed costs cancel); implicit gets more iterations than ours, "
+            "enough for its span "
             f"to last about {_MIN_SPAN_S:g} s, so its slope is not a difference of noise. The total is the whole "
             "fit at the larger count."
         ),
@@ -684,5 +685,5 @@ def markdown(r: dict[str, Any]) -> list[str]:
             lines += [f"{p['name']}: skipped ({p['skipped']}).", ""]
     for p in points:
         if p.get("profile"):
-            lines += _profile_lines(p, r) + ["", _conclusion(p, r), ""]
+            lines += [*_profile_lines(p, r), "", _conclusion(p, r), ""]
     return lines

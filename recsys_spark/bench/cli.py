@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads((out / "benchmarks.json").read_text())
         kept = {name: earlier[name] for name in BENCHMARKS if name in earlier and name not in results}
         # each section says when and how it was measured, since the page now holds several runs
-        for name, section in kept.items():
+        for section in kept.values():
             section.setdefault("measured", {"date": earlier["date"], "command": earlier["command"]})
         for name in only:
             results[name]["measured"] = {"date": results["date"], "command": results["command"]}

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from recsys_spark.bench._common import BenchContext, faster, summary, timed
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
     from recsys_spark.config import Config
 
@@ -202,10 +202,10 @@ def _repeats_within(first_s: float, repeats: int) -> int:
 
 
 def bench_ease(
-    spark,
+    spark: SparkSession,
     events: int,
     repeats: int,
-    warehouse: Callable[[int], tuple[Config, int, float]],  # noqa: ANN001
+    warehouse: Callable[[int], tuple[Config, int, float]],
     work: Path,
     warm_up: bool = True,
 ) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import shutil
 import statistics
 from pathlib import Path
-from typing import Any
-
-from recsys_spark.config import Config
+from typing import TYPE_CHECKING, Any
 
 from recsys_spark.bench._common import BenchContext, summary, timed
+from recsys_spark.config import Config
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 TITLE = "Ingest"
 #: Size options: name -> (full default, --quick value, help).
@@ -24,7 +26,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     return bench_ingest(ctx.spark, cfg, events, ctx.work / "ingest", ctx.repeats)
 
 
-def bench_ingest(spark, cfg: Config, events: int, work: Path, repeats: int) -> dict[str, Any]:  # noqa: ANN001
+def bench_ingest(spark: SparkSession, cfg: Config, events: int, work: Path, repeats: int) -> dict[str, Any]:
     """Time the ingest job and a plain CSV -> Parquet copy on the files under ``cfg.ingest.source.path``."""
     from recsys_spark.pipeline import run_ingest
     from recsys_spark.run import RunContext
@@ -71,4 +73,4 @@ def markdown(ing: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {r['what']} | {r['median_s']:.1f} | {r['min_s']:.1f}–{r['max_s']:.1f} | {r['events_per_s']:,.0f} |"
         )
-    return lines + ["", f"Ingest takes **{ing['ratio_vs_baseline']:.2f}×** the time of the plain CSV→Parquet copy.", ""]
+    return [*lines, "", f"Ingest takes **{ing['ratio_vs_baseline']:.2f}×** the time of the plain CSV→Parquet copy.", ""]

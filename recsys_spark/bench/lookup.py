@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from recsys_spark.bench._common import BenchContext, faster, percentile
 
 if TYPE_CHECKING:  # the lookup reader process must not import pyspark
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import Column, DataFrame, SparkSession
 
     from recsys_spark.config import Config
     from recsys_spark.storage import WriteResult
@@ -55,7 +55,7 @@ def _padded_id(prefix: str, idx: Column) -> Column:
     return F.concat(F.lit(prefix), F.lpad(idx.cast("string"), 8, "0"))
 
 
-def _candidate_rows(spark, n_users: int, k: int, n_items: int, files: int) -> DataFrame:  # noqa: ANN001
+def _candidate_rows(spark: SparkSession, n_users: int, k: int, n_items: int, files: int) -> DataFrame:
     """The als partition of ``user_candidates``: n_users x k rows from ``spark.range``, no UDFs.
 
     User ids are ``u%08d``; items are distinct within a user; scores fall with rank and carry
@@ -87,7 +87,7 @@ def _candidate_rows(spark, n_users: int, k: int, n_items: int, files: int) -> Da
     )
 
 
-def _expanded(spark, n_keys: int, k: int, files: int, key: str) -> DataFrame:  # noqa: ANN001
+def _expanded(spark: SparkSession, n_keys: int, k: int, files: int, key: str) -> DataFrame:
     """(key, rank 1..k, id = key * k + rank - 1) rows in ``files`` partitions of consecutive keys.
 
     Keys are generated in order and each partition holds whole keys, so the rows already are in the
@@ -103,7 +103,7 @@ def _expanded(spark, n_keys: int, k: int, files: int, key: str) -> DataFrame:  #
     )
 
 
-def _neighbor_rows(spark, n_items: int, n: int, files: int) -> DataFrame:  # noqa: ANN001
+def _neighbor_rows(spark: SparkSession, n_items: int, n: int, files: int) -> DataFrame:
     """The cosine partition of ``item_neighbors``: n_items x n rows, neighbours distinct and never the item."""
     from pyspark.sql import functions as F
 
@@ -124,11 +124,11 @@ def _neighbor_rows(spark, n_items: int, n: int, files: int) -> DataFrame:  # noq
 
 
 def _write_lookup_tables(
-    spark,
+    spark: SparkSession,
     cfg: Config,
     n_users: int,
     k: int,
-    n_items: int,  # noqa: ANN001
+    n_items: int,
     n_neighbor_items: int,
 ) -> tuple[WriteResult, WriteResult]:
     """popular_items, user_candidates and item_neighbors under ``cfg.storage.root``, laid out as the
@@ -259,11 +259,11 @@ def _run_reader(spec: dict[str, Any], work: Path) -> dict[str, Any]:
 
 
 def bench_lookup(
-    spark,
+    spark: SparkSession,
     cfg: Config,
     work: Path,
     n_users: int,
-    n_neighbor_items: int,  # noqa: ANN001
+    n_neighbor_items: int,
     lookups: int = 1000,
     k: int = 100,
     n_items: int = 20_000,

@@ -15,7 +15,7 @@ from recsys_spark.bench._common import BenchContext, faster, summary, timed
 
 if TYPE_CHECKING:
     import numpy as np
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
     from recsys_spark.config import Config, SimilarityConfig
 
@@ -73,10 +73,10 @@ def _exact_params(params: SimilarityConfig, max_history: int) -> SimilarityConfi
 
 
 def _column_similarities(
-    spark,
+    spark: SparkSession,
     values: DataFrame,
     n_users: int,
-    n_items: int,  # noqa: ANN001
+    n_items: int,
     top_n: int,
 ) -> DataFrame:
     """Top-N neighbours per item from MLlib's exact ``RowMatrix.columnSimilarities()``.
@@ -237,7 +237,7 @@ def _against_reference(lists: Lists, reference: Lists, top_n: int) -> int:
 # -- profile -------------------------------------------------------------------------------------
 
 
-def _stage_profile(spark, group: str) -> tuple[list[dict[str, Any]], str | None]:  # noqa: ANN001
+def _stage_profile(spark: SparkSession, group: str) -> tuple[list[dict[str, Any]], str | None]:
     """Completed stages of a job group from Spark's status store, most task time first, and why
     there are none if so.
 
@@ -322,9 +322,9 @@ def _kernel_seconds(csr: Any, top_n: int) -> float:
 
 
 def bench_similarity(
-    spark,
+    spark: SparkSession,
     events: int,
-    repeats: int,  # noqa: ANN001
+    repeats: int,
     warehouse: Callable[[int], tuple[Config, int, float]],
     configured_row: bool = True,
 ) -> dict[str, Any]:
@@ -496,7 +496,8 @@ def markdown(s: dict[str, Any]) -> list[str]:
         f"## Item-item cosine vs columnSimilarities and implicit ({s['events']:,} synthetic events: "
         f"{s['users']:,} users × {s['items']:,} items, {s['nonzeros']:,} non-zeros, top {s['top_n']})",
         "",
-        f"All three read the same interaction matrix ({s.get('confidence', s.get('weighting'))} values) from the project's generate + "
+        f"All three read the same interaction matrix ({s.get('confidence', s.get('weighting'))} values) "
+        "from the project's generate + "
         f"ingest; its {s['cooccurrences']:,} (user, item pair) co-occurrences are the work of an exact cosine. "
         f"Ours runs with every filter at its most permissive (history cap {s['max_history']} = the longest "
         "history, min co-occurrence 1, min similarity 0), so all three compute the exact cosine. "
@@ -569,7 +570,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
                 "",
                 "Rows in = input plus shuffle rows read; stages of one job overlap, so wall times do not add up.",
             ]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _repeats_note(s: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from recsys_spark.bench._common import BenchContext, PeakRss, faster, summary, t
 if TYPE_CHECKING:
     import numpy as np
     from pyspark.ml.recommendation import ALSModel
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
     from recsys_spark.config import Config
 
@@ -61,7 +61,7 @@ def _write_factors(path: Path, factors: np.ndarray) -> None:
     pq.write_table(pa.table({"id": pa.array(np.arange(len(factors), dtype=np.int32)), "features": vectors}), path)
 
 
-def _als_model(spark, user_factors: DataFrame, item_factors: DataFrame, rank: int) -> ALSModel:  # noqa: ANN001
+def _als_model(spark: SparkSession, user_factors: DataFrame, item_factors: DataFrame, rank: int) -> ALSModel:
     """An MLlib ALSModel holding exactly these factors.
 
     ALSModel's constructor is ``private[ml]`` in Scala, which is public in the bytecode, so py4j can
@@ -160,12 +160,12 @@ def gemm_rate(rank: int, rows: int = 4096, cols: int = 16384, repeats: int = 5) 
 
 
 def bench_topk(
-    spark,
+    spark: SparkSession,
     cfg: Config,
     work: Path,
     n_users: int,
     n_items: int,
-    rank: int,  # noqa: ANN001
+    rank: int,
     repeats: int,
     k: int = 100,
     seed: int = 42,
