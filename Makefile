@@ -81,21 +81,24 @@ ml100k-all: setup
 	$(BIN)/recsys-spark compare data/ml-100k/u?/reports/latest/evaluation.json
 
 # For spark-submit: dist/recsys_spark.zip goes to --py-files; the wheel installs the library
-# (and its dependencies) on nodes that lack them.
+# (and its dependencies) on nodes that lack them. Neither holds the benchmarks or the dev tools
+# (pyproject.toml excludes the same packages from the wheel).
+DEV_PACKAGES = ('bench', 'dev')
 dist: setup
 	rm -rf dist && mkdir -p dist
 	$(BIN)/pip wheel --quiet --no-deps -w dist .
-	$(BIN)/python -c "import shutil; shutil.make_archive('dist/recsys_spark', 'zip', '.', 'recsys_spark')"
+	$(BIN)/python -c "import pathlib, zipfile; z = zipfile.ZipFile('dist/recsys_spark.zip', 'w', zipfile.ZIP_DEFLATED); \
+	[z.write(p) for p in sorted(pathlib.Path('recsys_spark').rglob('*.py')) if p.parts[1] not in $(DEV_PACKAGES)]; z.close()"
 	@ls -l dist
 
 # A Spark standalone cluster on 127.0.0.1 (one master, two 1-core worker JVMs) for trying
 # spark-submit: README "Running on a cluster". State and logs in $(CLUSTER_DIR).
 CLUSTER_DIR ?= .cluster
 cluster-up: setup
-	$(BIN)/python -m recsys_spark.devcluster up --dir $(CLUSTER_DIR)
+	$(BIN)/python -m recsys_spark.dev.cluster up --dir $(CLUSTER_DIR)
 
 cluster-down:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m recsys_spark.devcluster down --dir $(CLUSTER_DIR); fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m recsys_spark.dev.cluster down --dir $(CLUSTER_DIR); fi
 
 clean-data:
 	rm -rf data/cluster data/warehouse data/raw data/checkpoints data/spark-warehouse data/reports data/ml-100k

@@ -5,7 +5,7 @@ spark-submit --py-files dist/recsys_spark.zip jobs/train_als.py --config conf/cl
 
 import sys
 
-from recsys_spark.cli import _cmd_train_als, run_job
+from recsys_spark.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(run_job("train-als", _cmd_train_als))
+    sys.exit(run_job("train-als"))

@@ -14,18 +14,23 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from recsys_spark import tables as T
-from recsys_spark.config import DEFAULT_CONFIG, Config, load_config
+from recsys_spark.config.loader import DEFAULT_CONFIG, load_config
+from recsys_spark.config.schema import Config
 from recsys_spark.errors import ConfigError, RecsysError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from recsys_spark.run import RunContext
-    from recsys_spark.storage import TableStore
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.storage.store import TableStore
 
 log = logging.getLogger("recsys_spark")
 
-JobFn = Callable[[Any, Config, Any], None]
+JobFn = Callable[["SparkSession", Config, "RunContext"], None]
+
+#: The spark-submit jobs (jobs/*.py) and the CLI stage commands run through the same table.
+ALIASES = {"topk": "candidates"}
+"""Older command names that still work: ``topk`` is the ``candidates`` stage."""
 
 
 def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -99,10 +104,14 @@ def _guard(fn: Callable[[], int]) -> int:
         raise
 
 
-def run_job(job: str, fn: JobFn, argv: Sequence[str] | None = None) -> int:
-    """Entry point of a spark-submit job: parse --config/--set, build the session, run ``fn``."""
-    from recsys_spark.run import RunContext
+def run_job(job: str, argv: Sequence[str] | None = None) -> int:
+    """Entry point of a spark-submit job (``jobs/<job>.py``): parse --config/--set, build the
+    session, run the stage ``job`` (a key of :data:`STAGES`) and record it in ``runs``."""
+    from recsys_spark.pipeline.runs import RunContext
 
+    if job not in STAGES:
+        raise ValueError(f"unknown job {job!r}; known: {', '.join(STAGES)}")
+    fn = STAGES[job]
     parser = argparse.ArgumentParser(prog=f"jobs/{job.replace('-', '_')}.py", description=f"recsys-spark {job} job")
     _common(parser, suppress=False)
     args = parser.parse_args(argv)
@@ -122,8 +131,8 @@ def run_job(job: str, fn: JobFn, argv: Sequence[str] | None = None) -> int:
 
 def _recorded(spark: SparkSession, cfg: Config, ctx: RunContext, call: Callable[[], None]) -> None:
     """Run a job and append its manifest to the ``runs`` table, whether it succeeds or fails."""
-    from recsys_spark.run import record_run
-    from recsys_spark.storage import TableStore
+    from recsys_spark.pipeline.runs import record_run
+    from recsys_spark.storage.store import TableStore
 
     try:
         call()
@@ -145,41 +154,34 @@ def _recorded(spark: SparkSession, cfg: Config, ctx: RunContext, call: Callable[
 
 
 def _cmd_generate(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline import run_generate
+    from recsys_spark.pipeline.generate import run_generate
 
     path, n = run_generate(spark, cfg)
     print(f"synthetic log: {n:,} events in {path}")
 
 
 def _cmd_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline import run_ingest
+    from recsys_spark.pipeline.ingest import run_ingest
 
     print(run_ingest(spark, cfg, ctx).render())
 
 
 def _cmd_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline import run_train_als
+    from recsys_spark.pipeline.demo import als_summary
+    from recsys_spark.pipeline.train import run_train_als
 
-    print(_als_summary(cfg, run_train_als(spark, cfg, ctx)))
-
-
-def _als_summary(cfg: Config, out: dict[str, Any]) -> str:
-    return (
-        f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
-        f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
-        f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}"
-    )
+    print(als_summary(cfg, run_train_als(spark, cfg, ctx)))
 
 
 def _cmd_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline import run_item_similarity
+    from recsys_spark.pipeline.similarity import run_item_similarity
 
     w = run_item_similarity(spark, cfg, ctx)
     print(f"item_neighbors v{w.version}: {w.rows:,} neighbour rows (method = {cfg.similarity.method!r})")
 
 
-def _cmd_topk(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline import run_candidates
+def _cmd_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
+    from recsys_spark.pipeline.candidates import run_candidates
 
     out = run_candidates(spark, cfg, ctx)
     for name, w in out.items():
@@ -187,18 +189,29 @@ def _cmd_topk(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
 
 
 def _cmd_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline import run_evaluate
+    from recsys_spark.pipeline.evaluate import run_evaluate
 
     res = run_evaluate(spark, cfg, ctx)
     print(res.headline_table())
     print(f"evaluation_summary v{res.table.version}; {res.json_path}; report: {res.report_path}")
 
 
+STAGES: dict[str, JobFn] = {
+    "generate": _cmd_generate,
+    "ingest": _cmd_ingest,
+    "train-als": _cmd_train_als,
+    "item-similarity": _cmd_item_similarity,
+    "candidates": _cmd_candidates,
+    "evaluate": _cmd_evaluate,
+}
+"""Each stage command by its name in the CLI, in ``jobs/`` and in the ``runs`` table."""
+
+
 def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, variant: str | None, as_json: bool) -> int:
     """``recsys-spark lookup``: no Spark, no JVM; prints one row per candidate or neighbour."""
     import json
 
-    from recsys_spark.lookup import Recommendations
+    from recsys_spark.serving.lookup import Recommendations
 
     cc = cfg.candidates
     table = T.USER_CANDIDATES if what == "user" else T.ITEM_NEIGHBORS
@@ -232,11 +245,11 @@ def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, varia
 
 def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
     """Print each catalogued table's location, version and row count (reads Delta logs only)."""
-    from recsys_spark.storage import describe_table, table_location
+    from recsys_spark.storage.store import describe_table, table_location
 
     print(f"tables under {cfg.storage.root}:")
     print(f"  {'table':<22} {'version':>7} {'rows':>12} {'files':>6} {'MB':>8}  {'last writer':<36} location")
-    for name in names or list(T.CATALOGUE):
+    for name in names or list(T.CATALOG):
         s = describe_table(cfg.storage.root, name)
         where = table_location(cfg.storage.root, name)
         if s.version is None:
@@ -249,71 +262,17 @@ def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
 
 
 def _cmd_demo(spark: SparkSession, cfg: Config, ctx: RunContext, fresh: bool) -> None:
-    """The whole pipeline on the synthetic log; every stage is skipped when its inputs are unchanged."""
-    from pathlib import Path
+    """The whole pipeline on the synthetic log, then the tables and a lookup of each kind."""
+    from recsys_spark.pipeline.demo import run_demo
 
-    from recsys_spark.pipeline import run_candidates, run_generate, run_ingest, run_item_similarity
-    from recsys_spark.storage import TableStore
-
-    store = TableStore(spark, cfg.storage)
-    steps = 7
-    out = Path(cfg.generate.output)
-    if fresh or not out.exists():
-        path, n = run_generate(spark, cfg)
-        print(f"[1/{steps}] generated {n:,} synthetic events in {path}")
-    else:
-        print(f"[1/{steps}] reusing the synthetic log in {out} (pass --fresh to regenerate)")
-    cfg = cfg.with_overrides([f"ingest.source.path={cfg.generate.output}", "ingest.source.preset=synthetic"])
-    report = run_ingest(spark, cfg, ctx)
-    print(f"[2/{steps}] " + report.render())
-    changed = report.events_added > 0
-    retrained = changed or not store.exists(T.USER_FACTORS)
-    if retrained:
-        from recsys_spark.pipeline import run_train_als
-
-        print(f"[3/{steps}] " + _als_summary(cfg, run_train_als(spark, cfg, ctx)))
-    else:
-        print(f"[3/{steps}] ALS: interactions unchanged, factors are current")
-    methods = store.partition_values(T.ITEM_NEIGHBORS, "method")
-    for step, method, label, stale in (
-        (4, "cosine", "item-item cosine", changed),
-        (5, "als", "ALS item-factor cosine", retrained),
-    ):
-        if stale or method not in methods:
-            w = run_item_similarity(spark, cfg.with_overrides([f"similarity.method={method}"]), ctx)
-            print(
-                f"[{step}/{steps}] {label}: item_neighbors v{w.version}, {w.rows:,} neighbour rows "
-                f"(method = {method!r})"
-            )
-        else:
-            print(f"[{step}/{steps}] {label}: inputs unchanged, item_neighbors (method = {method!r}) is current")
-    if retrained or not store.exists(T.USER_CANDIDATES):
-        out = run_candidates(spark, cfg, ctx)
-        print(
-            f"[6/{steps}] candidates: " + ", ".join(f"{name} v{w.version} ({w.rows:,} rows)" for name, w in out.items())
-        )
-    else:
-        print(f"[6/{steps}] candidates: inputs unchanged, user_candidates is current")
-    latest = Path(cfg.evaluation.output_dir) / "latest" / "report.html"
-    if retrained or not store.exists(T.EVALUATION_SUMMARY) or not latest.exists():
-        from recsys_spark.pipeline import run_evaluate
-
-        res = run_evaluate(spark, cfg, ctx)
-        print(
-            f"[7/{steps}] evaluation ({cfg.evaluation.split} split, {res.summary['splits'][0]['test_users']:,} "
-            f"test users): evaluation_summary v{res.table.version}"
-        )
-        evaluation = res.headline_table(), str(res.report_path)
-    else:
-        print(f"[7/{steps}] evaluation: inputs unchanged, the latest report is current")
-        evaluation = None, str(latest)
+    result = run_demo(spark, cfg, ctx, fresh)
     print()
     print_tables(cfg)
-    _demo_lookups(cfg, store)
+    _demo_lookups(cfg, result.store)
     print()
-    if evaluation[0]:
-        print(evaluation[0])
-    print(f"evaluation report: {evaluation[1]}")
+    if result.headline_table:
+        print(result.headline_table)
+    print(f"evaluation report: {result.report_path}")
 
 
 def _demo_lookups(cfg: Config, store: TableStore) -> None:
@@ -340,8 +299,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+    def add(name: str, help_: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases))
         _common(p, suppress=True)
         return p
 
@@ -358,7 +317,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "fit models and baselines on a train split, score the held-out part, write evaluation_summary, "
         "evaluation.json and report.html (evaluation.* settings)",
     )
-    add("topk", "precompute popular_items and per-user top-k user_candidates (candidates.* settings)")
+    add(
+        "candidates",
+        "precompute popular_items and per-user top-k user_candidates (candidates.* settings)",
+        aliases=[a for a, stage in ALIASES.items() if stage == "candidates"],
+    )
     look = add("lookup", "fetch precomputed rows without Spark: a user's candidates or an item's neighbours")
     look.add_argument("what", choices=["user", "item"])
     look.add_argument("key", help="original user or item id")
@@ -385,7 +348,7 @@ def _build_parser() -> argparse.ArgumentParser:
     comp.add_argument("files", nargs="+", metavar="EVALUATION_JSON")
     add("tables", "list the tables with version and row count (no Spark needed)")
     hist = add("history", "show a table's versions and which run wrote each (no Spark needed)")
-    hist.add_argument("table", choices=list(T.CATALOGUE))
+    hist.add_argument("table", choices=list(T.CATALOG))
     hist.add_argument("--limit", type=int, default=20)
     vac = add("vacuum", "delete data files no longer referenced (incl. orphans of killed writes)")
     vac.add_argument("tables", nargs="*", help="tables to vacuum (default: all)")
@@ -404,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
 
     def go() -> int:
-        from recsys_spark.run import RunContext
+        from recsys_spark.pipeline.runs import RunContext
 
         cfg = load_config(args.config, args.overrides)
         if args.command == "tables":
@@ -419,21 +382,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--k must be at least 1, got {args.k}")
             return _lookup(cfg, args.what, args.key, args.k, args.version, args.variant, args.json)
         if args.command == "vacuum":
-            return _vacuum(cfg, args.tables or list(T.CATALOGUE), args.retention_hours, args.dry_run)
-        spark = _session(cfg, args.command)
-        ctx = RunContext.new(args.command, cfg)
+            return _vacuum(cfg, args.tables or list(T.CATALOG), args.retention_hours, args.dry_run)
+        command = ALIASES.get(args.command, args.command)
+        spark = _session(cfg, command)
+        ctx = RunContext.new(command, cfg)
         started = time.perf_counter()
-        commands: dict[str, Callable[[], None]] = {
-            "generate": lambda: _cmd_generate(spark, cfg, ctx),
-            "ingest": lambda: _cmd_ingest(spark, cfg, ctx),
-            "train-als": lambda: _cmd_train_als(spark, cfg, ctx),
-            "item-similarity": lambda: _cmd_item_similarity(spark, cfg, ctx),
-            "topk": lambda: _cmd_topk(spark, cfg, ctx),
-            "evaluate": lambda: _cmd_evaluate(spark, cfg, ctx),
-            "demo": lambda: _cmd_demo(spark, cfg, ctx, args.fresh),
-        }
-        _recorded(spark, cfg, ctx, commands[args.command])
-        log.info("%s finished in %.1fs", args.command, time.perf_counter() - started)
+        if command == "demo":
+            _recorded(spark, cfg, ctx, lambda: _cmd_demo(spark, cfg, ctx, args.fresh))
+        else:
+            _recorded(spark, cfg, ctx, lambda: STAGES[command](spark, cfg, ctx))
+        log.info("%s finished in %.1fs", command, time.perf_counter() - started)
         return 0
 
     return _guard(go)
@@ -444,7 +402,7 @@ def _compare(files: Sequence[str]) -> int:
     import json
     from pathlib import Path
 
-    from recsys_spark.evaluation import combined_summary, headline_table
+    from recsys_spark.evaluation.scoring import combined_summary, headline_table
 
     summaries, names = [], []
     for f in files:
@@ -466,7 +424,7 @@ def _compare(files: Sequence[str]) -> int:
 
 
 def _history(cfg: Config, table: str, limit: int) -> int:
-    from recsys_spark.storage import table_history, table_location
+    from recsys_spark.storage.store import table_history, table_location
 
     entries = table_history(cfg.storage.root, table, limit)
     print(f"history of {table} ({table_location(cfg.storage.root, table)}):")
@@ -480,14 +438,14 @@ def _history(cfg: Config, table: str, limit: int) -> int:
 
 
 def _vacuum(cfg: Config, names: Sequence[str], hours: float | None, dry_run: bool) -> int:
-    from recsys_spark.storage import vacuum_table
+    from recsys_spark.storage.store import vacuum_table
 
     for name in names:
         T.table_location(cfg.storage.root, name)  # a name that would leave the root says so first
-    unknown = [n for n in names if n not in T.CATALOGUE]
+    unknown = [n for n in names if n not in T.CATALOG]
     if unknown:
         # checked before any table is touched: a typo must not vacuum the others and exit 0
-        raise ConfigError(f"vacuum: unknown table {unknown[0]!r}; the tables are {', '.join(T.CATALOGUE)}")
+        raise ConfigError(f"vacuum: unknown table {unknown[0]!r}; the tables are {', '.join(T.CATALOG)}")
     for name in names:
         removed = vacuum_table(cfg.storage, name, hours, dry_run)
         if removed is None:

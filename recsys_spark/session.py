@@ -14,7 +14,8 @@ from pathlib import Path
 from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
-from recsys_spark.config import SparkConfig, StorageConfig
+from recsys_spark.config.schema import SparkConfig, StorageConfig
+from recsys_spark.uris import absolute, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,8 @@ def build_session(cfg: SparkConfig, storage: StorageConfig | None = None, app_na
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     checkpoint = cfg.checkpoint_dir
-    if "://" not in checkpoint:
-        checkpoint = str(Path(checkpoint).resolve())
+    if not is_uri(checkpoint):
+        checkpoint = absolute(checkpoint)
         Path(checkpoint).mkdir(parents=True, exist_ok=True)
     spark.sparkContext.setCheckpointDir(checkpoint)
     log.info(

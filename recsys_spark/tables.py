@@ -7,12 +7,12 @@ is the single place code takes table names from.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Final
 
 from deltalake import DeltaTable
 
 from recsys_spark.errors import StorageError
+from recsys_spark.uris import absolute
 
 _TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -32,7 +32,7 @@ EVALUATION_SUMMARY: Final = "evaluation_summary"
 RUNS: Final = "runs"
 
 #: name -> one-line meaning, in pipeline order.
-CATALOGUE: Final[dict[str, str]] = {
+CATALOG: Final[dict[str, str]] = {
     INGESTED_FILES: "ledger of source files already ingested (path, size, mtime, counts, run id)",
     INTERACTIONS: "validated, deduplicated raw events with dense ids, partitioned by event_date",
     REJECTED_INTERACTIONS: "quarantined input rows: raw line, source file, line number, reason",
@@ -57,7 +57,7 @@ def table_location(root: str, table: str) -> str:
             f"invalid table name {table!r}: use lowercase letters, digits and '_' "
             "(a table may not point outside the table root)"
         )
-    root = root if "://" in root else str(Path(root).expanduser().resolve())
+    root = absolute(root)
     return f"{root.rstrip('/')}/{table}"
 
 

@@ -69,11 +69,11 @@ def _die(*_: Any, **__: Any) -> None:
 
 
 def main(root: str, point: str, version: int, raw: str | None) -> None:
-    from recsys_spark import storage
     from recsys_spark import tables as T
-    from recsys_spark.config import load_config
-    from recsys_spark.run import RunContext
+    from recsys_spark.config.loader import load_config
+    from recsys_spark.pipeline.runs import RunContext
     from recsys_spark.session import build_session
+    from recsys_spark.storage import store as storage
 
     cfg = load_config(
         None,
@@ -96,7 +96,7 @@ def main(root: str, point: str, version: int, raw: str | None) -> None:
     elif point == "after-commit":
         storage.TableStore._version_of = _die  # type: ignore[method-assign]
     elif point.startswith("ingest-after-"):
-        from recsys_spark.pipeline import run_ingest
+        from recsys_spark.pipeline.ingest import run_ingest
 
         allowed = int(point.rsplit("-", 1)[1])
         write = storage.TableStore.write

@@ -33,8 +33,8 @@ def _wait_for_all(barrier: Path, parties: int) -> None:
 
 
 def main(root: str, raw: str, barrier: str, parties: int, kill: str | None) -> int:
-    from recsys_spark import storage
     from recsys_spark.cli import main as cli_main
+    from recsys_spark.storage import store as storage
 
     write = storage.TableStore.write
     released = False

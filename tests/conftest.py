@@ -9,15 +9,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from recsys_spark.config import Config, load_config
+from recsys_spark.config.loader import load_config
+from recsys_spark.config.schema import Config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pyspark.sql import SparkSession
 
-    from recsys_spark.pipeline import IngestReport
-    from recsys_spark.storage import TableStore
+    from recsys_spark.pipeline.ingest import IngestReport
+    from recsys_spark.storage.store import TableStore
 
     IngestRun = Callable[..., IngestReport]
     """The ``ingest`` fixture: runs the ingest job with a config and ``--set`` style overrides."""
@@ -105,7 +106,7 @@ def cfg(base_config: Config, tmp_path: Path) -> Config:
 
 @pytest.fixture
 def store(spark: SparkSession, cfg: Config) -> TableStore:
-    from recsys_spark.storage import TableStore
+    from recsys_spark.storage.store import TableStore
 
     return TableStore(spark, cfg.storage)
 
@@ -113,8 +114,8 @@ def store(spark: SparkSession, cfg: Config) -> TableStore:
 @pytest.fixture
 def ingest(spark: SparkSession) -> IngestRun:
     """Run the ingest job with ``cfg`` plus ``--set`` style overrides; returns its report."""
-    from recsys_spark.pipeline import run_ingest
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.ingest import run_ingest
+    from recsys_spark.pipeline.runs import RunContext
 
     def run(cfg: Config, *overrides: str) -> IngestReport:
         c = cfg.with_overrides(list(overrides))
@@ -127,4 +128,4 @@ def table_versions(store: TableStore) -> dict[str, int | None]:
     """Version of every catalogued table (None when absent)."""
     from recsys_spark import tables as T
 
-    return {t: store.version(t) for t in T.CATALOGUE}
+    return {t: store.version(t) for t in T.CATALOG}

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.als import build_als, check_training_values, factor_frames, fit_als, training_frame
-from recsys_spark.config import AlsConfig
+from recsys_spark.config.schema import AlsConfig
 from recsys_spark.errors import InputError
-from recsys_spark.pipeline import run_train_als
-from recsys_spark.run import RunContext
+from recsys_spark.models.als import build_als, check_training_values, factor_frames, fit_als, training_frame
+from recsys_spark.pipeline.runs import RunContext
+from recsys_spark.pipeline.train import run_train_als
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import Config
-    from recsys_spark.storage import TableStore
+    from recsys_spark.config.schema import Config
+    from recsys_spark.storage.store import TableStore
     from tests.conftest import IngestRun
 
 
@@ -186,7 +186,7 @@ def test_train_job_names_the_ids_whose_summed_confidence_overflows_float32(
 
 
 def test_evaluation_and_search_fits_check_their_training_values_too(spark: SparkSession) -> None:
-    from recsys_spark.fitting import fit_als_factors
+    from recsys_spark.tuning.fitting import fit_als_factors
 
     train = _matrix(spark, [(0, 0, 1.0), (0, 1, 1e38), (1, 0, 2.0)])
     with pytest.raises(InputError, match=r"\(user_idx 0, item_idx 1\): confidence 1e\+38 -> 1e\+39"):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from pyspark.sql import SparkSession
 
-    from recsys_spark.config import Config
+    from recsys_spark.config.schema import Config
 
 
 @pytest.fixture(scope="module")

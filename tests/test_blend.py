@@ -11,7 +11,7 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.blend import blend_partition, blend_top_k, min_max_scaled
+from recsys_spark.candidates.blend import blend_partition, blend_top_k, min_max_scaled
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

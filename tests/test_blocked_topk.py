@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from recsys_spark.blocked_topk import BlockShape, blocked_top_k, score_block, top_k_rows
+from recsys_spark.kernels.blocked_topk import BlockShape, blocked_top_k, score_block, top_k_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -88,7 +88,7 @@ def test_top_k_rows_matches_a_full_sort(n_cols: int, shuffled_ids: bool) -> None
 
 
 def test_score_block_chunks_and_masks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import recsys_spark.blocked_topk as bt
+    import recsys_spark.kernels.blocked_topk as bt
 
     monkeypatch.setattr(bt, "_SCORE_BUFFER", 7)  # forces many small row chunks
     rng = np.random.default_rng(1)

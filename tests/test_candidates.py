@@ -1,4 +1,4 @@
-"""Candidates: popularity, cold start, item-item and blend scores, and the topk job end to end."""
+"""Candidates: popularity, cold start, item-item and blend scores, and the candidates job end to end."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.candidates import blend_candidates, cold_start_candidates, item_item_candidates, popular_items
-from recsys_spark.neighbour_votes import recent_history
+from recsys_spark.candidates.builder import blend_candidates, cold_start_candidates, item_item_candidates, popular_items
+from recsys_spark.candidates.neighbor_votes import recent_history
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import Config
-    from recsys_spark.storage import TableStore
+    from recsys_spark.config.schema import Config
+    from recsys_spark.storage.store import TableStore
     from tests.conftest import IngestRun
 
 T0 = datetime(2026, 9, 30, tzinfo=timezone.utc)
@@ -64,7 +64,7 @@ def test_cold_start_excludes_seen_items(spark: SparkSession) -> None:
     assert got == {(1, 1): 6, (1, 2): 8, (2, 1): 5, (2, 2): 6}
 
 
-def test_item_item_scores_sum_neighbour_similarities(spark: SparkSession) -> None:
+def test_item_item_scores_sum_neighbor_similarities(spark: SparkSession) -> None:
     # user 0 saw items 0 (newest), 1, 2 (oldest); with recent_items=2 only 0 and 1 vote
     m = _matrix(spark, [(0, 0, 1, 0), (0, 1, 1, 1), (0, 2, 1, 2)])
     nb = spark.createDataFrame(
@@ -108,7 +108,7 @@ def _log(path: Path) -> Path:
     return path
 
 
-def test_topk_job_end_to_end_and_lookups_match(
+def test_candidates_job_end_to_end_and_lookups_match(
     spark: SparkSession,
     cfg: Config,
     ingest: IngestRun,
@@ -116,9 +116,11 @@ def test_topk_job_end_to_end_and_lookups_match(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from recsys_spark.lookup import Recommendations, UnknownItemError
-    from recsys_spark.pipeline import run_candidates, run_item_similarity, run_train_als
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.candidates import run_candidates
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
+    from recsys_spark.pipeline.train import run_train_als
+    from recsys_spark.serving.lookup import Recommendations, UnknownItemError
 
     ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
     c = cfg.with_overrides(
@@ -136,7 +138,7 @@ def test_topk_job_end_to_end_and_lookups_match(
     )
     run_train_als(spark, c, RunContext.new("train-als", c))
     run_item_similarity(spark, c, RunContext.new("item-similarity", c))
-    out = run_candidates(spark, c, RunContext.new("topk", c))
+    out = run_candidates(spark, c, RunContext.new("candidates", c))
     assert set(out) == {T.POPULAR_ITEMS, "user_candidates/als", "user_candidates/item_item", "user_candidates/blend"}
 
     cands = store.read(T.USER_CANDIDATES)
@@ -186,7 +188,7 @@ def test_topk_job_end_to_end_and_lookups_match(
     pinned = Recommendations.open(c.storage.root, versions={T.USER_CANDIDATES: out["user_candidates/als"].version})
     before = recs.versions()[T.USER_CANDIDATES]
     c2 = c.with_overrides(["candidates.k=3", 'candidates.strategies=["blend"]'])
-    run_candidates(spark, c2, RunContext.new("topk", c2))
+    run_candidates(spark, c2, RunContext.new("candidates", c2))
     assert recs.refresh() and recs.versions()[T.USER_CANDIDATES] > before
     assert max(r.rank for r in recs.for_user("u000", k=10)) == 3
     pinned.refresh()
@@ -211,19 +213,19 @@ def test_topk_job_end_to_end_and_lookups_match(
     assert "unknown item id 'nope'" in err and "Traceback" not in err
 
 
-def test_topk_needs_its_inputs(spark: SparkSession, cfg: Config) -> None:
+def test_candidates_job_needs_its_inputs(spark: SparkSession, cfg: Config) -> None:
     from recsys_spark.errors import StorageError
-    from recsys_spark.pipeline import run_candidates
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.candidates import run_candidates
+    from recsys_spark.pipeline.runs import RunContext
 
     with pytest.raises(StorageError, match="do not exist yet"):
-        run_candidates(spark, cfg, RunContext.new("topk", cfg))
+        run_candidates(spark, cfg, RunContext.new("candidates", cfg))
 
 
 def test_lookup_module_does_not_import_pyspark() -> None:
     import subprocess
     import sys
 
-    code = "import sys, recsys_spark.lookup, recsys_spark.cli; print('pyspark' in sys.modules)"
+    code = "import sys, recsys_spark.serving.lookup, recsys_spark.cli; print('pyspark' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

@@ -14,7 +14,7 @@ from recsys_spark.cli import main, spark_error_summary
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from recsys_spark.config import Config
+    from recsys_spark.config.schema import Config
 
 REPO = Path(__file__).resolve().parent.parent
 

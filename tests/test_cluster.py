@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import urllib.error
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +29,10 @@ from chispa import assert_approx_df_equality, assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import devcluster
 from recsys_spark import tables as T
-from recsys_spark.config import StorageConfig
-from recsys_spark.storage import TableStore
+from recsys_spark.config.schema import StorageConfig
+from recsys_spark.dev import cluster as devcluster
+from recsys_spark.storage.store import TableStore
 
 pytestmark = pytest.mark.cluster
 
@@ -165,6 +166,13 @@ def test_readme_cluster_walkthrough(walkthrough: tuple[Path, subprocess.Complete
     assert proc.returncode == 0, f"the README cluster walkthrough failed:\n{said[-6000:]}"
     assert "local cluster up at spark://127.0.0.1:" in said
     assert (work / "dist" / "recsys_spark.zip").exists()
+    # the runtime zip and wheel hold the library alone: no benchmarks, no developer tools
+    for shipped in [work / "dist" / "recsys_spark.zip", *(work / "dist").glob("*.whl")]:
+        with zipfile.ZipFile(shipped) as z:
+            names = z.namelist()
+        assert "recsys_spark/serving/lookup.py" in names, shipped
+        assert not [n for n in names if n.startswith(("recsys_spark/bench/", "recsys_spark/dev/"))], shipped
+    assert list((work / "dist").glob("*.whl")), "make dist built no wheel"
     assert not (work / ".cluster" / "cluster.json").exists(), "make cluster-down left the cluster state behind"
     leftovers = subprocess.run(["pgrep", "-f", f"--work-dir {work}/.cluster"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == "", "cluster JVMs still running after make cluster-down"

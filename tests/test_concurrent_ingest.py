@@ -25,8 +25,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
-from recsys_spark.config import Config
-from recsys_spark.storage import TableStore
+from recsys_spark.config.schema import Config
+from recsys_spark.storage.store import TableStore
 
 if TYPE_CHECKING:
     from tests.conftest import IngestRun

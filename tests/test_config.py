@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys_spark.config import SOURCE_PRESETS, Config, IngestConfig, SourceConfig, load_config
+from recsys_spark.config.loader import load_config
+from recsys_spark.config.schema import SOURCE_PRESETS, Config, IngestConfig, SourceConfig
 from recsys_spark.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,12 +25,12 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import storage
 from recsys_spark import tables as T
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 from recsys_spark.errors import ConcurrentWriteError
-from recsys_spark.lookup import Recommendations
-from recsys_spark.storage import CommitInfo, TableStore
+from recsys_spark.serving.lookup import Recommendations
+from recsys_spark.storage import store as storage
+from recsys_spark.storage.store import CommitInfo, TableStore
 from tests._crash_writer import USERS, K, candidates
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ def test_sigkill_during_a_table_write(spark: SparkSession, table_v0: tuple[Table
 
 @pytest.fixture
 def raw_log(spark: SparkSession, cfg: Config) -> Path:
-    from recsys_spark.pipeline import run_generate
+    from recsys_spark.pipeline.generate import run_generate
 
     c = cfg.with_overrides(["generate.num_events=3000", "generate.num_users=200", "generate.num_items=80"])
     run_generate(spark, c)
@@ -160,7 +160,7 @@ def test_sigkill_between_the_commits_of_an_ingest(
     code, out = _finish(proc)
     assert code == -signal.SIGKILL and "dying" in out, f"ingest was not killed ({code}):\n{out[-3000:]}"
     killed = TableStore(spark, cfg.with_overrides([f"storage.root={root}"]).storage)
-    landed = [t for t in T.CATALOGUE if killed.exists(t)]
+    landed = [t for t in T.CATALOG if killed.exists(t)]
     assert len(landed) == commits_before_kill  # each table write is one commit; the rest never appeared
     assert not killed.exists(T.INGESTED_FILES), "the ledger landed, so a re-run would skip the files"
 

@@ -10,11 +10,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from recsys_spark import ease
-from recsys_spark.confidence import confidence_array
-from recsys_spark.config import EaseConfig, SimilarityConfig
-from recsys_spark.ease import ease_memory, ease_weights_in_place, item_ease, largest_abs_overall, largest_abs_per_row
+from recsys_spark.config.schema import EaseConfig, SimilarityConfig
 from recsys_spark.errors import ConfigError
+from recsys_spark.models import ease as ease
+from recsys_spark.models.confidence import confidence_array
+from recsys_spark.models.ease import (
+    ease_memory,
+    ease_weights_in_place,
+    item_ease,
+    largest_abs_overall,
+    largest_abs_per_row,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Row, SparkSession
@@ -171,13 +177,13 @@ def test_top_n_keeps_exactly_the_largest_absolute_weights(spark: SparkSession) -
     assert {r.rank for r in got} == {1, 2, 3}
 
 
-def test_a_catalogue_above_max_items_is_a_config_error_naming_the_option(
+def test_a_catalog_above_max_items_is_a_config_error_naming_the_option(
     spark: SparkSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     rows = _rows()
     params = SimilarityConfig(method="ease", ease=EaseConfig(max_items=5))
     df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
-    with caplog.at_level(logging.INFO, logger="recsys_spark.ease"), pytest.raises(ConfigError) as err:
+    with caplog.at_level(logging.INFO, logger="recsys_spark.models.ease"), pytest.raises(ConfigError) as err:
         item_ease(df, params)
     message = str(err.value)
     assert "similarity.ease.max_items = 5" in message and "12 items" in message

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from recsys_spark.cli import _cmd_train_als, main, run_job
-from recsys_spark.config import Config
+from recsys_spark.cli import main, run_job
+from recsys_spark.config.schema import Config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,13 +147,18 @@ def test_job_entry_points_report_config_errors(job: str, args: list[str], expect
             "table 'item_factors' does not exist yet: run `recsys-spark train-als` first",
         ),
         (
+            "candidates",
+            ['candidates.strategies=["als"]'],
+            "do not exist yet: run ingest, train-als and item-similarity first",
+        ),
+        (
             "topk",
             ['candidates.strategies=["als"]'],
             "do not exist yet: run ingest, train-als and item-similarity first",
         ),
         ("evaluate", [], "do not exist yet: run `recsys-spark ingest` first"),
     ],
-    ids=["train-als", "item-similarity", "item-similarity-als", "topk", "evaluate"],
+    ids=["train-als", "item-similarity", "item-similarity-als", "candidates", "topk-alias", "evaluate"],
 )
 def test_missing_tables_say_which_job_to_run(
     command: str,
@@ -172,12 +177,12 @@ def test_missing_table_through_the_job_entry_point(
     spark: SparkSession, base_config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # exactly what jobs/train_als.py runs under spark-submit
-    assert run_job("train-als", _cmd_train_als, _with_session(base_config, tmp_path / "warehouse")) == 2
+    assert run_job("train-als", _with_session(base_config, tmp_path / "warehouse")) == 2
     assert "run `recsys-spark ingest` first" in _said(capsys)
 
 
 @pytest.mark.parametrize(
-    ("what", "table", "job"), [("user", "user_candidates", "topk"), ("item", "item_neighbors", "item-similarity")]
+    ("what", "table", "job"), [("user", "user_candidates", "candidates"), ("item", "item_neighbors", "item-similarity")]
 )
 def test_lookup_before_the_tables_exist(
     what: str, table: str, job: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

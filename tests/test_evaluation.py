@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.evaluation import popularity_recs, random_recs
-from recsys_spark.run import RunContext
+from recsys_spark.evaluation.baselines import popularity_recs, random_recs
+from recsys_spark.pipeline.runs import RunContext
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from recsys_spark.config import Config
-    from recsys_spark.storage import TableStore
+    from recsys_spark.config.schema import Config
+    from recsys_spark.storage.store import TableStore
     from tests.conftest import IngestRun
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,8 @@ def _synthetic(cfg: Config, tmp_path: Path) -> Config:
 def test_evaluate_job_writes_table_json_and_report(
     spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
 ) -> None:
-    from recsys_spark.pipeline import run_evaluate, run_generate
+    from recsys_spark.pipeline.evaluate import run_evaluate
+    from recsys_spark.pipeline.generate import run_generate
 
     c = _synthetic(cfg, tmp_path).with_overrides(
         [
@@ -128,8 +129,8 @@ def test_movielens_100k_fold_u1(
     process per fold, and from `make quality`. Measured on u1 (NDCG@10): blend 0.486, EASE 0.481,
     ALS 0.441, RP3beta 0.392, item-item 0.366, popularity 0.245.
     """
-    from recsys_spark.config import load_config
-    from recsys_spark.pipeline import run_evaluate
+    from recsys_spark.config.loader import load_config
+    from recsys_spark.pipeline.evaluate import run_evaluate
 
     base = shared_data / "ml-100k"
     c = load_config(
@@ -175,7 +176,7 @@ def test_other_datasets(
     dataset: str,
 ) -> None:
     """ml-latest-small on a chronological split, Last.fm 2K plays on a random split (README commands)."""
-    from recsys_spark.pipeline import run_evaluate
+    from recsys_spark.pipeline.evaluate import run_evaluate
 
     if dataset == "ml-latest-small":
         source = [
@@ -216,7 +217,7 @@ def test_other_datasets(
 def test_latest_report_is_swapped_atomically_even_by_concurrent_runs(tmp_path: Path) -> None:
     import threading
 
-    from recsys_spark.pipeline import _point_latest_at
+    from recsys_spark.pipeline.evaluate import _point_latest_at
 
     (tmp_path / "latest").mkdir()  # the copied folder an earlier version left
     (tmp_path / "latest" / "old.txt").write_text("old")
@@ -262,7 +263,11 @@ def test_what_is_evaluated_is_exactly_what_is_served(
 ) -> None:
     """topk's lists, scored by the served split, equal a numpy NDCG of the table's own rows; and a
     given split that fits on the same training file scores its lists, made by the same code, the same."""
-    from recsys_spark.pipeline import run_candidates, run_evaluate, run_generate, run_item_similarity, run_train_als
+    from recsys_spark.pipeline.candidates import run_candidates
+    from recsys_spark.pipeline.evaluate import run_evaluate
+    from recsys_spark.pipeline.generate import run_generate
+    from recsys_spark.pipeline.similarity import run_item_similarity
+    from recsys_spark.pipeline.train import run_train_als
 
     c = _synthetic(cfg, tmp_path).with_overrides(
         [
@@ -274,7 +279,11 @@ def test_what_is_evaluated_is_exactly_what_is_served(
     )
     run_generate(spark, c)
     ingest(c)
-    for job, run in (("train-als", run_train_als), ("item-similarity", run_item_similarity), ("topk", run_candidates)):
+    for job, run in (
+        ("train-als", run_train_als),
+        ("item-similarity", run_item_similarity),
+        ("candidates", run_candidates),
+    ):
         run(spark, c, RunContext.new(job, c))
     # a held-out file of unseen (user, item) pairs of known users and items
     users = {r.user_idx: r.user_id for r in store.read(T.USERS).collect()}

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_spark.config import GenerateConfig, load_config
-from recsys_spark.generate import _world, synthetic_events, user_events, user_profile
+from recsys_spark.config.loader import load_config
+from recsys_spark.config.schema import GenerateConfig
+from recsys_spark.ingest.generate import _world, synthetic_events, user_events, user_profile
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -31,11 +31,11 @@ from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
 from recsys_spark.cli import main
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 from recsys_spark.errors import ConfigError, InputError, RecsysError, RejectThresholdError
-from recsys_spark.pipeline import IngestReport, run_ingest
-from recsys_spark.run import RunContext
-from recsys_spark.storage import TableStore
+from recsys_spark.pipeline.ingest import IngestReport, run_ingest
+from recsys_spark.pipeline.runs import RunContext
+from recsys_spark.storage.store import TableStore
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 TABLE: dict[str, Any] = tomllib.loads((HOSTILE / "expected.toml").read_text(encoding="utf-8"))
@@ -344,7 +344,7 @@ def test_bad_files_and_options_fail_clearly_and_commit_nothing(
     warehouse = tmp_path / "warehouse"
     if warehouse.is_dir():
         store = TableStore(spark, base_config.with_overrides([f"storage.root={warehouse}"]).storage)
-        assert all(store.version(t) is None for t in T.CATALOGUE), "a failed ingest must commit nothing"
+        assert all(store.version(t) is None for t in T.CATALOG), "a failed ingest must commit nothing"
 
 
 @pytest.mark.parametrize("name", ["gz-that-is-not-gzip", "utf16-configured", "truncated-gzip-found-by-spark"])

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 from recsys_spark.errors import InputError, RejectThresholdError
-from recsys_spark.storage import TableStore
+from recsys_spark.storage.store import TableStore
 from tests.conftest import table_versions
 
 if TYPE_CHECKING:

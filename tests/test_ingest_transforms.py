@@ -9,9 +9,15 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from recsys_spark.config import IngestConfig, SourceConfig
-from recsys_spark.ingest import accepted_events, assign_dense_ids, interaction_matrix, parse_timestamp, validate_events
-from recsys_spark.sources import FIELDS
+from recsys_spark.config.schema import IngestConfig, SourceConfig
+from recsys_spark.ingest.sources import FIELDS
+from recsys_spark.ingest.transforms import (
+    accepted_events,
+    assign_dense_ids,
+    interaction_matrix,
+    parse_timestamp,
+    validate_events,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, Row, SparkSession
@@ -223,7 +229,7 @@ def test_invisible_reordering_and_control_characters_make_an_id_invalid(spark: S
     assert [r.reason for r in got] == ["invalid_id"] * (len(invalid) + 2) + [None, None]  # ZWJ / ZWNJ inside are text
 
 
-def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalised_so_one_name_is_one_user(spark: SparkSession) -> None:
+def test_ids_are_trimmed_of_unicode_spaces_and_nfc_normalized_so_one_name_is_one_user(spark: SparkSession) -> None:
     spelled = {
         "zo\u00eb": "zo\u00eb",
         "zoe\u0308": "zo\u00eb",

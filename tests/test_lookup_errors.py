@@ -16,10 +16,10 @@ from pyspark.sql import SparkSession
 
 from recsys_spark import tables as T
 from recsys_spark.cli import main
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 from recsys_spark.errors import RecsysError, StorageError
-from recsys_spark.lookup import Recommendations, UnknownMethodError, UnknownSegmentError, UnknownStrategyError
-from recsys_spark.storage import CommitInfo, TableStore
+from recsys_spark.serving.lookup import Recommendations, UnknownMethodError, UnknownSegmentError, UnknownStrategyError
+from recsys_spark.storage.store import CommitInfo, TableStore
 
 COMMIT = CommitInfo("test", "run-lookups", "cfg")
 

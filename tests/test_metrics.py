@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 
-from recsys_spark.metrics import RANKING_METRICS, catalogue_metrics, ranking_metrics, rating_errors
+from recsys_spark.evaluation.metrics import RANKING_METRICS, catalog_metrics, ranking_metrics, rating_errors
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -182,7 +182,7 @@ def _info(pop: int) -> float:
     return -L2(max(pop, 1) / 8)
 
 
-def test_catalogue_metrics_hand_computed(spark: SparkSession) -> None:
+def test_catalog_metrics_hand_computed(spark: SparkSession) -> None:
     i0, i1, i2, i3, i4, i5 = _info(8), _info(4), _info(1), _info(2), _info(0), _info(0)
     s = 1 / math.sqrt(2)
     u1_k3 = ((1 - 0) + (1 - s) + (1 - s)) / 3  # pairs (0, 1), (0, 2), (1, 2)
@@ -209,7 +209,7 @@ def test_catalogue_metrics_hand_computed(spark: SparkSession) -> None:
         ("ild", 4): (u1_k3 + u3_k4) / 2,
     }
     users = {mk: 2 if mk[0] == "ild" else 3 for mk in expected}
-    got = catalogue_metrics(
+    got = catalog_metrics(
         spark.createDataFrame(CAT_RECS, RECS_SCHEMA),
         (1, 2, 3, 4),
         n_items=10,
@@ -222,9 +222,9 @@ def test_catalogue_metrics_hand_computed(spark: SparkSession) -> None:
     )
 
 
-def test_catalogue_metrics_without_recommendations_or_factors(spark: SparkSession) -> None:
+def test_catalog_metrics_without_recommendations_or_factors(spark: SparkSession) -> None:
     pop = spark.createDataFrame(POPULARITY, POP_SCHEMA)
-    got = catalogue_metrics(
+    got = catalog_metrics(
         spark.createDataFrame([], RECS_SCHEMA),
         (1, 5),
         n_items=10,
@@ -233,7 +233,7 @@ def test_catalogue_metrics_without_recommendations_or_factors(spark: SparkSessio
         item_factors=spark.createDataFrame(FACTORS, FACTORS_SCHEMA),
     )
     assert [tuple(r) for r in got.collect()] == [("coverage", 1, 0.0, 0), ("coverage", 5, 0.0, 0)]
-    got = catalogue_metrics(
+    got = catalog_metrics(
         spark.createDataFrame(CAT_RECS, RECS_SCHEMA), (2,), n_items=10, item_popularity=pop, n_users=8
     )
     assert [r.metric for r in got.collect()] == ["coverage", "gini", "novelty"]
@@ -276,7 +276,7 @@ def reference_ranking(
     return out
 
 
-def reference_catalogue(
+def reference_catalog(
     recs: list[tuple[int, int, int]],
     ks: tuple[int, ...],
     n_items: int,
@@ -362,11 +362,11 @@ def test_ranking_metrics_match_reference_on_random_data(spark: SparkSession) -> 
     assert 0 < want[("recall", 20)][0] < 1 and want[("ndcg", 1)][1] > 100  # the data exercises the metrics
 
 
-def test_catalogue_metrics_match_reference_on_random_data(spark: SparkSession) -> None:
+def test_catalog_metrics_match_reference_on_random_data(spark: SparkSession) -> None:
     n_users, n_items, recs, _, pop, factors = _random_data()
     ks = (1, 5, 10, 20)
-    want = reference_catalogue(recs, ks, n_items, pop, n_users, {i: v.astype(np.float64) for i, v in factors.items()})
-    got = catalogue_metrics(
+    want = reference_catalog(recs, ks, n_items, pop, n_users, {i: v.astype(np.float64) for i, v in factors.items()})
+    got = catalog_metrics(
         spark.createDataFrame(recs, RECS_SCHEMA),
         ks,
         n_items=n_items,

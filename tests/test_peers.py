@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys_spark.bench import peers
-from recsys_spark.ease import ease_weights_in_place
+from recsys_spark.models.ease import ease_weights_in_place
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from recsys_spark import tables as T
-from recsys_spark.config import Config
-from recsys_spark.storage import TableStore
+from recsys_spark.config.schema import Config
+from recsys_spark.storage.store import TableStore
 from tests.conftest import table_versions
 
 if TYPE_CHECKING:

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from recsys_spark import report
-from recsys_spark.report import format_value, head_items, render_report, screenshot
+from recsys_spark.dev import screenshot as shots
+from recsys_spark.dev.screenshot import screenshot
+from recsys_spark.evaluation.report import format_value, head_items, render_report
 
 EVIL = "<script>alert('x')</script>"
 MODELS = ("als", "als_explicit", "popularity", "random")
@@ -278,13 +279,13 @@ def test_malformed_results_are_rejected(tmp_path: Path) -> None:
 
 
 def test_screenshot_without_chromium_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shots.shutil, "which", lambda name: None)
     html_path = render_report(_evaluation(), tmp_path / "r.html")
     with pytest.raises(RuntimeError, match="no headless browser found"):
         screenshot(html_path, tmp_path / "r.png")
 
 
-@pytest.mark.skipif(report.find_chromium() is None, reason="needs chromium/chromium-browser/google-chrome on PATH")
+@pytest.mark.skipif(shots.find_chromium() is None, reason="needs chromium/chromium-browser/google-chrome on PATH")
 def test_screenshot(tmp_path: Path) -> None:
     from PIL import Image
 

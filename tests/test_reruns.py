@@ -14,14 +14,14 @@ from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
 from recsys_spark.cli import main
-from recsys_spark.config import Config
-from recsys_spark.storage import TableStore, table_history
+from recsys_spark.config.schema import Config
+from recsys_spark.storage.store import TableStore, table_history
 
 #: The jobs of one pipeline round, in order (generate runs once: the input stays the same).
 Rounds = tuple[TableStore, list[dict[str, int | None]]]
 """The ``two_rounds`` fixture: the store, and every table's version after each of the two rounds."""
 
-ROUND = ["ingest", "train-als", "item-similarity", "topk", "evaluate"]
+ROUND = ["ingest", "train-als", "item-similarity", "candidates", "evaluate"]
 #: Columns that say which run wrote a row or when, not what it holds.
 RUN_COLUMNS = {
     "run_id",
@@ -92,7 +92,7 @@ def two_rounds(spark: SparkSession, base_config: Config, tmp_path_factory: pytes
     for _ in range(2):
         for job in ROUND:
             assert main([*args, job]) == 0, f"{job} failed"
-        versions.append({t: store.version(t) for t in T.CATALOGUE})
+        versions.append({t: store.version(t) for t in T.CATALOG})
     return store, versions
 
 
@@ -101,7 +101,7 @@ def test_second_round_gives_identical_tables(two_rounds: Rounds) -> None:
     # ingest saw only files it had ingested: it committed nothing the second time
     for table in (T.INTERACTIONS, T.USERS, T.ITEMS, T.INTERACTION_MATRIX, T.INGESTED_FILES):
         assert second[table] == first[table], f"{table} changed on a re-run of ingest"
-    for table in T.CATALOGUE:
+    for table in T.CATALOG:
         if table in APPENDED or table == T.RUNS or first[table] is None:
             continue
         before, after = store.read(table, version=first[table]), store.read(table, version=second[table])
@@ -147,7 +147,7 @@ def test_every_run_has_a_manifest_matching_the_logs(two_rounds: Rounds) -> None:
         assert r["finished_at"] >= r["started_at"] and r["duration_s"] >= 0
         outputs = json.loads(r["output_versions"])
         # every output version named is a commit of this run in the table's log, and vice versa
-        for table in T.CATALOGUE:
+        for table in T.CATALOG:
             if table == T.RUNS or not store.exists(table):
                 continue
             logged = sorted(
@@ -166,8 +166,10 @@ def test_every_run_has_a_manifest_matching_the_logs(two_rounds: Rounds) -> None:
     matrix_version = json.loads(first_ingest["output_versions"])[T.INTERACTION_MATRIX][-1]
     for r in by_job["train-als"]:
         assert json.loads(r["input_versions"])[T.INTERACTION_MATRIX] == matrix_version
-    topk_inputs = json.loads(by_job["topk"][1]["input_versions"])
-    assert topk_inputs[T.USER_FACTORS] == json.loads(by_job["train-als"][1]["output_versions"])[T.USER_FACTORS][-1]
+    candidates_inputs = json.loads(by_job["candidates"][1]["input_versions"])
+    assert (
+        candidates_inputs[T.USER_FACTORS] == json.loads(by_job["train-als"][1]["output_versions"])[T.USER_FACTORS][-1]
+    )
 
 
 def test_a_failed_run_is_recorded_with_its_error(spark: SparkSession, base_config: Config, tmp_path: Path) -> None:

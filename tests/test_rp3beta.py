@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from recsys_spark.confidence import confidence_array
-from recsys_spark.config import Rp3betaConfig, SimilarityConfig
-from recsys_spark.rp3beta import item_rp3beta
+from recsys_spark.config.schema import Rp3betaConfig, SimilarityConfig
+from recsys_spark.models.confidence import confidence_array
+from recsys_spark.models.rp3beta import item_rp3beta
 
 if TYPE_CHECKING:
     from pyspark.sql import Row, SparkSession

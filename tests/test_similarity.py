@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from recsys_spark.config import CosineConfig, FactorCosineConfig, SimilarityConfig
-from recsys_spark.ranking import kth_largest_per_row
-from recsys_spark.similarity import item_cosine
+from recsys_spark.config.schema import CosineConfig, FactorCosineConfig, SimilarityConfig
+from recsys_spark.kernels.selection import kth_largest_per_row
+from recsys_spark.models.cosine import item_cosine
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from recsys_spark.config import Config
-    from recsys_spark.storage import TableStore
+    from recsys_spark.config.schema import Config
+    from recsys_spark.storage.store import TableStore
     from tests.conftest import IngestRun
 
 # users x items, confidence values
@@ -190,8 +190,8 @@ def test_item_similarity_job_writes_a_lookup_ready_table(
     spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
 ) -> None:
     from recsys_spark import tables as T
-    from recsys_spark.pipeline import run_item_similarity
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
 
     raw = tmp_path / "log.csv"
     raw.write_text(
@@ -220,8 +220,9 @@ def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(
     spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
 ) -> None:
     from recsys_spark import tables as T
-    from recsys_spark.pipeline import run_generate, run_item_similarity
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.generate import run_generate
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
 
     c = cfg.with_overrides(
         [
@@ -264,8 +265,8 @@ def test_the_cosine_search_tries_every_shrink_on_validation_and_fits_the_best(
 
 def test_item_similarity_needs_the_matrix(spark: SparkSession, cfg: Config) -> None:
     from recsys_spark.errors import StorageError
-    from recsys_spark.pipeline import run_item_similarity
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
 
     with pytest.raises(StorageError, match="run `recsys-spark ingest` first"):
         run_item_similarity(spark, cfg, RunContext.new("item-similarity", cfg))
@@ -273,7 +274,7 @@ def test_item_similarity_needs_the_matrix(spark: SparkSession, cfg: Config) -> N
 
 @pytest.mark.parametrize("block_items", [100, 3])
 def test_factor_cosine_matches_numpy(spark: SparkSession, block_items: int) -> None:
-    from recsys_spark.similarity import item_factor_cosine
+    from recsys_spark.models.cosine import item_factor_cosine
 
     rng = np.random.default_rng(5)
     v = rng.normal(size=(11, 4)).astype(np.float32)
@@ -298,13 +299,14 @@ def test_factor_cosine_matches_numpy(spark: SparkSession, block_items: int) -> N
     assert all(r.cooccurrence is None for r in got)
 
 
-def test_als_neighbours_sit_beside_cosine_ones(
+def test_als_neighbors_sit_beside_cosine_ones(
     spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
 ) -> None:
     from recsys_spark import tables as T
     from recsys_spark.errors import StorageError
-    from recsys_spark.pipeline import run_item_similarity, run_train_als
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
+    from recsys_spark.pipeline.train import run_train_als
 
     raw = tmp_path / "u.data"
     raw.write_text(
@@ -338,7 +340,7 @@ def test_als_neighbours_sit_beside_cosine_ones(
 
 @pytest.mark.parametrize("buffer", [8, 1 << 22])
 def test_kth_largest_per_row(monkeypatch: pytest.MonkeyPatch, buffer: int) -> None:
-    from recsys_spark import ranking
+    from recsys_spark.kernels import selection as ranking
 
     monkeypatch.setattr(ranking, "_ROW_BUFFER", buffer)  # tiny buffers: many chunks, one row each
     rng = np.random.default_rng(3)
@@ -354,7 +356,7 @@ def test_kth_largest_per_row(monkeypatch: pytest.MonkeyPatch, buffer: int) -> No
 def test_partition_keys_put_one_cell_in_each_partition(spark: SparkSession) -> None:
     from pyspark.sql import functions as F
 
-    from recsys_spark.similarity import _partition_keys
+    from recsys_spark.kernels.cells import _partition_keys
 
     keys = _partition_keys(spark, 7)
     placed = (
@@ -366,7 +368,7 @@ def test_partition_keys_put_one_cell_in_each_partition(spark: SparkSession) -> N
     assert {r.key: r.p for r in placed} == {k: i for i, k in enumerate(keys)}
 
 
-def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(
+def test_item_similarity_command_writes_ease_and_rp3beta_neighbors(
     spark: SparkSession,
     cfg: Config,
     ingest: IngestRun,
@@ -375,9 +377,9 @@ def test_item_similarity_command_writes_ease_and_rp3beta_neighbours(
 ) -> None:
     from recsys_spark import tables as T
     from recsys_spark.cli import main
-    from recsys_spark.ease import item_ease
-    from recsys_spark.pipeline import _neighbor_params
-    from recsys_spark.similarity import vote_weight
+    from recsys_spark.models.ease import item_ease
+    from recsys_spark.models.similarity import vote_weight
+    from recsys_spark.pipeline.candidates import _neighbor_params
 
     rng = np.random.default_rng(2)
     events = sorted({(int(u), int(i)) for u, i in zip(rng.integers(0, 12, 60), rng.integers(0, 7, 60))})

@@ -24,13 +24,13 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import sources
 from recsys_spark import tables as T
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 from recsys_spark.errors import InputError
-from recsys_spark.ingest import validate_events
-from recsys_spark.sources import SourceFile, list_source_files, read_source, scan_source_files
-from recsys_spark.storage import TableStore
+from recsys_spark.ingest import sources as sources
+from recsys_spark.ingest.sources import SourceFile, list_source_files, read_source, scan_source_files
+from recsys_spark.ingest.transforms import validate_events
+from recsys_spark.storage.store import TableStore
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 # Two instants, one before 1970 (floor, not truncation toward zero, matters there), both whole seconds
@@ -369,7 +369,7 @@ def test_a_symlink_loop_is_entered_once_and_named(
     listed: list[str] = []
     scandir = os.scandir
     monkeypatch.setattr(sources.os, "scandir", lambda p: (listed.append(str(p)), scandir(p))[1])
-    with caplog.at_level(logging.WARNING, logger="recsys_spark.sources"):
+    with caplog.at_level(logging.WARNING, logger="recsys_spark.ingest.sources"):
         scan = scan_source_files(str(folder))
     assert [f.path for f in scan.files] == [str(folder / "a.csv"), str(folder / "sub" / "b.csv")]
     assert sorted(listed) == [str(folder), str(folder / "sub")]  # each directory listed once, not 41 times

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from recsys_spark.splits import given_split, leave_last_split, random_split, relevant_items, time_split
+from recsys_spark.evaluation.splits import given_split, leave_last_split, random_split, relevant_items, time_split
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -29,14 +29,14 @@ from pyspark.sql.types import (
 
 from recsys_spark.errors import SchemaMismatchError, StorageError
 from recsys_spark.session import delta_jars_loaded
-from recsys_spark.storage import CommitInfo, TableStore, describe_table, file_stats, table_location
+from recsys_spark.storage.store import CommitInfo, TableStore, describe_table, file_stats, table_location
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import Config
+    from recsys_spark.config.schema import Config
 
 COMMIT = CommitInfo("test", "run-1", "cfg123")
 SCHEMA = StructType(
@@ -320,7 +320,7 @@ def test_delta_spark_engine_without_jars_is_a_clear_error(spark: SparkSession, c
 def test_cleanup_removes_the_write_folder_when_the_commit_fails(
     spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import recsys_spark.storage as storage
+    import recsys_spark.storage.store as storage
 
     store.write(_df(spark, 3), "things", "overwrite", COMMIT)
 
@@ -423,8 +423,8 @@ def test_the_commit_itself_refuses_a_stale_version(
 ) -> None:
     """The up-front version check passes, then another commit lands before ours: Delta's log refuses
     the second writer of version 1 (the race a barrier forces in test_crash_safety, made sequential)."""
-    from recsys_spark import storage
     from recsys_spark.errors import ConcurrentWriteError
+    from recsys_spark.storage import store as storage
 
     store.write(_df(spark, 5), "stale", "append", COMMIT)
     add_actions = storage._add_actions

@@ -8,9 +8,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from recsys_spark import tuning
-from recsys_spark.config import Config, TuningConfig
-from recsys_spark.tuning import SearchResult, Trial, als_space, blend_grid, carve_validation, run_search, survivors
+from recsys_spark.config.schema import Config, TuningConfig
+from recsys_spark.tuning import search as tuning
+from recsys_spark.tuning.search import (
+    SearchResult,
+    Trial,
+    als_space,
+    blend_grid,
+    carve_validation,
+    run_search,
+    survivors,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -58,7 +66,7 @@ def test_the_carve_out_is_seeded(spark: SparkSession, base_config: Config) -> No
 
 
 def test_the_ease_space_tries_each_top_n_with_every_l2_and_top_n_varies_fastest(base_config: Config) -> None:
-    from recsys_spark.fitting import _method_space
+    from recsys_spark.tuning.fitting import _method_space
 
     plain = base_config.with_overrides(["tuning.ease_l2=[10.0, 100.0]", 'tuning.ease_confidence=["binary"]'])
     assert _method_space(plain, "ease") == [{"confidence": "binary", "l2": 10.0}, {"confidence": "binary", "l2": 100.0}]
@@ -168,8 +176,8 @@ def _lists_and_truth(seed: int) -> tuple[list[tuple[int, int, int]], list[tuple[
 def test_the_driver_metric_equals_the_spark_metric(spark: SparkSession, seed: int) -> None:
     import numpy as np
 
-    from recsys_spark.blend_search import LOCAL_METRICS, ranking_metric
-    from recsys_spark.metrics import ranking_metrics
+    from recsys_spark.evaluation.metrics import ranking_metrics
+    from recsys_spark.tuning.blend_search import LOCAL_METRICS, ranking_metric
 
     recs, truth = _lists_and_truth(seed)
     recs_df = spark.createDataFrame(recs, "user_idx int, item_idx int, rank int")
@@ -187,7 +195,7 @@ def test_the_driver_metric_equals_the_spark_metric(spark: SparkSession, seed: in
 def test_a_metric_without_a_driver_twin_is_refused() -> None:
     import numpy as np
 
-    from recsys_spark.blend_search import ranking_metric
+    from recsys_spark.tuning.blend_search import ranking_metric
 
     one = np.array([0])
     with pytest.raises(ValueError, match=r"ndcg_graded.*known: ndcg, precision"):
@@ -202,8 +210,8 @@ def test_the_blend_search_on_the_driver_scores_every_trial_as_spark_does(
 
     import numpy as np
 
-    from recsys_spark import fitting
-    from recsys_spark.candidates import every_blend_source
+    from recsys_spark.candidates.builder import every_blend_source
+    from recsys_spark.tuning import fitting as fitting
 
     rng = np.random.default_rng(5)
     t0 = dt.datetime(2026, 1, 1)

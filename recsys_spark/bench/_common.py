@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -46,8 +46,9 @@ class BenchContext:
         """A config whose table root holds ``events`` synthetic events, generated and ingested once per
         run and size (benchmarks of the same size share it); (config, events written, seconds it took)."""
         if events not in self._warehouses:
-            from recsys_spark.pipeline import run_generate, run_ingest
-            from recsys_spark.run import RunContext
+            from recsys_spark.pipeline.generate import run_generate
+            from recsys_spark.pipeline.ingest import run_ingest
+            from recsys_spark.pipeline.runs import RunContext
 
             folder = self.work / f"synthetic-{events}"
             # same users/items per event as the CLI's synthetic data; a small log in fewer files

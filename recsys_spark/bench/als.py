@@ -1,4 +1,4 @@
-"""ALS training per iteration: this project's training job (MLlib ALS through ``recsys_spark.als.fit_als``)
+"""ALS training per iteration: this project's training job (MLlib ALS through ``recsys_spark.models.als.fit_als``)
 against the ``implicit`` library's CPU ALS on the same (user, item, confidence) rows, the same rank,
 regularisation, alpha, seed and thread budget, on synthetic events and on ML-100K.
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALS, ALSModel
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import AlsConfig, Config
+    from recsys_spark.config.schema import AlsConfig, Config
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         shutil.rmtree(ctx.work / "als-raw", ignore_errors=True)
         shutil.rmtree(ctx.work / "als-warehouse", ignore_errors=True)
     points.append(_ml100k_point(ctx, threads))
-    from recsys_spark.als import blas_in_use
+    from recsys_spark.models.als import blas_in_use
 
     return {
         "quick": ctx.quick,
@@ -89,7 +89,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
 def _synthetic_matrix(ctx: BenchContext) -> tuple[Config, DataFrame]:
     """``als_events`` synthetic events (generated and ingested once per run and size); its interaction_matrix."""
-    from recsys_spark.storage import TableStore
+    from recsys_spark.storage.store import TableStore
 
     cfg, _, seconds = ctx.synthetic_warehouse(ctx.sizes["als_events"])
     log.info("als bench: %d synthetic events ready (%.1f s)", ctx.sizes["als_events"], seconds)
@@ -120,9 +120,9 @@ def _ml100k_point(ctx: BenchContext, threads: int) -> dict[str, Any]:
         return {"name": "ml-100k", "skipped": "not run with --quick"}
     if not data.is_file():
         return {"name": "ml-100k", "skipped": f"{data} not found (set RECSYS_SHARED_DATA)"}
-    from recsys_spark.pipeline import run_ingest
-    from recsys_spark.run import RunContext
-    from recsys_spark.storage import TableStore
+    from recsys_spark.pipeline.ingest import run_ingest
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.storage.store import TableStore
 
     root = ctx.work / "als-ml100k"
     cfg = ctx.cfg.with_overrides(
@@ -229,7 +229,7 @@ def _interleaved(contenders: dict[str, _Contender], repeats: int) -> None:
 
 def _ours(spark: SparkSession, train: DataFrame, als: AlsConfig, threads: int) -> Callable[..., float]:
     """A timer of one MLlib fit: fit_als as the train job calls it, or a tweaked estimator for the profile."""
-    from recsys_spark.als import build_als, fit_als
+    from recsys_spark.models.als import build_als, fit_als
     from recsys_spark.session import released_caches
 
     def fit(
@@ -329,7 +329,7 @@ def _bench_point(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from recsys_spark.als import training_frame
+    from recsys_spark.models.als import training_frame
 
     lo, hi = _iterations(als, ctx.quick)
     train = training_frame(matrix, als).persist(StorageLevel.MEMORY_AND_DISK)

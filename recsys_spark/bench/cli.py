@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recsys_spark.config import load_config
+from recsys_spark.config.loader import load_config
 
 if TYPE_CHECKING:
     from recsys_spark.bench._common import BenchContext
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
-        for name in ("recsys_spark.tuning", "recsys_spark.fitting", "recsys_spark.bench"):
+        for name in ("recsys_spark.tuning.search", "recsys_spark.tuning.fitting", "recsys_spark.bench"):
             logging.getLogger(name).setLevel(logging.INFO)
     from recsys_spark.bench._common import BenchContext, machine
     from recsys_spark.session import build_session

@@ -1,7 +1,7 @@
 """EASE's fixed costs on the synthetic demo catalogue, against a plain numpy/scipy EASE on the same
 matrix, and RP3beta's time against the cosine job on the same matrix.
 
-Ours is ``recsys_spark.ease.fit_ease``: the Gram X'X in Spark on the block-sparse cell kernel, an
+Ours is ``recsys_spark.models.ease.fit_ease``: the Gram X'X in Spark on the block-sparse cell kernel, an
 in-place Cholesky inverse on the driver, |weight| pruning, and the neighbour frame. The baseline
 is the textbook single-machine EASE (Steck 2019) in a fresh interpreter: the scipy sparse Gram
 made dense, ``scipy.linalg.inv`` (LU) and B = -P / diag(P), with as many BLAS threads as ours; it
@@ -27,7 +27,7 @@ from recsys_spark.bench._common import BenchContext, faster, summary, timed
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import Config
+    from recsys_spark.config.schema import Config
 
 TITLE = "EASE and RP3beta"
 #: Size options: name -> (full default, --quick value, help).
@@ -212,10 +212,11 @@ def bench_ease(
     import numpy as np
     from pyspark import StorageLevel
 
-    from recsys_spark.ease import ease_memory, fit_ease, solver_threads
-    from recsys_spark.rp3beta import item_rp3beta
-    from recsys_spark.similarity import cap_user_history, item_cosine, positive_ratings
-    from recsys_spark.storage import TableStore
+    from recsys_spark.models.cosine import item_cosine
+    from recsys_spark.models.ease import ease_memory, fit_ease, solver_threads
+    from recsys_spark.models.ratings import cap_user_history, positive_ratings
+    from recsys_spark.models.rp3beta import item_rp3beta
+    from recsys_spark.storage.store import TableStore
 
     cfg, written, prepare_s = warehouse(events)
     params = cfg.similarity.model_copy(update={"method": "ease"})

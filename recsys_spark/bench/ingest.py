@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from recsys_spark.bench._common import BenchContext, summary, timed
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -28,8 +28,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 
 def bench_ingest(spark: SparkSession, cfg: Config, events: int, work: Path, repeats: int) -> dict[str, Any]:
     """Time the ingest job and a plain CSV -> Parquet copy on the files under ``cfg.ingest.source.path``."""
-    from recsys_spark.pipeline import run_ingest
-    from recsys_spark.run import RunContext
+    from recsys_spark.pipeline.ingest import run_ingest
+    from recsys_spark.pipeline.runs import RunContext
 
     raw = Path(cfg.ingest.source.path)
     cfg = cfg.with_overrides([f"storage.root={work / 'warehouse'}"])

@@ -19,8 +19,8 @@ from recsys_spark.bench._common import BenchContext, faster, percentile
 if TYPE_CHECKING:  # the lookup reader process must not import pyspark
     from pyspark.sql import Column, DataFrame, SparkSession
 
-    from recsys_spark.config import Config
-    from recsys_spark.storage import WriteResult
+    from recsys_spark.config.schema import Config
+    from recsys_spark.storage.store import WriteResult
 
 TITLE = "Lookup latency"
 #: Size options: name -> (full default, --quick value, help).
@@ -140,10 +140,10 @@ def _write_lookup_tables(
 
     from pyspark.sql import functions as F
 
-    from recsys_spark import pipeline
     from recsys_spark import tables as T
-    from recsys_spark.run import RunContext
-    from recsys_spark.storage import TableStore
+    from recsys_spark.pipeline.common import LOOKUP_ROW_GROUP_BYTES
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.storage.store import TableStore
 
     store = TableStore(spark, cfg.storage)
     ctx = RunContext.new("bench-lookup", cfg)
@@ -172,7 +172,7 @@ def _write_lookup_tables(
         ctx.commit(model_version="bench", strategy="als"),
         ["strategy"],
         replace={"strategy": "als"},
-        row_group_bytes=pipeline.LOOKUP_ROW_GROUP_BYTES,
+        row_group_bytes=LOOKUP_ROW_GROUP_BYTES,
     )
     n_files = max(1, math.ceil(n_neighbor_items * _NEIGHBORS / cfg.candidates.rows_per_file))
     neighbors = _neighbor_rows(spark, n_neighbor_items, _NEIGHBORS, n_files)
@@ -183,7 +183,7 @@ def _write_lookup_tables(
         ctx.commit(model_version="bench", method="cosine"),
         ["method"],
         replace={"method": "cosine"},
-        row_group_bytes=pipeline.LOOKUP_ROW_GROUP_BYTES,
+        row_group_bytes=LOOKUP_ROW_GROUP_BYTES,
     )
     return users, items
 
@@ -203,7 +203,7 @@ def lookup_reader(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     item = spec["key"] == "item"
     if spec["mode"] == "recommendations":
-        from recsys_spark.lookup import Recommendations
+        from recsys_spark.serving.lookup import Recommendations
 
         recs = Recommendations.open(spec["root"])
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_spark.confidence import confidence_array
+from recsys_spark.models.confidence import confidence_array
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def ease_rank(x: sp.csr_matrix, params: dict[str, Any], users: np.ndarray, k: in
     values.data = confidence_array(values.data, params["confidence"])
     gram = (values.T @ values).toarray()
     gram[np.diag_indices_from(gram)] += params["l2"]
-    from recsys_spark.ease import solver_threads
+    from recsys_spark.models.ease import solver_threads
 
     with solver_threads():  # every core, as our solve gets: the session leaves the driver one BLAS thread
         p = np.linalg.inv(gram)
@@ -137,7 +137,7 @@ def implicit_als_grid(trials: int = IMPLICIT_ALS_TRIALS, seed: int = 7) -> list[
     A random draw rather than the full product grid (3 x 5 x 3 x 3 = 135 points): on ML-100K a fit
     with validation scoring takes 2-4 s, so the grid cost ~7 minutes a split, while 24 draws give
     the peer twice our own search's budget (12 short fits and 4 full ones)."""
-    from recsys_spark.tuning import log_uniform
+    from recsys_spark.tuning.search import log_uniform
 
     rng = np.random.default_rng([seed, 2])
     return [

@@ -1,5 +1,5 @@
 """End-to-end pipeline and its scaling: every stage of the demo pipeline (generate, ingest, train-als,
-item-similarity, topk, evaluate) run as its own ``recsys-spark`` process on synthetic logs of growing size.
+item-similarity, candidates, evaluate) run as its own ``recsys-spark`` process on synthetic logs of growing size.
 
 Each stage runs in a fresh interpreter and JVM, so its wall time includes Spark startup and no stage
 inherits JIT, caches or heap from another; the CLI's own "<job> finished in" log line gives the time
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_spark.bench._common import BUSY_MACHINE_PERCENT, BenchContext, cpu_seconds
-from recsys_spark.config import Config
+from recsys_spark.config.schema import Config
 
 TITLE = "End-to-end pipeline and scaling"
 #: Size options: name -> (full default, --quick value, help).
@@ -60,7 +60,7 @@ STAGES = [
     ("ingest", "ingest"),
     ("train-als", "train-als"),
     ("item-similarity (cosine)", "item-similarity"),
-    ("topk", "topk"),
+    ("candidates", "candidates"),
     ("evaluate", "evaluate"),
 ]
 

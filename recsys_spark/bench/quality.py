@@ -28,7 +28,7 @@ import numpy as np
 from recsys_spark.bench._common import BenchContext
 
 if TYPE_CHECKING:
-    from recsys_spark.config import Config
+    from recsys_spark.config.schema import Config
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +150,13 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 def quality_of(ctx: BenchContext, config: Path, overrides: list[str], quick: bool) -> dict[str, Any]:
     """Ours and the peers on every split of one dataset config."""
     from recsys_spark import tables as T
-    from recsys_spark.config import load_config
-    from recsys_spark.evaluation import evaluate_split, headline_values
-    from recsys_spark.pipeline import _splits, run_ingest
-    from recsys_spark.run import RunContext
+    from recsys_spark.config.loader import load_config
+    from recsys_spark.evaluation.scoring import evaluate_split, headline_values
+    from recsys_spark.pipeline.evaluate import _splits
+    from recsys_spark.pipeline.ingest import run_ingest
+    from recsys_spark.pipeline.runs import RunContext
     from recsys_spark.session import released_caches
-    from recsys_spark.storage import TableStore
+    from recsys_spark.storage.store import TableStore
 
     spark = ctx.spark
     cfg = load_config(config, overrides)
@@ -221,8 +222,9 @@ def _peers(
 ) -> list[tuple[str, list[dict[str, Any]], float, dict[str, Any]]]:
     """Every peer on one split: settings chosen on the validation carve-out, then scored on the test."""
     from recsys_spark.bench.peers import matrix_of, peers
-    from recsys_spark.evaluation import evaluated_users, item_popularity, score_lists
-    from recsys_spark.tuning import carve_validation, validation_score
+    from recsys_spark.evaluation.baselines import item_popularity
+    from recsys_spark.evaluation.scoring import evaluated_users, score_lists
+    from recsys_spark.tuning.search import carve_validation, validation_score
 
     validation = carve_validation(train, cfg)
     truth, users = evaluated_users(train, test, cfg)
@@ -284,7 +286,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
         "## Recommendation quality against single-machine peers",
         "",
         "Each dataset is ingested with its config under `conf/`; on every split every served strategy is "
-        "scored from the lists `topk` would write (models fitted on the training part, settings searched on a "
+        "scored from the lists `candidates` would write (models fitted on the training part, settings searched on a "
         "validation carve-out of it), and the peers are fitted on the same training part with their settings "
         "chosen on the same carve-out. Values are the mean over the splits; ratios compare against popularity "
         "and the best peer of the same run.",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import Config, SimilarityConfig
+    from recsys_spark.config.schema import Config, SimilarityConfig
 
 TITLE = "Item-item cosine"
 #: Size options: name -> (full default, --quick value, help).
@@ -53,7 +53,7 @@ def _values(matrix: DataFrame, confidence: str) -> DataFrame:
     """(user_idx, item_idx, r): the values item_cosine takes from the matrix, for the baselines."""
     from pyspark.sql import functions as F
 
-    from recsys_spark.confidence import confidence_value
+    from recsys_spark.models.confidence import confidence_value
 
     value = confidence_value(F.col("confidence"), confidence)
     return matrix.select("user_idx", "item_idx", value.alias("r")).where(F.col("r") > 0)
@@ -90,7 +90,7 @@ def _column_similarities(
     from pyspark.mllib.linalg.distributed import CoordinateMatrix
     from pyspark.sql import functions as F
 
-    from recsys_spark.similarity import top_n_per_item
+    from recsys_spark.models.ratings import top_n_per_item
 
     entries = values.select(
         F.col("user_idx").cast("long").alias("i"), F.col("item_idx").cast("long").alias("j"), F.col("r").alias("value")
@@ -299,7 +299,7 @@ def _kernel_seconds(csr: Any, top_n: int) -> float:
     import numpy as np
     import pyarrow as pa
 
-    from recsys_spark.similarity import _cosine_cell
+    from recsys_spark.models.cosine import _cosine_cell
 
     coo = csr.tocoo()
     n = coo.nnz
@@ -332,8 +332,8 @@ def bench_similarity(
     import scipy.sparse as sp
     from pyspark import StorageLevel
 
-    from recsys_spark.similarity import item_cosine
-    from recsys_spark.storage import TableStore
+    from recsys_spark.models.cosine import item_cosine
+    from recsys_spark.storage.store import TableStore
 
     matrix = None
     try:

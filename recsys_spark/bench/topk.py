@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from pyspark.ml.recommendation import ALSModel
     from pyspark.sql import DataFrame, SparkSession
 
-    from recsys_spark.config import Config
+    from recsys_spark.config.schema import Config
 
 TITLE = "Top-k for all users"
 #: Size options: name -> (full default, --quick value, help).
@@ -176,8 +176,8 @@ def bench_topk(
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from recsys_spark.als import blas_in_use
-    from recsys_spark.blocked_topk import BlockShape, blocked_top_k
+    from recsys_spark.kernels.blocked_topk import BlockShape, blocked_top_k
+    from recsys_spark.models.als import blas_in_use
 
     rng = np.random.default_rng(seed)
     scale = rank**-0.25  # scores have unit variance
@@ -332,7 +332,7 @@ def _kernel_rate(
     """
     import numpy as np
 
-    from recsys_spark.blocked_topk import score_block
+    from recsys_spark.kernels.blocked_topk import score_block
 
     n = min(query_block, len(users))
     mask = seen_u < n

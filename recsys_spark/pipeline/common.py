@@ -1,0 +1,22 @@
+"""What every stage job shares: the writable table store, and the row-group size of served tables."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import SparkSession
+
+from recsys_spark.config.schema import Config
+from recsys_spark.storage.store import TableStore
+
+log = logging.getLogger(__name__)
+
+#: Row groups of lookup tables: small enough that a key lookup on sorted data decodes one group.
+LOOKUP_ROW_GROUP_BYTES = 1 << 20
+
+
+def writable_store(spark: SparkSession, cfg: Config) -> TableStore:
+    """The job's table store, checked up front to be writable (see ``TableStore.check_writable``)."""
+    store = TableStore(spark, cfg.storage)
+    store.check_writable()
+    return store

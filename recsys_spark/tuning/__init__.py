@@ -1,0 +1,1 @@
+"""Hyperparameter searches on a validation carve-out of the training data, and fitting with them."""
