@@ -167,8 +167,7 @@ def _cmd_ingest(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
 
 
 def _cmd_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
-    from recsys_spark.pipeline.demo import als_summary
-    from recsys_spark.pipeline.train import run_train_als
+    from recsys_spark.pipeline.train import als_summary, run_train_als
 
     print(als_summary(cfg, run_train_als(spark, cfg, ctx)))
 

@@ -19,7 +19,7 @@ from recsys_spark.pipeline.evaluate import run_evaluate
 from recsys_spark.pipeline.generate import run_generate
 from recsys_spark.pipeline.ingest import run_ingest
 from recsys_spark.pipeline.similarity import run_item_similarity
-from recsys_spark.pipeline.train import run_train_als
+from recsys_spark.pipeline.train import als_summary, run_train_als
 from recsys_spark.storage.store import TableStore
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
     from recsys_spark.config.schema import Config
     from recsys_spark.pipeline.runs import RunContext
-    from recsys_spark.storage.store import WriteResult
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,6 @@ class DemoResult:
     store: TableStore
     headline_table: str | None
     report_path: Path
-
-
-def als_summary(cfg: Config, out: dict[str, WriteResult]) -> str:
-    """One line on a train-als run: the factor and model table versions it committed."""
-    return (
-        f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
-        f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
-        f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}"
-    )
 
 
 def run_demo(

@@ -117,3 +117,12 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
         seconds,
     )
     return out
+
+
+def als_summary(cfg: Config, out: dict[str, WriteResult]) -> str:
+    """One line on a train-als run: the factor and model table versions it committed."""
+    return (
+        f"ALS ({cfg.als.feedback}, rank {cfg.als.rank}): user_factors v{out[T.USER_FACTORS].version} "
+        f"({out[T.USER_FACTORS].rows:,} users), item_factors v{out[T.ITEM_FACTORS].version} "
+        f"({out[T.ITEM_FACTORS].rows:,} items), models v{out[T.MODELS].version}"
+    )
