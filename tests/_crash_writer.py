@@ -73,6 +73,7 @@ def main(root: str, point: str, version: int, raw: str | None) -> None:
     from recsys_spark.config.loader import load_config
     from recsys_spark.pipeline.runs import RunContext
     from recsys_spark.session import build_session
+    from recsys_spark.storage import delta_rs
     from recsys_spark.storage import store as storage
 
     cfg = load_config(
@@ -91,10 +92,10 @@ def main(root: str, point: str, version: int, raw: str | None) -> None:
     store = storage.TableStore(spark, cfg.storage)
     ctx = RunContext.new("crash-test", cfg)
     if point == "before-commit":
-        storage.DeltaTable.create_write_transaction = _die  # type: ignore[method-assign]
-        storage.create_table_with_add_actions = _die  # type: ignore[assignment]
+        delta_rs.DeltaTable.create_write_transaction = _die  # type: ignore[method-assign]
+        delta_rs.create_table_with_add_actions = _die  # type: ignore[assignment]
     elif point == "after-commit":
-        storage.TableStore._version_of = _die  # type: ignore[method-assign]
+        delta_rs.version_of = _die  # type: ignore[assignment]
     elif point.startswith("ingest-after-"):
         from recsys_spark.pipeline.ingest import run_ingest
 

@@ -29,7 +29,8 @@ from recsys_spark import tables as T
 from recsys_spark.config.schema import Config
 from recsys_spark.errors import ConcurrentWriteError
 from recsys_spark.serving.lookup import Recommendations
-from recsys_spark.storage import store as storage
+from recsys_spark.storage import delta_rs
+from recsys_spark.storage.delta_log import TableHandle
 from recsys_spark.storage.store import CommitInfo, TableStore
 from tests._crash_writer import USERS, K, candidates
 
@@ -116,7 +117,7 @@ def test_sigkill_during_a_table_write(spark: SparkSession, table_v0: tuple[Table
     _assert_reads_version(spark, store, root, 1 if landed else 0)
     if not landed:
         # the killed write's folder holds Parquet files that no version names: invisible orphans
-        committed = storage._Table(T.USER_CANDIDATES, location).delta().file_uris()
+        committed = TableHandle(T.USER_CANDIDATES, location).delta().file_uris()
         orphans = [
             f
             for f in _write_folders(location)
@@ -183,14 +184,14 @@ def test_sigkill_between_the_commits_of_an_ingest(
 def _racing(monkeypatch: pytest.MonkeyPatch, parties: int) -> threading.Barrier:
     """Hold every writer after its Parquet write until all have written: then they commit at once."""
     barrier = threading.Barrier(parties, timeout=120)
-    add_actions = storage._add_actions
+    add_actions = delta_rs._add_actions
 
     def synchronised(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         actions = add_actions(*args, **kwargs)
         barrier.wait()
         return actions
 
-    monkeypatch.setattr(storage, "_add_actions", synchronised)
+    monkeypatch.setattr(delta_rs, "_add_actions", synchronised)
     return barrier
 
 
@@ -253,7 +254,7 @@ def test_two_overwrites_at_once_one_wins_cleanly(
         assert rows == {later: {"a": 10, "b": 20}[later]}
     # the loser's files are gone (not left for vacuum): every write folder belongs to a commit
     location = store.location("contested")
-    t = storage._Table("contested", location)
+    t = TableHandle("contested", location)
     ever = {u for v in range(store.version("contested") + 1) for u in t.delta(v).file_uris()}
     for folder in _write_folders(location):
         assert any(f"/{folder.name}/" in u for u in ever), f"orphaned write folder {folder.name}"

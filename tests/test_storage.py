@@ -320,14 +320,14 @@ def test_delta_spark_engine_without_jars_is_a_clear_error(spark: SparkSession, c
 def test_cleanup_removes_the_write_folder_when_the_commit_fails(
     spark: SparkSession, store: TableStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import recsys_spark.storage.store as storage
+    from recsys_spark.storage import delta_rs
 
     store.write(_df(spark, 3), "things", "overwrite", COMMIT)
 
     def boom(*args: Any, **kwargs: Any) -> NoReturn:
         raise RuntimeError("simulated crash before commit")
 
-    monkeypatch.setattr(storage, "_add_actions", boom)
+    monkeypatch.setattr(delta_rs, "_add_actions", boom)
     with pytest.raises(RuntimeError, match="simulated crash"):
         store.write(_df(spark, 3), "things", "append", COMMIT)
     folders = [p for p in Path(store.location("things")).iterdir() if not p.name.startswith("_")]
@@ -424,10 +424,10 @@ def test_the_commit_itself_refuses_a_stale_version(
     """The up-front version check passes, then another commit lands before ours: Delta's log refuses
     the second writer of version 1 (the race a barrier forces in test_crash_safety, made sequential)."""
     from recsys_spark.errors import ConcurrentWriteError
-    from recsys_spark.storage import store as storage
+    from recsys_spark.storage import delta_rs
 
     store.write(_df(spark, 5), "stale", "append", COMMIT)
-    add_actions = storage._add_actions
+    add_actions = delta_rs._add_actions
 
     def another_writer_first(*args: Any, **kwargs: Any) -> list[Any]:
         actions = add_actions(*args, **kwargs)
@@ -436,7 +436,7 @@ def test_the_commit_itself_refuses_a_stale_version(
         )
         return actions
 
-    monkeypatch.setattr(storage, "_add_actions", another_writer_first)
+    monkeypatch.setattr(delta_rs, "_add_actions", another_writer_first)
     with pytest.raises(ConcurrentWriteError, match="moved while this run worked"):
         store.write(_df(spark, 5, 5), "stale", "append", COMMIT, expected_version=0)
     monkeypatch.undo()
