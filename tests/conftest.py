@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -122,6 +124,73 @@ def ingest(spark: SparkSession) -> IngestRun:
         return run_ingest(spark, c, RunContext.new("ingest", c))
 
     return run
+
+
+#: JVM options for the short-lived Spark processes the suite starts (crash writers, ingest racers,
+#: spark-submit jobs): the client JIT alone, which compiles less and sooner, and the serial
+#: collector, which starts no GC threads. Both only change how fast a JVM warms up, not what it
+#: runs. On these 2 cores a process's start-up and first job took 14 s against 18-22 s with the
+#: defaults (while another suite ran), and the three concurrent-ingest tests, whose racing JVMs
+#: share the cores, 143 s against 181 s; the crash tests did not move (194 s, 200 s). The suite's
+#: own long-lived session keeps the defaults.
+QUICK_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a Spark process the suite starts: this one's, with quick-start JVMs."""
+    return {**os.environ, "JAVA_TOOL_OPTIONS": QUICK_JVM_OPTIONS, **extra}
+
+
+#: name -> (file under ../shared/data, ingest overrides): the datasets more than one test reads.
+_SHARED_INGESTS = {
+    "ml-latest-small": ("ml-latest-small/ratings.csv", ["ingest.source.preset=movielens-csv"]),
+    "lastfm-2k": (
+        "hetrec2011-lastfm-2k/user_artists.dat",
+        ["ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p"],
+    ),
+}
+
+
+@dataclass(frozen=True)
+class IngestedDataset:
+    """A public dataset ingested once per suite (``ingested_dataset``); read it, never write to it."""
+
+    config: Config
+    """The config it was ingested with (its own table root)."""
+    report: IngestReport
+    """What that ingest reported."""
+    overrides: list[str]
+    """The ``--set`` overrides naming the dataset's file and its ingest settings."""
+
+    def copy_to(self, root: Path) -> None:
+        """Its tables under ``root``, for a test that writes tables of its own beside them."""
+        shutil.copytree(self.config.storage.root, root, dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def ingested_dataset(
+    spark: SparkSession, base_config: Config, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], IngestedDataset]:
+    """Ingest ml-latest-small or Last.fm 2K at most once for the whole suite.
+
+    Both are read by an ingest test and by an evaluation test, with the same ingest settings;
+    ingesting each once saves an ingest of about 100k rows per dataset.
+    """
+    from recsys_spark.pipeline.ingest import run_ingest
+    from recsys_spark.pipeline.runs import RunContext
+
+    done: dict[str, IngestedDataset] = {}
+
+    def get(name: str) -> IngestedDataset:
+        if name not in done:
+            path, settings = _SHARED_INGESTS[name]
+            overrides = [f"ingest.source.path={shared_data / path}", *settings]
+            root = tmp_path_factory.mktemp(f"ingested-{name}")
+            c = base_config.with_overrides([f"storage.root={root / 'warehouse'}", *overrides])
+            done[name] = IngestedDataset(c, run_ingest(spark, c, RunContext.new("ingest", c)), overrides)
+        return done[name]
+
+    return get
 
 
 def table_versions(store: TableStore) -> dict[str, int | None]:

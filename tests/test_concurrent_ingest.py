@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from recsys_spark import tables as T
 from recsys_spark.config.schema import Config
 from recsys_spark.storage.store import TableStore
+from tests.conftest import subprocess_env
 
 if TYPE_CHECKING:
     from tests.conftest import IngestRun
@@ -50,7 +51,7 @@ def _racer(root: Path, raw: Path, barrier: Path, parties: int, kill: str | None 
     return subprocess.Popen(
         cmd,
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=subprocess_env(PYTHONPATH=str(REPO)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

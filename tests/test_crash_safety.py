@@ -33,6 +33,7 @@ from recsys_spark.storage import delta_rs
 from recsys_spark.storage.delta_log import TableHandle
 from recsys_spark.storage.store import CommitInfo, TableStore
 from tests._crash_writer import USERS, K, candidates
+from tests.conftest import subprocess_env
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,7 +47,7 @@ _TIMEOUT_S = 300
 
 def _writer(root: Path, point: str, version: int, raw: Path | None = None) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "tests._crash_writer", str(root), point, str(version), *([str(raw)] if raw else [])]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env(PYTHONPATH=str(REPO))
     # a process group of its own: SIGKILL reaches the driver JVM and the Python workers too
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

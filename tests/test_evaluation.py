@@ -14,11 +14,13 @@ from recsys_spark.evaluation.baselines import popularity_recs, random_recs
 from recsys_spark.pipeline.runs import RunContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyspark.sql import SparkSession
 
     from recsys_spark.config.schema import Config
     from recsys_spark.storage.store import TableStore
-    from tests.conftest import IngestRun
+    from tests.conftest import IngestedDataset, IngestRun
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -168,34 +170,23 @@ def test_movielens_100k_fold_u1(
 @pytest.mark.parametrize("dataset", ["ml-latest-small", "lastfm-2k"])
 def test_other_datasets(
     spark: SparkSession,
-    ingest: IngestRun,
+    ingested_dataset: Callable[[str], IngestedDataset],
     cfg: Config,
-    store: TableStore,
-    shared_data: Path,
     tmp_path: Path,
     dataset: str,
 ) -> None:
-    """ml-latest-small on a chronological split, Last.fm 2K plays on a random split (README commands)."""
+    """ml-latest-small on a chronological split, Last.fm 2K plays on a random split (README commands),
+    evaluated on the suite's one ingest of each (the same settings as those commands)."""
     from recsys_spark.pipeline.evaluate import run_evaluate
 
-    if dataset == "ml-latest-small":
-        source = [
-            f"ingest.source.path={shared_data / 'ml-latest-small' / 'ratings.csv'}",
-            "ingest.source.preset=movielens-csv",
-            "evaluation.split=time",
-            "evaluation.test_fraction=0.2",
-        ]
-    else:
-        source = [
-            f"ingest.source.path={shared_data / 'hetrec2011-lastfm-2k' / 'user_artists.dat'}",
-            "ingest.source.preset=lastfm-plays",
-            "ingest.value_transform=log1p",
-            "evaluation.split=random",
-            "evaluation.test_fraction=0.2",
-        ]
+    data = ingested_dataset(dataset)
+    data.copy_to(Path(cfg.storage.root))
+    split = "time" if dataset == "ml-latest-small" else "random"
     c = cfg.with_overrides(
         [
-            *source,
+            *data.overrides,
+            f"evaluation.split={split}",
+            "evaluation.test_fraction=0.2",
             "als.rank=32",
             "als.max_iter=10",
             "similarity.cosine.min_cooccurrence=1",
@@ -205,7 +196,6 @@ def test_other_datasets(
             f"evaluation.output_dir={tmp_path / 'reports'}",
         ]
     )
-    ingest(c)
     s = run_evaluate(spark, c, RunContext.new("evaluate", c)).summary
     ndcg = {r["model"]: r["value"] for r in s["results"] if r["metric"] == "ndcg" and r["k"] == 10}
     assert set(ndcg) == {"als", "item_item", "popularity", "random"}

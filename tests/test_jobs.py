@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -10,13 +9,14 @@ from pathlib import Path
 
 from recsys_spark import tables as T
 from recsys_spark.storage.store import describe_table, table_history
+from tests.conftest import subprocess_env
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _submit(job: str, zip_path: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     submit = Path(sys.executable).parent / "spark-submit"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = subprocess_env(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     cmd = [
         str(submit),
         "--master",

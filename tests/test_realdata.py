@@ -13,9 +13,11 @@ from recsys_spark.storage.store import TableStore
 from tests.conftest import table_versions
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pyspark.sql import SparkSession
 
-    from tests.conftest import IngestRun
+    from tests.conftest import IngestedDataset, IngestRun
 
 pytestmark = pytest.mark.realdata
 
@@ -57,11 +59,9 @@ def test_movielens_official_split_files_add_up(
     assert store.read(T.INGESTED_FILES).count() == 3
 
 
-def test_movielens_latest_small(
-    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
-) -> None:
-    path = shared_data / "ml-latest-small" / "ratings.csv"
-    report = ingest(cfg, f"ingest.source.path={path}", "ingest.source.preset=movielens-csv")
+def test_movielens_latest_small(spark: SparkSession, ingested_dataset: Callable[[str], IngestedDataset]) -> None:
+    data = ingested_dataset("ml-latest-small")
+    report, store = data.report, TableStore(spark, data.config.storage)
     assert (report.rows_read, report.rows_rejected, report.events_added) == (100_836, 0, 100_836)
     assert (report.new_users, report.new_items) == (610, 9_724)
     assert {r.rating for r in store.read(T.INTERACTION_MATRIX).select("rating").distinct().collect()} == {
@@ -69,13 +69,9 @@ def test_movielens_latest_small(
     }
 
 
-def test_lastfm_plays(
-    spark: SparkSession, ingest: IngestRun, cfg: Config, store: TableStore, shared_data: Path
-) -> None:
-    path = shared_data / "hetrec2011-lastfm-2k" / "user_artists.dat"
-    report = ingest(
-        cfg, f"ingest.source.path={path}", "ingest.source.preset=lastfm-plays", "ingest.value_transform=log1p"
-    )
+def test_lastfm_plays(spark: SparkSession, ingested_dataset: Callable[[str], IngestedDataset]) -> None:
+    data = ingested_dataset("lastfm-2k")
+    report, store = data.report, TableStore(spark, data.config.storage)
     assert (report.rows_read, report.rows_rejected, report.events_added) == (92_834, 0, 92_834)
     assert (report.new_users, report.new_items) == (1_892, 17_632)
     assert store.read(T.INTERACTION_MATRIX).agg({"confidence": "max"}).first()[0] == pytest.approx(
