@@ -116,14 +116,18 @@ def store(spark: SparkSession, cfg: Config) -> TableStore:
 @pytest.fixture
 def ingest(spark: SparkSession) -> IngestRun:
     """Run the ingest job with ``cfg`` plus ``--set`` style overrides; returns its report."""
+
+    def run(cfg: Config, *overrides: str) -> IngestReport:
+        return _run_ingest(spark, cfg.with_overrides(list(overrides)))
+
+    return run
+
+
+def _run_ingest(spark: SparkSession, cfg: Config) -> IngestReport:
     from recsys_spark.pipeline.ingest import run_ingest
     from recsys_spark.pipeline.runs import RunContext
 
-    def run(cfg: Config, *overrides: str) -> IngestReport:
-        c = cfg.with_overrides(list(overrides))
-        return run_ingest(spark, c, RunContext.new("ingest", c))
-
-    return run
+    return run_ingest(spark, cfg, RunContext.new("ingest", cfg))
 
 
 #: JVM options for the short-lived Spark processes the suite starts (crash writers, ingest racers,
@@ -176,9 +180,6 @@ def ingested_dataset(
     Both are read by an ingest test and by an evaluation test, with the same ingest settings;
     ingesting each once saves an ingest of about 100k rows per dataset.
     """
-    from recsys_spark.pipeline.ingest import run_ingest
-    from recsys_spark.pipeline.runs import RunContext
-
     done: dict[str, IngestedDataset] = {}
 
     def get(name: str) -> IngestedDataset:
@@ -187,7 +188,7 @@ def ingested_dataset(
             overrides = [f"ingest.source.path={shared_data / path}", *settings]
             root = tmp_path_factory.mktemp(f"ingested-{name}")
             c = base_config.with_overrides([f"storage.root={root / 'warehouse'}", *overrides])
-            done[name] = IngestedDataset(c, run_ingest(spark, c, RunContext.new("ingest", c)), overrides)
+            done[name] = IngestedDataset(c, _run_ingest(spark, c), overrides)
         return done[name]
 
     return get

@@ -294,8 +294,6 @@ def version_of(t: TableHandle, write_id: str) -> int:
             return entry.version
     raise StorageError(f"commit {write_id} to table {t.name!r} is not in its history")
 
-    # -- maintenance -----------------------------------------------------------------------------
-
 
 def _describe_expected(expected: ExpectedVersion) -> str:
     return "not to exist yet" if expected is None else f"to be at version {expected}"

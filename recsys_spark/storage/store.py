@@ -99,8 +99,12 @@ class TableStore:
         self.cfg = cfg
         self.root = absolute(cfg.root)
         self._engine = self._resolve_engine(cfg.engine)
-        self.engine: EngineName = self._engine.name
         log.info("table store at %s, engine %s", self.root, self.engine)
+
+    @property
+    def engine(self) -> EngineName:
+        """The engine this store writes with: delta-spark when the Delta jars are loaded, else delta-rs."""
+        return self._engine.name
 
     def _resolve_engine(self, wanted: str) -> DeltaRsEngine | DeltaSparkEngine:
         loaded = delta_jars_loaded(self.spark)
@@ -162,8 +166,6 @@ class TableStore:
         if not t.exists():
             return set()
         return {p[column] for p in t.delta().partitions() if p.get(column) is not None}
-
-    # -- reads -----------------------------------------------------------------------------------
 
     # -- reads -----------------------------------------------------------------------------------
 
@@ -260,6 +262,8 @@ class TableStore:
             raise SchemaMismatchError(
                 f"schema mismatch writing table {t.name!r} at {t.location}:\n  " + "\n  ".join(problems)
             )
+
+    # -- maintenance -----------------------------------------------------------------------------
 
     def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
         """Committed versions, newest first, with the job metadata each commit carried."""
