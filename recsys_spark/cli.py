@@ -6,8 +6,10 @@ recsys-spark [--config FILE] [--set section.key=value ...] COMMAND [options]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -242,6 +244,58 @@ def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, varia
     return 0
 
 
+def _serve(cfg: Config, host: str | None, port: int | None, pins: Sequence[str]) -> int:
+    """``recsys-spark serve``: the HTTP lookup service, in the foreground until stopped."""
+    service = _service(cfg, host, port, _pinned_versions(pins))
+    print(f"serving {cfg.storage.root} at {service.url} (tables {service.app_versions()}); Ctrl-C stops")
+    print(f"  try: curl '{service.url}/v1/popular?k=5'   API docs: {service.url}/docs", flush=True)
+    # uvicorn drains the open requests on SIGINT or SIGTERM, then re-raises the signal: both are
+    # the ordinary way to stop a service, so both end it with status 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):
+        service.run()
+    print("stopped", flush=True)
+    return 0
+
+
+def _pinned_versions(pins: Sequence[str]) -> dict[str, int]:
+    """``--version user_candidates=3`` -> {"user_candidates": 3}."""
+    out: dict[str, int] = {}
+    for pin in pins:
+        table, sep, version = pin.partition("=")
+        if not sep or not version.strip().isdigit():
+            raise ConfigError(f"--version {pin!r}: expected TABLE=VERSION, e.g. user_candidates=3")
+        out[table.strip()] = int(version)
+    return out
+
+
+def _service(cfg: Config, host: str | None, port: int | None, versions: dict[str, int] | None = None) -> Any:
+    """The lookup service for ``cfg``'s tables, bound but not yet serving."""
+    try:
+        from recsys_spark.serving.app import Service, ServiceSettings, bind, create_app
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs the optional serving packages ({exc.name} is missing): pip install 'recsys-spark[serve]'"
+        ) from None
+    from recsys_spark.serving.lookup import Recommendations
+
+    recs = Recommendations.open(
+        cfg.storage.root,
+        strategy=cfg.candidates.strategies[0],
+        neighbor_method=cfg.similarity.method,
+        cold_start_segment=cfg.candidates.cold_start_segment,
+        versions=versions,
+    )
+    settings = ServiceSettings(
+        strategy=cfg.candidates.strategies[0],
+        method=cfg.similarity.method,
+        cold_start_segment=cfg.candidates.cold_start_segment,
+        serve=cfg.serve,
+    )
+    sock = bind(host or cfg.serve.host, cfg.serve.port if port is None else port)
+    return Service(create_app(recs, settings), sock)
+
+
 def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
     """Print each catalogued table's location, version and row count (reads Delta logs only)."""
     from recsys_spark.storage.store import describe_table, table_location
@@ -283,6 +337,36 @@ def _demo_lookups(cfg: Config, store: TableStore) -> None:
             continue
         print(f"\n$ recsys-spark lookup {what} {key} --k 10")
         _lookup(cfg, what, key, 10, None, None, False)
+    if sample_user is not None:
+        demo_service(cfg, sample_user)
+
+
+def demo_service(cfg: Config, user_id: str, k: int = 5) -> None:
+    """Start the HTTP service on a free loopback port, ask it for ``user_id``'s list as curl
+    would, print the answer and stop; then say how to run the service for real."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    try:
+        service = _service(cfg, "127.0.0.1", 0).start()
+    except ConfigError as exc:  # the serving extra is not installed
+        print(f"\n(the HTTP service is skipped: {exc})")
+        return
+    try:
+        url = f"{service.url}/v1/users/{urllib.parse.quote(user_id, safe='')}/recommendations?k={k}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            body = json.load(response)
+    finally:
+        service.stop()
+    print(f"\n$ recsys-spark serve &   # the HTTP service, started and stopped by the demo\n$ curl -s '{url}'")
+    items = ",\n".join(f"    {json.dumps(i)}" for i in body.pop("items"))
+    versions = body.pop("versions")
+    print(f'{{{json.dumps(body)[1:-1]},\n  "items": [\n{items}\n  ],\n  "versions": {json.dumps(versions)}}}')
+    print(
+        "serve these tables yourself, with this run's --config and --set options: recsys-spark serve "
+        f"(http://{cfg.serve.host}:{cfg.serve.port}/docs lists the endpoints)"
+    )
 
 
 def _sample_key(store: TableStore, table: str, column: str, where: str) -> str | None:
@@ -335,6 +419,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     look.add_argument("--version", type=int, default=None, help="serve this table version instead of the latest")
     look.add_argument("--json", action="store_true", help="print JSON")
+    srv = add("serve", "the HTTP lookup service over the precomputed tables, no Spark (serve.* settings)")
+    srv.add_argument("--host", default=None, help="listen address (default: serve.host, 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=None, help="TCP port (default: serve.port, 8000; 0 = any free)")
+    srv.add_argument(
+        "--version",
+        action="append",
+        default=[],
+        metavar="TABLE=VERSION",
+        help="serve this version of a table and never move it (repeatable)",
+    )
     demo = add(
         "demo", "the whole pipeline on the synthetic log (generated if missing): ingest, ALS, item neighbours, tables"
     )
@@ -380,6 +474,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.k < 1:
                 raise ConfigError(f"--k must be at least 1, got {args.k}")
             return _lookup(cfg, args.what, args.key, args.k, args.version, args.variant, args.json)
+        if args.command == "serve":
+            return _serve(cfg, args.host, args.port, args.version)
         if args.command == "vacuum":
             return _vacuum(cfg, args.tables or list(T.CATALOG), args.retention_hours, args.dry_run)
         command = ALIASES.get(args.command, args.command)

@@ -1003,6 +1003,29 @@ class TuningConfig(_Section):
         return v
 
 
+class ServeConfig(_Section):
+    """``recsys-spark serve``: the HTTP lookup service over the precomputed tables."""
+
+    host: str = "127.0.0.1"
+    """Address the service listens on; loopback by default, so nothing is exposed by accident."""
+
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port (0: any free port, printed at start-up)."""
+
+    refresh_seconds: float = Field(5.0, gt=0, le=86_400)
+    """How often a background thread looks for new table versions and switches to them. Requests
+    never wait for it: they are answered from the snapshot in place."""
+
+    max_k: int = Field(100, ge=1, le=10_000)
+    """The largest ``k`` a request may ask for (a larger one is a 422 naming ``k``)."""
+
+    max_batch: int = Field(1000, ge=1, le=100_000)
+    """The most users one ``POST /v1/recommendations`` may name (more is a 422 naming ``user_ids``)."""
+
+    max_exclude: int = Field(1000, ge=0, le=100_000)
+    """The most item ids one request may exclude."""
+
+
 class Config(_Section):
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -1031,6 +1054,9 @@ class Config(_Section):
 
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     """The hyperparameter search (on a validation carve-out of the training data)."""
+
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    """The HTTP lookup service (``recsys-spark serve``)."""
 
     @model_validator(mode="after")
     def _paths_outside_table_root(self) -> Config:

@@ -10,9 +10,12 @@ a serving process stays small). Candidate and neighbour tables are written sorte
 files covering disjoint key ranges, with small row groups; a lookup therefore opens one file and
 decodes one row group, pruned by the min/max statistics of the Delta log and the Parquet footer.
 
-A long-lived reader checks for a new table version at most every ``refresh_seconds`` and then
-switches to it atomically. Delta commits are atomic, so a reader sees a whole version or the
-previous one, never a half-written one. Pinned versions never move.
+A long-lived reader checks for new table versions at most every ``refresh_seconds`` and then
+switches to them in one step: the tables it serves form a :class:`Snapshot` of opened versions that
+is never modified, and a refresh builds the next snapshot beside it and swaps one reference. A
+request holds one snapshot from start to end, so it never mixes two versions of a table, however
+many commits land meanwhile; Delta commits are atomic, so each version it sees is whole. Pinned
+versions never move.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -96,72 +99,71 @@ class Neighbor:
     method: str
 
 
-class _Table:
-    """One Delta table, at its latest or a pinned version, with cached pyarrow datasets."""
+@dataclass(frozen=True)
+class UserList:
+    """One user's served list, with what the request's exclusions took out of it."""
 
-    def __init__(self, root: str, name: str, version: int | None) -> None:
+    user_id: str
+    items: list[Recommendation]
+    source: str
+    """The strategy whose row answered (als, item_item, blend), or ``popular`` for an unknown user."""
+    filtered: int
+    """Candidates skipped because the request excluded them."""
+
+
+class _TableVersion:
+    """One Delta table at one version, never moved: a refresh opens a new one beside it.
+
+    Keeping each opened version immutable is what makes a switch atomic. A request holds the
+    snapshot it started with, and every row it reads comes from those versions, however many
+    commits land meanwhile.
+    """
+
+    def __init__(self, name: str, location: str, dt: DeltaTable | None) -> None:
         self.name = name
-        self.location = T.table_location(root, name)
-        self.pinned = version
-        self._lock = threading.Lock()
-        self._datasets: dict[Any, pads.Dataset] = {}
-        self._dt: DeltaTable | None = None
-        self.version: int | None = None
-        self._values: dict[tuple[int | None, str], list[str]] = {}
-        self._open()
+        self.location = location
+        self._dt = dt
+        self.version: int | None = dt.version() if dt is not None else None
+        self._datasets: dict[tuple[str, str] | None, pads.Dataset] = {}
+        self._values: dict[str, list[str]] = {}
+        self._popular: dict[str, list[Recommendation]] = {}
 
-    def _open(self) -> None:
+    @classmethod
+    def open(cls, root: str, name: str, version: int | None) -> _TableVersion:
+        location = T.table_location(root, name)
         try:
-            dt = (
-                DeltaTable(self.location, version=self.pinned) if self.pinned is not None else DeltaTable(self.location)
-            )
+            dt = DeltaTable(location, version=version) if version is not None else DeltaTable(location)
         except TableNotFoundError:
-            if self.pinned is not None:
-                raise StorageError(f"table {self.name!r} does not exist at {self.location}") from None
-            return  # may appear later; refresh() will pick it up
+            if version is not None:
+                raise StorageError(f"table {name!r} does not exist at {location}") from None
+            return cls(name, location, None)  # may appear later; a refresh will pick it up
         except Exception as exc:  # noqa: BLE001 - e.g. a pinned version that was never written or was vacuumed
-            if self.pinned is not None:
+            if version is not None:
                 raise StorageError(
-                    f"table {self.name!r} has no version {self.pinned}: {T.available_versions(self.location)}"
+                    f"table {name!r} has no version {version}: {T.available_versions(location)}"
                 ) from None
-            raise StorageError(f"cannot open table {self.name!r} at {self.location}: {exc}") from None
-        self._dt, self.version, self._datasets, self._values = dt, dt.version(), {}, {}
+            raise StorageError(f"cannot open table {name!r} at {location}: {exc}") from None
+        return cls(name, location, dt)
 
     @property
     def exists(self) -> bool:
         return self._dt is not None
 
-    def refresh(self) -> bool:
-        """Move to the newest version if there is one; True when the version changed."""
-        if self.pinned is not None:
-            return False
-        with self._lock:
-            before = self.version
-            if self._dt is None:
-                self._open()
-            else:
-                self._dt.update_incremental()
-                if self._dt.version() != before:
-                    self.version, self._datasets, self._values = self._dt.version(), {}, {}
-            return self.version != before
-
     def values(self, column: str) -> list[str]:
-        """Sorted distinct values of ``column`` in the version being served (empty: no table).
+        """Sorted distinct values of ``column`` (empty: no table).
 
         A partition column is read from the log alone; another column (popular_items' segment, one
         small file) from the data.
         """
         if self._dt is None:
             return []
-        key = (self.version, column)
-        values = self._values.get(key)
+        values = self._values.get(column)
         if values is None:
             if column in self._dt.metadata().partition_columns:
                 found = {p[column] for p in self._dt.partitions()}
             else:
                 found = set(self.dataset().to_table(columns=[column]).column(column).to_pylist())
-            values = sorted(v for v in found if v is not None)
-            self._values = {key: values, **{k: v for k, v in self._values.items() if k[0] == self.version}}
+            values = self._values[column] = sorted(v for v in found if v is not None)
         return values
 
     def dataset(self, partition: tuple[str, str] | None = None) -> pads.Dataset:
@@ -170,14 +172,12 @@ class _Table:
                 f"table {self.name!r} does not exist at {self.location}: run "
                 f"`recsys-spark {_WRITTEN_BY.get(self.name, 'demo')}` first"
             )
-        key = (self.version, partition)
-        ds = self._datasets.get(key)
+        ds = self._datasets.get(partition)
         if ds is None:
             # the SubTree filesystem reader; deltalake's default one can abort Python at exit
             fs = pafs.SubTreeFileSystem(self.location, pafs.LocalFileSystem()) if not is_uri(self.location) else None
             where = [(partition[0], "=", partition[1])] if partition else None
-            ds = self._dt.to_pyarrow_dataset(file_pruning_predicate=where, filesystem=fs)
-            self._datasets = {key: ds, **{k: v for k, v in self._datasets.items() if k[0] == self.version}}
+            ds = self._datasets[partition] = self._dt.to_pyarrow_dataset(file_pruning_predicate=where, filesystem=fs)
         return ds
 
     def rows(
@@ -185,6 +185,168 @@ class _Table:
     ) -> pa.Table:
         expr = pc.field(key_col) == keys[0] if len(keys) == 1 else pc.field(key_col).isin(keys)
         return self.dataset(partition).to_table(filter=expr, columns=columns)
+
+    def popular(self, segment: str) -> list[Recommendation]:
+        """The whole popularity list of ``segment``, read once per version."""
+        found = self._popular.get(segment)
+        if found is None:
+            rows = (
+                self.dataset()
+                .to_table(filter=pc.field("segment") == segment, columns=["rank", "item_id", "item_idx", "score"])
+                .to_pydict()
+            )
+            found = self._popular[segment] = sorted(
+                (
+                    Recommendation(i, x, float(s), r, "popular")
+                    for r, i, x, s in zip(rows["rank"], rows["item_id"], rows["item_idx"], rows["score"])
+                ),
+                key=lambda r: r.rank,
+            )
+        return found
+
+
+class Snapshot:
+    """The lookup tables at one version each: every answer it gives comes from those versions.
+
+    Obtained from :meth:`Recommendations.snapshot`; a service takes one per request, so a
+    response can say exactly which versions it was served from.
+    """
+
+    _LISTS: ClassVar[dict[str, tuple[str, type[UnknownListError], str]]] = {
+        T.USER_CANDIDATES: (
+            "strategy",
+            UnknownStrategyError,
+            "pick one of those, or build it with `recsys-spark candidates` (candidates.strategies)",
+        ),
+        T.ITEM_NEIGHBORS: (
+            "method",
+            UnknownMethodError,
+            "pick one of those, or build it with `recsys-spark item-similarity --set similarity.method=...`",
+        ),
+        T.POPULAR_ITEMS: ("segment", UnknownSegmentError, "`candidates` writes the overall and recent lists"),
+    }
+
+    def __init__(self, tables: Mapping[str, _TableVersion]) -> None:
+        self._tables = dict(tables)
+
+    def versions(self) -> dict[str, int | None]:
+        """The version of each lookup table this snapshot reads (None: not written yet)."""
+        return {name: t.version for name, t in self._tables.items()}
+
+    def missing(self) -> list[str]:
+        """Lookup tables that do not exist yet."""
+        return [name for name, t in self._tables.items() if not t.exists]
+
+    def strategies(self) -> list[str]:
+        """The candidate strategies user_candidates holds."""
+        return self._tables[T.USER_CANDIDATES].values("strategy")
+
+    def neighbor_methods(self) -> list[str]:
+        """The neighbour methods item_neighbors holds."""
+        return self._tables[T.ITEM_NEIGHBORS].values("method")
+
+    def segments(self) -> list[str]:
+        """The popularity segments popular_items holds."""
+        return self._tables[T.POPULAR_ITEMS].values("segment")
+
+    def check_list(self, table: str, value: str) -> None:
+        """Raise when ``table`` has no list ``value`` (see UnknownListError)."""
+        kind, error, hint = self._LISTS[table]
+        t = self._tables[table]
+        if not t.exists:
+            return  # dataset() names the job to run
+        available = t.values(kind)
+        if value not in available:
+            raise error(f"unknown {kind} {value!r}: {table} version {t.version} holds {available}; {hint}")
+
+    def user_lists(
+        self,
+        user_ids: Iterable[str],
+        k: int,
+        strategy: str,
+        cold_start_segment: str,
+        exclude: Collection[str] = (),
+    ) -> dict[str, UserList]:
+        """Each user's top-k of ``strategy`` without the ``exclude`` ids; the popularity list of
+        ``cold_start_segment`` for a user without a row.
+
+        The table holds ``candidates.k`` rows per user, so an exclusion is made up from the rows
+        below rank k: the list stays k long whenever the table has enough rows left.
+        """
+        ids = _keys(user_ids, "user")
+        if not ids:
+            return {}
+        self.check_list(T.USER_CANDIDATES, strategy)
+        cols = (
+            self._tables[T.USER_CANDIDATES]
+            .rows("user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"], ("strategy", strategy))
+            .to_pydict()
+        )
+        found: dict[str, list[Recommendation]] = {}
+        for uid, rank, iid, idx, score, source in zip(
+            cols["user_id"], cols["rank"], cols["item_id"], cols["item_idx"], cols["score"], cols["source"]
+        ):
+            found.setdefault(uid, []).append(Recommendation(iid, idx, float(score), rank, source))
+        skip = {str(e) for e in exclude}
+        out = {}
+        for uid in ids:
+            recs = found.get(uid)
+            if recs:
+                recs.sort(key=lambda r: r.rank)
+                source = recs[0].source
+            else:
+                recs, source = self.popular_list(cold_start_segment), "popular"
+            served: list[Recommendation] = []
+            filtered = 0
+            for r in recs:
+                if len(served) == k:
+                    break
+                if r.item_id in skip:
+                    filtered += 1
+                else:
+                    served.append(r)
+            out[uid] = UserList(uid, served, source, filtered)
+        return out
+
+    def popular_list(self, segment: str) -> list[Recommendation]:
+        """The whole popularity list of ``segment``."""
+        self.check_list(T.POPULAR_ITEMS, segment)
+        t = self._tables[T.POPULAR_ITEMS]
+        t.dataset()  # names the job to run when the table is missing
+        return t.popular(segment)
+
+    def neighbors(self, item_ids: Iterable[str], k: int, method: str) -> dict[str, list[Neighbor]]:
+        """The k nearest neighbours of each item; UnknownItemError for an id not in the catalogue."""
+        ids = _keys(item_ids, "item")
+        if not ids:
+            return {}
+        self.check_list(T.ITEM_NEIGHBORS, method)
+        cols = (
+            self._tables[T.ITEM_NEIGHBORS]
+            .rows("item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", method))
+            .to_pydict()
+        )
+        found: dict[str, list[Neighbor]] = {}
+        for iid, rank, nid, nidx, sim in zip(
+            cols["item_id"], cols["rank"], cols["neighbor_id"], cols["neighbor_idx"], cols["similarity"]
+        ):
+            if rank <= k:
+                found.setdefault(iid, []).append(Neighbor(nid, nidx, float(sim), rank, method))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            items = self._tables[T.ITEMS]
+            known = set(items.rows("item_id", missing, ["item_id"]).column("item_id").to_pylist())
+            unknown = [i for i in missing if i not in known]
+            if unknown:
+                raise UnknownItemError(
+                    f"unknown item id {unknown[0]!r}: it is not in the items table "
+                    f"({items.location}, version {items.version})"
+                )
+        return {i: sorted(found.get(i, []), key=lambda n: n.rank) for i in ids}
+
+
+#: The tables lookups read.
+LOOKUP_TABLES = (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)
 
 
 class Recommendations:
@@ -201,7 +363,7 @@ class Recommendations:
         refresh_seconds: float = 5.0,
     ) -> None:
         versions = dict(versions or {})
-        unknown = set(versions) - {T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS}
+        unknown = set(versions) - set(LOOKUP_TABLES)
         if unknown:
             raise StorageError(
                 f"cannot pin {sorted(unknown)}: lookups read user_candidates, item_neighbors, popular_items and items"
@@ -211,48 +373,13 @@ class Recommendations:
         self.neighbor_method = neighbor_method
         self.cold_start_segment = cold_start_segment
         self.refresh_seconds = refresh_seconds
-        self._tables = {
-            name: _Table(root, name, versions.get(name))
-            for name in (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)
-        }
+        self.pinned = versions
+        self._lock = threading.Lock()
+        # one handle per unpinned table that only the refresher moves, to learn of new commits
+        # cheaply (update_incremental reads the new log entries alone)
+        self._probes: dict[str, DeltaTable] = {}
+        self._snapshot = Snapshot({name: _TableVersion.open(root, name, versions.get(name)) for name in LOOKUP_TABLES})
         self._checked = time.monotonic()
-        self._popular: dict[tuple[int | None, str], list[Recommendation]] = {}
-
-    def strategies(self) -> list[str]:
-        """The candidate strategies user_candidates holds at the version served."""
-        return self._tables[T.USER_CANDIDATES].values("strategy")
-
-    def neighbor_methods(self) -> list[str]:
-        """The neighbour methods item_neighbors holds at the version served."""
-        return self._tables[T.ITEM_NEIGHBORS].values("method")
-
-    def segments(self) -> list[str]:
-        """The popularity segments popular_items holds at the version served."""
-        return self._tables[T.POPULAR_ITEMS].values("segment")
-
-    _LISTS: ClassVar[dict[str, tuple[str, type[UnknownListError], str]]] = {
-        T.USER_CANDIDATES: (
-            "strategy",
-            UnknownStrategyError,
-            "pick one of those, or build it with `recsys-spark candidates` (candidates.strategies)",
-        ),
-        T.ITEM_NEIGHBORS: (
-            "method",
-            UnknownMethodError,
-            "pick one of those, or build it with `recsys-spark item-similarity --set similarity.method=...`",
-        ),
-        T.POPULAR_ITEMS: ("segment", UnknownSegmentError, "`candidates` writes the overall and recent lists"),
-    }
-
-    def _check_list(self, table: str, value: str) -> None:
-        """Raise when the served version of ``table`` has no list ``value`` (see UnknownListError)."""
-        kind, error, hint = self._LISTS[table]
-        t = self._tables[table]
-        if not t.exists:
-            return  # dataset() names the job to run
-        available = t.values(kind)
-        if value not in available:
-            raise error(f"unknown {kind} {value!r}: {table} version {t.version} holds {available}; {hint}")
 
     @classmethod
     def open(cls, root: str, **kwargs: Any) -> Recommendations:
@@ -261,74 +388,78 @@ class Recommendations:
 
     # -- versions --------------------------------------------------------------------------------
 
-    def versions(self) -> dict[str, int | None]:
-        """The table versions lookups are served from."""
-        return {name: t.version for name, t in self._tables.items()}
-
-    def refresh(self) -> bool:
-        """Pick up new table versions now; True when any changed."""
-        changed = [t.refresh() for t in self._tables.values()]
-        self._checked = time.monotonic()
-        if any(changed):
-            log.info("lookup tables now at %s", self.versions())
-        return any(changed)
-
-    def _maybe_refresh(self) -> None:
+    def snapshot(self) -> Snapshot:
+        """The tables as served now; later commits never change what it answers."""
         if time.monotonic() - self._checked >= self.refresh_seconds:
             self.refresh()
+        return self._snapshot
+
+    def versions(self) -> dict[str, int | None]:
+        """The table versions lookups are served from."""
+        return self._snapshot.versions()
+
+    def refresh(self) -> bool:
+        """Switch to the newest table versions now, all in one step; True when any changed.
+
+        Pinned tables never move. Readers holding the previous snapshot finish on it.
+        """
+        with self._lock:
+            current = self._snapshot._tables
+            moved: dict[str, _TableVersion] = {}
+            for name in LOOKUP_TABLES:
+                if name in self.pinned:
+                    continue
+                latest = self._latest_version(name)
+                if latest is not None and latest != current[name].version:
+                    moved[name] = _TableVersion.open(self.root, name, latest)
+            if moved:
+                self._snapshot = Snapshot({**current, **moved})
+            self._checked = time.monotonic()
+        if moved:
+            log.info("lookup tables now at %s", self.versions())
+        return bool(moved)
+
+    def _latest_version(self, name: str) -> int | None:
+        probe = self._probes.get(name)
+        if probe is None:
+            try:
+                probe = self._probes[name] = DeltaTable(T.table_location(self.root, name))
+            except TableNotFoundError:
+                return None
+        else:
+            probe.update_incremental()
+        return probe.version()
+
+    # -- lists -----------------------------------------------------------------------------------
+
+    def strategies(self) -> list[str]:
+        """The candidate strategies user_candidates holds at the version served."""
+        return self.snapshot().strategies()
+
+    def neighbor_methods(self) -> list[str]:
+        """The neighbour methods item_neighbors holds at the version served."""
+        return self.snapshot().neighbor_methods()
+
+    def segments(self) -> list[str]:
+        """The popularity segments popular_items holds at the version served."""
+        return self.snapshot().segments()
 
     # -- users -----------------------------------------------------------------------------------
 
-    def for_user(self, user_id: str, k: int = 10) -> list[Recommendation]:
+    def for_user(self, user_id: str, k: int = 10, exclude: Collection[str] = ()) -> list[Recommendation]:
         """The user's top-k candidates; the popularity list for users without any."""
-        return self.for_users([user_id], k)[user_id]
+        return self.for_users([user_id], k, exclude)[str(user_id)]
 
-    def for_users(self, user_ids: Iterable[str], k: int = 10) -> dict[str, list[Recommendation]]:
-        """Top-k candidates of several users in one read."""
-        ids = _keys(user_ids, "user")
-        if not ids:
-            return {}
-        self._maybe_refresh()
-        self._check_list(T.USER_CANDIDATES, self.strategy)
-        table = self._tables[T.USER_CANDIDATES].rows(
-            "user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"], ("strategy", self.strategy)
-        )
-        found: dict[str, list[Recommendation]] = {}
-        cols = table.to_pydict()
-        for uid, rank, iid, idx, score, source in zip(
-            cols["user_id"], cols["rank"], cols["item_id"], cols["item_idx"], cols["score"], cols["source"]
-        ):
-            if rank <= k:
-                found.setdefault(uid, []).append(Recommendation(iid, idx, float(score), rank, source))
-        out = {}
-        for uid in ids:
-            recs = found.get(uid)
-            out[uid] = sorted(recs, key=lambda r: r.rank) if recs else self.popular(k)
-        return out
+    def for_users(
+        self, user_ids: Iterable[str], k: int = 10, exclude: Collection[str] = ()
+    ) -> dict[str, list[Recommendation]]:
+        """Top-k candidates of several users in one read, without the ``exclude`` item ids."""
+        lists = self.snapshot().user_lists(user_ids, k, self.strategy, self.cold_start_segment, exclude)
+        return {uid: ul.items for uid, ul in lists.items()}
 
     def popular(self, k: int = 10, segment: str | None = None) -> list[Recommendation]:
         """The popularity list (``cold_start_segment`` by default), as unknown users get it."""
-        seg = segment or self.cold_start_segment
-        self._maybe_refresh()
-        self._check_list(T.POPULAR_ITEMS, seg)
-        t = self._tables[T.POPULAR_ITEMS]
-        key = (t.version, seg)
-        if key not in self._popular:
-            rows = (
-                t.dataset()
-                .to_table(filter=pc.field("segment") == seg, columns=["rank", "item_id", "item_idx", "score"])
-                .to_pydict()
-            )
-            self._popular = {
-                key: sorted(
-                    (
-                        Recommendation(i, x, float(s), r, "popular")
-                        for r, i, x, s in zip(rows["rank"], rows["item_id"], rows["item_idx"], rows["score"])
-                    ),
-                    key=lambda r: r.rank,
-                )
-            }
-        return self._popular[key][:k]
+        return self.snapshot().popular_list(segment or self.cold_start_segment)[:k]
 
     # -- items -----------------------------------------------------------------------------------
 
@@ -340,32 +471,7 @@ class Recommendations:
         self, item_ids: Iterable[str], k: int = 10, method: str | None = None
     ) -> dict[str, list[Neighbor]]:
         """Neighbours of several items in one read."""
-        ids = _keys(item_ids, "item")
-        if not ids:
-            return {}
-        self._maybe_refresh()
-        m = method or self.neighbor_method
-        self._check_list(T.ITEM_NEIGHBORS, m)
-        table = self._tables[T.ITEM_NEIGHBORS].rows(
-            "item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", m)
-        )
-        found: dict[str, list[Neighbor]] = {}
-        cols = table.to_pydict()
-        for iid, rank, nid, nidx, sim in zip(
-            cols["item_id"], cols["rank"], cols["neighbor_id"], cols["neighbor_idx"], cols["similarity"]
-        ):
-            if rank <= k:
-                found.setdefault(iid, []).append(Neighbor(nid, nidx, float(sim), rank, m))
-        missing = [i for i in ids if i not in found]
-        if missing:
-            known = set(self._tables[T.ITEMS].rows("item_id", missing, ["item_id"]).column("item_id").to_pylist())
-            unknown = [i for i in missing if i not in known]
-            if unknown:
-                raise UnknownItemError(
-                    f"unknown item id {unknown[0]!r}: it is not in the items table "
-                    f"({self._tables[T.ITEMS].location}, version {self._tables[T.ITEMS].version})"
-                )
-        return {i: sorted(found.get(i, []), key=lambda n: n.rank) for i in ids}
+        return self.snapshot().neighbors(item_ids, k, method or self.neighbor_method)
 
 
 def _keys(ids: Iterable[str], kind: str) -> list[str]:
