@@ -122,7 +122,7 @@ def test_a_known_user_gets_the_top_k_of_the_default_strategy_with_the_versions_s
         ("i3", 3, "als"),
     ]
     assert got["source"] == "als" and got["strategy"] == "als" and got["filtered"] == 0
-    assert got["versions"] == {T.USER_CANDIDATES: 0, T.POPULAR_ITEMS: 0, T.ITEMS: 0}
+    assert got["versions"] == {T.USER_CANDIDATES: 0, T.POPULAR_ITEMS: 0}
     status, got = _call(url, "/v1/users/u1/recommendations?strategy=item_item")
     assert status == 200 and len(got["items"]) == RANKS and {i["source"] for i in got["items"]} == {"item_item"}
 

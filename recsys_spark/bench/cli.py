@@ -27,6 +27,7 @@ BENCHMARKS = {
     "similarity": "similarity",
     "ease": "ease",
     "lookup": "lookup",
+    "serve": "serve",
     "pipeline": "pipeline",
     "quality": "quality",
 }
@@ -104,7 +105,13 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     reader = argparse.ArgumentParser(add_help=False)
     reader.add_argument("--lookup-reader", default=None)  # internal: the Spark-free lookup reader process
+    reader.add_argument("--load-client", default=None)  # internal: the HTTP load generator process
     known, _ = reader.parse_known_args(argv)
+    if known.load_client:
+        from recsys_spark.bench.serve import load_client
+
+        print(json.dumps(load_client(json.loads(Path(known.load_client).read_text()))))
+        return 0
     if known.lookup_reader:  # answered before the benchmark modules are imported: the reader stays lean
         from recsys_spark.bench.lookup import lookup_reader
 

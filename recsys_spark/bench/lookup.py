@@ -134,7 +134,7 @@ def _write_lookup_tables(
     """popular_items, user_candidates and item_neighbors under ``cfg.storage.root``, laid out as the
     candidates and similarity jobs lay them out; returns the user_candidates and item_neighbors writes.
 
-    ``items`` is not written: only a lookup of an item without neighbours reads it.
+    ``items`` too, as ingest writes it: lookups take item ids from it by item_idx.
     """
     import math
 
@@ -163,6 +163,10 @@ def _write_lookup_tables(
         .sortWithinPartitions("segment", "rank")
     )
     store.write(popular, T.POPULAR_ITEMS, "overwrite", ctx.commit())
+    catalog = spark.range(max(n_items, n_neighbor_items)).select(
+        _padded_id("i", F.col("id")).alias("item_id"), F.col("id").cast("int").alias("item_idx")
+    )
+    store.write(catalog, T.ITEMS, "overwrite", ctx.commit())
     n_files = max(1, math.ceil(n_users * k / cfg.candidates.rows_per_file))
     rows = _candidate_rows(spark, n_users, k, n_items, n_files)
     users = store.write(

@@ -62,8 +62,10 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: The tables a service cannot answer user requests without; item_neighbors only serves /similar.
-_REQUIRED = (T.USER_CANDIDATES, T.POPULAR_ITEMS, T.ITEMS)
+#: The tables user requests read (the popularity list answers unknown users).
+_USER_TABLES = (T.USER_CANDIDATES, T.POPULAR_ITEMS)
+#: What /readyz waits for: the user tables and the catalogue that /similar checks ids against.
+_REQUIRED = (*_USER_TABLES, T.ITEMS)
 
 
 class ServiceSettings(BaseModel):
@@ -229,14 +231,18 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
             )
         return ids
 
-    def answer(snap: Snapshot, body: dict[str, Any], needs: tuple[str, ...] = _REQUIRED) -> dict[str, Any]:
+    def require(snap: Snapshot, needs: tuple[str, ...] = _USER_TABLES) -> None:
         missing = [t for t in needs if t in snap.missing()]
         if missing:
             raise ApiError(503, "not_ready", f"not written yet: {', '.join(missing)}")
-        return {**body, "versions": {t: v for t, v in snap.versions().items() if t in needs}}
+
+    def answer(snap: Snapshot, body: dict[str, Any], needs: tuple[str, ...] = _USER_TABLES) -> JSONResponse:
+        # a response object, so FastAPI skips re-encoding a plain dict through jsonable_encoder
+        versions = snap.versions()
+        return JSONResponse({**body, "versions": {t: versions[t] for t in needs}})
 
     def user_lists(snap: Snapshot, user_ids: list[str], k: int, strategy: str, exclude: list[str]) -> list[UserList]:
-        answer(snap, {})  # 503 before any lookup when a table is missing
+        require(snap)  # 503 before any lookup when a table is missing
         try:
             got = snap.user_lists(user_ids, k, strategy, s.cold_start_segment, exclude)
         except UnknownStrategyError as exc:
@@ -258,7 +264,7 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         exclude: Annotated[
             list[str] | None, Query(description="item ids to leave out; comma-separated or repeated")
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """A user's top-k candidates; an unknown user gets the cold-start list (``source: popular``)."""
         snap = recs.snapshot()
         strat = strategy or s.strategy
@@ -266,7 +272,7 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         return answer(snap, _user_body(ul, strat))
 
     @app.post("/v1/recommendations", tags=["users"])
-    def batch_recommendations(request: Annotated[BatchRequest, Body()]) -> dict[str, Any]:
+    def batch_recommendations(request: Annotated[BatchRequest, Body()]) -> JSONResponse:
         """Top-k candidates of several users, all from one snapshot of the tables."""
         if len(request.user_ids) > limits.max_batch:
             raise ApiError(
@@ -285,11 +291,11 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         item_id: str,
         k: Annotated[int | None, Query(description="neighbours to return (default 10)")] = None,
         method: Annotated[str | None, Query(description="neighbour method (default: the service's)")] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """An item's nearest neighbours; 404 for an id not in the catalogue."""
         snap = recs.snapshot()
         needs = (T.ITEM_NEIGHBORS, T.ITEMS)
-        answer(snap, {}, needs)
+        require(snap, needs)
         m = method or s.method
         try:
             found = snap.neighbors([item_id], check_k(k), m)[item_id]
@@ -308,11 +314,11 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
     def popular(
         k: Annotated[int | None, Query(description="items to return (default 10)")] = None,
         segment: Annotated[str | None, Query(description="overall or recent (default: the cold-start one)")] = None,
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """A popularity list, as cold-start users get it."""
         snap = recs.snapshot()
         needs = (T.POPULAR_ITEMS,)
-        answer(snap, {}, needs)
+        require(snap, needs)
         seg = segment or s.cold_start_segment
         try:
             found = snap.popular_list(seg)[: check_k(k)]

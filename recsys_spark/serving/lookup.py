@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +37,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from recsys_spark import tables as T
 from recsys_spark.errors import RecsysError, StorageError
+from recsys_spark.serving.row_groups import RowGroupIndex
 from recsys_spark.uris import is_uri
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,8 @@ class _TableVersion:
         self._datasets: dict[tuple[str, str] | None, pads.Dataset] = {}
         self._values: dict[str, list[str]] = {}
         self._popular: dict[str, list[Recommendation]] = {}
+        self._indexes: dict[tuple[str, tuple[str, str] | None], RowGroupIndex | None] = {}
+        self._ids: pa.Array | None = None
 
     @classmethod
     def open(cls, root: str, name: str, version: int | None) -> _TableVersion:
@@ -181,10 +185,45 @@ class _TableVersion:
         return ds
 
     def rows(
-        self, key_col: str, keys: list[str], columns: list[str], partition: tuple[str, str] | None = None
+        self,
+        key_col: str,
+        keys: list[str],
+        columns: list[str],
+        partition: tuple[str, str] | None = None,
+        dictionary: Sequence[str] = (),
     ) -> pa.Table:
+        """The rows of ``keys``: through the row-group index when the files are laid out for it
+        (``dictionary`` columns then stay dictionary-encoded), else a filtered dataset scan."""
+        index = self._row_groups(key_col, partition)
+        if index is not None:
+            return index.read(key_col, keys, columns, list(dictionary))
         expr = pc.field(key_col) == keys[0] if len(keys) == 1 else pc.field(key_col).isin(keys)
         return self.dataset(partition).to_table(filter=expr, columns=columns)
+
+    def _row_groups(self, key_col: str, partition: tuple[str, str] | None) -> RowGroupIndex | None:
+        if self._dt is None or is_uri(self.location):
+            return None
+        cache_key = (key_col, partition)
+        if cache_key not in self._indexes:
+            where = [(partition[0], "=", partition[1])] if partition else None
+            paths = [u.removeprefix("file://") for u in self._dt.file_uris(file_pruning_predicate=where)]
+            self._indexes[cache_key] = RowGroupIndex.build([unquote(p) for p in paths], key_col) if paths else None
+        return self._indexes[cache_key]
+
+    def ids_by_index(self, id_col: str, idx_col: str) -> pa.Array | None:
+        """``id_col`` values at the positions of ``idx_col`` (the items table: item_id by item_idx),
+        read once per version; None when the table does not exist."""
+        if self._dt is None:
+            return None
+        if self._ids is None:
+            t = self.dataset().to_table(columns=[id_col, idx_col])
+            idx = t[idx_col].to_numpy()
+            size = int(idx.max()) + 1 if len(idx) else 0
+            ids: list[str | None] = [None] * size
+            for i, v in zip(idx.tolist(), t[id_col].to_pylist()):
+                ids[i] = v
+            self._ids = pa.array(ids, pa.string())
+        return self._ids
 
     def popular(self, segment: str) -> list[Recommendation]:
         """The whole popularity list of ``segment``, read once per version."""
@@ -277,10 +316,13 @@ class Snapshot:
         if not ids:
             return {}
         self.check_list(T.USER_CANDIDATES, strategy)
-        cols = (
-            self._tables[T.USER_CANDIDATES]
-            .rows("user_id", ids, ["user_id", "rank", "item_id", "item_idx", "score", "source"], ("strategy", strategy))
-            .to_pydict()
+        cols = self._with_ids(
+            self._tables[T.USER_CANDIDATES],
+            "user_id",
+            ids,
+            ["user_id", "rank", "item_idx", "score", "source"],
+            ("strategy", strategy),
+            ("item_id", "item_idx"),
         )
         found: dict[str, list[Recommendation]] = {}
         for uid, rank, iid, idx, score, source in zip(
@@ -308,6 +350,34 @@ class Snapshot:
             out[uid] = UserList(uid, served, source, filtered)
         return out
 
+    def _with_ids(
+        self,
+        table: _TableVersion,
+        key_col: str,
+        keys: list[str],
+        columns: list[str],
+        partition: tuple[str, str],
+        id_of: tuple[str, str],
+    ) -> dict[str, list[Any]]:
+        """The rows as columns, with ``id_of[0]`` (item_id, neighbor_id) taken from the catalogue by
+        ``id_of[1]`` rather than decoded from the table.
+
+        Decoding a row group's item-id strings cost more than all its numeric columns together,
+        and the ``items`` table maps each item_idx to its id for good (ingest never renumbers an
+        item). An index the catalogue version being served does not know (a candidates run newer
+        than the items snapshot) reads the ids from the table instead.
+        """
+        id_col, idx_col = id_of
+        ids = self._tables[T.ITEMS].ids_by_index("item_id", "item_idx")
+        if ids is not None:
+            got = table.rows(key_col, keys, columns, partition, dictionary=["source"])
+            idx = got[idx_col]
+            if len(idx) == 0 or (pc.max(idx).as_py() < len(ids)):
+                names = pc.take(ids, idx)
+                if names.null_count == 0:
+                    return {**got.to_pydict(), id_col: names.to_pylist()}
+        return table.rows(key_col, keys, [*columns, id_col], partition, dictionary=["source"]).to_pydict()
+
     def popular_list(self, segment: str) -> list[Recommendation]:
         """The whole popularity list of ``segment``."""
         self.check_list(T.POPULAR_ITEMS, segment)
@@ -321,10 +391,13 @@ class Snapshot:
         if not ids:
             return {}
         self.check_list(T.ITEM_NEIGHBORS, method)
-        cols = (
-            self._tables[T.ITEM_NEIGHBORS]
-            .rows("item_id", ids, ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"], ("method", method))
-            .to_pydict()
+        cols = self._with_ids(
+            self._tables[T.ITEM_NEIGHBORS],
+            "item_id",
+            ids,
+            ["item_id", "rank", "neighbor_idx", "similarity"],
+            ("method", method),
+            ("neighbor_id", "neighbor_idx"),
         )
         found: dict[str, list[Neighbor]] = {}
         for iid, rank, nid, nidx, sim in zip(

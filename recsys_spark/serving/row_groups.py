@@ -1,0 +1,99 @@
+"""Key lookups that go straight to the Parquet row groups holding a key.
+
+The lookup tables are written sorted by their key, in files of disjoint key ranges with small row
+groups (README, "Lookup layout"). The min/max statistics of each row group, read once per table
+version from the file footers, then form a sorted index: a key's rows lie in the one row group
+whose range holds it, or in two neighbours when it straddles their boundary. A lookup bisects the
+index and decodes only those row groups.
+
+Why not ``pyarrow.dataset`` with a filter, which prunes by the same statistics: on 1M users × 100
+candidates (50 files, 5,550 row groups) the dataset scan took 4.1 ms a lookup, of which most went
+to planning the scan over every fragment and re-reading footers, and decoding the string columns.
+Going to the row group directly, with the footers kept, took 0.7–0.9 ms for the numeric columns.
+
+Only local tables are indexed; object stores, and files whose statistics are missing or whose key
+ranges overlap (a table not written by the jobs), keep the dataset scan.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RowGroupIndex"]
+
+
+@dataclass(frozen=True)
+class _Group:
+    lo: str
+    hi: str
+    file: int
+    row_group: int
+
+
+class RowGroupIndex:
+    """Sorted key ranges of every row group of some files; ``None`` from :meth:`build` when the
+    files are not laid out for it."""
+
+    def __init__(self, paths: list[str], metadata: list[pq.FileMetaData], groups: list[_Group]) -> None:
+        self._paths, self._metadata, self._groups = paths, metadata, groups
+        self._lows = [g.lo for g in groups]
+
+    @classmethod
+    def build(cls, paths: list[str], key: str) -> RowGroupIndex | None:
+        metadata, groups = [], []
+        for f, path in enumerate(paths):
+            md = pq.read_metadata(path)
+            names = md.schema.names
+            if key not in names:
+                return None
+            column = names.index(key)
+            for rg in range(md.num_row_groups):
+                stats = md.row_group(rg).column(column).statistics
+                if md.row_group(rg).num_rows == 0:
+                    continue
+                if stats is None or not stats.has_min_max:
+                    return None
+                groups.append(_Group(str(stats.min), str(stats.max), f, rg))
+            metadata.append(md)
+        groups.sort(key=lambda g: (g.lo, g.hi))
+        # a key may straddle two neighbouring groups (equal boundary keys); any other overlap means
+        # the rows are not sorted by key, and bisecting would miss some
+        if any(b.lo < a.hi for a, b in itertools.pairwise(groups)):
+            log.info("%d files not sorted by %s: lookups scan them with pyarrow.dataset", len(paths), key)
+            return None
+        return cls(paths, metadata, groups)
+
+    def _groups_of(self, key: str) -> list[_Group]:
+        i = bisect.bisect_right(self._lows, key) - 1
+        found = []
+        while i >= 0 and self._groups[i].hi >= key:
+            found.append(self._groups[i])
+            i -= 1
+        return found
+
+    def read(self, key_column: str, keys: list[str], columns: list[str], dictionary: list[str]) -> pa.Table:
+        """The rows whose ``key_column`` is one of ``keys``; ``dictionary`` columns stay dictionary-
+        encoded (low-cardinality strings, decoded at a fraction of the cost)."""
+        wanted = sorted({(g.file, g.row_group) for key in keys for g in self._groups_of(key)})
+        read = columns if key_column in columns else [key_column, *columns]
+        dictionary = [c for c in dictionary if c in read]
+        parts = []
+        for f, rg in wanted:
+            # a reader per read, over the footer already parsed: readers are not shared across threads
+            reader = pq.ParquetFile(self._paths[f], metadata=self._metadata[f], read_dictionary=dictionary)
+            parts.append(reader.read_row_group(rg, columns=read))
+        if not parts:
+            schema = self._metadata[0].schema.to_arrow_schema() if self._metadata else pa.schema([])
+            return schema.empty_table().select(columns) if self._metadata else pa.table({})
+        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        mask = pc.equal(table[key_column], keys[0]) if len(keys) == 1 else pc.is_in(table[key_column], pa.array(keys))
+        return table.filter(mask).select(columns)
