@@ -33,6 +33,7 @@ from recsys_spark import tables as T
 from recsys_spark.config.schema import StorageConfig
 from recsys_spark.dev import cluster as devcluster
 from recsys_spark.storage.store import TableStore
+from tests.conftest import QUICK_JVM_OPTIONS
 
 pytestmark = pytest.mark.cluster
 
@@ -81,6 +82,8 @@ def _scratch_checkout(folder: Path) -> Path:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARK_", "PYSPARK_"))}
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # master, workers, executors and drivers are all short-lived here: quick-start JVMs (conftest)
+    env["JAVA_TOOL_OPTIONS"] = QUICK_JVM_OPTIONS
     return env
 
 

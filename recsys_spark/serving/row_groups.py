@@ -9,7 +9,8 @@ index and decodes only those row groups.
 Why not ``pyarrow.dataset`` with a filter, which prunes by the same statistics: on 1M users × 100
 candidates (50 files, 5,550 row groups) the dataset scan took 4.1 ms a lookup, of which most went
 to planning the scan over every fragment and re-reading footers, and decoding the string columns.
-Going to the row group directly, with the footers kept, took 0.7–0.9 ms for the numeric columns.
+Going to the row group directly, with the footers and open readers kept, took 0.4 ms for the
+numeric columns of a 256 KiB group.
 
 Only local tables are indexed; object stores, and files whose statistics are missing or whose key
 ranges overlap (a table not written by the jobs), keep the dataset scan.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import threading
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -29,6 +31,9 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 __all__ = ["RowGroupIndex"]
+
+#: Open readers kept per file between reads (each holds a file descriptor).
+_IDLE_READERS = 4
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class RowGroupIndex:
     def __init__(self, paths: list[str], metadata: list[pq.FileMetaData], groups: list[_Group]) -> None:
         self._paths, self._metadata, self._groups = paths, metadata, groups
         self._lows = [g.lo for g in groups]
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[int, tuple[str, ...]], list[pq.ParquetFile]] = {}
 
     @classmethod
     def build(cls, paths: list[str], key: str) -> RowGroupIndex | None:
@@ -72,6 +79,24 @@ class RowGroupIndex:
             return None
         return cls(paths, metadata, groups)
 
+    def _borrow(self, f: int, dictionary: list[str]) -> pq.ParquetFile:
+        """An open reader of file ``f``: one reader is never used by two threads at once, and
+        opening one per read cost 0.25 ms of a 0.65 ms read."""
+        key = (f, tuple(dictionary))
+        with self._lock:
+            idle = self._idle.get(key)
+            if idle:
+                return idle.pop()
+        return pq.ParquetFile(self._paths[f], metadata=self._metadata[f], read_dictionary=dictionary)
+
+    def _give_back(self, f: int, dictionary: list[str], reader: pq.ParquetFile) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((f, tuple(dictionary)), [])
+            if len(idle) < _IDLE_READERS:
+                idle.append(reader)
+                return
+        reader.close()
+
     def _groups_of(self, key: str) -> list[_Group]:
         i = bisect.bisect_right(self._lows, key) - 1
         found = []
@@ -88,9 +113,11 @@ class RowGroupIndex:
         dictionary = [c for c in dictionary if c in read]
         parts = []
         for f, rg in wanted:
-            # a reader per read, over the footer already parsed: readers are not shared across threads
-            reader = pq.ParquetFile(self._paths[f], metadata=self._metadata[f], read_dictionary=dictionary)
-            parts.append(reader.read_row_group(rg, columns=read))
+            reader = self._borrow(f, dictionary)
+            try:
+                parts.append(reader.read_row_group(rg, columns=read))
+            finally:
+                self._give_back(f, dictionary, reader)
         if not parts:
             schema = self._metadata[0].schema.to_arrow_schema() if self._metadata else pa.schema([])
             return schema.empty_table().select(columns) if self._metadata else pa.table({})
