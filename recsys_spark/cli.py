@@ -197,6 +197,12 @@ def _cmd_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     print(f"evaluation_summary v{res.table.version}; {res.json_path}; report: {res.report_path}")
 
 
+def _cmd_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
+    from recsys_spark.pipeline.export import run_export_redis
+
+    print(run_export_redis(spark, cfg, ctx).render())
+
+
 STAGES: dict[str, JobFn] = {
     "generate": _cmd_generate,
     "ingest": _cmd_ingest,
@@ -204,6 +210,7 @@ STAGES: dict[str, JobFn] = {
     "item-similarity": _cmd_item_similarity,
     "candidates": _cmd_candidates,
     "evaluate": _cmd_evaluate,
+    "export-redis": _cmd_export_redis,
 }
 """Each stage command by its name in the CLI, in ``jobs/`` and in the ``runs`` table."""
 
@@ -244,9 +251,11 @@ def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, varia
     return 0
 
 
-def _serve(cfg: Config, host: str | None, port: int | None, pins: Sequence[str]) -> int:
+def _serve(cfg: Config, host: str | None, port: int | None, pins: Sequence[str], backend: str = "delta") -> int:
     """``recsys-spark serve``: the HTTP lookup service, in the foreground until stopped."""
-    service = _service(cfg, host, port, _pinned_versions(pins))
+    if backend == "redis" and pins:
+        raise ConfigError("--version pins a Delta table version; with --backend redis the export's pointer decides")
+    service = _service(cfg, host, port, _pinned_versions(pins), backend)
     print(f"serving {cfg.storage.root} at {service.url} (tables {service.app_versions()}); Ctrl-C stops")
     print(f"  try: curl '{service.url}/v1/popular?k=5'   API docs: {service.url}/docs", flush=True)
     # uvicorn drains the open requests on SIGINT or SIGTERM, then re-raises the signal: both are
@@ -269,7 +278,9 @@ def _pinned_versions(pins: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _service(cfg: Config, host: str | None, port: int | None, versions: dict[str, int] | None = None) -> Any:
+def _service(
+    cfg: Config, host: str | None, port: int | None, versions: dict[str, int] | None = None, backend: str = "delta"
+) -> Any:
     """The lookup service for ``cfg``'s tables, bound but not yet serving."""
     try:
         from recsys_spark.serving.app import Service, ServiceSettings, bind, create_app
@@ -279,13 +290,28 @@ def _service(cfg: Config, host: str | None, port: int | None, versions: dict[str
         ) from None
     from recsys_spark.serving.lookup import Recommendations
 
-    recs = Recommendations.open(
-        cfg.storage.root,
-        strategy=cfg.candidates.strategies[0],
-        neighbor_method=cfg.similarity.method,
-        cold_start_segment=cfg.candidates.cold_start_segment,
-        versions=versions,
-    )
+    recs: Any
+    if backend == "redis":
+        from recsys_spark.pipeline.export import connect
+        from recsys_spark.serving.redis_reader import RedisRecommendations
+
+        connect(cfg.export).close()  # an unreachable server is an error naming export.redis_url
+        recs = RedisRecommendations(
+            cfg.export.redis_url,
+            prefix=cfg.export.redis_prefix,
+            strategy=cfg.candidates.strategies[0],
+            neighbor_method=cfg.similarity.method,
+            cold_start_segment=cfg.candidates.cold_start_segment,
+            socket_timeout_s=cfg.export.socket_timeout_s,
+        )
+    else:
+        recs = Recommendations.open(
+            cfg.storage.root,
+            strategy=cfg.candidates.strategies[0],
+            neighbor_method=cfg.similarity.method,
+            cold_start_segment=cfg.candidates.cold_start_segment,
+            versions=versions,
+        )
     settings = ServiceSettings(
         strategy=cfg.candidates.strategies[0],
         method=cfg.similarity.method,
@@ -420,6 +446,14 @@ def _build_parser() -> argparse.ArgumentParser:
     look.add_argument("--version", type=int, default=None, help="serve this table version instead of the latest")
     look.add_argument("--json", action="store_true", help="print JSON")
     srv = add("serve", "the HTTP lookup service over the precomputed tables, no Spark (serve.* settings)")
+    exp = add("export", "bulk-load the served lists into Redis as a new version, then switch readers to it (export.*)")
+    exp.add_argument("target", choices=["redis"], help="where to export (redis)")
+    srv.add_argument(
+        "--backend",
+        choices=["delta", "redis"],
+        default="delta",
+        help="read the Delta tables (default) or the version `export redis` last switched to",
+    )
     srv.add_argument("--host", default=None, help="listen address (default: serve.host, 127.0.0.1)")
     srv.add_argument("--port", type=int, default=None, help="TCP port (default: serve.port, 8000; 0 = any free)")
     srv.add_argument(
@@ -475,10 +509,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--k must be at least 1, got {args.k}")
             return _lookup(cfg, args.what, args.key, args.k, args.version, args.variant, args.json)
         if args.command == "serve":
-            return _serve(cfg, args.host, args.port, args.version)
+            return _serve(cfg, args.host, args.port, args.version, args.backend)
         if args.command == "vacuum":
             return _vacuum(cfg, args.tables or list(T.CATALOG), args.retention_hours, args.dry_run)
         command = ALIASES.get(args.command, args.command)
+        if command == "export":
+            command = f"export-{args.target}"
         spark = _session(cfg, command)
         ctx = RunContext.new(command, cfg)
         started = time.perf_counter()

@@ -28,6 +28,7 @@ BENCHMARKS = {
     "ease": "ease",
     "lookup": "lookup",
     "serve": "serve",
+    "export": "export",
     "pipeline": "pipeline",
     "quality": "quality",
 }

@@ -1026,6 +1026,35 @@ class ServeConfig(_Section):
     """The most item ids one request may exclude."""
 
 
+class ExportConfig(_Section):
+    """``recsys-spark export redis``: the served lists bulk-loaded into Redis."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """The Redis server and database (``redis://[:password@]host:port/db``; ``rediss://`` for TLS).
+    Every executor connects to it, so on a cluster it must be reachable from the workers."""
+
+    redis_prefix: str = Field("recsys", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Namespace of every key the export writes and deletes; two deployments sharing one Redis
+    need two prefixes."""
+
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    """Commands sent per round trip (pipelined, not a transaction)."""
+
+    socket_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """How long one Redis command may take before the export fails (it can be re-run)."""
+
+    grace_seconds: float = Field(10.0, ge=0, le=86_400)
+    """How long the replaced version's keys stay after the switch, for readers still on it: a
+    reader that follows the pointer more often than this (the Redis reader: every second) never
+    finds its version gone."""
+
+    strategies: list[str] = Field(default_factory=list)
+    """user_candidates strategies to export; empty exports every one the table holds."""
+
+    methods: list[str] = Field(default_factory=list)
+    """item_neighbors methods to export; empty exports every one the table holds."""
+
+
 class Config(_Section):
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     spark: SparkConfig = Field(default_factory=SparkConfig)
@@ -1057,6 +1086,9 @@ class Config(_Section):
 
     serve: ServeConfig = Field(default_factory=ServeConfig)
     """The HTTP lookup service (``recsys-spark serve``)."""
+
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    """Bulk export of the served lists (``recsys-spark export redis``)."""
 
     @model_validator(mode="after")
     def _paths_outside_table_root(self) -> Config:

@@ -312,7 +312,7 @@ class Snapshot:
         The table holds ``candidates.k`` rows per user, so an exclusion is made up from the rows
         below rank k: the list stays k long whenever the table has enough rows left.
         """
-        ids = _keys(user_ids, "user")
+        ids = distinct_keys(user_ids, "user")
         if not ids:
             return {}
         self.check_list(T.USER_CANDIDATES, strategy)
@@ -387,7 +387,7 @@ class Snapshot:
 
     def neighbors(self, item_ids: Iterable[str], k: int, method: str) -> dict[str, list[Neighbor]]:
         """The k nearest neighbours of each item; UnknownItemError for an id not in the catalogue."""
-        ids = _keys(item_ids, "item")
+        ids = distinct_keys(item_ids, "item")
         if not ids:
             return {}
         self.check_list(T.ITEM_NEIGHBORS, method)
@@ -547,7 +547,7 @@ class Recommendations:
         return self.snapshot().neighbors(item_ids, k, method or self.neighbor_method)
 
 
-def _keys(ids: Iterable[str], kind: str) -> list[str]:
+def distinct_keys(ids: Iterable[str], kind: str) -> list[str]:
     """Distinct lookup keys, in order; a blank one is an error rather than an unknown id."""
     keys = list(dict.fromkeys(str(i) for i in ids))
     blank = [k for k in keys if not k.strip()]
