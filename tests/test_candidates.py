@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
 from recsys_spark.candidates.builder import blend_candidates, cold_start_candidates, item_item_candidates, popular_items
@@ -229,3 +230,105 @@ def test_lookup_module_does_not_import_pyspark() -> None:
     code = "import sys, recsys_spark.serving.lookup, recsys_spark.cli; print('pyspark' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_excluded_items_are_in_no_list_and_the_lists_stay_k_long(
+    spark: SparkSession, cfg: Config, ingest: IngestRun, store: TableStore, tmp_path: Path
+) -> None:
+    from recsys_spark.pipeline.candidates import run_candidates
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
+    from recsys_spark.pipeline.train import run_train_als
+
+    ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
+    c = cfg.with_overrides(
+        [
+            "als.rank=4",
+            "als.max_iter=5",
+            "similarity.cosine.min_cooccurrence=1",
+            "candidates.k=5",
+            'candidates.strategies=["als", "item_item", "blend"]',
+        ]
+    )
+    run_train_als(spark, c, RunContext.new("train-als", c))
+    run_item_similarity(spark, c, RunContext.new("item-similarity", c))
+    run_candidates(spark, c, RunContext.new("candidates", c))
+    top = [
+        r.item_id for r in store.read(T.POPULAR_ITEMS).where("segment = 'overall'").orderBy("rank").limit(3).collect()
+    ]
+    rules = tmp_path / "out-of-stock.csv"
+    rules.write_text(f"# sold out\n{top[0]},sold out\n\n{top[1]}\n{top[2]}, recalled\nnot-in-catalogue\n")
+    before: dict[int, list[str]] = {}
+    for r in store.read(T.USER_CANDIDATES).where("strategy = 'item_item'").orderBy("user_idx", "rank").collect():
+        before.setdefault(r.user_idx, []).append(r.item_id)
+    ruled = c.with_overrides([f"candidates.exclude_items={rules}"])
+    run_candidates(spark, ruled, RunContext.new("candidates", ruled))
+
+    banned = set(top)
+    cands = store.read(T.USER_CANDIDATES)
+    assert cands.where(F.col("item_id").isin(list(banned))).count() == 0
+    assert store.read(T.POPULAR_ITEMS).where(F.col("item_id").isin(list(banned))).count() == 0
+    for segment in ("overall", "recent"):  # re-ranked without gaps
+        ranks = [r.rank for r in store.read(T.POPULAR_ITEMS).where(f"segment = '{segment}'").orderBy("rank").collect()]
+        assert ranks == list(range(1, len(ranks) + 1))
+    sizes = cands.where("strategy = 'als' AND source != 'popular'").groupBy("user_idx").count()
+    assert sizes.where("count != 5").count() == 0  # ALS has eligible items to spare: every list is k long
+    # item_item: a removed item's place goes to the next eligible neighbour; the rest keep their order
+    after: dict[int, list[str]] = {}
+    for r in cands.where("strategy = 'item_item'").orderBy("user_idx", "rank").collect():
+        after.setdefault(r.user_idx, []).append(r.item_id)
+    refilled = 0
+    for user_idx, items in before.items():
+        kept = [i for i in items if i not in banned]
+        assert after[user_idx][: len(kept)] == kept, user_idx
+        refilled += len(after[user_idx]) - len(kept)
+    assert refilled > 0  # some lists were made up from below rank k
+    cold = cands.where("strategy = 'als' AND source = 'popular'").groupBy("user_idx").count()
+    assert cold.count() > 0 and cold.where("count != 5").count() == 0
+
+    # ALS: the top 5 of the eligible unseen items, by the stored factors
+    uf = {r.user_idx: np.array(r.factors) for r in store.read(T.USER_FACTORS).collect()}
+    itf = {r.item_idx: np.array(r.factors) for r in store.read(T.ITEM_FACTORS).collect()}
+    banned_idx = {r.item_idx for r in store.read(T.ITEMS).where(F.col("item_id").isin(list(banned))).collect()}
+    seen_by: dict[int, set[int]] = {}
+    for r in store.read(T.INTERACTION_MATRIX).collect():
+        seen_by.setdefault(r.user_idx, set()).add(r.item_idx)
+    als = cands.where("strategy = 'als' AND source = 'als'")
+    for user_idx in sorted({r.user_idx for r in als.select("user_idx").collect()})[:15]:
+        best = sorted((-float(uf[user_idx] @ v), i) for i, v in itf.items() if i not in seen_by[user_idx] | banned_idx)[
+            :5
+        ]
+        assert [r.item_idx for r in als.where(f"user_idx = {user_idx}").orderBy("rank").collect()] == [
+            i for _, i in best
+        ]
+
+    # every commit of the run names the rule set it applied
+    import hashlib
+
+    expected = {"path": str(rules), "sha256": hashlib.sha256(rules.read_bytes()).hexdigest()[:16], "items": 4}
+    for table in (T.USER_CANDIDATES, T.POPULAR_ITEMS):
+        recorded = store.history(table, limit=1)[0].metadata["rules"]
+        assert {k: recorded[k] for k in expected} == expected and recorded["in_catalogue"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("i001\n,no id here\n", r"out\.csv:2: the line has no item id: ',no id here'"),
+        (b"i001\n\xff\xfe\n", r"out\.csv:2: not UTF-8"),
+        (None, r"candidates\.exclude_items: cannot read '.*out\.csv'"),
+    ],
+)
+def test_a_bad_rules_file_is_an_error_naming_its_line(
+    tmp_path: Path, content: str | bytes | None, message: str
+) -> None:
+    from recsys_spark.errors import ConfigError
+    from recsys_spark.pipeline.rules import read_item_rules
+
+    path = tmp_path / "out.csv"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_item_rules(str(path))

@@ -812,6 +812,11 @@ class CandidatesConfig(_Section):
     pass. A task holds one block of item factors (65,536 x rank 32 floats = 8 MiB) and a 16 MiB
     score buffer whatever the block size, so one block up to this size avoids the merge shuffle."""
 
+    exclude_items: str = ""
+    """Item eligibility rules: a UTF-8 file of item ids no list may hold (one per line, optionally
+    ``item_id,reason``; ``#`` comments). The items are removed before ranking, so lists stay k
+    long; the commit records the file's SHA-256. Empty: every item is eligible."""
+
     rows_per_file: int = Field(2_000_000, ge=1000)
     """Lookup layout: rows per output file. Files are range-partitioned by user_id, so a key's
     min/max statistics select one file."""

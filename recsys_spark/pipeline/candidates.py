@@ -81,6 +81,23 @@ def _tuned_blend(
     return cfg.candidates.model_copy(update={"blend_weights": weights}), search
 
 
+def _excluded_items(
+    spark: SparkSession, cc: CandidatesConfig, item_ids: DataFrame
+) -> tuple[DataFrame | None, dict[str, object] | None]:
+    """(item_idx of the items ``candidates.exclude_items`` rules out, what the commit records)."""
+    from recsys_spark.pipeline.rules import read_item_rules
+
+    if not cc.exclude_items:
+        return None, None
+    rules = read_item_rules(cc.exclude_items)
+    listed = spark.createDataFrame([(i,) for i in rules.item_ids], "item_id STRING")
+    excluded = item_ids.join(F.broadcast(listed), "item_id").select("item_idx").persist()
+    known = excluded.count()
+    if known < len(rules.item_ids):
+        log.info("item rules: %d of %d ids are not in the catalogue", len(rules.item_ids) - known, len(rules.item_ids))
+    return excluded, rules.record(known)
+
+
 def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str, WriteResult]:
     """popular_items, then one user_candidates partition per configured strategy.
 
@@ -135,14 +152,17 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
     )
     user_ids = store.read(T.USERS, version=inputs[T.USERS]).select("user_idx", "user_id")
     item_ids = store.read(T.ITEMS, version=inputs[T.ITEMS]).select("item_idx", "item_id")
+    excluded, rules = _excluded_items(spark, cc, item_ids)
     out: dict[str, WriteResult] = {}
     sizes = popular = None
     try:
         sizes = user_history_sizes(matrix).persist()
         n_users = sizes.count()
-        popular = popular_items(matrix, cc.popularity_window_days, cc.popular_k).persist()
+        eligible = matrix if excluded is None else matrix.join(F.broadcast(excluded), "item_idx", "left_anti")
+        popular = popular_items(eligible, cc.popularity_window_days, cc.popular_k).persist()
         pop_version = f"popular-{ctx.run_id}"
-        commit = ctx.commit(input_versions=inputs)
+        applied = {"rules": rules} if rules else {}
+        commit = ctx.commit(input_versions=inputs, **applied)
         out[T.POPULAR_ITEMS] = store.write(
             popular.join(F.broadcast(item_ids), "item_idx")
             .select(
@@ -169,12 +189,17 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
             uf = store.read(T.USER_FACTORS, version=inputs[T.USER_FACTORS])
             itf = store.read(T.ITEM_FACTORS, version=inputs[T.ITEM_FACTORS])
             versions["als"] = itf.select("model_version").first()[0]
+            if excluded is not None:
+                itf = itf.join(F.broadcast(excluded), "item_idx", "left_anti")
         neighbors, weights = {}, {}
         for method in methods:
             neighbors[method] = store.read(
                 T.ITEM_NEIGHBORS, version=inputs[T.ITEM_NEIGHBORS], where=f"method = '{method}'"
             )
             versions[method] = neighbors[method].select("model_version").first()[0]
+            if excluded is not None:
+                banned = F.broadcast(excluded.withColumnRenamed("item_idx", "neighbor_idx"))
+                neighbors[method] = neighbors[method].join(banned, "neighbor_idx", "left_anti")
             weights[method] = vote_weight(_neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method), method)
         model = ModelInputs(matrix, uf, itf, neighbors, weights, versions)
         search = None
@@ -206,7 +231,9 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
                     if (search and strategy == "blend")
                     else {}
                 )
-                commit = ctx.commit(model_version=model_version, input_versions=inputs, strategy=strategy, **tuned)
+                commit = ctx.commit(
+                    model_version=model_version, input_versions=inputs, strategy=strategy, **tuned, **applied
+                )
                 out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
                     rows,
                     T.USER_CANDIDATES,
@@ -218,7 +245,7 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
                 )
                 log.info("candidates %s: %d users", strategy, n_users)
     finally:
-        for df in (sizes, popular, matrix):
+        for df in (sizes, popular, matrix, excluded):
             if df is not None:
                 df.unpersist()
     return out
