@@ -291,6 +291,8 @@ def _service(
     from recsys_spark.serving.lookup import Recommendations
 
     recs: Any
+    if backend == "redis" and cfg.serve.exclusions_table:
+        raise ConfigError("serve.exclusions_table is read from the Delta tables: it needs --backend delta")
     if backend == "redis":
         from recsys_spark.pipeline.export import connect
         from recsys_spark.serving.redis_reader import RedisRecommendations
@@ -311,6 +313,7 @@ def _service(
             neighbor_method=cfg.similarity.method,
             cold_start_segment=cfg.candidates.cold_start_segment,
             versions=versions,
+            exclusions_table=cfg.serve.exclusions_table or None,
         )
     settings = ServiceSettings(
         strategy=cfg.candidates.strategies[0],

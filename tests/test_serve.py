@@ -24,6 +24,7 @@ import pytest
 from recsys_spark import tables as T
 from recsys_spark.cli import main
 from recsys_spark.config.schema import Config, ServeConfig
+from recsys_spark.errors import StorageError
 from recsys_spark.serving.app import Service, ServiceSettings, bind, create_app
 from recsys_spark.serving.lookup import Recommendations
 from recsys_spark.storage.store import CommitInfo, TableStore
@@ -374,3 +375,38 @@ def test_the_demo_asks_a_running_service_and_prints_what_curl_would_get(
     body = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert [i["item_id"] for i in body["items"]] == ["i1", "i2"] and body["versions"][T.USER_CANDIDATES] == 0
     assert "recsys-spark serve" in out.splitlines()[-1]
+
+
+def test_the_exclusions_table_takes_each_users_items_out_and_its_version_is_served(
+    spark: SparkSession, base_config: Config, warehouse: str
+) -> None:
+    store = TableStore(spark, base_config.with_overrides([f"storage.root={warehouse}"]).storage)
+
+    def exclusions(pairs: list[tuple[str, str]]) -> int:
+        df = spark.createDataFrame(pairs, "user_id STRING, item_id STRING").orderBy("user_id")
+        return store.write(df, "user_exclusions", "overwrite", COMMIT).version
+
+    first = exclusions([("u1", "i1"), ("u1", "i4"), ("u2", "i2"), ("nobody", "i11")])
+    recs = Recommendations.open(warehouse, exclusions_table="user_exclusions")
+    service = Service(
+        create_app(recs, ServiceSettings(serve=ServeConfig(refresh_seconds=0.1, max_k=10))), bind("127.0.0.1", 0)
+    ).start()
+    try:
+        status, got = _call(service.url, "/v1/users/u1/recommendations?k=3&exclude=i2")
+        assert status == 200 and [i["item_id"] for i in got["items"]] == ["i3", "i5", "i6"] and got["filtered"] == 3
+        assert got["versions"]["user_exclusions"] == first
+        got = _call(service.url, "/v1/users/nobody/recommendations?k=2")[1]  # unknown users' list too
+        assert [i["item_id"] for i in got["items"]] == ["i12", "i13"] and got["filtered"] == 1
+        got = _call(service.url, "/v1/users/u3/recommendations?k=2")[1]  # nothing excluded for u3
+        assert [i["item_id"] for i in got["items"]] == ["i1", "i2"] and got["filtered"] == 0
+        second = exclusions([("u1", "i2")])
+        deadline = time.monotonic() + 10
+        while _call(service.url, "/readyz")[1]["versions"]["user_exclusions"] != second:
+            assert time.monotonic() < deadline, "the new exclusions version was not picked up"
+            time.sleep(0.05)
+        got = _call(service.url, "/v1/users/u1/recommendations?k=3")[1]
+        assert [i["item_id"] for i in got["items"]] == ["i1", "i3", "i4"] and got["filtered"] == 1
+    finally:
+        service.stop()
+    with pytest.raises(StorageError, match="'items' is a pipeline table"):
+        Recommendations.open(warehouse, exclusions_table="items")

@@ -1030,6 +1030,12 @@ class ServeConfig(_Section):
     max_exclude: int = Field(1000, ge=0, le=100_000)
     """The most item ids one request may exclude."""
 
+    exclusions_table: str = Field("", pattern=r"^([a-z][a-z0-9_]{0,62})?$")
+    """A Delta table under storage.root of (user_id, item_id) pairs no response may hold, on top
+    of each request's ``exclude=``: what users bought or hid since the candidates run. Written by
+    the team's own jobs, re-read like the lookup tables; sorting it by user_id makes a lookup read
+    one row group. Empty: none."""
+
 
 class ExportConfig(_Section):
     """``recsys-spark export redis``: the served lists bulk-loaded into Redis."""

@@ -179,6 +179,9 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
     """The service over ``recs``; its reloader runs while the app is being served."""
     s = settings or ServiceSettings()
     limits = s.serve
+    # a user's answer also depends on the exclusions table when there is one: its version is served too
+    exclusions = getattr(recs, "exclusions_table", None)
+    user_tables = (*_USER_TABLES, *((exclusions,) if exclusions else ()))
     metrics = ServiceMetrics()
     # the reloader alone moves the snapshot; requests never trigger a reload themselves
     recs.refresh_seconds = float("inf")
@@ -236,10 +239,10 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         if missing:
             raise ApiError(503, "not_ready", f"not written yet: {', '.join(missing)}")
 
-    def answer(snap: Snapshot, body: dict[str, Any], needs: tuple[str, ...] = _USER_TABLES) -> JSONResponse:
+    def answer(snap: Snapshot, body: dict[str, Any], needs: tuple[str, ...] | None = None) -> JSONResponse:
         # a response object, so FastAPI skips re-encoding a plain dict through jsonable_encoder
         versions = snap.versions()
-        return JSONResponse({**body, "versions": {t: versions[t] for t in needs}})
+        return JSONResponse({**body, "versions": {t: versions[t] for t in (needs or user_tables)}})
 
     def user_lists(snap: Snapshot, user_ids: list[str], k: int, strategy: str, exclude: list[str]) -> list[UserList]:
         require(snap)  # 503 before any lookup when a table is missing

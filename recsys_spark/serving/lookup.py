@@ -265,16 +265,17 @@ class Snapshot:
         T.POPULAR_ITEMS: ("segment", UnknownSegmentError, "`candidates` writes the overall and recent lists"),
     }
 
-    def __init__(self, tables: Mapping[str, _TableVersion]) -> None:
+    def __init__(self, tables: Mapping[str, _TableVersion], exclusions: str | None = None) -> None:
         self._tables = dict(tables)
+        self.exclusions = exclusions
 
     def versions(self) -> dict[str, int | None]:
         """The version of each lookup table this snapshot reads (None: not written yet)."""
         return {name: t.version for name, t in self._tables.items()}
 
     def missing(self) -> list[str]:
-        """Lookup tables that do not exist yet."""
-        return [name for name, t in self._tables.items() if not t.exists]
+        """Lookup tables that do not exist yet (the optional exclusions table is never missing)."""
+        return [name for name, t in self._tables.items() if not t.exists and name != self.exclusions]
 
     def strategies(self) -> list[str]:
         """The candidate strategies user_candidates holds."""
@@ -330,6 +331,7 @@ class Snapshot:
         ):
             found.setdefault(uid, []).append(Recommendation(iid, idx, float(score), rank, source))
         skip = {str(e) for e in exclude}
+        per_user = self._excluded_by_user(ids)
         out = {}
         for uid in ids:
             recs = found.get(uid)
@@ -340,14 +342,27 @@ class Snapshot:
                 recs, source = self.popular_list(cold_start_segment), "popular"
             served: list[Recommendation] = []
             filtered = 0
+            mine = per_user.get(uid)
             for r in recs:
                 if len(served) == k:
                     break
-                if r.item_id in skip:
+                if r.item_id in skip or (mine is not None and r.item_id in mine):
                     filtered += 1
                 else:
                     served.append(r)
             out[uid] = UserList(uid, served, source, filtered)
+        return out
+
+    def _excluded_by_user(self, ids: list[str]) -> dict[str, set[str]]:
+        """user_id -> item ids the exclusions table holds for that user (e.g. bought since the
+        candidates run); empty without the table."""
+        table = self._tables.get(self.exclusions) if self.exclusions else None
+        if table is None or not table.exists:
+            return {}
+        cols = table.rows("user_id", ids, ["user_id", "item_id"]).to_pydict()
+        out: dict[str, set[str]] = {}
+        for uid, iid in zip(cols["user_id"], cols["item_id"]):
+            out.setdefault(uid, set()).add(iid)
         return out
 
     def _with_ids(
@@ -434,6 +449,7 @@ class Recommendations:
         cold_start_segment: str = "recent",
         versions: Mapping[str, int] | None = None,
         refresh_seconds: float = 5.0,
+        exclusions_table: str | None = None,
     ) -> None:
         versions = dict(versions or {})
         unknown = set(versions) - set(LOOKUP_TABLES)
@@ -451,7 +467,15 @@ class Recommendations:
         # one handle per unpinned table that only the refresher moves, to learn of new commits
         # cheaply (update_incremental reads the new log entries alone)
         self._probes: dict[str, DeltaTable] = {}
-        self._snapshot = Snapshot({name: _TableVersion.open(root, name, versions.get(name)) for name in LOOKUP_TABLES})
+        if exclusions_table in LOOKUP_TABLES or exclusions_table in T.CATALOG:
+            raise StorageError(
+                f"serve.exclusions_table {exclusions_table!r} is a pipeline table; name a table of its own"
+            )
+        self.exclusions_table = exclusions_table or None
+        self._names = (*LOOKUP_TABLES, *((self.exclusions_table,) if self.exclusions_table else ()))
+        self._snapshot = Snapshot(
+            {name: _TableVersion.open(root, name, versions.get(name)) for name in self._names}, self.exclusions_table
+        )
         self._checked = time.monotonic()
 
     @classmethod
@@ -479,14 +503,14 @@ class Recommendations:
         with self._lock:
             current = self._snapshot._tables
             moved: dict[str, _TableVersion] = {}
-            for name in LOOKUP_TABLES:
+            for name in self._names:
                 if name in self.pinned:
                     continue
                 latest = self._latest_version(name)
                 if latest is not None and latest != current[name].version:
                     moved[name] = _TableVersion.open(self.root, name, latest)
             if moved:
-                self._snapshot = Snapshot({**current, **moved})
+                self._snapshot = Snapshot({**current, **moved}, self.exclusions_table)
             self._checked = time.monotonic()
         if moved:
             log.info("lookup tables now at %s", self.versions())
