@@ -208,37 +208,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Skipped when redis-server is not installed, except in CI, where `.ci/run` installs it and a
     missing server must fail rather than pass by skipping.
     """
-    import socket
-    import subprocess
-    import time
+    from recsys_spark.dev import redis_server
 
-    server = shutil.which("redis-server")
+    server = redis_server.start(tmp_path_factory.mktemp("redis"))
     if server is None:
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"redis-server did not start on 127.0.0.1:{port}")
-        time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    yield server.url
+    server.stop()

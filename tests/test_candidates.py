@@ -109,6 +109,28 @@ def _log(path: Path) -> Path:
     return path
 
 
+def _trained(spark: SparkSession, cfg: Config, ingest: IngestRun, tmp_path: Path, *overrides: str) -> Config:
+    """The two-group log ingested, ALS trained and cosine neighbours fitted; the config that did it."""
+    from recsys_spark.pipeline.runs import RunContext
+    from recsys_spark.pipeline.similarity import run_item_similarity
+    from recsys_spark.pipeline.train import run_train_als
+
+    ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
+    c = cfg.with_overrides(
+        [
+            "als.rank=4",
+            "als.max_iter=5",
+            "similarity.cosine.min_cooccurrence=1",
+            "candidates.k=5",
+            'candidates.strategies=["als", "item_item", "blend"]',
+            *overrides,
+        ]
+    )
+    run_train_als(spark, c, RunContext.new("train-als", c))
+    run_item_similarity(spark, c, RunContext.new("item-similarity", c))
+    return c
+
+
 def test_candidates_job_end_to_end_and_lookups_match(
     spark: SparkSession,
     cfg: Config,
@@ -119,26 +141,18 @@ def test_candidates_job_end_to_end_and_lookups_match(
 ) -> None:
     from recsys_spark.pipeline.candidates import run_candidates
     from recsys_spark.pipeline.runs import RunContext
-    from recsys_spark.pipeline.similarity import run_item_similarity
-    from recsys_spark.pipeline.train import run_train_als
     from recsys_spark.serving.lookup import Recommendations, UnknownItemError
 
-    ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
-    c = cfg.with_overrides(
-        [
-            "als.rank=4",
-            "als.max_iter=5",
-            "similarity.cosine.min_cooccurrence=1",
-            "candidates.k=5",
-            "candidates.min_history=3",
-            "candidates.user_block=7",
-            "candidates.item_block=8",
-            "candidates.rows_per_file=1000",
-            'candidates.strategies=["als", "item_item", "blend"]',
-        ]
+    c = _trained(
+        spark,
+        cfg,
+        ingest,
+        tmp_path,
+        "candidates.min_history=3",
+        "candidates.user_block=7",
+        "candidates.item_block=8",
+        "candidates.rows_per_file=1000",
     )
-    run_train_als(spark, c, RunContext.new("train-als", c))
-    run_item_similarity(spark, c, RunContext.new("item-similarity", c))
     out = run_candidates(spark, c, RunContext.new("candidates", c))
     assert set(out) == {T.POPULAR_ITEMS, "user_candidates/als", "user_candidates/item_item", "user_candidates/blend"}
 
@@ -237,21 +251,8 @@ def test_excluded_items_are_in_no_list_and_the_lists_stay_k_long(
 ) -> None:
     from recsys_spark.pipeline.candidates import run_candidates
     from recsys_spark.pipeline.runs import RunContext
-    from recsys_spark.pipeline.similarity import run_item_similarity
-    from recsys_spark.pipeline.train import run_train_als
 
-    ingest(cfg, f"ingest.source.path={_log(tmp_path / 'log.csv')}")
-    c = cfg.with_overrides(
-        [
-            "als.rank=4",
-            "als.max_iter=5",
-            "similarity.cosine.min_cooccurrence=1",
-            "candidates.k=5",
-            'candidates.strategies=["als", "item_item", "blend"]',
-        ]
-    )
-    run_train_als(spark, c, RunContext.new("train-als", c))
-    run_item_similarity(spark, c, RunContext.new("item-similarity", c))
+    c = _trained(spark, cfg, ingest, tmp_path)
     run_candidates(spark, c, RunContext.new("candidates", c))
     top = [
         r.item_id for r in store.read(T.POPULAR_ITEMS).where("segment = 'overall'").orderBy("rank").limit(3).collect()

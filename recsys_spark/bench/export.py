@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,35 +33,6 @@ _LOOKUPS, _WARMUP = 1000, 50
 
 def run(ctx: BenchContext) -> dict[str, Any]:
     return bench_export(ctx.spark, ctx.cfg, ctx.work, ctx.sizes["export_users"])
-
-
-def _start_redis(folder: Path) -> tuple[subprocess.Popen[bytes], str] | None:
-    server = shutil.which("redis-server")
-    if server is None:
-        return None
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def _naive_load(spark: SparkSession, cfg: Config, url: str) -> int:
@@ -110,15 +79,16 @@ def _latencies(fn: Any, keys: list[str]) -> dict[str, float]:
 
 def bench_export(spark: SparkSession, cfg: Config, work: Path, n_users: int, n_items: int = 20_000) -> dict[str, Any]:
     from recsys_spark.bench.lookup import _write_lookup_tables
+    from recsys_spark.dev import redis_server
     from recsys_spark.pipeline.export import run_export_redis
     from recsys_spark.pipeline.runs import RunContext
     from recsys_spark.serving.lookup import Recommendations
     from recsys_spark.serving.redis_reader import RedisRecommendations
 
-    started = _start_redis(work / "redis")
-    if started is None:
+    server = redis_server.start(work / "redis")
+    if server is None:
         return {"skipped": "redis-server is not installed (Debian: apt-get install redis-server)", "users": n_users}
-    proc, url = started
+    url = server.url
     root = work / "export-warehouse"
     cfg = cfg.with_overrides([f"storage.root={root}", f"export.redis_url={url}", "export.grace_seconds=0"])
     try:
@@ -139,8 +109,7 @@ def bench_export(spark: SparkSession, cfg: Config, work: Path, n_users: int, n_i
         }
         same = sum(red.for_user(u, 10) == delta.for_user(u, 10) for u in keys[:200])
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
         shutil.rmtree(root, ignore_errors=True)
     return {
         "users": n_users,

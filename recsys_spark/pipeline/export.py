@@ -100,7 +100,8 @@ def _list_writer(ec: ExportConfig, tag: str, kind: str) -> Any:
         k = RedisKeys(prefix)
         client = redis.Redis.from_url(url, socket_timeout=timeout)
         pipe = client.pipeline(transaction=False)
-        pending = written = 0
+        pending = 0
+        written: dict[str, int] = {}
         try:
             for batch in batches:
                 lists = batch.column("l")
@@ -117,17 +118,16 @@ def _list_writer(ec: ExportConfig, tag: str, kind: str) -> Any:
                     value = encode_list(source or "", idx[a:b].tolist(), score[a:b].tolist(), ids[a:b])
                     name = k.user(tag, variants[row], key_id) if kind == "u" else k.item(tag, variants[row], key_id)
                     pipe.set(name, value)
+                    written[variants[row]] = written.get(variants[row], 0) + 1
                     pending += 1
                     if pending >= batch_size:
                         pipe.execute()
-                        written += pending
                         pending = 0
             if pending:
                 pipe.execute()
-                written += pending
         finally:
             client.close()
-        yield pa.RecordBatch.from_pydict({"written": [written]})
+        yield pa.RecordBatch.from_pydict({"variant": list(written), "written": list(written.values())})
 
     return write
 
@@ -151,7 +151,7 @@ def _catalogue_writer(ec: ExportConfig, tag: str) -> Any:
                         written += len(chunk)
         finally:
             client.close()
-        yield pa.RecordBatch.from_pydict({"written": [written]})
+        yield pa.RecordBatch.from_pydict({"variant": [""], "written": [written]})
 
     return write
 
@@ -165,11 +165,12 @@ def _grouped(df: DataFrame, key: str, variant: str, fields: list[str]) -> DataFr
     )
 
 
-def _sum_written(df: DataFrame, fn: Any) -> int:
+def _sum_written(df: DataFrame, fn: Any) -> dict[str, int]:
+    """Run a writer over ``df``; what it wrote, by strategy or method ("" for the catalogue)."""
     from pyspark.sql import functions as F
 
-    total = df.mapInArrow(fn, "written LONG").agg(F.sum("written")).first()
-    return int(total[0] or 0) if total else 0
+    rows = df.mapInArrow(fn, "variant STRING, written LONG").groupBy("variant").agg(F.sum("written")).collect()
+    return {r[0]: int(r[1]) for r in rows}
 
 
 def run_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> ExportReport:
@@ -192,11 +193,11 @@ def run_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> Expor
     uc = store.read(T.USER_CANDIDATES, version=versions[T.USER_CANDIDATES])
     if ec.strategies:
         uc = uc.where(uc.strategy.isin(ec.strategies))
-    users = _sum_written(
+    # the strategies and methods are those written: no second scan of the tables to list them
+    by_strategy = _sum_written(
         _grouped(uc, "user_id", "strategy", ["item_idx", "score", "item_id", "source"]), _list_writer(ec, tag, "u")
     )
-    items = 0
-    methods: list[str] = []
+    by_method: dict[str, int] = {}
     if versions[T.ITEM_NEIGHBORS] is not None:
         nb = store.read(T.ITEM_NEIGHBORS, version=versions[T.ITEM_NEIGHBORS])
         if ec.methods:
@@ -209,13 +210,15 @@ def run_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> Expor
             "similarity AS score",
             "neighbor_id AS item_id",
         )
-        items = _sum_written(
+        by_method = _sum_written(
             _grouped(nb, "key_item", "method", ["item_idx", "score", "item_id"]), _list_writer(ec, tag, "i")
         )
-        methods = sorted(r[0] for r in nb.select("method").distinct().collect())
-    catalogue = _sum_written(
-        store.read(T.ITEMS, version=versions[T.ITEMS]).select("item_id"), _catalogue_writer(ec, tag)
+    catalogue = sum(
+        _sum_written(
+            store.read(T.ITEMS, version=versions[T.ITEMS]).select("item_id"), _catalogue_writer(ec, tag)
+        ).values()
     )
+    users, items = sum(by_strategy.values()), sum(by_method.values())
     popular = store.read(T.POPULAR_ITEMS, version=versions[T.POPULAR_ITEMS]).collect()
     segments = sorted({r["segment"] for r in popular})
     pipe = client.pipeline(transaction=False)
@@ -230,13 +233,12 @@ def run_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> Expor
                 [r["item_id"] for r in rows],
             ),
         )
-    strategies = sorted(r[0] for r in uc.select("strategy").distinct().collect())
     meta = {
         "format": FORMAT,
         "tag": tag,
         "versions": versions,
-        "strategies": strategies,
-        "methods": methods,
+        "strategies": sorted(by_strategy),
+        "methods": sorted(by_method),
         "segments": segments,
         "users": users,
         "items": items,

@@ -107,10 +107,24 @@ class UserList:
 
     user_id: str
     items: list[Recommendation]
-    source: str
-    """The strategy whose row answered (als, item_item, blend), or ``popular`` for an unknown user."""
     filtered: int
     """Candidates skipped because the request excluded them."""
+    source: str
+    """The strategy whose row answered (als, item_item, blend), or ``popular`` for an unknown user."""
+
+
+def take_k(ranked: list[Recommendation], k: int, skip: Collection[str]) -> tuple[list[Recommendation], int]:
+    """The first ``k`` of ``ranked`` whose item is not in ``skip``, and how many were skipped on the way."""
+    served: list[Recommendation] = []
+    filtered = 0
+    for r in ranked:
+        if len(served) == k:
+            break
+        if r.item_id in skip:
+            filtered += 1
+        else:
+            served.append(r)
+    return served, filtered
 
 
 class _TableVersion:
@@ -340,17 +354,8 @@ class Snapshot:
                 source = recs[0].source
             else:
                 recs, source = self.popular_list(cold_start_segment), "popular"
-            served: list[Recommendation] = []
-            filtered = 0
             mine = per_user.get(uid)
-            for r in recs:
-                if len(served) == k:
-                    break
-                if r.item_id in skip or (mine is not None and r.item_id in mine):
-                    filtered += 1
-                else:
-                    served.append(r)
-            out[uid] = UserList(uid, served, source, filtered)
+            out[uid] = UserList(uid, *take_k(recs, k, skip | mine if mine else skip), source)
         return out
 
     def _excluded_by_user(self, ids: list[str]) -> dict[str, set[str]]:
@@ -437,7 +442,75 @@ class Snapshot:
 LOOKUP_TABLES = (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)
 
 
-class Recommendations:
+class Lookups:
+    """What every reader offers, over whichever snapshot it serves: the Delta tables
+    (:class:`Recommendations`) or an exported Redis version (``RedisRecommendations``)."""
+
+    strategy: str
+    neighbor_method: str
+    cold_start_segment: str
+    refresh_seconds: float
+    _checked: float
+    _snapshot: Any
+
+    def refresh(self) -> bool:
+        raise NotImplementedError
+
+    def snapshot(self) -> Any:
+        """What is served now; later commits or exports never change what it answers."""
+        if time.monotonic() - self._checked >= self.refresh_seconds:
+            self.refresh()
+        return self._snapshot
+
+    def versions(self) -> dict[str, int | None]:
+        """The table versions lookups are served from."""
+        return self._snapshot.versions()
+
+    # -- lists -----------------------------------------------------------------------------------
+
+    def strategies(self) -> list[str]:
+        """The candidate strategies user_candidates holds at the version served."""
+        return self.snapshot().strategies()
+
+    def neighbor_methods(self) -> list[str]:
+        """The neighbour methods item_neighbors holds at the version served."""
+        return self.snapshot().neighbor_methods()
+
+    def segments(self) -> list[str]:
+        """The popularity segments popular_items holds at the version served."""
+        return self.snapshot().segments()
+
+    # -- users -----------------------------------------------------------------------------------
+
+    def for_user(self, user_id: str, k: int = 10, exclude: Collection[str] = ()) -> list[Recommendation]:
+        """The user's top-k candidates; the popularity list for users without any."""
+        return self.for_users([user_id], k, exclude)[str(user_id)]
+
+    def for_users(
+        self, user_ids: Iterable[str], k: int = 10, exclude: Collection[str] = ()
+    ) -> dict[str, list[Recommendation]]:
+        """Top-k candidates of several users in one read, without the ``exclude`` item ids."""
+        lists = self.snapshot().user_lists(user_ids, k, self.strategy, self.cold_start_segment, exclude)
+        return {uid: ul.items for uid, ul in lists.items()}
+
+    def popular(self, k: int = 10, segment: str | None = None) -> list[Recommendation]:
+        """The popularity list (``cold_start_segment`` by default), as unknown users get it."""
+        return self.snapshot().popular_list(segment or self.cold_start_segment)[:k]
+
+    # -- items -----------------------------------------------------------------------------------
+
+    def similar_items(self, item_id: str, k: int = 10, method: str | None = None) -> list[Neighbor]:
+        """The item's k nearest neighbours; UnknownItemError for an id not in the catalogue."""
+        return self.similar_items_batch([item_id], k, method)[str(item_id)]
+
+    def similar_items_batch(
+        self, item_ids: Iterable[str], k: int = 10, method: str | None = None
+    ) -> dict[str, list[Neighbor]]:
+        """Neighbours of several items in one read."""
+        return self.snapshot().neighbors(item_ids, k, method or self.neighbor_method)
+
+
+class Recommendations(Lookups):
     """Read side of the pipeline: user candidates, item neighbours and popularity lists."""
 
     def __init__(
@@ -487,13 +560,7 @@ class Recommendations:
 
     def snapshot(self) -> Snapshot:
         """The tables as served now; later commits never change what it answers."""
-        if time.monotonic() - self._checked >= self.refresh_seconds:
-            self.refresh()
-        return self._snapshot
-
-    def versions(self) -> dict[str, int | None]:
-        """The table versions lookups are served from."""
-        return self._snapshot.versions()
+        return super().snapshot()
 
     def refresh(self) -> bool:
         """Switch to the newest table versions now, all in one step; True when any changed.
@@ -526,49 +593,6 @@ class Recommendations:
         else:
             probe.update_incremental()
         return probe.version()
-
-    # -- lists -----------------------------------------------------------------------------------
-
-    def strategies(self) -> list[str]:
-        """The candidate strategies user_candidates holds at the version served."""
-        return self.snapshot().strategies()
-
-    def neighbor_methods(self) -> list[str]:
-        """The neighbour methods item_neighbors holds at the version served."""
-        return self.snapshot().neighbor_methods()
-
-    def segments(self) -> list[str]:
-        """The popularity segments popular_items holds at the version served."""
-        return self.snapshot().segments()
-
-    # -- users -----------------------------------------------------------------------------------
-
-    def for_user(self, user_id: str, k: int = 10, exclude: Collection[str] = ()) -> list[Recommendation]:
-        """The user's top-k candidates; the popularity list for users without any."""
-        return self.for_users([user_id], k, exclude)[str(user_id)]
-
-    def for_users(
-        self, user_ids: Iterable[str], k: int = 10, exclude: Collection[str] = ()
-    ) -> dict[str, list[Recommendation]]:
-        """Top-k candidates of several users in one read, without the ``exclude`` item ids."""
-        lists = self.snapshot().user_lists(user_ids, k, self.strategy, self.cold_start_segment, exclude)
-        return {uid: ul.items for uid, ul in lists.items()}
-
-    def popular(self, k: int = 10, segment: str | None = None) -> list[Recommendation]:
-        """The popularity list (``cold_start_segment`` by default), as unknown users get it."""
-        return self.snapshot().popular_list(segment or self.cold_start_segment)[:k]
-
-    # -- items -----------------------------------------------------------------------------------
-
-    def similar_items(self, item_id: str, k: int = 10, method: str | None = None) -> list[Neighbor]:
-        """The item's k nearest neighbours; UnknownItemError for an id not in the catalogue."""
-        return self.similar_items_batch([item_id], k, method)[str(item_id)]
-
-    def similar_items_batch(
-        self, item_ids: Iterable[str], k: int = 10, method: str | None = None
-    ) -> dict[str, list[Neighbor]]:
-        """Neighbours of several items in one read."""
-        return self.snapshot().neighbors(item_ids, k, method or self.neighbor_method)
 
 
 def distinct_keys(ids: Iterable[str], kind: str) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 from recsys_spark import tables as T
 from recsys_spark.errors import StorageError
 from recsys_spark.serving.lookup import (
+    Lookups,
     Neighbor,
     Recommendation,
     UnknownItemError,
@@ -33,6 +34,7 @@ from recsys_spark.serving.lookup import (
     UnknownStrategyError,
     UserList,
     distinct_keys,
+    take_k,
 )
 from recsys_spark.serving.redis_codec import RedisKeys, decode_list
 
@@ -131,16 +133,7 @@ class RedisSnapshot:
                 source = got.source
             else:
                 recs, source = self.popular_list(cold_start_segment), "popular"
-            served: list[Recommendation] = []
-            filtered = 0
-            for r in recs:
-                if len(served) == k:
-                    break
-                if r.item_id in skip:
-                    filtered += 1
-                else:
-                    served.append(r)
-            out[uid] = UserList(uid, served, source, filtered)
+            out[uid] = UserList(uid, *take_k(recs, k, skip), source)
         return out
 
     def neighbors(self, item_ids: Iterable[str], k: int, method: str) -> dict[str, list[Neighbor]]:
@@ -173,7 +166,7 @@ class RedisSnapshot:
         return out
 
 
-class RedisRecommendations:
+class RedisRecommendations(Lookups):
     """The lookups of :class:`~recsys_spark.serving.lookup.Recommendations`, from Redis."""
 
     def __init__(
@@ -214,24 +207,4 @@ class RedisRecommendations:
         return True
 
     def snapshot(self) -> RedisSnapshot:
-        if time.monotonic() - self._checked >= self.refresh_seconds:
-            self.refresh()
-        return self._snapshot
-
-    def versions(self) -> dict[str, int | None]:
-        return self._snapshot.versions()
-
-    def for_user(self, user_id: str, k: int = 10, exclude: Collection[str] = ()) -> list[Recommendation]:
-        return self.for_users([user_id], k, exclude)[str(user_id)]
-
-    def for_users(
-        self, user_ids: Iterable[str], k: int = 10, exclude: Collection[str] = ()
-    ) -> dict[str, list[Recommendation]]:
-        lists = self.snapshot().user_lists(user_ids, k, self.strategy, self.cold_start_segment, exclude)
-        return {u: ul.items for u, ul in lists.items()}
-
-    def popular(self, k: int = 10, segment: str | None = None) -> list[Recommendation]:
-        return self.snapshot().popular_list(segment or self.cold_start_segment)[:k]
-
-    def similar_items(self, item_id: str, k: int = 10, method: str | None = None) -> list[Neighbor]:
-        return self.snapshot().neighbors([item_id], k, method or self.neighbor_method)[str(item_id)]
+        return super().snapshot()

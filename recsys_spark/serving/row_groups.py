@@ -118,9 +118,8 @@ class RowGroupIndex:
                 parts.append(reader.read_row_group(rg, columns=read))
             finally:
                 self._give_back(f, dictionary, reader)
-        if not parts:
-            schema = self._metadata[0].schema.to_arrow_schema() if self._metadata else pa.schema([])
-            return schema.empty_table().select(columns) if self._metadata else pa.table({})
+        if not parts:  # build() indexes at least one file, so there is a schema to be empty in
+            return self._metadata[0].schema.to_arrow_schema().empty_table().select(columns)
         table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         mask = pc.equal(table[key_column], keys[0]) if len(keys) == 1 else pc.is_in(table[key_column], pa.array(keys))
         return table.filter(mask).select(columns)
