@@ -241,7 +241,11 @@ def _lookup(cfg: Config, what: str, key: str, k: int, version: int | None, varia
     if what == "user":
         print(f"top-{k} for user {key!r} ({recs.strategy}, user_candidates v{recs.versions()[table]}):")
         for r in rows:
-            print(f"  {r.rank:>4}  {r.item_id:<16} {r.score:>10.4f}  {r.source}")
+            why = ""
+            if r.because_item_id is not None:
+                share = f", {r.because_share:.0%} of the score" if r.because_share is not None else ""
+                why = f"  because of {r.because_item_id}{share}"
+            print(f"  {r.rank:>4}  {r.item_id:<16} {r.score:>10.4f}  {r.source:<9}{why}")
     else:
         print(f"neighbours of item {key!r} ({recs.neighbor_method}, item_neighbors v{recs.versions()[table]}):")
         for r in rows:

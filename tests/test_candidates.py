@@ -179,16 +179,43 @@ def test_candidates_job_end_to_end_and_lookups_match(
         mine = [r.item_idx for r in als.where(f"user_idx = {user_idx}").orderBy("rank").collect()]
         assert mine == [i for _, i in scores]
 
+    # explanations: ALS names the history item most cosine-similar by factors (brute force here),
+    # the neighbour lists a history item with its share, popularity rows nothing
+    def cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    for r in als.limit(60).collect():
+        best = max(cosine(itf[r.item_idx], itf[h]) for h in seen_by[r.user_idx])
+        want = min(h for h in seen_by[r.user_idx] if cosine(itf[r.item_idx], itf[h]) >= best - 1e-6)
+        assert r.because_item_idx == want and r.because_share is None
+    votes = cands.where("source = 'item_item'").collect()
+    assert votes and all(r.because_item_idx in seen_by[r.user_idx] for r in votes)
+    assert all(0 < r.because_share <= 1 + 1e-6 for r in votes)  # cosine votes are positive
+    ids = {r.item_idx: r.item_id for r in store.read(T.ITEMS).collect()}
+    assert all(r.because_item_id == ids[r.because_item_idx] for r in votes)
+    blended = cands.where("source = 'blend'").collect()
+    assert blended and all(r.because_item_idx in seen_by[r.user_idx] for r in blended)
+    assert cands.where("source = 'popular' AND (because_item_id IS NOT NULL OR because_share IS NOT NULL)").count() == 0
+
     # lookups return exactly the rows Spark wrote
     recs = Recommendations.open(c.storage.root, strategy="blend", neighbor_method="cosine")
     spark_rows = {
-        (r.user_id, r.rank): (r.item_id, r.item_idx, pytest.approx(r.score), r.source)
+        (r.user_id, r.rank): (
+            r.item_id,
+            r.item_idx,
+            pytest.approx(r.score),
+            r.source,
+            r.because_item_id,
+            None if r.because_share is None else pytest.approx(r.because_share),
+        )
         for r in cands.where("strategy = 'blend'").collect()
     }
     users = sorted({u for u, _ in spark_rows})
     looked = recs.for_users(users, k=5)
     assert {
-        (u, x.rank): (x.item_id, x.item_idx, x.score, x.source) for u, rs in looked.items() for x in rs
+        (u, x.rank): (x.item_id, x.item_idx, x.score, x.source, x.because_item_id, x.because_share)
+        for u, rs in looked.items()
+        for x in rs
     } == spark_rows
     nb_rows = store.read(T.ITEM_NEIGHBORS).where("method = 'cosine' AND item_id = 'i003'").orderBy("rank").collect()
     assert [(n.item_id, n.rank) for n in recs.similar_items("i003", k=50)] == [(r.neighbor_id, r.rank) for r in nb_rows]
@@ -221,6 +248,9 @@ def test_candidates_job_end_to_end_and_lookups_match(
     got = json.loads(capsys.readouterr().out)
     want = recs.__class__.open(c.storage.root, strategy="als").for_user("u001", 2)
     assert [r["item_id"] for r in got["rows"]] == [r.item_id for r in want] and len(want) == 2
+    assert [r["because_item_id"] for r in got["rows"]] == [r.because_item_id for r in want]
+    assert main([*root, "lookup", "user", "u001", "--k", "2", "--strategy", "item_item"]) == 0
+    assert "because of i0" in capsys.readouterr().out
     assert main([*root, "lookup", "item", "i003", "--k", "3"]) == 0
     assert "neighbours of item 'i003'" in capsys.readouterr().out
     assert main([*root, "lookup", "item", "nope"]) == 2

@@ -4,6 +4,7 @@ held to the Delta reader's answers."""
 from __future__ import annotations
 
 import json
+import struct
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,23 @@ def test_a_list_survives_its_encoding() -> None:
     )
     assert decode_list(encode_list("", [], [], [])).item_id == []
     # the size the codec's docstring quotes: 100 candidates with 9-character ids
-    assert len(encode_list("als", list(range(100)), [0.1] * 100, [f"i{i:08d}" for i in range(100)])) == 2307
+    ids100 = [f"i{i:08d}" for i in range(100)]
+    assert len(encode_list("als", list(range(100)), [0.1] * 100, ids100)) == 2308
+    assert len(encode_list("als", list(range(100)), [0.1] * 100, ids100, ids100, [0.5] * 100)) == 3808
+
+
+def test_explanations_survive_their_encoding_and_old_values_still_decode() -> None:
+    got = decode_list(
+        encode_list("blend", [4, 5, 6], [3.0, 2.0, 1.0], ["a", "b", "c"], ["x", None, "ü"], [0.25, None, 1.5])
+    )
+    assert (got.because_item_id, got.because_share) == (["x", None, "ü"], [0.25, None, 1.5])
+    assert decode_list(encode_list("als", [1], [1.0], ["a"])).because_item_id is None
+    # a format-1 value, as exports before explanations wrote it: no flags byte
+    old = (
+        b"\x01\x01\x00\x03als" + (7).to_bytes(4, "little") + struct.pack("<d", 0.5) + (2).to_bytes(2, "little") + b"i7"
+    )
+    got = decode_list(old)
+    assert (got.source, got.item_idx, got.score, got.item_id, got.because_item_id) == ("als", [7], [0.5], ["i7"], None)
 
 
 def test_the_redis_reader_answers_exactly_as_the_delta_reader(spark: SparkSession, setup: Any) -> None:

@@ -74,7 +74,8 @@ def test_seen_items_stale_items_and_missing_times(spark: SparkSession) -> None:
     )
     nb = spark.createDataFrame([(0, 3, 0.5), (2, 3, 0.25), (2, 4, 0.25), (1, 5, 0.9), (0, 2, 0.8)], NEIGHBOR_SCHEMA)
     got = [tuple(r) for r in nv.neighbor_vote_top_k(hist, nb, 10, 2).orderBy("rank").collect()]
-    assert got == [(0, 3, 0.75, 1), (0, 4, 0.25, 2)]  # 2 is seen; 5 only from the stale item 1
+    # 2 is seen; 5 only from the stale item 1; 3 mostly from item 0 (0.5 of 0.75)
+    assert got == [(0, 3, 0.75, 1, 0, pytest.approx(2 / 3)), (0, 4, 0.25, 2, 2, 1.0)]
 
 
 def test_no_neighbors_gives_no_rows(spark: SparkSession) -> None:
@@ -88,6 +89,42 @@ def test_weighted_votes_carry_the_voters_confidence(spark: SparkSession) -> None
     hist = spark.createDataFrame([(0, 0, 4.0, T0), (0, 1, 1.0, T0 - timedelta(days=1))], HISTORY_SCHEMA)
     nb = spark.createDataFrame([(0, 3, 0.5), (1, 3, -0.25), (1, 4, 0.5)], NEIGHBOR_SCHEMA)
     linear = [tuple(r) for r in nv.neighbor_vote_top_k(hist, nb, 10, 5, ("linear", 1.0)).orderBy("rank").collect()]
-    assert linear == [(0, 3, 1.75, 1), (0, 4, 0.5, 2)]  # 4 x 0.5 - 1 x 0.25, and 1 x 0.5
+    # 4 x 0.5 - 1 x 0.25, and 1 x 0.5; item 0's vote is more than the whole score
+    assert linear == [(0, 3, 1.75, 1, 0, pytest.approx(2.0 / 1.75)), (0, 4, 0.5, 2, 1, 1.0)]
     plain = [tuple(r) for r in nv.neighbor_vote_top_k(hist, nb, 10, 5).orderBy("rank").collect()]
-    assert plain == [(0, 4, 0.5, 1), (0, 3, 0.25, 2)]
+    assert plain == [(0, 4, 0.5, 1, 1, 1.0), (0, 3, 0.25, 2, 0, 2.0)]
+
+
+@pytest.mark.parametrize("weight", [None, ("linear", 1.0)])
+def test_every_row_names_the_voter_with_the_largest_vote(spark: SparkSession, weight: tuple[str, float] | None) -> None:
+    """Checked against votes summed by hand: the strongest voter (ties: the lower item) and its share."""
+    from recsys_spark.models.confidence import confidence_array
+
+    history, neighbors = _random_inputs(3)
+    hist = spark.createDataFrame(history, HISTORY_SCHEMA)
+    nb = spark.createDataFrame(neighbors, NEIGHBOR_SCHEMA)
+    recent = 4
+    voters: dict[int, list[tuple[int, float]]] = {}
+    for u, i, conf, day in history:
+        voters.setdefault(u, []).append((i, conf, day))
+    by_item: dict[int, list[tuple[int, float]]] = {}
+    for i, j, sim in neighbors:
+        by_item.setdefault(i, []).append((j, sim))
+    checked = 0
+    for row in nv.neighbor_vote_top_k(hist, nb, 10, recent, weight).collect():
+        mine = sorted(voters[row.user_idx], key=lambda h: (h[2] is None, -(h[2] or T0).timestamp(), -h[1], h[0]))
+        votes: dict[int, float] = {}
+        for i, conf, _ in mine[:recent]:
+            w = 1.0 if weight is None else float(confidence_array(np.array([conf]), *weight)[0])
+            for j, sim in by_item.get(i, []):
+                if j == row.item_idx:
+                    votes[i] = votes.get(i, 0.0) + w * sim
+        best = max(votes.values())
+        assert row.because_item_idx == min(i for i, v in votes.items() if v == best)
+        total = sum(votes.values())
+        if total == 0:
+            assert row.because_share is None
+        else:
+            assert row.because_share == pytest.approx(best / total, rel=1e-5)
+        checked += 1
+    assert checked > 100

@@ -37,11 +37,14 @@ USERS, RANKS = 4, 6
 _TIMEOUT_S = 10
 
 
-def _write_candidates(store: TableStore, spark: SparkSession, generation: int) -> int:
+def _write_candidates(store: TableStore, spark: SparkSession, generation: int, explained: bool = True) -> int:
     """Both strategies for users u0..u3, ranks 1..6 of items i1..i6; every score carries the
-    generation in its thousands, so a response shows which write its rows came from."""
+    generation in its thousands, so a response shows which write its rows came from. item_item
+    rows are explained by i(10 + rank) with share 1 / rank; ``explained=False`` writes the columns
+    of a table from before explanations existed."""
     rows = [
         (f"u{u}", u, r, f"i{r}", r, float(generation * 1000 + 100 - r), s, "v", s)
+        + (((f"i{10 + r}", 10 + r, 1.0 / r) if s == "item_item" else (None, None, None)) if explained else ())
         for s in ("als", "item_item")
         for u in range(USERS)
         for r in range(1, RANKS + 1)
@@ -49,7 +52,8 @@ def _write_candidates(store: TableStore, spark: SparkSession, generation: int) -
     df = spark.createDataFrame(
         rows,
         "user_id STRING, user_idx INT, rank INT, item_id STRING, item_idx INT, "
-        "score DOUBLE, source STRING, model_version STRING, strategy STRING",
+        "score DOUBLE, source STRING, model_version STRING, strategy STRING"
+        + (", because_item_id STRING, because_item_idx INT, because_share FLOAT" if explained else ""),
     )
     return store.write(df, T.USER_CANDIDATES, "overwrite", COMMIT, ["strategy"]).version
 
@@ -126,6 +130,30 @@ def test_a_known_user_gets_the_top_k_of_the_default_strategy_with_the_versions_s
     assert got["versions"] == {T.USER_CANDIDATES: 0, T.POPULAR_ITEMS: 0}
     status, got = _call(url, "/v1/users/u1/recommendations?strategy=item_item")
     assert status == 200 and len(got["items"]) == RANKS and {i["source"] for i in got["items"]} == {"item_item"}
+
+
+def test_every_item_carries_its_explanation(url: str) -> None:
+    status, got = _call(url, "/v1/users/u2/recommendations?strategy=item_item&k=3")
+    assert status == 200
+    assert [(i["because_item_id"], i["because_share"]) for i in got["items"]] == [
+        ("i11", 1.0),
+        ("i12", 0.5),
+        ("i13", pytest.approx(1 / 3)),
+    ]
+    status, got = _call(url, "/v1/users/u2/recommendations?k=1")  # these als rows explain nothing
+    assert [(i["because_item_id"], i["because_share"]) for i in got["items"]] == [(None, None)]
+    status, got = _call(url, "/v1/users/nobody/recommendations?k=1")
+    assert [(i["source"], i["because_item_id"]) for i in got["items"]] == [("popular", None)]
+
+
+def test_a_table_from_before_explanations_is_served_without_them(
+    spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
+    root = str(tmp_path / "warehouse")
+    store = TableStore(spark, base_config.with_overrides([f"storage.root={root}"]).storage)
+    _write_candidates(store, spark, 0, explained=False)
+    got = Recommendations.open(root, strategy="item_item").for_user("u1", 2)
+    assert [(r.item_id, r.because_item_id, r.because_share) for r in got] == [("i1", None, None), ("i2", None, None)]
 
 
 def test_an_unknown_user_gets_the_cold_start_list_flagged_popular(url: str) -> None:

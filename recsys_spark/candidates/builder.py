@@ -15,6 +15,11 @@ Strategies, each written to its own partition of ``user_candidates``:
 Users with fewer than ``min_history`` items (cold start), and users a strategy cannot score, get
 the popularity list instead, tagged ``source = "popular"``.
 
+Every row says why it is there where a history item can say it (``because_item_idx``,
+``because_share``): the item whose vote added most (neighbour strategies), the source's
+explanation that added most (blend), or, with ``explain``, the history item most like it by
+factors (ALS, candidates/explanations.py). Popularity rows have none.
+
 :class:`CandidateBuilder` is the one place the lists are made: the ``candidates`` job writes what it
 builds from the tables, and evaluation scores what it builds from models fitted on a split, so
 that what is evaluated is exactly what is served.
@@ -31,6 +36,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.candidates.blend import blend_top_k
+from recsys_spark.candidates.explanations import nearest_history_items
 from recsys_spark.candidates.neighbor_votes import VoteWeight, neighbor_vote_top_k
 from recsys_spark.config.schema import CandidatesConfig, Strategy
 from recsys_spark.kernels.blocked_topk import BlockShape, blocked_top_k
@@ -185,13 +191,19 @@ class CandidateBuilder:
     Use as a context manager: every list it persisted is released on exit.
     """
 
-    def __init__(self, inputs: ModelInputs, users: DataFrame, popular: DataFrame, cfg: CandidatesConfig) -> None:
+    def __init__(
+        self, inputs: ModelInputs, users: DataFrame, popular: DataFrame, cfg: CandidatesConfig, explain: bool = False
+    ) -> None:
         """
         Args:
             users: (user_idx, n_items) of the users to give lists to (``user_history_sizes``).
             popular: (rank, item_idx, users) of the cold-start popularity segment.
+            explain: also name each ALS row's most similar history item (a shuffle of the lists
+                and the histories by user); the neighbour strategies always carry their strongest
+                vote, which costs no extra stage. Ranks and scores are the same either way.
         """
         self.inputs, self.users, self.popular, self.cfg = inputs, users, popular, cfg
+        self.explain = explain
         self.shape = BlockShape(cfg.user_block, cfg.item_block)
         self._lists: dict[str, DataFrame] = {}
         self._warm = users.where(F.col("n_items") >= cfg.min_history).select("user_idx")
@@ -224,7 +236,11 @@ class CandidateBuilder:
             if inputs.user_factors is None or inputs.item_factors is None:
                 raise ValueError("strategy als needs ALS factors")
             users = inputs.user_factors.join(self._warm, "user_idx", "left_semi")
-            return als_candidates(users, inputs.item_factors, inputs.matrix, cc.k, self.shape)
+            top = als_candidates(users, inputs.item_factors, inputs.matrix, cc.k, self.shape)
+            if not self.explain:
+                return top
+            explained = nearest_history_items(top, inputs.matrix, inputs.item_factors, cc.max_history_votes)
+            return explained.withColumn("source", F.lit("als"))
         if name == "blend":
             return blend_candidates({s: self.source(s) for s in sources_of("blend", cc)}, cc.blend_weights, cc.k)
         method = neighbor_method_of(name, cc)
@@ -243,7 +259,8 @@ class CandidateBuilder:
 
     def strategy(self, strategy: Strategy) -> DataFrame:
         """The strategy's list for every user: its scored rows, and the popularity list (minus seen
-        items) for cold users and users it could not score. (user_idx, item_idx, score, rank, source)."""
+        items) for cold users and users it could not score. (user_idx, item_idx, score, rank, source,
+        because_item_idx, because_share)."""
         return self._with_cold_start(self.source(strategy))
 
     def blend(self, weights: Mapping[str, float]) -> DataFrame:
@@ -266,12 +283,24 @@ class CandidateBuilder:
         covered = scored.select("user_idx").distinct()
         cold = self.users.join(covered, "user_idx", "left_anti")
         fallback = self._cold_start_for(cold, self.cfg.k)
-        return scored.select("user_idx", "item_idx", "score", "rank", "source").unionByName(fallback)
+        columns = ["user_idx", "item_idx", "score", "rank", "source", *_BECAUSE]
+        return _with_because(scored).select(columns).unionByName(_with_because(fallback).select(columns))
 
     def strategies(self) -> Iterator[tuple[Strategy, DataFrame]]:
         """(strategy, list) for every configured strategy, in order."""
         for strategy in self.cfg.strategies:
             yield strategy, self.strategy(strategy)
+
+
+_BECAUSE = ("because_item_idx", "because_share")
+
+
+def _with_because(df: DataFrame) -> DataFrame:
+    """``df`` with null explanation columns where it has none (popularity, unexplained ALS)."""
+    for name, kind in zip(_BECAUSE, ("int", "float")):
+        if name not in df.columns:
+            df = df.withColumn(name, F.lit(None).cast(kind))
+    return df
 
 
 def log_config(cfg: CandidatesConfig) -> None:

@@ -14,6 +14,12 @@ interaction matrix is hash-partitioned by user once, and each task expands, sums
 its own users' votes in numpy, one block of users at a time, so memory is bounded by the block.
 The neighbour matrix must fit in every task's memory: catalogues whose neighbour table exceeds
 ``MAX_BROADCAST_NEIGHBORS`` rows are scored the SQL way instead (:func:`votes_by_join`).
+
+**Explanations.** Every kept row names the history item whose vote added most to its score
+(``because_item_idx``: the largest weighted vote, ties to the lower item) and that vote's share of
+the score (``because_share`` = vote / score; above 1 when other votes are negative, as EASE's can
+be). The kernel finds them after the top-k cut, among the votes of the kept rows only, so the
+scores and ranks are those of a kernel that explains nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from recsys_spark.models.confidence import confidence_array, confidence_value
 
 log = logging.getLogger(__name__)
 
-RESULT_SCHEMA = "user_idx INT, item_idx INT, score FLOAT, rank INT"
+RESULT_SCHEMA = "user_idx INT, item_idx INT, score FLOAT, rank INT, because_item_idx INT, because_share FLOAT"
 
 #: Votes expanded at once inside a task (float64 + int64 each): 4M votes ~ 64 MiB of buffers.
 _VOTE_BUFFER = 1 << 22
@@ -69,8 +75,9 @@ def neighbor_vote_top_k(
         weight: how each vote is weighted (see :data:`VoteWeight`).
 
     Returns:
-        (user_idx, item_idx, score, rank), rank 1..k by score desc then item_idx asc; scores are
-        summed in float64 and rounded to float32 once, as the SQL formulation does.
+        (user_idx, item_idx, score, rank, because_item_idx, because_share), rank 1..k by score desc
+        then item_idx asc; scores are summed in float64 and rounded to float32 once, as the SQL
+        formulation does. because_*: the voting item with the largest vote and vote / score.
     """
     spark = history.sparkSession
     nb = neighbors.select("item_idx", "neighbor_idx", "similarity")
@@ -171,7 +178,8 @@ def _score_block(
     counts = indptr[v_items + 1] - indptr[v_items]
     total = int(counts.sum())
     if total == 0:
-        return _batch(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32), np.empty(0, np.int32))
+        none = np.empty(0, np.int64)
+        return _batch(none, none, np.empty(0, np.float32), none, none, np.empty(0, np.float64))
     # position of every vote in the neighbour arrays: each voter's row, entry by entry
     offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
     at = np.repeat(indptr[v_items], counts) + offsets
@@ -179,27 +187,62 @@ def _score_block(
     uniq, inverse = np.unique(keys, return_inverse=True)
     votes = nb_sims[at] if weights is None else np.repeat(weights[voters], counts) * nb_sims[at]
     sums = np.bincount(inverse, weights=votes, minlength=len(uniq))
+    all_keys = len(uniq)
     seen = users[items < n_items] * n_items + items[items < n_items]
     pos = np.searchsorted(uniq, seen)
     hit = pos[(pos < len(uniq)) & (uniq[np.minimum(pos, len(uniq) - 1)] == seen)]
     keep = np.ones(len(uniq), dtype=bool)
     keep[hit] = False
+    positions = np.flatnonzero(keep)
     uniq, score = uniq[keep], sums[keep].astype(np.float32)
     rows, cols = uniq // n_items, uniq % n_items
     # keys are sorted by (user, item), so ties already sit by item
     kept, rank = top_n_per_key(rows, score, cols, k, ids_ascending=True)
-    return _batch(rows[kept], cols[kept], score[kept], rank)
+    voter_items = np.repeat(v_items, counts)
+    because, vote = strongest_votes(inverse, votes, voter_items, positions[kept], all_keys)
+    return _batch(rows[kept], cols[kept], score[kept], rank, because, vote / sums[positions[kept]])
 
 
-def _batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, ranks: np.ndarray) -> pa.RecordBatch:
+def strongest_votes(
+    inverse: np.ndarray, votes: np.ndarray, voters: np.ndarray, wanted: np.ndarray, n_keys: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each key position in ``wanted``: the voter with the largest vote (ties: the lower voter)
+    and that vote, among the votes whose key position (``inverse``) it is."""
+    slot = np.full(n_keys, -1, dtype=np.int64)
+    slot[wanted] = np.arange(len(wanted))
+    mine = slot[inverse]
+    of_kept = np.flatnonzero(mine >= 0)
+    g, v, who = mine[of_kept], votes[of_kept], voters[of_kept]
+    order = np.lexsort((who, -v, g))
+    first = order[np.r_[True, g[order][1:] != g[order][:-1]]] if len(order) else order
+    because = np.empty(len(wanted), dtype=np.int64)
+    vote = np.empty(len(wanted), dtype=np.float64)
+    because[g[first]], vote[g[first]] = who[first], v[first]
+    return because, vote
+
+
+def _batch(
+    users: np.ndarray,
+    items: np.ndarray,
+    scores: np.ndarray,
+    ranks: np.ndarray,
+    because: np.ndarray,
+    share: np.ndarray,
+) -> pa.RecordBatch:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share32 = share.astype(np.float32)
+    finite = np.isfinite(share32)
     return pa.RecordBatch.from_arrays(
         [
             pa.array(users.astype(np.int32)),
             pa.array(items.astype(np.int32)),
             pa.array(scores.astype(np.float32)),
             pa.array(ranks.astype(np.int32)),
+            pa.array(because.astype(np.int32)),
+            # a zero score (votes cancelling out) has no share
+            pa.array(share32, mask=~finite),
         ],
-        names=["user_idx", "item_idx", "score", "rank"],
+        names=["user_idx", "item_idx", "score", "rank", "because_item_idx", "because_share"],
     )
 
 
@@ -211,10 +254,20 @@ def votes_by_join(
     vote = (
         F.col("similarity") if weight is None else confidence_value(F.col("confidence"), *weight) * F.col("similarity")
     )
+    # the strongest vote first, then the lower voter: max of (vote, -voter)
+    strongest = F.max(F.struct(vote.alias("v"), (-F.col("item_idx")).alias("neg")))
     scored = (
         hist.join(neighbors.select("item_idx", "neighbor_idx", "similarity"), "item_idx")
         .groupBy("user_idx", F.col("neighbor_idx").alias("item_idx"))
-        .agg(F.sum(vote).cast("float").alias("score"))
+        .agg(F.sum(vote).alias("_sum"), strongest.alias("_top"))
+        .select(
+            "user_idx",
+            "item_idx",
+            F.col("_sum").cast("float").alias("score"),
+            (-F.col("_top.neg")).cast("int").alias("because_item_idx"),
+            # a zero score (votes cancelling out) has no share
+            F.when(F.col("_sum") != 0, F.col("_top.v") / F.col("_sum")).cast("float").alias("because_share"),
+        )
     )
     unseen = scored.join(history.select("user_idx", "item_idx"), ["user_idx", "item_idx"], "left_anti")
-    return rank_per_user(unseen, k)
+    return rank_per_user(unseen, k, keep=("because_item_idx", "because_share"))

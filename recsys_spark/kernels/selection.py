@@ -107,7 +107,8 @@ def first_n_per_key(
     return df.withColumn(rank, F.row_number().over(window).cast("int")).where(F.col(rank) <= n)
 
 
-def rank_per_user(scored: DataFrame, k: int) -> DataFrame:
-    """Each user's k best (user_idx, item_idx, score) rows by (score desc, item_idx asc), ranked from 1."""
+def rank_per_user(scored: DataFrame, k: int, keep: Sequence[str] = ()) -> DataFrame:
+    """Each user's k best (user_idx, item_idx, score) rows by (score desc, item_idx asc), ranked from
+    1, with the ``keep`` columns after the rank."""
     ranked = first_n_per_key(scored, "user_idx", [F.col("score").desc(), F.col("item_idx")], k)
-    return ranked.select("user_idx", "item_idx", F.col("score").cast("float"), "rank")
+    return ranked.select("user_idx", "item_idx", F.col("score").cast("float"), "rank", *keep)

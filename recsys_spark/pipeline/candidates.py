@@ -205,12 +205,16 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         search = None
         if cc.tune and "blend" in cc.strategies:
             cc, search = _tuned_blend(store, cfg, matrix, inputs)
-        with CandidateBuilder(model, sizes, segment, cc) as builder:
+        because_ids = F.broadcast(
+            item_ids.select(F.col("item_idx").alias("because_item_idx"), F.col("item_id").alias("because_item_id"))
+        )
+        with CandidateBuilder(model, sizes, segment, cc, explain=True) as builder:
             for strategy, lists in builder.strategies():
                 model_version = builder.model_version(strategy)
                 rows = (
                     lists.join(user_ids, "user_idx")
                     .join(F.broadcast(item_ids), "item_idx")
+                    .join(because_ids, "because_item_idx", "left")
                     .select(
                         "user_id",
                         "user_idx",
@@ -219,6 +223,9 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
                         "item_idx",
                         "score",
                         "source",
+                        "because_item_id",
+                        "because_item_idx",
+                        "because_share",
                         F.lit(model_version).alias("model_version"),
                         F.lit(strategy).alias("strategy"),
                     )

@@ -111,11 +111,21 @@ def _list_writer(ec: ExportConfig, tag: str, kind: str) -> Any:
                 score = pc.cast(flat.field("score"), pa.float64()).to_numpy(zero_copy_only=False)
                 ids = flat.field("item_id").to_pylist()
                 sources = flat.field("source").to_pylist() if kind == "u" else None
+                explained = flat.type.get_field_index("because_item_id") >= 0
+                because = flat.field("because_item_id").to_pylist() if explained else None
+                shares = flat.field("because_share").to_pylist() if explained else None
                 variants = batch.column("variant").to_pylist()
                 for row, key_id in enumerate(batch.column("key").to_pylist()):
                     a, b = offsets[row], offsets[row + 1]
                     source = sources[a] if sources and b > a else ""
-                    value = encode_list(source or "", idx[a:b].tolist(), score[a:b].tolist(), ids[a:b])
+                    value = encode_list(
+                        source or "",
+                        idx[a:b].tolist(),
+                        score[a:b].tolist(),
+                        ids[a:b],
+                        because[a:b] if because is not None else None,
+                        shares[a:b] if shares is not None else None,
+                    )
                     name = k.user(tag, variants[row], key_id) if kind == "u" else k.item(tag, variants[row], key_id)
                     pipe.set(name, value)
                     written[variants[row]] = written.get(variants[row], 0) + 1
@@ -194,9 +204,10 @@ def run_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> Expor
     if ec.strategies:
         uc = uc.where(uc.strategy.isin(ec.strategies))
     # the strategies and methods are those written: no second scan of the tables to list them
-    by_strategy = _sum_written(
-        _grouped(uc, "user_id", "strategy", ["item_idx", "score", "item_id", "source"]), _list_writer(ec, tag, "u")
-    )
+    fields = ["item_idx", "score", "item_id", "source"]
+    if "because_item_id" in uc.columns:  # tables written before explanations have none
+        fields += ["because_item_id", "because_share"]
+    by_strategy = _sum_written(_grouped(uc, "user_id", "strategy", fields), _list_writer(ec, tag, "u"))
     by_method: dict[str, int] = {}
     if versions[T.ITEM_NEIGHBORS] is not None:
         nb = store.read(T.ITEM_NEIGHBORS, version=versions[T.ITEM_NEIGHBORS])

@@ -120,7 +120,15 @@ def _user_body(ul: UserList, strategy: str) -> dict[str, Any]:
         "source": ul.source,
         "filtered": ul.filtered,
         "items": [
-            {"item_id": r.item_id, "item_idx": r.item_idx, "score": r.score, "rank": r.rank, "source": r.source}
+            {
+                "item_id": r.item_id,
+                "item_idx": r.item_idx,
+                "score": r.score,
+                "rank": r.rank,
+                "source": r.source,
+                "because_item_id": r.because_item_id,
+                "because_share": r.because_share,
+            }
             for r in ul.items
         ],
     }

@@ -88,6 +88,11 @@ class Recommendation:
     rank: int
     source: str
     """als, item_item, blend, or popular (cold start / unknown user)."""
+    because_item_id: str | None = None
+    """The user's history item that explains the row (see user_candidates in the README); None for
+    popularity rows and for tables written before explanations existed."""
+    because_share: float | None = None
+    """That item's share of the score (neighbour strategies, blend); None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,10 @@ class _TableVersion:
     @property
     def exists(self) -> bool:
         return self._dt is not None
+
+    def has_column(self, name: str) -> bool:
+        """Whether this version's schema has ``name`` (tables written by an older release may not)."""
+        return self._dt is not None and any(f.name == name for f in self._dt.schema().fields)
 
     def values(self, column: str) -> list[str]:
         """Sorted distinct values of ``column`` (empty: no table).
@@ -331,19 +340,41 @@ class Snapshot:
         if not ids:
             return {}
         self.check_list(T.USER_CANDIDATES, strategy)
+        table = self._tables[T.USER_CANDIDATES]
+        explained = table.has_column("because_item_idx")
         cols = self._with_ids(
-            self._tables[T.USER_CANDIDATES],
+            table,
             "user_id",
             ids,
-            ["user_id", "rank", "item_idx", "score", "source"],
+            [
+                "user_id",
+                "rank",
+                "item_idx",
+                "score",
+                "source",
+                *(("because_item_idx", "because_share") if explained else ()),
+            ],
             ("strategy", strategy),
             ("item_id", "item_idx"),
+            ("because_item_id", "because_item_idx") if explained else None,
         )
+        n = len(cols["user_id"])
+        because = cols.get("because_item_id", [None] * n)
+        shares = cols.get("because_share", [None] * n)
         found: dict[str, list[Recommendation]] = {}
-        for uid, rank, iid, idx, score, source in zip(
-            cols["user_id"], cols["rank"], cols["item_id"], cols["item_idx"], cols["score"], cols["source"]
+        for uid, rank, iid, idx, score, source, why, share in zip(
+            cols["user_id"],
+            cols["rank"],
+            cols["item_id"],
+            cols["item_idx"],
+            cols["score"],
+            cols["source"],
+            because,
+            shares,
         ):
-            found.setdefault(uid, []).append(Recommendation(iid, idx, float(score), rank, source))
+            found.setdefault(uid, []).append(
+                Recommendation(iid, idx, float(score), rank, source, why, None if share is None else float(share))
+            )
         skip = {str(e) for e in exclude}
         per_user = self._excluded_by_user(ids)
         out = {}
@@ -378,25 +409,37 @@ class Snapshot:
         columns: list[str],
         partition: tuple[str, str],
         id_of: tuple[str, str],
+        also_id_of: tuple[str, str] | None = None,
     ) -> dict[str, list[Any]]:
         """The rows as columns, with ``id_of[0]`` (item_id, neighbor_id) taken from the catalogue by
-        ``id_of[1]`` rather than decoded from the table.
+        ``id_of[1]`` rather than decoded from the table, and likewise ``also_id_of`` (because_item_id,
+        whose index may be null) when given.
 
         Decoding a row group's item-id strings cost more than all its numeric columns together,
         and the ``items`` table maps each item_idx to its id for good (ingest never renumbers an
         item). An index the catalogue version being served does not know (a candidates run newer
         than the items snapshot) reads the ids from the table instead.
         """
-        id_col, idx_col = id_of
+        pairs = [id_of, *([also_id_of] if also_id_of else [])]
         ids = self._tables[T.ITEMS].ids_by_index("item_id", "item_idx")
         if ids is not None:
             got = table.rows(key_col, keys, columns, partition, dictionary=["source"])
-            idx = got[idx_col]
-            if len(idx) == 0 or (pc.max(idx).as_py() < len(ids)):
+            named: dict[str, list[Any]] = {}
+            for id_col, idx_col in pairs:
+                idx = got[idx_col]
+                if idx.null_count == len(idx):
+                    named[id_col] = [None] * len(idx)
+                    continue
+                if pc.max(idx).as_py() >= len(ids):
+                    break
                 names = pc.take(ids, idx)
-                if names.null_count == 0:
-                    return {**got.to_pydict(), id_col: names.to_pylist()}
-        return table.rows(key_col, keys, [*columns, id_col], partition, dictionary=["source"]).to_pydict()
+                if names.null_count != idx.null_count:
+                    break
+                named[id_col] = names.to_pylist()
+            else:
+                return {**got.to_pydict(), **named}
+        extra = [c for c, _ in pairs]
+        return table.rows(key_col, keys, [*columns, *extra], partition, dictionary=["source"]).to_pydict()
 
     def popular_list(self, segment: str) -> list[Recommendation]:
         """The whole popularity list of ``segment``."""

@@ -126,9 +126,12 @@ class RedisSnapshot:
         for uid, value in zip(ids, values):
             if value is not None:
                 got = decode_list(value)
+                n = len(got.item_idx)
+                because = got.because_item_id or [None] * n
+                shares = got.because_share or [None] * n
                 recs = [
-                    Recommendation(i, x, s, r + 1, got.source)
-                    for r, (i, x, s) in enumerate(zip(got.item_id, got.item_idx, got.score))
+                    Recommendation(i, x, s, r + 1, got.source, b, sh)
+                    for r, (i, x, s, b, sh) in enumerate(zip(got.item_id, got.item_idx, got.score, because, shares))
                 ]
                 source = got.source
             else:
