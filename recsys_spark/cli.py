@@ -287,46 +287,22 @@ def _service(
 ) -> Any:
     """The lookup service for ``cfg``'s tables, bound but not yet serving."""
     try:
-        from recsys_spark.serving.app import Service, ServiceSettings, bind, create_app
+        from recsys_spark.serving.app import Service, app_for, bind
     except ImportError as exc:
         raise ConfigError(
             f"serve needs the optional serving packages ({exc.name} is missing): pip install 'recsys-spark[serve]'"
         ) from None
-    from recsys_spark.serving.lookup import Recommendations
 
-    recs: Any
     if backend == "redis" and cfg.serve.exclusions_table:
         raise ConfigError("serve.exclusions_table is read from the Delta tables: it needs --backend delta")
     if backend == "redis":
         from recsys_spark.pipeline.export import connect
-        from recsys_spark.serving.redis_reader import RedisRecommendations
 
         connect(cfg.export).close()  # an unreachable server is an error naming export.redis_url
-        recs = RedisRecommendations(
-            cfg.export.redis_url,
-            prefix=cfg.export.redis_prefix,
-            strategy=cfg.candidates.strategies[0],
-            neighbor_method=cfg.similarity.method,
-            cold_start_segment=cfg.candidates.cold_start_segment,
-            socket_timeout_s=cfg.export.socket_timeout_s,
-        )
-    else:
-        recs = Recommendations.open(
-            cfg.storage.root,
-            strategy=cfg.candidates.strategies[0],
-            neighbor_method=cfg.similarity.method,
-            cold_start_segment=cfg.candidates.cold_start_segment,
-            versions=versions,
-            exclusions_table=cfg.serve.exclusions_table or None,
-        )
-    settings = ServiceSettings(
-        strategy=cfg.candidates.strategies[0],
-        method=cfg.similarity.method,
-        cold_start_segment=cfg.candidates.cold_start_segment,
-        serve=cfg.serve,
-    )
+    app = app_for(cfg, versions, backend)
     sock = bind(host or cfg.serve.host, cfg.serve.port if port is None else port)
-    return Service(create_app(recs, settings), sock)
+    spec = {"config": cfg.model_dump(mode="json"), "versions": versions, "backend": backend}
+    return Service(app, sock, spec if cfg.serve.workers > 1 else None)
 
 
 def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
@@ -463,6 +439,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("--host", default=None, help="listen address (default: serve.host, 127.0.0.1)")
     srv.add_argument("--port", type=int, default=None, help="TCP port (default: serve.port, 8000; 0 = any free)")
+    srv.add_argument("--workers", type=int, default=None, help="server processes (default: serve.workers, 1)")
     srv.add_argument(
         "--version",
         action="append",
@@ -516,6 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--k must be at least 1, got {args.k}")
             return _lookup(cfg, args.what, args.key, args.k, args.version, args.variant, args.json)
         if args.command == "serve":
+            if args.workers is not None:
+                cfg = cfg.with_overrides([f"serve.workers={args.workers}"])
             return _serve(cfg, args.host, args.port, args.version, args.backend)
         if args.command == "vacuum":
             return _vacuum(cfg, args.tables or list(T.CATALOG), args.retention_hours, args.dry_run)

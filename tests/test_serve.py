@@ -367,6 +367,48 @@ def test_the_serve_command_serves_until_told_to_stop(warehouse: str, stop: signa
     assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_several_workers_share_the_port_and_stop_together(warehouse: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recsys_spark.cli", "--set", f"storage.root={warehouse}", "serve", "--port", "0"]
+        + ["--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    workers: list[int] = []
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("serving "), line + (proc.stderr.read() if proc.poll() is not None else "")
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        for n in range(20):  # a connection each: the workers take turns accepting them
+            status, got = _call(url, f"/v1/users/u{n % USERS}/recommendations?k=2&strategy=item_item")
+            assert status == 200 and [i["because_item_id"] for i in got["items"]] == ["i11", "i12"]
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+    deadline = time.monotonic() + 15
+    while [w for w in workers if Path(f"/proc/{w}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]  # no worker outlives the service
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -40,7 +40,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
 # -- lookup latency ------------------------------------------------------------------------------
 
 #: Columns ``Recommendations.for_user`` reads; the baseline reads the same ones.
-_LOOKUP_COLUMNS = ["user_id", "rank", "item_id", "item_idx", "score", "source"]
+_LOOKUP_COLUMNS = ["user_id", "rank", "item_id", "item_idx", "score", "source", "because_item_id", "because_share"]
 #: Columns ``Recommendations.similar_items`` reads.
 _NEIGHBOR_COLUMNS = ["item_id", "rank", "neighbor_id", "neighbor_idx", "similarity"]
 _LOOKUP_TARGET_P99_MS = 20.0
@@ -56,7 +56,8 @@ def _padded_id(prefix: str, idx: Column) -> Column:
 
 
 def _candidate_rows(spark: SparkSession, n_users: int, k: int, n_items: int, files: int) -> DataFrame:
-    """The als partition of ``user_candidates``: n_users x k rows from ``spark.range``, no UDFs.
+    """The als partition of ``user_candidates``: n_users x k rows from ``spark.range``, no UDFs,
+    explanations included.
 
     User ids are ``u%08d``; items are distinct within a user; scores fall with rank and carry
     per-user and per-row noise, so the score column does not compress better than real scores.
@@ -74,6 +75,9 @@ def _candidate_rows(spark: SparkSession, n_users: int, k: int, n_items: int, fil
     user_scale = F.pmod(F.xxhash64(user_idx), F.lit(1_000_000)) / 1e6  # [0, 1)
     noise = F.pmod(F.xxhash64(F.col("id")), F.lit(1000)) * (0.4 / k / 1000)  # < half a rank step
     score = ((0.5 + user_scale) * (k + 1 - rank) / k + noise).cast("float")
+    # an explanation per row, as the neighbour strategies write them: one of a few history items
+    because_idx = ((user_idx.cast("long") * 104729 + F.pmod(F.col("id"), F.lit(7)) * 131) % n_items).cast("int")
+    share = (F.pmod(F.xxhash64(F.col("id"), F.lit(1)), F.lit(1000)) / 1000.0).cast("float")
     return _expanded(spark, n_users, k, files, "u").select(
         _padded_id("u", user_idx).alias("user_id"),
         user_idx.alias("user_idx"),
@@ -82,6 +86,9 @@ def _candidate_rows(spark: SparkSession, n_users: int, k: int, n_items: int, fil
         item_idx.alias("item_idx"),
         score.alias("score"),
         F.lit("als").alias("source"),
+        _padded_id("i", because_idx).alias("because_item_id"),
+        because_idx.alias("because_item_idx"),
+        share.alias("because_share"),
         F.lit("bench").alias("model_version"),
         F.lit("als").alias("strategy"),
     )

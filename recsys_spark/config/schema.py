@@ -1021,6 +1021,13 @@ class ServeConfig(_Section):
     """How often a background thread looks for new table versions and switches to them. Requests
     never wait for it: they are answered from the snapshot in place."""
 
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes sharing the listening socket, each with its own reader and reloader: a
+    process answers one request at a time on one core (the lookups are CPU-bound), so on a
+    machine with spare cores more workers serve more requests. Each switches to a new table
+    version on its own, within ``refresh_seconds`` of the others; every response still comes
+    from one snapshot and names its versions."""
+
     max_k: int = Field(100, ge=1, le=10_000)
     """The largest ``k`` a request may ask for (a larger one is a 422 naming ``k``)."""
 

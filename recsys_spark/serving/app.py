@@ -24,7 +24,9 @@ Unknown *users* are not an error: they get the cold-start popularity list, marke
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -39,7 +41,7 @@ from pydantic import BaseModel, Field
 
 from recsys_spark import __version__
 from recsys_spark import tables as T
-from recsys_spark.config.schema import ServeConfig
+from recsys_spark.config.schema import Config, ServeConfig
 from recsys_spark.errors import ConfigError, RecsysError, StorageError
 from recsys_spark.serving.lookup import (
     Recommendations,
@@ -361,6 +363,49 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
     return app
 
 
+def app_for(cfg: Config, versions: dict[str, int] | None = None, backend: str = "delta") -> FastAPI:
+    """The service of ``cfg``'s tables (``backend`` delta) or of its Redis export (redis)."""
+    recs: Any
+    if backend == "redis":
+        from recsys_spark.serving.redis_reader import RedisRecommendations
+
+        recs = RedisRecommendations(
+            cfg.export.redis_url,
+            prefix=cfg.export.redis_prefix,
+            strategy=cfg.candidates.strategies[0],
+            neighbor_method=cfg.similarity.method,
+            cold_start_segment=cfg.candidates.cold_start_segment,
+            socket_timeout_s=cfg.export.socket_timeout_s,
+        )
+    else:
+        recs = Recommendations.open(
+            cfg.storage.root,
+            strategy=cfg.candidates.strategies[0],
+            neighbor_method=cfg.similarity.method,
+            cold_start_segment=cfg.candidates.cold_start_segment,
+            versions=versions,
+            exclusions_table=cfg.serve.exclusions_table or None,
+        )
+    settings = ServiceSettings(
+        strategy=cfg.candidates.strategies[0],
+        method=cfg.similarity.method,
+        cold_start_segment=cfg.candidates.cold_start_segment,
+        serve=cfg.serve,
+    )
+    return create_app(recs, settings)
+
+
+#: How a worker process learns what to serve: JSON of the config, pins and backend.
+_WORKER_SPEC = "RECSYS_SPARK_SERVE_SPEC"
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process (uvicorn's factory), from the spec its parent left in the
+    environment: each worker opens its own reader, as the parent's cannot cross a process."""
+    spec = json.loads(os.environ[_WORKER_SPEC])
+    return app_for(Config.model_validate(spec["config"]), spec["versions"], spec["backend"])
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket; port 0 takes a free one, so its number is known before serving."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -379,7 +424,12 @@ class Service:
     """The app served by uvicorn on a bound socket, in this thread (``run``) or a background one
     (``start``/``stop``, as the demo and the tests use it)."""
 
-    def __init__(self, app: FastAPI, sock: socket.socket) -> None:
+    def __init__(self, app: FastAPI, sock: socket.socket, worker_spec: dict[str, Any] | None = None) -> None:
+        """
+        Args:
+            worker_spec: {"config", "versions", "backend"} of :func:`worker_app`, to ``run`` in
+                ``config.serve.workers`` processes; None (or one worker) serves ``app`` here.
+        """
         import uvicorn
 
         self.app, self.sock = app, sock
@@ -387,9 +437,28 @@ class Service:
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
         self._thread: threading.Thread | None = None
+        self.worker_spec = worker_spec
+        self.workers = int(worker_spec["config"]["serve"]["workers"]) if worker_spec else 1
 
     def run(self) -> None:
-        self.server.run(sockets=[self.sock])
+        """Serve until stopped: here, or with several workers in child processes that share the
+        socket, restarted by uvicorn's supervisor when one dies."""
+        if self.workers <= 1:
+            self.server.run(sockets=[self.sock])
+            return
+        import uvicorn
+        from uvicorn.supervisors import Multiprocess
+
+        os.environ[_WORKER_SPEC] = json.dumps(self.worker_spec)
+        config = uvicorn.Config(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=self.workers,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+        )
+        Multiprocess(config, sockets=[self.sock]).run()
 
     def start(self, timeout: float = 30.0) -> Service:
         # uvicorn installs signal handlers only on the main thread; from another it just serves

@@ -150,6 +150,7 @@ class _TableVersion:
         self._popular: dict[str, list[Recommendation]] = {}
         self._indexes: dict[tuple[str, tuple[str, str] | None], RowGroupIndex | None] = {}
         self._ids: pa.Array | None = None
+        self._columns: frozenset[str] | None = None
 
     @classmethod
     def open(cls, root: str, name: str, version: int | None) -> _TableVersion:
@@ -174,7 +175,11 @@ class _TableVersion:
 
     def has_column(self, name: str) -> bool:
         """Whether this version's schema has ``name`` (tables written by an older release may not)."""
-        return self._dt is not None and any(f.name == name for f in self._dt.schema().fields)
+        if self._dt is None:
+            return False
+        if self._columns is None:
+            self._columns = frozenset(f.name for f in self._dt.schema().fields)
+        return name in self._columns
 
     def values(self, column: str) -> list[str]:
         """Sorted distinct values of ``column`` (empty: no table).
@@ -340,6 +345,10 @@ class Snapshot:
         if not ids:
             return {}
         self.check_list(T.USER_CANDIDATES, strategy)
+        skip = {str(e) for e in exclude}
+        per_user = self._excluded_by_user(ids)
+        # take_k never looks past rank k + (ids it may skip): rows below are not decoded into Python
+        deepest = k + len(skip) + max((len(m) for m in per_user.values()), default=0)
         table = self._tables[T.USER_CANDIDATES]
         explained = table.has_column("because_item_idx")
         cols = self._with_ids(
@@ -357,6 +366,7 @@ class Snapshot:
             ("strategy", strategy),
             ("item_id", "item_idx"),
             ("because_item_id", "because_item_idx") if explained else None,
+            max_rank=deepest,
         )
         n = len(cols["user_id"])
         because = cols.get("because_item_id", [None] * n)
@@ -375,8 +385,6 @@ class Snapshot:
             found.setdefault(uid, []).append(
                 Recommendation(iid, idx, float(score), rank, source, why, None if share is None else float(share))
             )
-        skip = {str(e) for e in exclude}
-        per_user = self._excluded_by_user(ids)
         out = {}
         for uid in ids:
             recs = found.get(uid)
@@ -410,10 +418,11 @@ class Snapshot:
         partition: tuple[str, str],
         id_of: tuple[str, str],
         also_id_of: tuple[str, str] | None = None,
+        max_rank: int | None = None,
     ) -> dict[str, list[Any]]:
         """The rows as columns, with ``id_of[0]`` (item_id, neighbor_id) taken from the catalogue by
         ``id_of[1]`` rather than decoded from the table, and likewise ``also_id_of`` (because_item_id,
-        whose index may be null) when given.
+        whose index may be null) when given. ``max_rank``: only the rows ranked up to it.
 
         Decoding a row group's item-id strings cost more than all its numeric columns together,
         and the ``items`` table maps each item_idx to its id for good (ingest never renumbers an
@@ -422,8 +431,14 @@ class Snapshot:
         """
         pairs = [id_of, *([also_id_of] if also_id_of else [])]
         ids = self._tables[T.ITEMS].ids_by_index("item_id", "item_idx")
+
+        def head(rows: pa.Table) -> pa.Table:
+            return rows if max_rank is None else rows.filter(pc.less_equal(rows["rank"], max_rank))
+
+        # the key stays dictionary-encoded: a row group holds a few dozen keys, each on ~100 rows
+        dictionary = ["source", key_col]
         if ids is not None:
-            got = table.rows(key_col, keys, columns, partition, dictionary=["source"])
+            got = head(table.rows(key_col, keys, columns, partition, dictionary=dictionary))
             named: dict[str, list[Any]] = {}
             for id_col, idx_col in pairs:
                 idx = got[idx_col]
@@ -439,7 +454,7 @@ class Snapshot:
             else:
                 return {**got.to_pydict(), **named}
         extra = [c for c, _ in pairs]
-        return table.rows(key_col, keys, [*columns, *extra], partition, dictionary=["source"]).to_pydict()
+        return head(table.rows(key_col, keys, [*columns, *extra], partition, dictionary=dictionary)).to_pydict()
 
     def popular_list(self, segment: str) -> list[Recommendation]:
         """The whole popularity list of ``segment``."""
