@@ -283,6 +283,32 @@ def test_a_service_over_an_empty_warehouse_is_up_but_not_ready(tmp_path: Path) -
         service.stop()
 
 
+def test_the_service_opens_every_strategy_before_its_first_request_and_each_new_version_before_the_switch(
+    spark: SparkSession, base_config: Config, tmp_path: Path
+) -> None:
+    root = str(tmp_path / "warehouse")
+    store = TableStore(spark, base_config.with_overrides([f"storage.root={root}"]).storage)
+    _write_candidates(store, spark, 0)
+    recs = Recommendations.open(root)
+
+    def opened() -> list[tuple[str, str] | None]:
+        # the row-group indexes of the version being served, built before any lookup asked
+        return sorted(p for _, p in recs.snapshot()._tables[T.USER_CANDIDATES]._indexes)
+
+    service = Service(create_app(recs, ServiceSettings(serve=ServeConfig(refresh_seconds=0.1))), bind("127.0.0.1", 0))
+    service.start()
+    try:
+        assert opened() == [("strategy", "als"), ("strategy", "item_item")]
+        second = _write_candidates(store, spark, 1)
+        deadline = time.monotonic() + 30
+        while recs.versions()[T.USER_CANDIDATES] != second and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert recs.versions()[T.USER_CANDIDATES] == second
+        assert opened() == [("strategy", "als"), ("strategy", "item_item")]
+    finally:
+        service.stop()
+
+
 def test_a_new_version_is_served_without_a_restart_and_no_request_sees_a_mix(
     spark: SparkSession, base_config: Config, tmp_path: Path
 ) -> None:
@@ -382,8 +408,11 @@ def _children(pid: int) -> list[int]:
 
 def test_several_workers_share_the_port_and_stop_together(warehouse: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recsys_spark.cli", "--set", f"storage.root={warehouse}", "serve", "--port", "0"]
-        + ["--workers", "2"],
+        [
+            sys.executable,
+            *("-m", "recsys_spark.cli", "--set", f"storage.root={warehouse}"),
+            *("serve", "--port", "0", "--workers", "2"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,6 +11,18 @@ Why a thread and not the request path: a reload opens the new version's Delta lo
 milliseconds to seconds with the log's length; a request that happened to trigger it would carry
 that latency into the service's p99.
 
+The new snapshot is also *warmed* before the switch (and the first one before the service
+accepts a request): the row-group index of every strategy and method, the catalogue ids and the
+popularity lists. Opening them lazily made the first request of each version wait 4.2 s at 1M
+users x 100 candidates.
+
+Why single lookups of local tables run on the event loop rather than in FastAPI's thread pool:
+they are page-cache reads of well under a millisecond, all CPU under one GIL, so the pool adds a
+thread hop and GIL contention and no parallelism. Measured at 1M users, 16 clients: 1.88 ms of
+server CPU a request in the pool against 0.84 ms on the loop, and 706 against 1,168 requests/s.
+Batches (up to ``serve.max_batch`` users, long enough to stall other connections) and tables on
+object stores or in Redis (network reads) stay in the pool.
+
 Errors are JSON, ``{"error": {"code", "message", "parameter"}}``:
 
 * 422 for a bad parameter, naming it (``k`` out of range, an unknown ``strategy``, ``method`` or
@@ -38,6 +50,7 @@ from fastapi import Body, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from recsys_spark import __version__
 from recsys_spark import tables as T
@@ -197,8 +210,20 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
     recs.refresh_seconds = float("inf")
     metrics.served(recs.versions())
 
+    # single lookups of local tables run on the event loop, see the module docstring
+    inline = bool(getattr(recs, "reads_local_files", False))
+
+    async def lookup(fn: Callable[..., JSONResponse], *args: Any) -> JSONResponse:
+        return fn(*args) if inline else await run_in_threadpool(fn, *args)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # open every index before the first request (and each new version before its switch),
+        # so that no request waits seconds on a version's footers
+        started = time.perf_counter()
+        await run_in_threadpool(recs.warm)
+        recs.warm_on_refresh = True
+        log.info("tables opened in %.2fs", time.perf_counter() - started)
         reloader = _Reloader(recs, metrics, limits.refresh_seconds)
         reloader.start()
         log.info("serving %s, tables at %s", recs.root, recs.versions())
@@ -270,7 +295,7 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         return list(got.values())
 
     @app.get("/v1/users/{user_id}/recommendations", tags=["users"])
-    def recommendations(
+    async def recommendations(
         user_id: str,
         k: Annotated[int | None, Query(description="items to return (default 10, at most serve.max_k)")] = None,
         strategy: Annotated[str | None, Query(description="candidate strategy (default: the service's)")] = None,
@@ -279,6 +304,9 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         ] = None,
     ) -> JSONResponse:
         """A user's top-k candidates; an unknown user gets the cold-start list (``source: popular``)."""
+        return await lookup(_recommendations, user_id, k, strategy, exclude)
+
+    def _recommendations(user_id: str, k: int | None, strategy: str | None, exclude: list[str] | None) -> JSONResponse:
         snap = recs.snapshot()
         strat = strategy or s.strategy
         (ul,) = user_lists(snap, [user_id], check_k(k), strat, check_exclude(_exclusions(exclude)))
@@ -300,12 +328,15 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         return answer(snap, {"results": [_user_body(ul, strat) for ul in lists]})
 
     @app.get("/v1/items/{item_id}/similar", tags=["items"])
-    def similar(
+    async def similar(
         item_id: str,
         k: Annotated[int | None, Query(description="neighbours to return (default 10)")] = None,
         method: Annotated[str | None, Query(description="neighbour method (default: the service's)")] = None,
     ) -> JSONResponse:
         """An item's nearest neighbours; 404 for an id not in the catalogue."""
+        return await lookup(_similar, item_id, k, method)
+
+    def _similar(item_id: str, k: int | None, method: str | None) -> JSONResponse:
         snap = recs.snapshot()
         needs = (T.ITEM_NEIGHBORS, T.ITEMS)
         require(snap, needs)
@@ -324,11 +355,14 @@ def create_app(recs: Recommendations, settings: ServiceSettings | None = None) -
         return answer(snap, {"item_id": item_id, "method": m, "items": items}, needs)
 
     @app.get("/v1/popular", tags=["items"])
-    def popular(
+    async def popular(
         k: Annotated[int | None, Query(description="items to return (default 10)")] = None,
         segment: Annotated[str | None, Query(description="overall or recent (default: the cold-start one)")] = None,
     ) -> JSONResponse:
         """A popularity list, as cold-start users get it."""
+        return await lookup(_popular, k, segment)
+
+    def _popular(k: int | None, segment: str | None) -> JSONResponse:
         snap = recs.snapshot()
         needs = (T.POPULAR_ITEMS,)
         require(snap, needs)

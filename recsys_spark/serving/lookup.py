@@ -238,6 +238,17 @@ class _TableVersion:
             self._indexes[cache_key] = RowGroupIndex.build([unquote(p) for p in paths], key_col) if paths else None
         return self._indexes[cache_key]
 
+    def warm(self, key_col: str, partition_col: str | None = None) -> None:
+        """Open now what a lookup by ``key_col`` would open on first use: the row-group index of
+        every partition (the footers of every file; 4.2 s at 1M users x 100 candidates), or the
+        dataset where there is no index."""
+        if self._dt is None:
+            return
+        for value in self.values(partition_col) if partition_col else [None]:
+            partition = (partition_col, value) if partition_col and value is not None else None
+            if self._row_groups(key_col, partition) is None:
+                self.dataset(partition)
+
     def ids_by_index(self, id_col: str, idx_col: str) -> pa.Array | None:
         """``id_col`` values at the positions of ``idx_col`` (the items table: item_id by item_idx),
         read once per version; None when the table does not exist."""
@@ -300,6 +311,21 @@ class Snapshot:
     def versions(self) -> dict[str, int | None]:
         """The version of each lookup table this snapshot reads (None: not written yet)."""
         return {name: t.version for name, t in self._tables.items()}
+
+    def warm(self) -> None:
+        """Read everything the first lookups would otherwise read on their way: the catalogue's
+        ids, the popularity lists and the row-group indexes of every strategy and method, so that
+        no request pays for opening a version."""
+        items = self._tables[T.ITEMS]
+        items.ids_by_index("item_id", "item_idx")
+        items.warm("item_id")
+        self._tables[T.USER_CANDIDATES].warm("user_id", "strategy")
+        self._tables[T.ITEM_NEIGHBORS].warm("item_id", "method")
+        if self._tables[T.POPULAR_ITEMS].exists:
+            for segment in self.segments():
+                self._tables[T.POPULAR_ITEMS].popular(segment)
+        if self.exclusions and self._tables[self.exclusions].exists:
+            self._tables[self.exclusions].warm("user_id")
 
     def missing(self) -> list[str]:
         """Lookup tables that do not exist yet (the optional exclusions table is never missing)."""
@@ -511,8 +537,18 @@ class Lookups:
     _checked: float
     _snapshot: Any
 
+    #: Whether :meth:`refresh` prepares a new snapshot (:meth:`warm`) before switching to it.
+    warm_on_refresh: bool = False
+
     def refresh(self) -> bool:
         raise NotImplementedError
+
+    def warm(self) -> None:
+        """Prepare the snapshot being served so that its first lookups cost what later ones do
+        (a no-op where there is nothing to open)."""
+        warm = getattr(self._snapshot, "warm", None)
+        if warm is not None:
+            warm()
 
     def snapshot(self) -> Any:
         """What is served now; later commits or exports never change what it answers."""
@@ -609,6 +645,11 @@ class Recommendations(Lookups):
         )
         self._checked = time.monotonic()
 
+    @property
+    def reads_local_files(self) -> bool:
+        """Whether the tables are on a local filesystem (then a lookup is a page-cache read)."""
+        return not is_uri(self.root)
+
     @classmethod
     def open(cls, root: str, **kwargs: Any) -> Recommendations:
         """Open the tables under ``root`` (see :class:`Recommendations` for the options)."""
@@ -635,7 +676,10 @@ class Recommendations(Lookups):
                 if latest is not None and latest != current[name].version:
                     moved[name] = _TableVersion.open(self.root, name, latest)
             if moved:
-                self._snapshot = Snapshot({**current, **moved}, self.exclusions_table)
+                fresh = Snapshot({**current, **moved}, self.exclusions_table)
+                if self.warm_on_refresh:  # before the switch: no request waits on the new version's footers
+                    fresh.warm()
+                self._snapshot = fresh
             self._checked = time.monotonic()
         if moved:
             log.info("lookup tables now at %s", self.versions())

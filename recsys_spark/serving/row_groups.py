@@ -115,7 +115,7 @@ class RowGroupIndex:
         for f, rg in wanted:
             reader = self._borrow(f, dictionary)
             try:
-                parts.append(reader.read_row_group(rg, columns=read))
+                parts.append(reader.read_row_group(rg, columns=read, use_threads=False))
             finally:
                 self._give_back(f, dictionary, reader)
         if not parts:  # build() indexes at least one file, so there is a schema to be empty in
