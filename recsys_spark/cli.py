@@ -139,7 +139,15 @@ def _recorded(spark: SparkSession, cfg: Config, ctx: RunContext, call: Callable[
     try:
         call()
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        from recsys_spark.errors import GateRefusedError
+
+        status = (
+            "interrupted"
+            if isinstance(exc, KeyboardInterrupt)
+            else "refused"
+            if isinstance(exc, GateRefusedError)
+            else "failed"
+        )
         error = str(exc) if isinstance(exc, RecsysError) else spark_error_summary(exc)
         try:
             store = TableStore(spark, cfg.storage)
@@ -203,6 +211,26 @@ def _cmd_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> None
     print(run_export_redis(spark, cfg, ctx).render())
 
 
+def _cmd_publish(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
+    from recsys_spark.pipeline.publish import run_publish
+
+    print(run_publish(spark, cfg, ctx).render())
+
+
+def _cmd_nightly(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
+    from recsys_spark.pipeline.nightly import run_nightly
+
+    result = run_nightly(spark, cfg, ctx)
+    print()
+    if result.headline_table:
+        print(result.headline_table)
+    current = [s.stage for s in result.stages if not s.ran]
+    print(
+        f"nightly run {ctx.run_id}: ran {', '.join(result.ran) or 'nothing'}; "
+        f"current: {', '.join(current) or 'nothing'}; evaluation report: {result.report_path}"
+    )
+
+
 STAGES: dict[str, JobFn] = {
     "generate": _cmd_generate,
     "ingest": _cmd_ingest,
@@ -211,6 +239,8 @@ STAGES: dict[str, JobFn] = {
     "candidates": _cmd_candidates,
     "evaluate": _cmd_evaluate,
     "export-redis": _cmd_export_redis,
+    "publish": _cmd_publish,
+    "nightly": _cmd_nightly,
 }
 """Each stage command by its name in the CLI, in ``jobs/`` and in the ``runs`` table."""
 
@@ -323,8 +353,15 @@ def print_tables(cfg: Config, names: Sequence[str] | None = None) -> None:
         )
 
 
+def _cmd_rollback(spark: SparkSession, cfg: Config, ctx: RunContext, args: argparse.Namespace) -> None:
+    from recsys_spark.pipeline.publish import run_rollback
+
+    p = run_rollback(spark, cfg, ctx, args.table, args.to_version, args.to_run)
+    print(f"rollback ({p.reason}): readers now use " + ", ".join(f"{t} v{v}" for t, v in p.versions.items()))
+
+
 def _cmd_demo(spark: SparkSession, cfg: Config, ctx: RunContext, fresh: bool) -> None:
-    """The whole pipeline on the synthetic log, then the tables and a lookup of each kind."""
+    """The nightly job on the synthetic log, then the tables and a lookup of each kind."""
     from recsys_spark.pipeline.demo import run_demo
 
     result = run_demo(spark, cfg, ctx, fresh)
@@ -447,8 +484,24 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="TABLE=VERSION",
         help="serve this version of a table and never move it (repeatable)",
     )
+    add(
+        "publish",
+        "gate the latest user_candidates, item_neighbors, popular_items and items (gate.*) and, if "
+        "every check passes, switch readers to them",
+    )
+    rb = add("rollback", "switch readers back to an earlier published version (recorded in published and runs)")
+    rb.add_argument("table", nargs="?", default=None, help="the served table to roll back (with --to-version)")
+    rb.add_argument("--to-version", type=int, default=None, metavar="N", help="the version of TABLE readers use")
+    rb.add_argument("--to-run", default=None, metavar="RUN_ID", help="every served table as this run published it")
+    add(
+        "nightly",
+        "ingest, train-als, item-similarity, candidates and evaluate on the configured source, "
+        "each skipped when its inputs and settings are unchanged; one runs row for the night",
+    )
     demo = add(
-        "demo", "the whole pipeline on the synthetic log (generated if missing): ingest, ALS, item neighbours, tables"
+        "demo",
+        "the nightly job on the synthetic log (generated if missing), then the tables, a lookup of "
+        "each kind and one HTTP request",
     )
     demo.add_argument("--fresh", action="store_true", help="regenerate the synthetic log")
     comp = add(
@@ -498,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(cfg, args.host, args.port, args.version, args.backend)
         if args.command == "vacuum":
             return _vacuum(cfg, args.tables or list(T.CATALOG), args.retention_hours, args.dry_run)
+        if args.command == "rollback" and (args.to_run is None) == (args.table is None):
+            raise ConfigError("rollback: name a TABLE with --to-version N, or give --to-run RUN_ID (not both)")
         command = ALIASES.get(args.command, args.command)
         if command == "export":
             command = f"export-{args.target}"
@@ -506,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         if command == "demo":
             _recorded(spark, cfg, ctx, lambda: _cmd_demo(spark, cfg, ctx, args.fresh))
+        elif command == "rollback":
+            _recorded(spark, cfg, ctx, lambda: _cmd_rollback(spark, cfg, ctx, args))
         else:
             _recorded(spark, cfg, ctx, lambda: STAGES[command](spark, cfg, ctx))
         log.info("%s finished in %.1fs", command, time.perf_counter() - started)

@@ -36,3 +36,7 @@ class ConcurrentWriteError(StorageError):
 
 class RejectThresholdError(RecsysError):
     """Too many input rows were rejected; nothing was committed."""
+
+
+class GateRefusedError(RecsysError):
+    """New lists failed the quality gate: the publication in force stays, readers keep it."""

@@ -30,6 +30,7 @@ USER_CANDIDATES: Final = "user_candidates"
 POPULAR_ITEMS: Final = "popular_items"
 EVALUATION_SUMMARY: Final = "evaluation_summary"
 RUNS: Final = "runs"
+PUBLISHED: Final = "published"
 
 #: name -> one-line meaning, in pipeline order.
 CATALOG: Final[dict[str, str]] = {
@@ -47,6 +48,7 @@ CATALOG: Final[dict[str, str]] = {
     POPULAR_ITEMS: "most popular items overall and in a recent window (cold-start fallback)",
     EVALUATION_SUMMARY: "one row per (run, split, model, metric, k): held-out evaluation results",
     RUNS: "one manifest row per job run: status, config, input and output table versions, package versions",
+    PUBLISHED: "one row per publish or rollback: the served tables' versions readers use (the latest row)",
 }
 
 

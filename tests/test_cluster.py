@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
+from deltalake import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -181,7 +182,15 @@ def test_readme_cluster_walkthrough(walkthrough: tuple[Path, subprocess.Complete
     assert leftovers.stdout.strip() == "", "cluster JVMs still running after make cluster-down"
     # every job really ran on the standalone master, not in local mode
     apps = list((work / ".cluster" / "work").glob("worker-*/app-*"))
-    assert len({a.name for a in apps}) == 6, f"expected 6 applications on the workers, found {apps}"
+    assert len({a.name for a in apps}) == 7, f"expected 7 applications on the workers, found {apps}"
+    # the nightly job after the stage jobs: the same tables, so every stage is current, and the
+    # gate publishes them (nothing was published before)
+    runs = DeltaTable(str(work / "data" / "cluster" / "warehouse" / T.RUNS)).to_pyarrow_table().to_pylist()
+    night = next(r for r in runs if r["job"] == "nightly")
+    assert night["status"] == "succeeded" and json.loads(night["output_versions"]) == {T.PUBLISHED: [0]}
+    stages = json.loads(night["details"])["stages"]
+    assert [s["stage"] for s in stages][:2] == ["ingest", "train-als"]
+    assert [s["stage"] for s in stages if s["ran"]] == ["publish"]
 
 
 @pytest.mark.parametrize(

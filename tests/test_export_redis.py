@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from recsys_spark.serving.app import Service, ServiceSettings, bind, create_app
 from recsys_spark.serving.lookup import Recommendations, UnknownItemError, UnknownStrategyError
 from recsys_spark.serving.redis_codec import RedisKeys, decode_list, encode_list
 from recsys_spark.serving.redis_reader import RedisRecommendations
+from recsys_spark.storage.published import PUBLISHED_SCHEMA, SERVED_TABLES
 from recsys_spark.storage.store import CommitInfo, TableStore
 
 if TYPE_CHECKING:
@@ -191,6 +193,23 @@ def test_a_new_version_switches_the_pointer_and_deletes_the_old_keys(spark: Spar
     meta = json.loads(client.get(k.meta(second.tag)))
     assert meta["versions"][T.USER_CANDIDATES] == store.version(T.USER_CANDIDATES)
     assert meta["strategies"] == ["als", "blend"] and meta["segments"] == ["overall", "recent"]
+
+
+def test_the_export_ships_the_published_versions_as_the_delta_reader_serves_them(
+    spark: SparkSession, setup: Any
+) -> None:
+    c, store = setup
+    published = {t: store.version(t) for t in SERVED_TABLES}
+    row = (1, "r", "publish", json.dumps(published), "{}", "test", datetime.now(timezone.utc))
+    store.write(spark.createDataFrame([row], PUBLISHED_SCHEMA), T.PUBLISHED, "append", COMMIT)
+    _write_candidates(store, spark, 1)  # written after the publication: not served
+    assert store.version(T.USER_CANDIDATES) > published[T.USER_CANDIDATES]
+    report = _export(spark, c)
+    meta = json.loads(redis.Redis.from_url(c.export.redis_url).get(RedisKeys(c.export.redis_prefix).meta(report.tag)))
+    assert meta["versions"][T.USER_CANDIDATES] == published[T.USER_CANDIDATES]
+    delta = Recommendations.open(c.storage.root)
+    assert delta.versions()[T.USER_CANDIDATES] == published[T.USER_CANDIDATES]
+    assert _reader(c).for_user("u1", 3) == delta.for_user("u1", 3)
 
 
 def test_a_killed_export_leaves_the_served_version_and_the_rerun_completes_it(

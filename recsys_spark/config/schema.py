@@ -1044,6 +1044,31 @@ class ServeConfig(_Section):
     one row group. Empty: none."""
 
 
+class GateConfig(_Section):
+    """``recsys-spark publish`` and the nightly job's last stage: the checks new lists must pass
+    before readers switch to them (see README, "Running it every night")."""
+
+    max_drop: float = Field(0.1, ge=0, le=1)
+    """The largest relative drop of each strategy's headline metric (``evaluation.headline_metric``
+    at ``headline_k``, this night's evaluation) against the last published run's: 0.1 refuses a
+    model whose NDCG@10 fell by more than 10%."""
+
+    max_rows_change: float = Field(0.5, ge=0)
+    """The largest relative change of a strategy's row count against the last published version
+    (0.5: between half and one and a half times as many rows)."""
+
+    min_user_coverage: float = Field(0.95, ge=0, le=1)
+    """The least share of the users in ``users`` each strategy must hold a list for (cold users
+    get the popularity list, so a complete run covers all of them)."""
+
+    min_item_coverage: float = Field(0.0, ge=0, le=1)
+    """The least share of the catalogue each strategy's lists must show at least once."""
+
+    max_coverage_drop: float = Field(0.5, ge=0, le=1)
+    """The largest relative drop of a strategy's item coverage against the last published version:
+    lists collapsing onto a few items are a broken model even when the metric holds."""
+
+
 class ExportConfig(_Section):
     """``recsys-spark export redis``: the served lists bulk-loaded into Redis."""
 
@@ -1107,6 +1132,9 @@ class Config(_Section):
 
     export: ExportConfig = Field(default_factory=ExportConfig)
     """Bulk export of the served lists (``recsys-spark export redis``)."""
+
+    gate: GateConfig = Field(default_factory=GateConfig)
+    """The checks new lists must pass before they are published to readers."""
 
     @model_validator(mode="after")
     def _paths_outside_table_root(self) -> Config:

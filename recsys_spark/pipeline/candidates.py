@@ -18,6 +18,7 @@ from recsys_spark.config.schema import AlsConfig, CandidatesConfig, Config, Simi
 from recsys_spark.errors import StorageError
 from recsys_spark.pipeline.common import LOOKUP_ROW_GROUP_BYTES, writable_store
 from recsys_spark.pipeline.runs import RunContext
+from recsys_spark.pipeline.staleness import settings_hash
 from recsys_spark.storage.store import TableStore, WriteResult
 from recsys_spark.tuning.search import SearchResult
 
@@ -162,7 +163,8 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         popular = popular_items(eligible, cc.popularity_window_days, cc.popular_k).persist()
         pop_version = f"popular-{ctx.run_id}"
         applied = {"rules": rules} if rules else {}
-        commit = ctx.commit(input_versions=inputs, **applied)
+        settings = settings_hash(cfg, "candidates")
+        commit = ctx.commit(input_versions=inputs, settings_hash=settings, **applied)
         out[T.POPULAR_ITEMS] = store.write(
             popular.join(F.broadcast(item_ids), "item_idx")
             .select(
@@ -239,7 +241,12 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
                     else {}
                 )
                 commit = ctx.commit(
-                    model_version=model_version, input_versions=inputs, strategy=strategy, **tuned, **applied
+                    model_version=model_version,
+                    input_versions=inputs,
+                    settings_hash=settings,
+                    strategy=strategy,
+                    **tuned,
+                    **applied,
                 )
                 out[f"{T.USER_CANDIDATES}/{strategy}"] = store.write(
                     rows,

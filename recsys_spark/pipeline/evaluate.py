@@ -32,6 +32,7 @@ from recsys_spark.ingest.transforms import (
 )
 from recsys_spark.pipeline.common import writable_store
 from recsys_spark.pipeline.runs import RunContext
+from recsys_spark.pipeline.staleness import settings_hash
 from recsys_spark.session import released_caches
 from recsys_spark.storage.store import TableStore, WriteResult
 
@@ -249,7 +250,12 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
         "metric STRING, k INT, value DOUBLE, input_versions STRING, "
         "evaluated_at TIMESTAMP",
     )
-    written = store.write(df.coalesce(1), T.EVALUATION_SUMMARY, "append", ctx.commit(input_versions=inputs))
+    written = store.write(
+        df.coalesce(1),
+        T.EVALUATION_SUMMARY,
+        "append",
+        ctx.commit(input_versions=inputs, settings_hash=settings_hash(cfg, "evaluate")),
+    )
     return EvaluationResult(ctx.run_id, summary, json_path, report_path, written)
 
 

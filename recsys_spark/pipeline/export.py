@@ -29,6 +29,7 @@ from recsys_spark import tables as T
 from recsys_spark.config.schema import Config, ExportConfig
 from recsys_spark.errors import ConfigError, StorageError
 from recsys_spark.serving.redis_codec import FORMAT, RedisKeys, encode_list
+from recsys_spark.storage.published import SERVED_TABLES, current_publication
 from recsys_spark.storage.store import TableStore
 
 if TYPE_CHECKING:
@@ -184,13 +185,17 @@ def _sum_written(df: DataFrame, fn: Any) -> dict[str, int]:
 
 
 def run_export_redis(spark: SparkSession, cfg: Config, ctx: RunContext) -> ExportReport:
-    """Export the served tables' versions as of now under a new tag, switch the pointer, clean up."""
+    """Export the served tables' versions as of now (those the ``published`` pointer names, once
+    there is one) under a new tag, switch the pointer, clean up."""
     started = time.perf_counter()
     ec = cfg.export
     client = connect(ec)
     k = RedisKeys(ec.redis_prefix)
     store = TableStore(spark, cfg.storage)
-    versions = {t: store.version(t) for t in (T.USER_CANDIDATES, T.ITEM_NEIGHBORS, T.POPULAR_ITEMS, T.ITEMS)}
+    # what the Delta readers serve: the publication in force (the gate's), else the latest versions
+    published = current_publication(cfg.storage.root)
+    pointed = published.versions if published else {}
+    versions = {t: pointed.get(t, store.version(t)) for t in SERVED_TABLES}
     for table, job in ((T.USER_CANDIDATES, "candidates"), (T.POPULAR_ITEMS, "candidates"), (T.ITEMS, "ingest")):
         if versions[table] is None:
             raise StorageError(

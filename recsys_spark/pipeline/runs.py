@@ -13,7 +13,7 @@ import json
 import logging
 import platform
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
@@ -35,7 +35,7 @@ _PACKAGES = ("recsys-spark", "pyspark", "delta-spark", "deltalake", "pyarrow", "
 #: and concurrent runs of other jobs add a few more.
 _HISTORY_DEPTH = 100
 #: Keys of commit metadata that identify the writer rather than describe the inputs.
-_IDENTITY_KEYS = {"job", "run_id", "config_hash", "write_id", "input_versions"}
+_IDENTITY_KEYS = {"job", "run_id", "config_hash", "write_id", "input_versions", "settings_hash"}
 
 RUNS_SCHEMA = (
     "run_id STRING, job STRING, status STRING, started_at TIMESTAMP, finished_at TIMESTAMP, "
@@ -56,6 +56,9 @@ class RunContext:
     """Hash of the effective configuration."""
     started_at: datetime
     """UTC start time; also the 'now' that time-window validation uses, so one run is consistent."""
+    notes: dict[str, Any] = field(default_factory=dict, compare=False)
+    """What the job reports into its manifest's ``details`` besides its commits (the nightly job's
+    stage runs); filled while it runs, so a failed run records what it got through."""
 
     @classmethod
     def new(cls, job: str, cfg: Config) -> RunContext:
@@ -111,6 +114,7 @@ def manifest_row(
             extra = {k: v for k, v in c.items() if k not in _IDENTITY_KEYS and k != "version"}
             if extra:
                 details.setdefault(table, []).append({"version": c["version"], **extra})
+    details.update(ctx.notes)
     return (
         ctx.run_id,
         ctx.job,

@@ -15,6 +15,7 @@ from recsys_spark.models.ratings import capped_users
 from recsys_spark.models.similarity import fit_item_neighbors
 from recsys_spark.pipeline.common import LOOKUP_ROW_GROUP_BYTES, writable_store
 from recsys_spark.pipeline.runs import RunContext
+from recsys_spark.pipeline.staleness import settings_hash
 from recsys_spark.storage.store import WriteResult
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def run_item_similarity(spark: SparkSession, cfg: Config, ctx: RunContext) -> Wr
         commit = ctx.commit(
             model_version=model_version,
             input_versions=inputs,
+            settings_hash=settings_hash(cfg, "item-similarity"),
             capped_users=capped,
             method=method,
             params=similarity.model_dump(mode="json"),

@@ -13,6 +13,7 @@ from recsys_spark.config.schema import Config
 from recsys_spark.errors import StorageError
 from recsys_spark.pipeline.common import writable_store
 from recsys_spark.pipeline.runs import RunContext
+from recsys_spark.pipeline.staleness import settings_hash
 from recsys_spark.storage.store import WriteResult
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ def run_train_als(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[str
     commit = ctx.commit(
         model_version=model_version,
         input_versions=inputs,
+        settings_hash=settings_hash(cfg, "train-als"),
         **({"tuned": search.best, "tuned_value": search.best_value} if search else {}),
     )
     out = {

@@ -38,6 +38,7 @@ from deltalake.exceptions import TableNotFoundError
 from recsys_spark import tables as T
 from recsys_spark.errors import RecsysError, StorageError
 from recsys_spark.serving.row_groups import RowGroupIndex
+from recsys_spark.storage.published import current_publication
 from recsys_spark.uris import is_uri
 
 log = logging.getLogger(__name__)
@@ -640,8 +641,12 @@ class Recommendations(Lookups):
             )
         self.exclusions_table = exclusions_table or None
         self._names = (*LOOKUP_TABLES, *((self.exclusions_table,) if self.exclusions_table else ()))
+        # the published pointer, when the warehouse has one (the gate's): the versions to serve
+        self._published: tuple[int | None, dict[str, int]] = (None, {})
+        published = self._published_versions()
         self._snapshot = Snapshot(
-            {name: _TableVersion.open(root, name, versions.get(name)) for name in self._names}, self.exclusions_table
+            {name: _TableVersion.open(root, name, versions.get(name, published.get(name))) for name in self._names},
+            self.exclusions_table,
         )
         self._checked = time.monotonic()
 
@@ -664,15 +669,18 @@ class Recommendations(Lookups):
     def refresh(self) -> bool:
         """Switch to the newest table versions now, all in one step; True when any changed.
 
+        Once the warehouse has a ``published`` pointer, the newest versions are the ones it names
+        (a publish or a rollback moves them); tables it does not name follow their latest commit.
         Pinned tables never move. Readers holding the previous snapshot finish on it.
         """
         with self._lock:
             current = self._snapshot._tables
             moved: dict[str, _TableVersion] = {}
+            published = self._published_versions()
             for name in self._names:
                 if name in self.pinned:
                     continue
-                latest = self._latest_version(name)
+                latest = published[name] if name in published else self._latest_version(name)
                 if latest is not None and latest != current[name].version:
                     moved[name] = _TableVersion.open(self.root, name, latest)
             if moved:
@@ -684,6 +692,15 @@ class Recommendations(Lookups):
         if moved:
             log.info("lookup tables now at %s", self.versions())
         return bool(moved)
+
+    def _published_versions(self) -> dict[str, int]:
+        """The versions the publication in force names (empty before the first); re-read only
+        when the ``published`` table has a new commit."""
+        version = self._latest_version(T.PUBLISHED)
+        if version is not None and version != self._published[0]:
+            publication = current_publication(self.root)
+            self._published = (version, publication.versions if publication else {})
+        return self._published[1]
 
     def _latest_version(self, name: str) -> int | None:
         probe = self._probes.get(name)
