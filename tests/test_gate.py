@@ -195,6 +195,11 @@ def test_a_good_model_after_a_refusal_passes_and_is_published(story: Story) -> N
     assert again is not None and first is not None and again.seq == 2
     assert again.versions[T.USER_CANDIDATES] == story.latest["good again"] == story.reader["good again"]
     assert again.versions[T.USER_CANDIDATES] > first.versions[T.USER_CANDIDATES]
+    # measured against the first publication: the same settings on the same matrix
+    churn = again.stats["als"]["churn"]
+    assert churn["users"] == again.stats["als"]["users"]
+    assert 0 <= churn["changed_users"] <= 1 and 0 <= churn["mean_rbo"] <= 1 and churn["mean_jaccard"] <= 1
+    assert "churn" not in first.stats["als"]
 
 
 def test_a_rollback_is_seen_by_a_long_lived_reader_and_recorded(story: Story) -> None:

@@ -164,7 +164,7 @@ def test_two_embedded_png_figures(rendered: str) -> None:
 
 def test_sections_in_order(rendered: str) -> None:
     headings = re.findall(r"<h2>(.*?)</h2>", rendered)
-    assert [h.split()[0] for h in headings] == ["Flags", "Headline", "Metrics", "Long", "Parameters"]
+    assert [h.split()[0] for h in headings] == ["Flags", "Headline", "Metrics", "Long", "Churn", "Parameters"]
     assert rendered.index("<h1>") < rendered.index("<h2>Flags")
     assert "20261123T170000Z-abcd1234" in rendered and "2026-11-23T17:00:00+00:00" in rendered
     assert "synthetic &amp; &lt;friends&gt;" in rendered

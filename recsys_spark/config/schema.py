@@ -1068,6 +1068,15 @@ class GateConfig(_Section):
     """The largest relative drop of a strategy's item coverage against the last published version:
     lists collapsing onto a few items are a broken model even when the metric holds."""
 
+    max_changed_users: float = Field(1.0, ge=0, le=1)
+    """The largest share of users whose top 10 may differ from the publication in force (1: no
+    bound). Lists that all change overnight on a day of ordinary traffic are a model gone astray,
+    or a mapping of ids gone wrong."""
+
+    min_mean_rbo: float = Field(0.0, ge=0, le=1)
+    """The least mean rank-biased overlap (p = 0.9) of the users' top 10 with the publication in
+    force (0: no bound)."""
+
 
 class ExportConfig(_Section):
     """``recsys-spark export redis``: the served lists bulk-loaded into Redis."""

@@ -6,8 +6,10 @@ Two kinds of check, all reported together so that one refusal names everything w
   or null score, no item the user has already interacted with (at the matrix version the lists
   were built from), the share of users holding a list and of catalogue items shown;
 * against the publication in force, when there is one: the headline metric of this night's
-  evaluation may not drop by more than ``gate.max_drop`` (relative), and the row count and item
-  coverage may not move further than their bounds.
+  evaluation may not drop by more than ``gate.max_drop`` (relative), the row count and item
+  coverage may not move further than their bounds, and, when bounded, the churn of the users'
+  top 10 (:mod:`recsys_spark.evaluation.churn`) may not exceed ``gate.max_changed_users`` nor
+  fall below ``gate.min_mean_rbo``.
 
 The metric comes from the evaluation stage, which scores every strategy with the code that writes
 ``user_candidates``, fitted with the same settings on a held-out split of the same matrix: a
@@ -124,6 +126,19 @@ def gate_checks(
             f"{s['rows']:,} rows against {before['rows']:,} published, {change:.1%} apart "
             f"(gate.max_rows_change = {cfg.max_rows_change:.0%})",
         )
+        churn = s.get("churn")
+        if churn:
+            check(
+                "changed users",
+                churn["changed_users"] <= cfg.max_changed_users,
+                f"{churn['changed_users']:.1%} of the users' top 10 changed (gate.max_changed_users = "
+                f"{cfg.max_changed_users:.0%})",
+            )
+            check(
+                "rank-biased overlap",
+                churn["mean_rbo"] >= cfg.min_mean_rbo,
+                f"mean RBO {churn['mean_rbo']:.3f} with the published top 10 (gate.min_mean_rbo = {cfg.min_mean_rbo})",
+            )
         drop = _relative_drop(before["item_coverage"], s["item_coverage"])
         check(
             "coverage drop",

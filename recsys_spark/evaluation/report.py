@@ -647,6 +647,44 @@ def _section_long_tail(
     return "<h2>Long tail</h2>" + _img(fig, "training popularity curve and catalogue coverage per model", caption)
 
 
+def churn_figure(churn: Sequence[Mapping[str, Any]]) -> Figure | None:
+    """Share of users whose top 10 changed, and mean rank-biased overlap, at each recent
+    publication, one line per strategy; None when no publication measured churn yet."""
+    if not churn:
+        return None
+    fig = Figure(figsize=(12.4, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for strategy in sorted({str(r["strategy"]) for r in churn}):
+        rows = sorted((r for r in churn if r["strategy"] == strategy), key=lambda r: r["seq"])
+        seqs = [r["seq"] for r in rows]
+        left.plot(seqs, [r["changed_users"] for r in rows], marker="o", label=_plain(strategy))
+        right.plot(seqs, [r["mean_rbo"] for r in rows], marker="o", label=_plain(strategy))
+    for ax, title in ((left, "users whose top 10 changed"), (right, "mean rank-biased overlap (p = 0.9)")):
+        ax.set_title(title)
+        ax.set_xlabel("publication")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    left.legend(loc="best", fontsize="small")
+    return fig
+
+
+def _section_churn(evaluation: EvaluationDocument) -> str:
+    fig = churn_figure(evaluation.get("churn") or [])
+    if fig is None:
+        return (
+            '<h2>Churn</h2><p class="note">No churn recorded yet: each publish measures it against the '
+            "publication before (recsys-spark publish, the nightly job's last stage).</p>"
+        )
+    caption = (
+        "At each publication, against the one before: the share of users whose served top 10 changed "
+        "(other items or another order), and the mean rank-biased overlap of the two top 10s "
+        "(1: identical, 0: disjoint). This run's own lists are published after it, so they show from "
+        "the next report on."
+    )
+    return "<h2>Churn</h2>" + _img(fig, "churn of the served lists at recent publications", _esc(caption))
+
+
 def _scalar(value: Any) -> str:
     if isinstance(value, str):
         return _esc(value)
@@ -721,6 +759,7 @@ def render_html(evaluation: EvaluationDocument) -> str:
             _section_headline(summary, names, models, k, head, n_splits),
             _section_metric_vs_k(summary, names, models, k, n_splits),
             _section_long_tail(evaluation, summary, names, models, ks),
+            _section_churn(evaluation),
             _section_parameters(evaluation),
         ]
     )

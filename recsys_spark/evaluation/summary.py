@@ -77,3 +77,5 @@ class EvaluationDocument(_Results, total=False):
     popularity: dict[str, Any]
     input_versions: dict[str, int | None]
     config: dict[str, Any]
+    churn: list[dict[str, Any]]
+    """Churn of the served top 10 at each recent publication (see evaluation.churn.churn_history)."""

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 from recsys_spark import tables as T
 from recsys_spark.config.schema import Config
 from recsys_spark.errors import StorageError
+from recsys_spark.evaluation.churn import churn_history
 from recsys_spark.ingest.sources import list_source_files, read_source
 from recsys_spark.ingest.transforms import (
     accepted_events,
@@ -34,6 +35,7 @@ from recsys_spark.pipeline.common import writable_store
 from recsys_spark.pipeline.runs import RunContext
 from recsys_spark.pipeline.staleness import settings_hash
 from recsys_spark.session import released_caches
+from recsys_spark.storage.published import publications
 from recsys_spark.storage.store import TableStore, WriteResult
 
 log = logging.getLogger(__name__)
@@ -221,6 +223,8 @@ def run_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> Evaluatio
         "popularity": popularity_curve,
         "input_versions": inputs,
         "config": cfg.model_dump(mode="json"),
+        # measured by each publish against the one before; this night's publish comes after
+        "churn": churn_history(publications(cfg.storage.root)),
     }
     out_dir = Path(ec.output_dir) / ctx.run_id
     out_dir.mkdir(parents=True, exist_ok=True)

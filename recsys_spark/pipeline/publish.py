@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import tables as T
 from recsys_spark.errors import ConfigError, GateRefusedError, StorageError
+from recsys_spark.evaluation.churn import list_churn
 from recsys_spark.evaluation.gate import GateCheck, gate_checks, list_stats
 from recsys_spark.pipeline.common import writable_store
 from recsys_spark.pipeline.staleness import last_stage_commit, settings_hash, why_stale
@@ -149,6 +150,12 @@ def run_publish(spark: SparkSession, cfg: Config, ctx: RunContext) -> PublishRes
     for strategy in strategies:
         if strategy not in stats:
             checks.append(GateCheck(strategy, "lists", False, "user_candidates holds no list of it"))
+    if current is not None:
+        # the users' top 10 against what readers are served now
+        served = store.read(T.USER_CANDIDATES, version=current.versions[T.USER_CANDIDATES])
+        for strategy, figures in list_churn(lists, served.where(F.col("strategy").isin(strategies))).items():
+            if strategy in stats:
+                stats[strategy]["churn"] = figures
     for strategy, s in stats.items():
         s["user_coverage"] = s["users"] / n_users if n_users else 0.0
         s["item_coverage"] = s["items"] / n_items if n_items else 0.0
@@ -160,6 +167,7 @@ def run_publish(spark: SparkSession, cfg: Config, ctx: RunContext) -> PublishRes
         "versions": latest,
         "metric": metric,
         "checks": [asdict(c) for c in checks],
+        "churn": {name: s["churn"] for name, s in stats.items() if "churn" in s},
     }
     if failed:
         in_force = ", ".join(f"{t} v{v}" for t, v in current.versions.items()) if current else "the latest versions"
