@@ -42,6 +42,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def synthetic_args(root: Path | str, tmp: Path, **sets: object) -> list[str]:
+    """``--set`` options for a CLI run on a small synthetic log: tables under ``root``, the raw
+    log in ``tmp/raw``, reports in ``tmp/reports``, a local session; ``sets`` add or override
+    keys (dotted names, so pass them as ``**{"als.rank": 4}``)."""
+    every: dict[str, object] = {
+        "storage.root": root,
+        "generate.output": tmp / "raw",
+        "ingest.source.path": tmp / "raw",
+        "ingest.source.preset": "synthetic",
+        "candidates.k": 10,
+        "evaluation.ks": "[10]",
+        "evaluation.output_dir": tmp / "reports",
+        "spark.master": "local[2]",
+        "spark.ui_enabled": "false",
+        **sets,
+    }
+    return [a for k, v in every.items() for a in ("--set", f"{k}={v}")]
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return _shared_data()

@@ -29,6 +29,7 @@ from recsys_spark.pipeline.staleness import last_stage_commit
 from recsys_spark.serving.lookup import Recommendations
 from recsys_spark.storage.published import Publication, current_publication, publications
 from recsys_spark.storage.store import TableStore
+from tests.conftest import synthetic_args
 
 
 @dataclass
@@ -48,25 +49,16 @@ class Story:
 
 def _args(root: Path, tmp: Path, **extra: object) -> list[str]:
     sets: dict[str, object] = {
-        "storage.root": root,
-        "generate.output": tmp / "raw",
-        "ingest.source.path": tmp / "raw",
-        "ingest.source.preset": "synthetic",
         "generate.num_events": 12000,
         "generate.num_users": 400,
         "generate.num_items": 150,
         "als.rank": 8,
         "als.max_iter": 6,
         "similarity.method": "cosine",
-        "candidates.k": 10,
         "candidates.strategies": '["als"]',
-        "evaluation.ks": "[10]",
-        "evaluation.output_dir": tmp / "reports",
-        "spark.master": "local[2]",
-        "spark.ui_enabled": "false",
         **extra,
     }
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    return synthetic_args(root, tmp, **sets)
 
 
 def _run(argv: list[str]) -> tuple[int, str]:

@@ -16,6 +16,7 @@ from recsys_spark import tables as T
 from recsys_spark.cli import main
 from recsys_spark.config.schema import Config
 from recsys_spark.storage.store import TableStore, table_history
+from tests.conftest import synthetic_args
 
 #: The jobs of one pipeline round, in order (generate runs once: the input stays the same).
 Rounds = tuple[TableStore, list[dict[str, int | None]]]
@@ -51,26 +52,20 @@ KEYS = {
 
 
 def _args(cfg: Config, tmp_path: Path) -> list[str]:
-    sets = {
-        "storage.root": cfg.storage.root,
-        "generate.output": tmp_path / "raw",
-        "ingest.source.path": tmp_path / "raw",
-        "ingest.source.preset": "synthetic",
-        "generate.num_events": 6000,
-        "generate.num_users": 300,
-        "generate.num_items": 150,
-        "als.rank": 4,
-        "als.max_iter": 3,
-        "similarity.top_n": 10,
-        "similarity.method": "cosine",
-        "candidates.k": 10,
-        "evaluation.max_users": 200,
-        "evaluation.ks": "[10]",
-        "evaluation.output_dir": tmp_path / "reports",
-        "spark.master": "local[2]",
-        "spark.ui_enabled": "false",
-    }
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    return synthetic_args(
+        cfg.storage.root,
+        tmp_path,
+        **{
+            "generate.num_events": 6000,
+            "generate.num_users": 300,
+            "generate.num_items": 150,
+            "als.rank": 4,
+            "als.max_iter": 3,
+            "similarity.top_n": 10,
+            "similarity.method": "cosine",
+            "evaluation.max_users": 200,
+        },
+    )
 
 
 def _content(df: DataFrame) -> DataFrame:
