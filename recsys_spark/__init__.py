@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from recsys_spark.pipeline.evaluate import run_evaluate
     from recsys_spark.pipeline.generate import run_generate
     from recsys_spark.pipeline.ingest import run_ingest
+    from recsys_spark.pipeline.refresh import run_refresh_users
     from recsys_spark.pipeline.runs import RunContext
     from recsys_spark.pipeline.similarity import run_item_similarity
     from recsys_spark.pipeline.train import run_train_als
@@ -47,6 +48,7 @@ _EXPORTS = {
     "run_train_als": "recsys_spark.pipeline.train",
     "run_item_similarity": "recsys_spark.pipeline.similarity",
     "run_candidates": "recsys_spark.pipeline.candidates",
+    "run_refresh_users": "recsys_spark.pipeline.refresh",
     "run_evaluate": "recsys_spark.pipeline.evaluate",
     "TableStore": "recsys_spark.storage.store",
     "Recommendations": "recsys_spark.serving.lookup",
@@ -65,6 +67,7 @@ __all__ = [
     "run_generate",
     "run_ingest",
     "run_item_similarity",
+    "run_refresh_users",
     "run_train_als",
 ]
 

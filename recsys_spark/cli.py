@@ -197,6 +197,12 @@ def _cmd_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
         print(f"{name} v{w.version}: {w.rows:,} rows in {w.files} file(s)")
 
 
+def _cmd_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
+    from recsys_spark.pipeline.refresh import run_refresh_users
+
+    print(run_refresh_users(spark, cfg, ctx).render())
+
+
 def _cmd_evaluate(spark: SparkSession, cfg: Config, ctx: RunContext) -> None:
     from recsys_spark.pipeline.evaluate import run_evaluate
 
@@ -237,6 +243,7 @@ STAGES: dict[str, JobFn] = {
     "train-als": _cmd_train_als,
     "item-similarity": _cmd_item_similarity,
     "candidates": _cmd_candidates,
+    "refresh-users": _cmd_refresh_users,
     "evaluate": _cmd_evaluate,
     "export-redis": _cmd_export_redis,
     "publish": _cmd_publish,
@@ -450,6 +457,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "candidates",
         "precompute popular_items and per-user top-k user_candidates (candidates.* settings)",
         aliases=[a for a, stage in ALIASES.items() if stage == "candidates"],
+    )
+    add(
+        "refresh-users",
+        "fold in the users whose interactions changed since the lists were built: fresh ALS user factors "
+        "against the fixed item factors, and their candidate rows alone (refresh.* settings)",
     )
     look = add("lookup", "fetch precomputed rows without Spark: a user's candidates or an item's neighbours")
     look.add_argument("what", choices=["user", "item"])

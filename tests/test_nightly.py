@@ -24,6 +24,7 @@ from recsys_spark.cli import main
 from recsys_spark.config.schema import Config
 from recsys_spark.pipeline.staleness import settings_hash, why_stale
 from recsys_spark.storage.store import TableStore
+from tests.conftest import synthetic_args
 
 EVERY_STAGE = [
     "ingest",
@@ -65,10 +66,6 @@ class Nights:
 
 def _args(root: Path, tmp: Path, **extra: object) -> list[str]:
     sets: dict[str, object] = {
-        "storage.root": root,
-        "generate.output": tmp / "raw",
-        "ingest.source.path": tmp / "raw",
-        "ingest.source.preset": "synthetic",
         "generate.num_events": 3000,
         "generate.num_users": 150,
         "generate.num_items": 80,
@@ -76,20 +73,15 @@ def _args(root: Path, tmp: Path, **extra: object) -> list[str]:
         "als.max_iter": 2,
         "similarity.method": "als",
         "similarity.top_n": 10,
-        "candidates.k": 10,
         "candidates.strategies": '["als", "item_item"]',
         "evaluation.max_users": 100,
-        "evaluation.ks": "[10]",
-        "evaluation.output_dir": tmp / "reports",
-        "spark.master": "local[2]",
-        "spark.ui_enabled": "false",
         # this module is about which stages run; the gate's bounds are tested in test_gate.py
         "gate.max_drop": 1,
         "gate.max_rows_change": 10,
         "gate.max_coverage_drop": 1,
         **extra,
     }
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    return synthetic_args(root, tmp, **sets)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +165,9 @@ def test_a_new_source_file_reruns_every_stage(nights: Nights) -> None:
     assert fifth.ran == EVERY_STAGE
     ingest = next(s for s in fifth.stages if s["stage"] == "ingest")
     assert ingest["why"].endswith("new events") and not ingest["why"].startswith("0 ")
+    # the fold-in refresh is off unless configured (test_refresh.py covers it)
+    train = next(s for s in fifth.stages if s["stage"] == "train-als")
+    assert train["why"].endswith("; retrain: refresh.fold_in = false")
     assert fifth.versions[T.INTERACTIONS] > nights.nights[3].versions[T.INTERACTIONS]
 
 

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "serve": "serve",
     "export": "export",
     "pipeline": "pipeline",
+    "refresh": "refresh",
     "quality": "quality",
 }
 #: What runs without --only: quality takes the better part of an hour (every dataset, every split,

@@ -1078,6 +1078,32 @@ class GateConfig(_Section):
     force (0: no bound)."""
 
 
+class RefreshConfig(_Section):
+    """``recsys-spark refresh-users`` and the nightly job's choice between folding in the users whose
+    interactions changed and a full retrain (see README, "Running it every night")."""
+
+    fold_in: bool = False
+    """Let the nightly job fold in the changed users (fresh user factors against the fixed item
+    factors, and their candidate rows alone) when every bound below holds; false: any change of
+    the interaction data retrains. Off by default because it does not pay at the demo's size:
+    with 10% of 50,000 users changed a refresh took 1.9x the time of train-als + candidates
+    (BENCHMARKS.md, "Fold-in refresh"), the rewrite of every unchanged user's lists into the
+    lookup layout costing as much as building them. Turn it on where training dominates."""
+
+    max_changed_users: float = Field(0.2, ge=0, le=1)
+    """The largest share of the users, counted since the last full training, whose interactions
+    may have changed for a night to fold in: past it, the items' factors and neighbours have
+    drifted from what the users now do, so the night retrains."""
+
+    retrain_every_days: float = Field(7.0, gt=0, le=3650)
+    """A full retrain once the last one is this many days old, however few users changed: new
+    items only enter the models, and the neighbours, at a retrain."""
+
+    max_new_items: float = Field(0.05, ge=0, le=1)
+    """The largest share of the catalogue that may have arrived since the last full training
+    (items without a factor, which fold-in cannot recommend) for a night to fold in."""
+
+
 class ExportConfig(_Section):
     """``recsys-spark export redis``: the served lists bulk-loaded into Redis."""
 
@@ -1144,6 +1170,9 @@ class Config(_Section):
 
     gate: GateConfig = Field(default_factory=GateConfig)
     """The checks new lists must pass before they are published to readers."""
+
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig)
+    """Fold-in refreshes between full retrains, and when the nightly job chooses one."""
 
     @model_validator(mode="after")
     def _paths_outside_table_root(self) -> Config:

@@ -31,6 +31,7 @@ from recsys_spark.pipeline.candidates import run_candidates
 from recsys_spark.pipeline.evaluate import run_evaluate
 from recsys_spark.pipeline.ingest import run_ingest
 from recsys_spark.pipeline.publish import run_publish
+from recsys_spark.pipeline.refresh import choose_refresh, fold_in_floors, run_refresh_users
 from recsys_spark.pipeline.similarity import run_item_similarity
 from recsys_spark.pipeline.staleness import last_stage_commit, settings_hash, why_stale
 from recsys_spark.pipeline.train import als_summary, run_train_als
@@ -118,6 +119,17 @@ def _candidates_stale(store: TableStore, cfg: Config) -> str | None:
     return None
 
 
+def _only_data_moved(store: TableStore, cfg: Config) -> bool:
+    """Whether the user factors are stale only because the interaction data moved: they exist, and
+    their settings are the configuration's, so a fold-in could make them current."""
+    entry = last_stage_commit(store, T.USER_FACTORS)
+    return (
+        entry is not None
+        and store.exists(T.ITEM_FACTORS)
+        and entry.metadata.get("settings_hash") == settings_hash(cfg, "train-als")
+    )
+
+
 def run_nightly(
     spark: SparkSession,
     cfg: Config,
@@ -154,7 +166,13 @@ def run_nightly(
     why = why_stale(store, T.USER_FACTORS, settings_hash(cfg, "train-als")) or (
         None if store.exists(T.ITEM_FACTORS) else "item_factors not written yet"
     )
-    if why:
+    decision = choose_refresh(store, cfg) if why and _only_data_moved(store, cfg) else None
+    if decision is not None and decision.fold_in:
+        refreshed = run_refresh_users(spark, cfg, ctx)
+        done("refresh-users", True, f"{why}; {decision.why}", started, refreshed.writes)
+        say(f"[2/{steps}] " + refreshed.render() + f" ({decision.why})")
+    elif why:
+        why = f"{why}; {decision.why}" if decision else why
         trained = run_train_als(spark, cfg, ctx)
         done("train-als", True, why, started, trained.values())
         say(f"[2/{steps}] " + als_summary(cfg, trained) + f" ({why})")
@@ -165,7 +183,9 @@ def run_nightly(
     for step, method in enumerate(methods, start=3):
         started = time.perf_counter()
         mcfg = cfg.with_overrides([f"similarity.method={method}"])
-        why = why_stale(store, T.ITEM_NEIGHBORS, settings_hash(mcfg, "item-similarity"), {"method": method})
+        why = why_stale(
+            store, T.ITEM_NEIGHBORS, settings_hash(mcfg, "item-similarity"), {"method": method}, fold_in_floors(store)
+        )
         stage = f"item-similarity:{method}"
         if why:
             w = run_item_similarity(spark, mcfg, ctx)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,9 +60,20 @@ def last_stage_commit(store: TableStore, table: str, match: dict[str, Any] | Non
     return None
 
 
-def why_stale(store: TableStore, table: str, expected_settings: str, match: dict[str, Any] | None = None) -> str | None:
+def why_stale(
+    store: TableStore,
+    table: str,
+    expected_settings: str,
+    match: dict[str, Any] | None = None,
+    floors: Mapping[str, int] | None = None,
+) -> str | None:
     """Why the stage writing ``table`` (the ``match`` partition of it) must run, or None when its
-    latest commit was built from the latest version of every input with ``expected_settings``."""
+    latest commit was built from the latest version of every input with ``expected_settings``.
+
+    ``floors``: inputs for which any version from the given one on is current. Between full
+    retrains the item-side models stay as the base model was trained (the fold-in refresh moves
+    the users alone), so their inputs need only be as new as the base model's.
+    """
     part = "" if not match else " (" + ", ".join(f"{k} = {v!r}" for k, v in match.items()) + ")"
     entry = last_stage_commit(store, table, match)
     if entry is None:
@@ -74,6 +86,8 @@ def why_stale(store: TableStore, table: str, expected_settings: str, match: dict
         return f"settings changed since {table}{part} v{entry.version}"
     for name, version in sorted((meta.get("input_versions") or {}).items()):
         now = store.version(name)
+        if floors and name in floors and version is not None and version >= floors[name]:
+            continue
         if now != version:
             return f"{name} is at v{now}, {table}{part} v{entry.version} was built from v{version}"
     return None
