@@ -284,8 +284,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
         cached.append(fresh)
         n_fresh = fresh.count()
         old = store.read(T.USER_FACTORS).select("user_idx", "user_id", "factors", "model_version")
-        n_new = changed.join(old, "user_idx", "left_semi").count()
-        n_new = n_changed - n_new
+        n_new = changed.join(old, "user_idx", "left_anti").count()  # changed users without a factor before
         record = {
             "base_model": base.model_version,
             "from_version": since,
