@@ -255,6 +255,45 @@ def test_largest_abs_overall_is_exact_with_ties_zeros_and_subnormals(
             np.testing.assert_array_equal(cols, want_cols)
 
 
+def test_largest_abs_overall_with_a_row_scale_ranks_each_row_by_its_scaled_values() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        w = np.round(rng.normal(size=(int(rng.integers(1, 10)), int(rng.integers(1, 10)))), 1)
+        scale = rng.choice([0.0, 0.5, 1.0, 3.0], size=len(w))
+        for count in (1, w.size // 2, w.size):
+            rows, cols = largest_abs_overall(w, count, scale)
+            want_rows, want_cols = _largest_abs_by_sort(w * scale[:, None], count)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(cols, want_cols)
+
+
+def test_score_pruning_keeps_the_weights_that_move_the_training_scores_most(spark: SparkSession) -> None:
+    rows = _rows(seed=8)
+    df = spark.createDataFrame(rows, "user_idx INT, item_idx INT, confidence DOUBLE")
+    items, x = _capped_matrix(rows, "linear", 1.0, 8)
+    ref = _reference_ease(x, 3.0)
+    # dropping B[i, j] changes the training scores XB by x[:, i] * B[i, j]: a squared change of G_ii B_ij^2
+    moved = np.abs(ref) * np.linalg.norm(x, axis=0)[:, None]
+    want_rows, want_cols = _largest_abs_by_sort(moved, len(items) * 3)
+    want = {(int(items[r]), int(items[c])): ref[r, c] for r, c in zip(want_rows, want_cols)}
+    by_abs_rows, by_abs_cols = _largest_abs_by_sort(ref, len(items) * 3)
+    assert set(zip(by_abs_rows.tolist(), by_abs_cols.tolist())) != set(zip(want_rows.tolist(), want_cols.tolist()))
+    params = SimilarityConfig(
+        method="ease",
+        top_n=3,
+        max_user_items=8,
+        block_items=4,
+        ease=EaseConfig(confidence="linear", l2=3.0, prune="score"),
+    )
+    grams = ease.EaseGrams(df)
+    for got in (item_ease(df, params).collect(), ease.fit_ease(df, params, grams).neighbors.collect()):
+        assert {(r.item_idx, r.neighbor_idx) for r in got} == set(want)
+        np.testing.assert_allclose(
+            [r.similarity for r in got], [want[r.item_idx, r.neighbor_idx] for r in got], rtol=0, atol=1e-6
+        )
+    grams.release()
+
+
 def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(
     spark: SparkSession,
 ) -> None:
