@@ -38,7 +38,8 @@ def _scan(paths: list[Path], keys: list[str]) -> list[tuple]:
     return sorted(zip(*(t[c].to_pylist() for c in ("user_id", "rank", "item_idx", "source"))))
 
 
-def test_keys_straddling_row_groups_and_files_come_back_whole(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dictionary", [["source"], ["source", "user_id"]])
+def test_keys_straddling_row_groups_and_files_come_back_whole(tmp_path: Path, dictionary: list[str]) -> None:
     # 7 rows per user in row groups of 5: most users straddle two groups
     paths = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
     _write(paths[0], list(range(0, 40)), 7, 5)
@@ -47,11 +48,22 @@ def test_keys_straddling_row_groups_and_files_come_back_whole(tmp_path: Path) ->
     assert index is not None
     rng = random.Random(0)
     for keys in [["u00000"], ["u00039"], ["u00040"], ["u00089"], [f"u{rng.randrange(90):05d}" for _ in range(9)]]:
-        got = index.read("user_id", keys, ["user_id", "rank", "item_idx", "source"], ["source"])
+        got = index.read("user_id", keys, ["user_id", "rank", "item_idx", "source"], dictionary)
         assert sorted(zip(*(got[c].to_pylist() for c in got.column_names))) == _scan(paths, keys)
     # unknown keys, below, between and above every range
     for missing in ("a", "u00039x", "zzz"):
-        assert index.read("user_id", [missing], ["rank"], []).num_rows == 0
+        assert index.read("user_id", [missing], ["rank"], dictionary).num_rows == 0
+
+
+def test_a_keys_rows_spread_inside_a_row_group_are_all_found_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "a.parquet"
+    users = ["u1", "u2", "u1", "u3", "u1", "u3"]  # one row group holding u1's rows apart
+    pq.write_table(pa.table({"user_id": users, "rank": pa.array(range(6), pa.int32())}), path)
+    index = RowGroupIndex.build([str(path)], "user_id")
+    assert index is not None
+    for key, ranks in (("u1", [0, 2, 4]), ("u2", [1]), ("u3", [3, 5])):
+        got = index.read("user_id", [key], ["user_id", "rank"], ["user_id"])
+        assert got["rank"].to_pylist() == ranks and set(got["user_id"].to_pylist()) == {key}
 
 
 def test_files_not_sorted_by_the_key_are_not_indexed(tmp_path: Path) -> None:

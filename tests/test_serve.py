@@ -271,6 +271,134 @@ def test_health_readiness_metrics_and_the_openapi_page(url: str) -> None:
     assert status == 200 and "swagger" in page.lower()
 
 
+def _raw(url: str, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url + path, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get("Content-Type", ""), err.read()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/users/u1/recommendations",
+        "/v1/users/u1/recommendations?k=3",
+        "/v1/users/u1/recommendations?k=3&strategy=als",
+        "/v1/users/u1/recommendations?strategy=als&k=2",
+        "/v1/users/u1/recommendations?strategy=",
+        "/v1/users/u1/recommendations?strategy=a%6Cs",
+        "/v1/users/u1/recommendations?strategy=alss",
+        "/v1/users/u1/recommendations?strategy=%FF",
+        "/v1/users/u1/recommendations?k=0",
+        "/v1/users/u1/recommendations?k=11",
+        "/v1/users/u1/recommendations?k=0003",
+        "/v1/users/u1/recommendations?k=ten",
+        "/v1/users/u1/recommendations?k=",
+        "/v1/users/u1/recommendations?k",
+        "/v1/users/u1/recommendations?k=2&k=3",
+        "/v1/users/u1/recommendations?%6B=2",
+        "/v1/users/u1/recommendations?k=2&exclude=i5",
+        "/v1/users/u1/recommendations?k=2&other=1",
+        "/v1/users/u1/recommendations?k=2&&strategy=als",
+        "/v1/users/nobody/recommendations?k=2",
+        "/v1/users/%20/recommendations",
+        "/v1/users/u%31/recommendations?k=2",
+        "/v1/users//recommendations",
+        "/v1/users/u1/x/recommendations",
+        "/v1/users/u1/recommendations/",
+    ],
+)
+def test_plain_user_requests_get_the_same_bytes_from_the_fast_path_as_from_fastapi(
+    url: str, plain_url: str, path: str
+) -> None:
+    assert _raw(url, path) == _raw(plain_url, path)
+    assert _raw(url, path, "HEAD")[:2] == _raw(plain_url, path, "HEAD")[:2]
+
+
+@pytest.mark.parametrize(
+    ("query", "parsed"),
+    [
+        (b"", (None, None)),
+        (b"k=3", (3, None)),
+        (b"strategy=blend&k=12", (12, "blend")),
+        (b"strategy=a%20b+c", (None, "a b c")),
+        (b"k=-1", None),
+        (b"k=1e3", None),
+        (b"k=1234567890", None),
+        (b"k=2&k=3", None),
+        (b"exclude=i1", None),
+        (b"k", None),
+        (b"k=2&", None),
+        (b"strategy=%FF", "error"),
+    ],
+)
+def test_only_a_plain_k_and_strategy_take_the_fast_path(query: bytes, parsed: Any) -> None:
+    from recsys_spark.serving.app import _plain_query
+
+    if parsed == "error":
+        with pytest.raises(UnicodeDecodeError):
+            _plain_query(query)
+    else:
+        assert _plain_query(query) == parsed
+
+
+def test_the_fast_path_answers_plain_requests_itself_and_passes_the_rest_on() -> None:
+    import asyncio
+
+    from recsys_spark.serving.app import _UserFastPath
+
+    passed, answered = [], []
+
+    async def fastapi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        passed.append(scope["path"])
+
+    class _Answer:
+        async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+            answered.append((scope["path"], scope["route"]))
+
+    async def handler(user_id: str, k: int | None, strategy: str | None) -> _Answer:
+        answered.append((user_id, k, strategy))
+        return _Answer()
+
+    fast = _UserFastPath(fastapi, handler, "the route")
+
+    def call(path: str, query: bytes = b"", method: str = "GET") -> None:
+        scope = {"type": "http", "method": method, "path": path, "query_string": query, "root_path": ""}
+        asyncio.run(fast(scope, None, None))
+
+    call("/v1/users/u7/recommendations", b"k=4")
+    call("/v1/users/u7/recommendations", b"exclude=i1")
+    call("/v1/users/u7/recommendations", b"k=4", method="HEAD")
+    call("/v1/users//recommendations")
+    call("/v1/items/i1/similar")
+    assert answered == [("u7", 4, None), ("/v1/users/u7/recommendations", "the route")]
+    assert passed == ["/v1/users/u7/recommendations"] * 2 + ["/v1/users//recommendations", "/v1/items/i1/similar"]
+
+
+@pytest.fixture(scope="module")
+def plain_url(warehouse: str) -> Iterator[str]:
+    recs = Recommendations.open(warehouse)
+    settings = ServiceSettings(serve=ServeConfig(refresh_seconds=0.1, max_k=10, max_batch=5))
+    service = Service(create_app(recs, settings, fast_path=False), bind("127.0.0.1", 0)).start()
+    yield service.url
+    service.stop()
+
+
+def test_the_fast_path_counts_its_requests_under_the_route_template(warehouse: str) -> None:
+    service = _start(warehouse)
+    try:
+        for path in ("/v1/users/u1/recommendations?k=2", "/v1/users/u1/recommendations?k=0"):
+            _call(service.url, path)
+        _, text = _call(service.url, "/metrics")
+    finally:
+        service.stop()
+    route = 'endpoint="/v1/users/{user_id}/recommendations"'
+    assert f'recsys_requests_total{{{route},status="200"}} 1.0' in text
+    assert f'recsys_requests_total{{{route},status="422"}} 1.0' in text
+
+
 def test_a_service_over_an_empty_warehouse_is_up_but_not_ready(tmp_path: Path) -> None:
     service = _start(str(tmp_path / "empty"))
     try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import unquote
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -460,19 +461,30 @@ class Snapshot:
         ids = self._tables[T.ITEMS].ids_by_index("item_id", "item_idx")
 
         def head(rows: pa.Table) -> pa.Table:
-            return rows if max_rank is None else rows.filter(pc.less_equal(rows["rank"], max_rank))
+            if max_rank is None:
+                return rows
+            # one user's rows come in rank order (the jobs sort by key, then rank): a slice, where
+            # a compute filter costs ~40 us whatever its size
+            ranks = rows["rank"].to_numpy()
+            if len(ranks) < 2 or bool(np.all(ranks[1:] >= ranks[:-1])):
+                return rows.slice(0, int(np.searchsorted(ranks, max_rank, side="right")))
+            return rows.filter(pc.less_equal(rows["rank"], max_rank))
 
         # the key stays dictionary-encoded: a row group holds a few dozen keys, each on ~100 rows
         dictionary = ["source", key_col]
         if ids is not None:
             got = head(table.rows(key_col, keys, columns, partition, dictionary=dictionary))
             named: dict[str, list[Any]] = {}
+            if len(keys) == 1 and key_col in columns:  # every row has the one key: no need to decode it
+                named[key_col] = [keys[0]] * got.num_rows
+                got = got.drop_columns([key_col])
             for id_col, idx_col in pairs:
                 idx = got[idx_col]
                 if idx.null_count == len(idx):
                     named[id_col] = [None] * len(idx)
                     continue
-                if pc.max(idx).as_py() >= len(ids):
+                top = idx.to_numpy().max() if idx.null_count == 0 else pc.max(idx).as_py()
+                if top >= len(ids):
                     break
                 names = pc.take(ids, idx)
                 if names.null_count != idx.null_count:

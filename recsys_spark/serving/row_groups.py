@@ -24,6 +24,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -49,8 +50,13 @@ class RowGroupIndex:
     files are not laid out for it."""
 
     def __init__(self, paths: list[str], metadata: list[pq.FileMetaData], groups: list[_Group]) -> None:
-        self._paths, self._metadata, self._groups = paths, metadata, groups
+        self._paths, self._metadata = paths, metadata
+        # parallel lists of strings and ints rather than one object per group: 120,000 groups at 1M
+        # users x 100 candidates, each an object the garbage collector would walk in every full
+        # collection of a long-lived service
         self._lows = [g.lo for g in groups]
+        self._highs = [g.hi for g in groups]
+        self._where = [(g.file, g.row_group) for g in groups]
         self._lock = threading.Lock()
         self._idle: dict[tuple[int, tuple[str, ...]], list[pq.ParquetFile]] = {}
 
@@ -87,7 +93,11 @@ class RowGroupIndex:
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
-        return pq.ParquetFile(self._paths[f], metadata=self._metadata[f], read_dictionary=dictionary)
+        # memory-mapped, without pre-buffering: a read of one small row group took 100 us where the
+        # default buffered read took 163 us (1M users x 100 candidates, row groups of ~830 rows)
+        return pq.ParquetFile(
+            self._paths[f], metadata=self._metadata[f], read_dictionary=dictionary, memory_map=True, pre_buffer=False
+        )
 
     def _give_back(self, f: int, dictionary: list[str], reader: pq.ParquetFile) -> None:
         with self._lock:
@@ -97,18 +107,19 @@ class RowGroupIndex:
                 return
         reader.close()
 
-    def _groups_of(self, key: str) -> list[_Group]:
+    def _groups_of(self, key: str) -> list[tuple[int, int]]:
+        """(file, row group) of every group whose key range holds ``key``."""
         i = bisect.bisect_right(self._lows, key) - 1
         found = []
-        while i >= 0 and self._groups[i].hi >= key:
-            found.append(self._groups[i])
+        while i >= 0 and self._highs[i] >= key:
+            found.append(self._where[i])
             i -= 1
         return found
 
     def read(self, key_column: str, keys: list[str], columns: list[str], dictionary: list[str]) -> pa.Table:
         """The rows whose ``key_column`` is one of ``keys``; ``dictionary`` columns stay dictionary-
         encoded (low-cardinality strings, decoded at a fraction of the cost)."""
-        wanted = sorted({(g.file, g.row_group) for key in keys for g in self._groups_of(key)})
+        wanted = sorted({where for key in keys for where in self._groups_of(key)})
         read = columns if key_column in columns else [key_column, *columns]
         dictionary = [c for c in dictionary if c in read]
         parts = []
@@ -121,5 +132,33 @@ class RowGroupIndex:
         if not parts:  # build() indexes at least one file, so there is a schema to be empty in
             return self._metadata[0].schema.to_arrow_schema().empty_table().select(columns)
         table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+        if len(keys) == 1:
+            at = _positions(table[key_column], keys[0])
+            if at is not None:
+                # a key's rows are one run of a sorted file: a zero-copy slice when they are
+                if len(at) and at[-1] - at[0] + 1 == len(at):
+                    return table.slice(int(at[0]), len(at)).select(columns)
+                return table.take(pa.array(at)).select(columns)
         mask = pc.equal(table[key_column], keys[0]) if len(keys) == 1 else pc.is_in(table[key_column], pa.array(keys))
         return table.filter(mask).select(columns)
+
+
+def _positions(column: pa.ChunkedArray, key: str) -> np.ndarray | None:
+    """Row positions of ``key`` in a dictionary-encoded column, found on the integer indices (the
+    row group's few distinct keys are looked up, not its rows' strings compared); None for a plain
+    column.
+
+    Why: on 1M users x 100 candidates a lookup spent more in pyarrow compute calls (key equality,
+    the filter, then the rank filter: ~40 us of fixed cost each) than in decoding the row group.
+    """
+    found, offset = [], 0
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            return None
+        # a row group's dictionary holds its few keys: a Python search beats a compute call
+        values = chunk.dictionary.to_pylist()
+        if key in values:
+            code = values.index(key)
+            found.append(np.flatnonzero(chunk.indices.to_numpy(zero_copy_only=False) == code) + offset)
+        offset += len(chunk)
+    return np.concatenate(found) if found else np.empty(0, np.int64)
