@@ -96,6 +96,17 @@ def test_time_travel_after_overwrite(spark: SparkSession, store: TableStore) -> 
         store.read("things", version=9)
 
 
+@pytest.fixture(params=["union", "join"])
+def partitioned_reads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the delta-rs engine attaches partition values: a union of one scan per value, and
+    (above delta_rs._UNION_LIMIT values) a join of every row to its file's values."""
+    from recsys_spark.storage import delta_rs
+
+    monkeypatch.setattr(delta_rs, "_UNION_LIMIT", 64 if request.param == "union" else 0)
+    return str(request.param)
+
+
+@pytest.mark.usefixtures("partitioned_reads")
 def test_partitioned_round_trip_with_nulls_and_pruning(spark: SparkSession, store: TableStore) -> None:
     df = _df(spark, 30).withColumn("day", F.when(F.col("id") == 0, None).otherwise(F.col("day")))
     result = store.write(df, "parts", "overwrite", COMMIT, partition_by=["day"])
@@ -336,6 +347,7 @@ def test_cleanup_removes_the_write_folder_when_the_commit_fails(
     shutil.rmtree(store.location("things"))
 
 
+@pytest.mark.usefixtures("partitioned_reads")
 def test_partition_values_with_special_characters(spark: SparkSession, store: TableStore) -> None:
     values = ["a+b", "c d", "e%f", "g/h", "ü=1", "x:y"]
     df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "id BIGINT, tag STRING")
