@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from recsys_spark.config.schema import EaseConfig, SimilarityConfig
+from recsys_spark.config.schema import EaseConfig, EasePrune, SimilarityConfig
 from recsys_spark.errors import ConfigError
 from recsys_spark.models import ease as ease
 from recsys_spark.models.confidence import confidence_array
@@ -23,7 +23,7 @@ from recsys_spark.models.ease import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import Row, SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
 
 
 def _rows(seed: int = 3) -> list[tuple[int, int, float]]:
@@ -278,20 +278,28 @@ def test_score_pruning_keeps_the_weights_that_move_the_training_scores_most(spar
     want = {(int(items[r]), int(items[c])): ref[r, c] for r, c in zip(want_rows, want_cols)}
     by_abs_rows, by_abs_cols = _largest_abs_by_sort(ref, len(items) * 3)
     assert set(zip(by_abs_rows.tolist(), by_abs_cols.tolist())) != set(zip(want_rows.tolist(), want_cols.tolist()))
+    _kept_by_both_fits(df, "score", want)
+
+
+def _kept_by_both_fits(df: DataFrame, prune: EasePrune, want: dict[tuple[int, int], float]) -> list[list[Row]]:
+    """The rows of a plain fit and of a search's fit, each keeping exactly ``want``'s weights (3 per
+    item on average, l2 3, linear, histories of 8)."""
     params = SimilarityConfig(
         method="ease",
         top_n=3,
         max_user_items=8,
         block_items=4,
-        ease=EaseConfig(confidence="linear", l2=3.0, prune="score"),
+        ease=EaseConfig(confidence="linear", l2=3.0, prune=prune),
     )
     grams = ease.EaseGrams(df)
-    for got in (item_ease(df, params).collect(), ease.fit_ease(df, params, grams).neighbors.collect()):
+    fits = [item_ease(df, params).collect(), ease.fit_ease(df, params, grams).neighbors.collect()]
+    grams.release()
+    for got in fits:
         assert {(r.item_idx, r.neighbor_idx) for r in got} == set(want)
         np.testing.assert_allclose(
             [r.similarity for r in got], [want[r.item_idx, r.neighbor_idx] for r in got], rtol=0, atol=1e-6
         )
-    grams.release()
+    return fits
 
 
 def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_of_any_length(
@@ -303,23 +311,10 @@ def test_global_pruning_keeps_the_n_times_top_n_largest_weights_of_b_with_rows_o
     ref = _reference_ease(x, 3.0)
     want_rows, want_cols = _largest_abs_by_sort(ref, len(items) * 3)
     want = {(int(items[r]), int(items[c])): ref[r, c] for r, c in zip(want_rows, want_cols)}
-    params = SimilarityConfig(
-        method="ease",
-        top_n=3,
-        max_user_items=8,
-        block_items=4,
-        ease=EaseConfig(confidence="linear", l2=3.0, prune="global"),
-    )
-    grams = ease.EaseGrams(df)
-    for got in (item_ease(df, params).collect(), ease.fit_ease(df, params, grams).neighbors.collect()):
-        assert {(r.item_idx, r.neighbor_idx) for r in got} == set(want)
-        np.testing.assert_allclose(
-            [r.similarity for r in got], [want[r.item_idx, r.neighbor_idx] for r in got], rtol=0, atol=1e-6
-        )
+    for got in _kept_by_both_fits(df, "global", want):
         lengths = np.bincount([r.item_idx for r in got])
         assert lengths.max() > 3 and lengths[items].min() < 3  # the budget moved between items
         for item in items:
             mine = sorted((r for r in got if r.item_idx == item), key=lambda r: r.rank)
             assert [r.rank for r in mine] == list(range(1, len(mine) + 1))
             assert all(a.similarity >= b.similarity for a, b in itertools.pairwise(mine))
-    grams.release()
