@@ -62,20 +62,10 @@ def _write_factors(path: Path, factors: np.ndarray) -> None:
 
 
 def _als_model(spark: SparkSession, user_factors: DataFrame, item_factors: DataFrame, rank: int) -> ALSModel:
-    """An MLlib ALSModel holding exactly these factors.
+    """An MLlib ALSModel holding exactly these factors, keyed by the bench's ``user``/``item`` columns."""
+    from recsys_spark.models.als import als_model_from_factors
 
-    ALSModel's constructor is ``private[ml]`` in Scala, which is public in the bytecode, so py4j can
-    call it; ``_from_java`` then wraps it the way ``ALSModel.load`` does. A model built by ALS.fit
-    gets userCol/itemCol copied from the estimator, so they are set here.
-    """
-    from pyspark.ml.recommendation import ALSModel
-
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    java_model = jvm.org.apache.spark.ml.recommendation.ALSModel(
-        "als_bench", rank, user_factors._jdf, item_factors._jdf
-    )
-    java_model.setUserCol("user").setItemCol("item")
-    return ALSModel._from_java(java_model)
+    return als_model_from_factors(user_factors, item_factors, rank).setUserCol("user").setItemCol("item")
 
 
 def _mllib_top_k(recommendations: DataFrame, seen: DataFrame, k: int) -> DataFrame:

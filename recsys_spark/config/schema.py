@@ -735,7 +735,29 @@ class AlsConfig(_Section):
     """Alternating least-squares sweeps."""
 
     reg_param: float = Field(0.05, ge=0.0)
-    """L2 regularisation (scaled by each user's / item's number of ratings, as in MLlib)."""
+    """L2 regularisation λ (scaled by each user's / item's number of ratings, as in MLlib, unless
+    ``reg_scale = "none"``)."""
+
+    reg_scale: Literal["count", "none"] = "count"
+    """How λ applies to a row: count: λ x its number of pairs (MLlib's scheme); none: λ itself
+    (the ``implicit`` library's). "none" needs ``engine = "blocks"``."""
+
+    engine: Literal["mllib", "blocks"] = "mllib"
+    """mllib: Spark MLlib's ALS (exact Cholesky solves in its own block layout); blocks: the
+    project's engine (recsys_spark/models/als_blocks.py): the pairs cached as CSR blocks by user
+    and by item, each half-iteration one Arrow task per block solved with numpy by ``solver``."""
+
+    solver: Literal["cg", "cholesky"] = "cg"
+    """blocks engine: cg: ``cg_steps`` conjugate-gradient steps per half-iteration, warm-started
+    from the previous factors (as the implicit library does); cholesky: each row's exact solve."""
+
+    cg_steps: int = Field(3, ge=1, le=256)
+    """blocks engine, solver cg: conjugate-gradient steps per row and half-iteration."""
+
+    broadcast_limit_mb: float = Field(512.0, gt=0.0)
+    """blocks engine: the fixed side's factors are broadcast to every task while they take at
+    most this many MiB (rows x rank x 4 bytes); above it they are joined to the blocks that need
+    them, so neither side has to fit in one executor."""
 
     alpha: float = Field(10.0, ge=0.0)
     """Implicit feedback: a pair weighs 1 + alpha * r, r the pair's confidence after ``confidence``."""
@@ -765,6 +787,16 @@ class AlsConfig(_Section):
     tune: bool = False
     """Choose rank, reg_param, alpha and confidence by the search ([tuning]) on a validation
     carve-out before the fit; the choice and every trial are recorded in the models row."""
+
+    @model_validator(mode="after")
+    def _engine_options(self) -> AlsConfig:
+        if self.engine == "mllib" and self.reg_scale != "count":
+            raise ValueError('als.reg_scale = "none" needs als.engine = "blocks" (MLlib always scales λ by the count)')
+        if self.engine == "blocks" and self.nonnegative:
+            raise ValueError(
+                'als.nonnegative = true needs als.engine = "mllib" (the blocks engine solves unconstrained)'
+            )
+        return self
 
 
 class CandidatesConfig(_Section):

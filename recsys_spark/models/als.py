@@ -1,4 +1,5 @@
-"""ALS matrix factorisation with Spark MLlib (DataFrame in, factors out).
+"""ALS matrix factorisation on Spark (DataFrame in, factors out): MLlib's, or the project's
+blocks engine (``als.engine``, :mod:`recsys_spark.models.als_blocks`).
 
 Implicit mode fits the Hu-Koren-Volinsky model on ``interaction_matrix.confidence``; explicit
 mode fits ``rating``. Factors come back as (idx, factors) DataFrames; the job attaches original
@@ -125,6 +126,11 @@ def fit_als(
     evaluation's and the hyperparameter search's too, so none can fail on an overflow unexplained."""
     check_training_values(train, cfg, users, items)
     spark = train.sparkSession
+    if cfg.engine == "blocks":
+        from recsys_spark.models.als_blocks import fit_blocks
+
+        user_factors, item_factors = fit_blocks(train, cfg)
+        return als_model_from_factors(user_factors, item_factors, cfg.rank)
     blocks = max(1, spark.sparkContext.defaultParallelism)
     log.info(
         "ALS %s: rank %d, %d iterations, reg %g, alpha %g, %d user / %d item blocks, BLAS %s",
@@ -138,6 +144,21 @@ def fit_als(
         blas_in_use(spark),
     )
     return build_als(cfg, blocks).fit(train)
+
+
+def als_model_from_factors(user_factors: DataFrame, item_factors: DataFrame, rank: int) -> ALSModel:
+    """An MLlib ALSModel holding exactly these (id INT, features ARRAY<FLOAT>) factors, with the
+    columns :func:`build_als` sets, so a model from either engine is read the same way.
+
+    ALSModel's constructor is ``private[ml]`` in Scala, which is public in the bytecode, so py4j can
+    call it; ``_from_java`` then wraps it as ``ALSModel.load`` does.
+    """
+    jvm = user_factors.sparkSession.sparkContext._jvm  # type: ignore[attr-defined]
+    java_model = jvm.org.apache.spark.ml.recommendation.ALSModel(
+        "als_blocks", rank, user_factors._jdf, item_factors._jdf
+    )
+    java_model.setUserCol("user_idx").setItemCol("item_idx").setPredictionCol("prediction").setColdStartStrategy("drop")
+    return ALSModel._from_java(java_model)
 
 
 def training_rmse(model: ALSModel, train: DataFrame, cfg: AlsConfig) -> float | None:

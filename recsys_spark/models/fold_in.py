@@ -13,8 +13,10 @@ The normal equations, with MLlib's conventions (``n_u``: the user's pairs with a
 * explicit: (Y_uᵀ Y_u + λ n_u I) x = Y_uᵀ r.
 
 ``als.nonnegative`` solves the same quadratic with x ≥ 0 (a non-negative least-squares problem on
-the Cholesky factor). Items added since training have no factor and are left out of a user's
-sum; a user left with none gets no factor, so the candidates fall back to popularity for them.
+the Cholesky factor), and ``als.reg_scale`` says whether λ is scaled by n_u, as the model was
+trained; :mod:`recsys_spark.models.least_squares` holds the solve itself. Items added since
+training have no factor and are left out of a user's sum; a user left with none gets no factor,
+so the candidates fall back to popularity for them.
 
 Why users travel as one row each, holding their history as a list (a ``collect_list`` of the
 joined item factors), solved a batch of users at a time in one ``mapInArrow`` task: a user's pairs
@@ -34,6 +36,7 @@ import pyarrow as pa
 from pyspark.sql import functions as F
 
 from recsys_spark.models.als import training_frame
+from recsys_spark.models.least_squares import exact_factors as fold_in_factors
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -57,55 +60,6 @@ def item_gram(item_factors: DataFrame, rank: int) -> np.ndarray:
 
     rows = item_factors.select("factors").mapInArrow(partial, "gram array<double>").collect()
     return np.sum([np.asarray(r.gram) for r in rows], axis=0).reshape(rank, rank) if rows else np.zeros((rank, rank))
-
-
-def fold_in_factors(
-    offsets: np.ndarray,
-    item_vectors: np.ndarray,
-    values: np.ndarray,
-    cfg: AlsConfig,
-    gram: np.ndarray | None = None,
-) -> np.ndarray:
-    """The solution of each user's normal equations (module docstring), one row per user.
-
-    Args:
-        offsets: user u's pairs are rows ``offsets[u]:offsets[u + 1]`` of the other arrays.
-        item_vectors: (pairs, rank) item factors of each pair.
-        values: (pairs,) the pair's r, or its rating for explicit feedback.
-        gram: YᵀY over every item (implicit feedback only).
-    """
-    users, rank = len(offsets) - 1, item_vectors.shape[1]
-    implicit = cfg.feedback == "implicit"
-    if implicit and gram is None:
-        raise ValueError("implicit fold-in needs the Gram matrix of every item factor")
-    y = np.asarray(item_vectors, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64)
-    weight = cfg.alpha * np.abs(v) if implicit else np.ones_like(v)
-    target = 1.0 + cfg.alpha * v if implicit else v
-    lhs = np.empty((users, rank, rank))
-    rhs = np.empty((users, rank))
-    eye = np.eye(rank)
-    for u in range(users):
-        lo, hi = offsets[u], offsets[u + 1]
-        yu = y[lo:hi]
-        a = yu.T @ (weight[lo:hi, None] * yu)
-        if implicit:
-            a += gram
-        lhs[u] = a + cfg.reg_param * (hi - lo) * eye
-        rhs[u] = yu.T @ target[lo:hi]
-    if not cfg.nonnegative:
-        return np.linalg.solve(lhs, rhs[..., None])[..., 0] if users else np.zeros((0, rank))
-    return np.stack([_nonnegative_solve(lhs[u], rhs[u]) for u in range(users)]) if users else np.zeros((0, rank))
-
-
-def _nonnegative_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """argmin over x ≥ 0 of xᵀAx - 2bᵀx: with A = LLᵀ it is ||Lᵀx - L⁻¹b||², a plain NNLS problem."""
-    from scipy.linalg import cholesky, solve_triangular
-    from scipy.optimize import nnls
-
-    lower = cholesky(a, lower=True)
-    x, _ = nnls(lower.T, solve_triangular(lower, b, lower=True))
-    return x
 
 
 def fold_in_users(history: DataFrame, item_factors: DataFrame, cfg: AlsConfig) -> DataFrame:

@@ -1,0 +1,361 @@
+"""The project's ALS engine on Spark (``als.engine = "blocks"``): CSR blocks, one Arrow task per
+block, numpy solves.
+
+MLlib's ALS ships every rating to the factor blocks that need it through a shuffle each
+half-iteration and solves each row's normal equations exactly (a Cholesky factorisation per row).
+This engine holds the training pairs twice, cached as compressed sparse rows: once in user blocks
+(each user's items) and once in item blocks (each item's users), one Spark row per block. A
+half-iteration is a single ``mapInArrow`` stage over one side's blocks: each task gathers the
+fixed side's vectors for its pairs, and solves all of its rows at once with
+:func:`recsys_spark.models.least_squares.cg_factors` (a few conjugate-gradient steps, warm-started
+from the previous factors) or :func:`~recsys_spark.models.least_squares.exact_factors`. YᵀY is
+computed once per half-iteration, on the driver.
+
+How the fixed side reaches the tasks depends on its size (``als.broadcast_limit_mb``):
+
+* **broadcast**, while rows x rank x 4 bytes fit under the limit: the driver holds both sides as
+  numpy arrays, broadcasts the fixed side (and the solved side's previous factors, the warm
+  start) and collects the solved rows. Nothing but the cached blocks lives on executors, so the
+  lineage is the blocks' and an executor lost mid-iteration only costs its tasks' recomputation;
+* **joined**, above it: factors stay on executors as one row per block, the fixed vectors a block
+  needs are joined to it (the block's distinct columns, cached once, as MLlib's out-blocks), and
+  each half-iteration's factors are checkpointed so the plan stays short: reliably when the
+  SparkContext has a checkpoint directory (set one on a cluster: a local checkpoint does not
+  survive the loss of the executor holding it), else locally.
+
+The factors come back as MLlib's ``ALSModel`` (:func:`recsys_spark.models.als.als_model_from_factors`),
+so everything downstream (the factor tables, RMSE, the search) reads them the same way whichever
+engine trained them. Initial factors are drawn per block from ``als.seed``, identically in both
+modes, so the two modes give the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
+from recsys_spark.models.least_squares import cg_factors, exact_factors
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from recsys_spark.config.schema import AlsConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["block_count", "csr_blocks", "fit_blocks"]
+
+#: The schema of one CSR block: its row indices (ascending), the offsets of each row's pairs, and
+#: the pairs' column indices and values.
+BLOCK_SCHEMA = "block INT, rows ARRAY<INT>, offsets ARRAY<INT>, cols ARRAY<INT>, values ARRAY<DOUBLE>"
+#: Pairs per block when the config leaves the count open: a task's per-pair float32 temporaries
+#: (three pairs x rank arrays) stay near 400 MiB at rank 32.
+_PAIRS_PER_BLOCK = 1 << 20
+_MIB = 1 << 20
+
+
+def block_count(spark: SparkSession, pairs: int, configured: int | None) -> int:
+    """Blocks per side: the configured count, else Spark's parallelism or more, so no block holds
+    more than about a million pairs."""
+    if configured:
+        return configured
+    return max(1, spark.sparkContext.defaultParallelism, math.ceil(pairs / _PAIRS_PER_BLOCK))
+
+
+def csr_blocks(pairs: DataFrame, row: str, col: str, blocks: int) -> DataFrame:
+    """(:data:`BLOCK_SCHEMA`) rows of ``pairs`` (``row``, ``col``, ``value``), grouped into
+    ``blocks`` blocks by ``row`` modulo ``blocks``; rows and each row's columns ascending."""
+    keyed = pairs.select(
+        F.pmod(F.col(row), F.lit(blocks)).cast("int").alias("block"),
+        F.col(row).cast("int").alias("r"),
+        F.col(col).cast("int").alias("c"),
+        F.col("value").cast("double").alias("v"),
+    )
+    ordered = keyed.repartition(blocks, "block").sortWithinPartitions("block", "r", "c")
+
+    def build(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        parts = [b for b in batches if b.num_rows]
+        if not parts:
+            return
+        table = pa.Table.from_batches(parts)
+        block = table.column("block").to_numpy()
+        r = table.column("r").to_numpy()
+        c = table.column("c").to_numpy()
+        v = table.column("v").to_numpy()
+        cuts = np.flatnonzero(np.diff(block)) + 1
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(block)], strict=True):
+            rows, starts = np.unique(r[lo:hi], return_index=True)
+            offsets = np.r_[starts, hi - lo].astype(np.int32)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    pa.array([int(block[lo])], pa.int32()),
+                    pa.array([rows.astype(np.int32)], pa.list_(pa.int32())),
+                    pa.array([offsets], pa.list_(pa.int32())),
+                    pa.array([c[lo:hi]], pa.list_(pa.int32())),
+                    pa.array([v[lo:hi]], pa.list_(pa.float64())),
+                ],
+                ["block", "rows", "offsets", "cols", "values"],
+            )
+
+    return ordered.mapInArrow(build, BLOCK_SCHEMA)
+
+
+def _initial(rows: np.ndarray, block: int, rank: int, seed: int) -> np.ndarray:
+    """A block's starting factors: Gaussian, scaled to about unit norm, drawn from (seed, block)."""
+    rng = np.random.default_rng([seed, block])
+    return (rng.standard_normal((len(rows), rank)) / math.sqrt(rank)).astype(np.float32)
+
+
+def _list(column: pa.Array, i: int) -> np.ndarray:
+    return column[i].values.to_numpy(zero_copy_only=False)
+
+
+def _solve(
+    block: pa.RecordBatch,
+    i: int,
+    fixed: Callable[[np.ndarray], np.ndarray],
+    start: np.ndarray | None,
+    gram: np.ndarray | None,
+    cfg: AlsConfig,
+) -> np.ndarray:
+    """Block ``i`` of a batch of :data:`BLOCK_SCHEMA` rows solved against ``fixed`` (column
+    indices -> vectors), as float32 (rows, rank)."""
+    offsets = _list(block.column(2), i)
+    vectors = fixed(_list(block.column(3), i))
+    values = _list(block.column(4), i)
+    if cfg.solver == "cholesky" or start is None:
+        x = exact_factors(offsets, vectors, values, cfg, gram)
+    else:
+        x = cg_factors(offsets, vectors, values, cfg, start, gram)
+    return x.astype(np.float32)
+
+
+def _factor_rows(rows: np.ndarray, x: np.ndarray) -> pa.RecordBatch:
+    flat = pa.array(x.ravel(), pa.float32())
+    return pa.RecordBatch.from_arrays(
+        [pa.array(rows, pa.int32()), pa.FixedSizeListArray.from_arrays(flat, x.shape[1]).cast(pa.list_(pa.float32()))],
+        ["id", "features"],
+    )
+
+
+class _BlocksFit:
+    """One fit: the two sides' cached blocks and the loop over half-iterations."""
+
+    def __init__(self, train: DataFrame, cfg: AlsConfig) -> None:
+        self.spark = train.sparkSession
+        self.cfg = cfg
+        pairs = train.select("user_idx", "item_idx", "value").persist(StorageLevel.MEMORY_AND_DISK)
+        stats = pairs.agg(F.count(F.lit(1)), F.max("user_idx"), F.max("item_idx")).first()
+        self.pairs = int(stats[0])
+        self.size = {"user": int(stats[1] or 0) + 1, "item": int(stats[2] or 0) + 1}
+        self.block_counts = {
+            "user": block_count(self.spark, self.pairs, cfg.num_user_blocks),
+            "item": block_count(self.spark, self.pairs, cfg.num_item_blocks),
+        }
+        self.blocks = {
+            "user": csr_blocks(pairs, "user_idx", "item_idx", self.block_counts["user"]),
+            "item": csr_blocks(pairs, "item_idx", "user_idx", self.block_counts["item"]),
+        }
+        for blocks in self.blocks.values():
+            blocks.persist(StorageLevel.MEMORY_AND_DISK)
+        self._cached: list[DataFrame] = [pairs, *self.blocks.values()]
+        self.rows = {side: self._present(side) for side in ("user", "item")}
+        pairs.unpersist()
+        self._cached.remove(pairs)
+
+    def _present(self, side: str) -> np.ndarray:
+        table = self.blocks[side].select(F.explode("rows").alias("r")).toArrow()
+        return np.sort(table.column("r").to_numpy())
+
+    def release(self) -> None:
+        for df in self._cached:
+            df.unpersist()
+        self._cached.clear()
+
+    def broadcast_fits(self) -> bool:
+        limit = self.cfg.broadcast_limit_mb * _MIB
+        return max(self.size.values()) * self.cfg.rank * 4 <= limit
+
+    # -- broadcast mode: both sides on the driver ------------------------------------------------
+
+    def _initial_array(self, side: str) -> np.ndarray:
+        cfg = self.cfg
+        rank, seed = cfg.rank, cfg.seed
+
+        def draw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for i in range(batch.num_rows):
+                    rows = _list(batch.column(1), i)
+                    yield _factor_rows(rows, _initial(rows, batch.column(0)[i].as_py(), rank, seed))
+
+        out = np.zeros((self.size[side], rank), dtype=np.float32)
+        table = self.blocks[side].mapInArrow(draw, "id INT, features ARRAY<FLOAT>").toArrow()
+        self._scatter(out, table)
+        return out
+
+    def _scatter(self, out: np.ndarray, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        ids = table.column("id").to_numpy()
+        features = table.column("features").combine_chunks()
+        out[ids] = features.flatten().to_numpy().reshape(len(ids), out.shape[1])
+
+    def _half_broadcast(self, side: str, fixed: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+        cfg = self.cfg
+        gram = (fixed.T.astype(np.float64) @ fixed.astype(np.float64)) if cfg.feedback == "implicit" else None
+        sc = self.spark.sparkContext
+        shipped = sc.broadcast((fixed, previous, gram))
+
+        def solve(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            y, prev, g = shipped.value
+            for batch in batches:
+                for i in range(batch.num_rows):
+                    rows = _list(batch.column(1), i)
+                    start = None if prev is None else prev[rows]
+                    yield _factor_rows(rows, _solve(batch, i, lambda cols: y[cols], start, g, cfg))
+
+        try:
+            table = self.blocks[side].mapInArrow(solve, "id INT, features ARRAY<FLOAT>").toArrow()
+        finally:
+            shipped.unpersist()
+        out = np.zeros((self.size[side], cfg.rank), dtype=np.float32)
+        self._scatter(out, table)
+        return out
+
+    def run_broadcast(self) -> tuple[DataFrame, DataFrame]:
+        items = self._initial_array("item")
+        users: np.ndarray | None = None
+        for it in range(self.cfg.max_iter):
+            started = time.perf_counter()
+            users = self._half_broadcast("user", items, users)
+            items = self._half_broadcast("item", users, items)
+            log.info("ALS blocks: iteration %d/%d in %.2fs", it + 1, self.cfg.max_iter, time.perf_counter() - started)
+        assert users is not None
+        return self._frame(users, self.rows["user"]), self._frame(items, self.rows["item"])
+
+    def _frame(self, factors: np.ndarray, rows: np.ndarray) -> DataFrame:
+        table = pa.Table.from_batches([_factor_rows(rows.astype(np.int32), factors[rows])])
+        return self.spark.createDataFrame(table).persist(StorageLevel.MEMORY_AND_DISK)
+
+    # -- joined mode: factors stay on executors --------------------------------------------------
+
+    def _links(self, side: str) -> DataFrame:
+        """(block, col): each block of ``side`` with the distinct fixed-side indices it needs."""
+        links = self.blocks[side].select("block", F.array_distinct("cols").alias("cols"))
+        return links.select("block", F.explode("cols").alias("col")).persist(StorageLevel.MEMORY_AND_DISK)
+
+    def _initial_frame(self, side: str) -> DataFrame:
+        cfg = self.cfg
+        rank, seed = cfg.rank, cfg.seed
+
+        def draw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for i in range(batch.num_rows):
+                    rows = _list(batch.column(1), i)
+                    yield _factor_rows(rows, _initial(rows, batch.column(0)[i].as_py(), rank, seed))
+
+        return self.blocks[side].mapInArrow(draw, "id INT, features ARRAY<FLOAT>")
+
+    def _half_joined(self, side: str, links: DataFrame, fixed: DataFrame, previous: DataFrame | None) -> DataFrame:
+        """(id, features) of ``side`` solved against ``fixed`` (id, features) joined to its blocks."""
+        from recsys_spark.models.fold_in import item_gram
+
+        cfg = self.cfg
+        rank = cfg.rank
+        gram = item_gram(fixed.select(F.col("features").alias("factors")), rank) if cfg.feedback == "implicit" else None
+        needed = (
+            links.join(fixed, links["col"] == fixed["id"])
+            .groupBy("block")
+            .agg(F.sort_array(F.collect_list(F.struct("id", "features"))).alias("fixed"))
+        )
+        joined = self.blocks[side].join(needed, "block")
+        if previous is not None:
+            starts = (
+                previous.withColumn("block", F.pmod(F.col("id"), F.lit(self.block_counts[side])).cast("int"))
+                .groupBy("block")
+                .agg(F.sort_array(F.collect_list(F.struct("id", "features"))).alias("previous"))
+            )
+            joined = joined.join(starts, "block", "left")
+        else:
+            joined = joined.withColumn("previous", F.lit(None).cast("array<struct<id:int,features:array<float>>>"))
+        joined = joined.select("block", "rows", "offsets", "cols", "values", "fixed", "previous")
+
+        def solve(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for i in range(batch.num_rows):
+                    rows = _list(batch.column(1), i)
+                    have = batch.column(5)[i].values
+                    ids = have.field("id").to_numpy(zero_copy_only=False)
+                    vecs = have.field("features").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), rank)
+                    start = None
+                    prev = batch.column(6)[i]
+                    if prev.is_valid:
+                        p = prev.values
+                        p_ids = p.field("id").to_numpy(zero_copy_only=False)
+                        p_vecs = p.field("features").flatten().to_numpy(zero_copy_only=False).reshape(len(p_ids), rank)
+                        start = np.zeros((len(rows), rank), dtype=np.float32)
+                        start[np.searchsorted(rows, p_ids)] = p_vecs
+
+                    def lookup(cols: np.ndarray, ids: np.ndarray = ids, vecs: np.ndarray = vecs) -> np.ndarray:
+                        return vecs[np.searchsorted(ids, cols)]
+
+                    yield _factor_rows(rows, _solve(batch, i, lookup, start, gram, cfg))
+
+        return joined.mapInArrow(solve, "id INT, features ARRAY<FLOAT>")
+
+    def _keep(self, df: DataFrame) -> DataFrame:
+        """A side's factors, materialised with their plan cut: each half-iteration's plan holds the
+        previous two, so an uncut plan doubles in size every iteration (the driver ran out of heap
+        by the third on a 30 x 25 matrix)."""
+        reliable = self.spark.sparkContext.getCheckpointDir() is not None
+        return df.checkpoint(eager=True) if reliable else df.localCheckpoint(eager=True)
+
+    def run_joined(self) -> tuple[DataFrame, DataFrame]:
+        links = {side: self._links(side) for side in ("user", "item")}
+        self._cached += list(links.values())
+        items = self._keep(self._initial_frame("item"))
+        users: DataFrame | None = None
+        for it in range(self.cfg.max_iter):
+            started = time.perf_counter()
+            new_users = self._keep(self._half_joined("user", links["user"], items, users))
+            if users is not None:
+                users.unpersist()
+            users = new_users
+            new_items = self._keep(self._half_joined("item", links["item"], users, items))
+            items.unpersist()
+            items = new_items
+            log.info(
+                "ALS blocks (joined): iteration %d/%d in %.2fs",
+                it + 1,
+                self.cfg.max_iter,
+                time.perf_counter() - started,
+            )
+        assert users is not None
+        return users, items
+
+
+def fit_blocks(train: DataFrame, cfg: AlsConfig) -> tuple[DataFrame, DataFrame]:
+    """(user factors, item factors) as MLlib's (id INT, features ARRAY<FLOAT>) frames, fitted on
+    ``train`` (user_idx, item_idx, value: :func:`recsys_spark.models.als.training_frame`)."""
+    fit = _BlocksFit(train, cfg)
+    try:
+        broadcast = fit.broadcast_fits()
+        log.info(
+            "ALS blocks: %d pairs, %d users x %d items, %s solver, fixed side %s",
+            fit.pairs,
+            len(fit.rows["user"]),
+            len(fit.rows["item"]),
+            cfg.solver if cfg.solver == "cholesky" else f"cg ({cfg.cg_steps} steps)",
+            "broadcast" if broadcast else "joined",
+        )
+        return fit.run_broadcast() if broadcast else fit.run_joined()
+    finally:
+        fit.release()
