@@ -68,7 +68,7 @@ def test_the_exact_solver_is_the_textbook_least_squares_solution(cfg: AlsConfig)
 def test_conjugate_gradient_with_as_many_steps_as_the_rank_reaches_the_exact_solve(cfg: AlsConfig) -> None:
     offsets, y, cols, values = _batch(2)
     exact = exact_factors(offsets, y[cols], values, cfg, gram=y.T @ y)
-    got = cg_factors(offsets, y[cols], values, cfg, np.zeros_like(exact), gram=y.T @ y, steps=2 * cfg.rank)
+    got = cg_factors(offsets, cols, y, values, cfg, np.zeros_like(exact), gram=y.T @ y, steps=2 * cfg.rank)
     np.testing.assert_allclose(got, exact, atol=1e-5 * np.abs(exact).max())
 
 
@@ -90,7 +90,7 @@ def test_each_conjugate_gradient_step_lowers_every_rows_objective_toward_the_opt
         return np.array(out)
 
     start = np.random.default_rng(0).normal(size=exact.shape)
-    errors = [error(cg_factors(offsets, y[cols], values, cfg, start, gram=gram, steps=s)) for s in range(5)]
+    errors = [error(cg_factors(offsets, cols, y, values, cfg, start, gram=gram, steps=s)) for s in range(5)]
     for before, after in itertools.pairwise(errors):
         assert (after <= before * (1 + 1e-9)).all()
     assert errors[3].sum() < 0.05 * errors[0].sum()

@@ -6,6 +6,7 @@
   metrics within a stated tolerance where ALS float sums may be ordered differently).
 * An executor JVM is killed in the middle of a task of the item-similarity job: the lost task is
   retried and the neighbours still come out identical.
+* The same in the middle of an iteration of the blocks ALS engine: the factors equal a local fit's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from chispa import assert_approx_df_equality, assert_df_equality
 from deltalake import DeltaTable
@@ -253,9 +255,11 @@ class _ExecutorKiller(threading.Thread):
     _MIN_TASK_AGE_S = 0.3
     _MAX_KILLS = 3
 
-    def __init__(self, state: devcluster.ClusterState, ui: str) -> None:
+    def __init__(self, state: devcluster.ClusterState, ui: str, description: str = "") -> None:
         super().__init__(daemon=True)
         self.state, self.ui = state, ui
+        #: only tasks of stages whose job description starts with this are killed
+        self.description = description
         self.kills: list[dict[str, object]] = []
         self.hit = False
         self.done = threading.Event()
@@ -270,23 +274,28 @@ class _ExecutorKiller(threading.Thread):
             try:
                 app = self._api("")[0]["id"]
                 for stage in self._api(f"/{app}/stages?status=active"):
+                    if not str(stage.get("description") or "").startswith(self.description):
+                        continue
                     where = f"/{app}/stages/{stage['stageId']}/{stage['attemptId']}"
                     for task in self._api(f"{where}/taskList?status=RUNNING&length=1000"):
                         first = seen.setdefault(task["taskId"], time.monotonic())
-                        if time.monotonic() - first >= self._MIN_TASK_AGE_S and self._kill(app, task, where):
+                        old_enough = time.monotonic() - first >= self._MIN_TASK_AGE_S
+                        if old_enough and self._kill(app, task, where, str(stage.get("description") or "")):
                             raise StopIteration
             except StopIteration:
                 continue
             except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError):
                 continue
 
-    def _kill(self, app: str, task: dict, where: str) -> bool:
+    def _kill(self, app: str, task: dict, where: str, description: str) -> bool:
         pids = devcluster.executor_pids(self.state, app, str(task["executorId"]))
         if not pids:
             return False
         pid = pids[0]
         os.kill(pid, signal.SIGKILL)
-        self.kills.append({"executor": task["executorId"], "pid": pid, "task": task["taskId"], "stage": where})
+        self.kills.append(
+            {"executor": task["executorId"], "pid": pid, "task": task["taskId"], "stage": where, "job": description}
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the driver learns of the loss within seconds
             time.sleep(0.5)
@@ -311,18 +320,12 @@ def _events(event_dir: Path) -> list[dict]:
     return [json.loads(line) for p in logs for line in p.read_text().splitlines() if line.strip()]
 
 
-def test_executor_killed_mid_stage_is_retried(
-    spark: SparkSession,
-    walkthrough: Walkthrough,
-    local_run: Path,
-    tmp_path: Path,
-) -> None:
-    """item-similarity (cosine) on the cluster, on a copy of the walkthrough's tables, with an
-    executor JVM SIGKILLed in the middle of a running task: the lost task is re-run, the job
-    succeeds, and the neighbours equal the local-mode run's."""
-    work = walkthrough[0]
-    root = tmp_path / "warehouse"
-    shutil.copytree(work / "data" / "cluster" / "warehouse", root)
+def _submit_with_killer(
+    work: Path, tmp_path: Path, job: str, sets: list[str], description: str = ""
+) -> tuple[subprocess.Popen[str], str, _ExecutorKiller, list[dict]]:
+    """``job`` under spark-submit on a fresh two-worker cluster, an executor SIGKILLed in the middle
+    of a task (of a job whose description starts with ``description``): the process, its output,
+    the killer and the driver's event log."""
     state = devcluster.start(tmp_path / "cluster", port=0)
     ui_port, event_dir = devcluster.free_port(), tmp_path / "events"
     event_dir.mkdir()
@@ -332,30 +335,18 @@ def test_executor_killed_mid_stage_is_retried(
         state.master_url,
         "--driver-memory",
         "2g",
-        "--conf",
-        "spark.ui.enabled=true",
-        "--conf",
-        f"spark.ui.port={ui_port}",
-        "--conf",
-        "spark.eventLog.enabled=true",
-        "--conf",
-        f"spark.eventLog.dir=file://{event_dir}",
-        "--conf",
-        "spark.eventLog.compress=false",
-        "--conf",
-        "spark.eventLog.rolling.enabled=false",
+        *("--conf", "spark.ui.enabled=true", "--conf", f"spark.ui.port={ui_port}"),
+        *("--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir=file://{event_dir}"),
+        *("--conf", "spark.eventLog.compress=false", "--conf", "spark.eventLog.rolling.enabled=false"),
         "--py-files",
         str(work / "dist" / "recsys_spark.zip"),
-        str(work / "jobs" / "item_similarity.py"),
+        str(work / "jobs" / job),
         "--config",
         _CONFIG,
-        "--set",
-        f"storage.root={root}",
-        "--set",
-        f"spark.checkpoint_dir={tmp_path / 'ckpt'}",
+        *[a for kv in sets for a in ("--set", kv)],
     ]
     env = {**_env(), "PYSPARK_PYTHON": str(VENV / "bin" / "python")}
-    killer = _ExecutorKiller(state, f"http://127.0.0.1:{ui_port}")
+    killer = _ExecutorKiller(state, f"http://127.0.0.1:{ui_port}", description)
     try:
         proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         killer.start()
@@ -363,10 +354,13 @@ def test_executor_killed_mid_stage_is_retried(
     finally:
         killer.done.set()
         devcluster.stop(tmp_path / "cluster")
-    assert proc.returncode == 0, f"item-similarity failed after the executor kill:\n{out[-4000:]}"
-    assert killer.kills, "no executor was caught in the middle of a task"
+    return proc, out, killer, (_events(event_dir) if proc.returncode == 0 else [])
 
-    events = _events(event_dir)
+
+def _assert_lost_tasks_rerun(killer: _ExecutorKiller, events: list[dict]) -> None:
+    """Some task failed with its executor, that executor was removed, and every lost task ran again
+    (same stage, same partition) and succeeded."""
+    assert killer.kills, "no executor was caught in the middle of a task"
     lost = [
         e
         for e in events
@@ -384,6 +378,25 @@ def test_executor_killed_mid_stage_is_retried(
     for e in lost:
         assert (e["Stage ID"], e["Task Info"]["Index"]) in succeeded, f"lost task never re-run: {e['Task Info']}"
 
+
+def test_executor_killed_mid_stage_is_retried(
+    spark: SparkSession,
+    walkthrough: Walkthrough,
+    local_run: Path,
+    tmp_path: Path,
+) -> None:
+    """item-similarity (cosine) on the cluster, on a copy of the walkthrough's tables, with an
+    executor JVM SIGKILLed in the middle of a running task: the lost task is re-run, the job
+    succeeds, and the neighbours equal the local-mode run's."""
+    work = walkthrough[0]
+    root = tmp_path / "warehouse"
+    shutil.copytree(work / "data" / "cluster" / "warehouse", root)
+    proc, out, killer, events = _submit_with_killer(
+        work, tmp_path, "item_similarity.py", [f"storage.root={root}", f"spark.checkpoint_dir={tmp_path / 'ckpt'}"]
+    )
+    assert proc.returncode == 0, f"item-similarity failed after the executor kill:\n{out[-4000:]}"
+    _assert_lost_tasks_rerun(killer, events)
+
     where = "method = 'cosine'"
     killed_run = TableStore(spark, StorageConfig(root=str(root)))
     _assert_same(
@@ -391,3 +404,42 @@ def test_executor_killed_mid_stage_is_retried(
         _store(spark, local_run).read(T.ITEM_NEIGHBORS, where=where),
         approx=True,
     )
+
+
+def test_blocks_als_with_an_executor_killed_mid_iteration_equals_a_local_fit(
+    spark: SparkSession, walkthrough: Walkthrough, tmp_path: Path
+) -> None:
+    """train-als with ``als.engine = "blocks"`` on the cluster, an executor JVM SIGKILLed inside a
+    half-iteration: the lost block is solved again, and the factors equal a local-mode fit of the
+    same matrix and settings (the same blocks and seed: every block's solve is deterministic)."""
+    from recsys_spark.config.schema import AlsConfig
+    from recsys_spark.models.als import factor_frames, fit_als, training_frame
+
+    work = walkthrough[0]
+    root = tmp_path / "warehouse"
+    shutil.copytree(work / "data" / "cluster" / "warehouse", root)
+    sets = {"engine": "blocks", "num_user_blocks": 4, "num_item_blocks": 4}
+    proc, out, killer, events = _submit_with_killer(
+        work,
+        tmp_path,
+        "train_als.py",
+        [
+            f"storage.root={root}",
+            f"spark.checkpoint_dir={tmp_path / 'ckpt'}",
+            *(f"als.{k}={v}" for k, v in sets.items()),
+        ],
+        description="ALS blocks: iteration",
+    )
+    assert proc.returncode == 0, f"train-als (blocks) failed after the executor kill:\n{out[-4000:]}"
+    _assert_lost_tasks_rerun(killer, events)
+    assert all(str(k["job"]).startswith("ALS blocks: iteration") for k in killer.kills), killer.kills
+
+    store = TableStore(spark, StorageConfig(root=str(root)))
+    cfg = AlsConfig(rank=16, max_iter=6, alpha=10.0, seed=42, **sets)  # conf/local-cluster.toml's [als]
+    users, items = factor_frames(fit_als(training_frame(store.read(T.INTERACTION_MATRIX), cfg), cfg))
+    for table, local, key in ((T.USER_FACTORS, users, "user_idx"), (T.ITEM_FACTORS, items, "item_idx")):
+        written = {r[0]: r[1] for r in store.read(table).select(key, "factors").collect()}
+        expected = {r[0]: r[1] for r in local.select(key, "factors").collect()}
+        assert written.keys() == expected.keys()
+        keys = sorted(expected)
+        np.testing.assert_allclose([written[k] for k in keys], [expected[k] for k in keys], atol=1e-5)

@@ -53,9 +53,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["block_count", "csr_blocks", "fit_blocks"]
 
-#: The schema of one CSR block: its row indices (ascending), the offsets of each row's pairs, and
-#: the pairs' column indices and values.
-BLOCK_SCHEMA = "block INT, rows ARRAY<INT>, offsets ARRAY<INT>, cols ARRAY<INT>, values ARRAY<DOUBLE>"
+#: The schema of one CSR block: its row indices (ascending int32), the offsets of each row's pairs
+#: (int32), and the pairs' column indices (int32) and values (float64), each a numpy array's bytes.
+#: Bytes rather than Spark arrays because every half-iteration hands the cached blocks to Python:
+#: a binary value crosses as one copy, an array element by element (at 600k pairs the array form
+#: cost about a tenth of a second per half-iteration more).
+BLOCK_SCHEMA = "block INT, rows BINARY, offsets BINARY, cols BINARY, values BINARY"
+#: A solved block, in the same form: its row indices and their float32 factors.
+SOLVED_SCHEMA = "block INT, rows BINARY, factors BINARY"
 #: Pairs per block when the config leaves the count open: a task's per-pair float32 temporaries
 #: (three pairs x rank arrays) stay near 400 MiB at rank 32.
 _PAIRS_PER_BLOCK = 1 << 20
@@ -70,16 +75,38 @@ def block_count(spark: SparkSession, pairs: int, configured: int | None) -> int:
     return max(1, spark.sparkContext.defaultParallelism, math.ceil(pairs / _PAIRS_PER_BLOCK))
 
 
+def _partition_keys(spark: SparkSession, blocks: int) -> list[int]:
+    """For each block b, an int that Spark's hash partitioning into ``blocks`` partitions sends to
+    partition b, so every block gets a task of its own. Hashing the block ids themselves put blocks
+    0 and 1 of 2 into one partition, and range partitioning merged neighbours too: one core solved
+    every block while the other idled."""
+    ids = F.col("id").cast("int")
+    found = (
+        spark.range(0, 64 * blocks + 1024)
+        .select(ids.alias("key"), F.pmod(F.hash(ids), F.lit(blocks)).alias("part"))
+        .groupBy("part")
+        .agg(F.min("key").alias("key"))
+        .collect()
+    )
+    keys = {r["part"]: r["key"] for r in found}
+    if len(keys) < blocks:  # pragma: no cover - 64 candidates per partition leave no gap in practice
+        raise RuntimeError(f"no partition key found for {blocks - len(keys)} of {blocks} ALS blocks")
+    return [keys[b] for b in range(blocks)]
+
+
 def csr_blocks(pairs: DataFrame, row: str, col: str, blocks: int) -> DataFrame:
     """(:data:`BLOCK_SCHEMA`) rows of ``pairs`` (``row``, ``col``, ``value``), grouped into
     ``blocks`` blocks by ``row`` modulo ``blocks``; rows and each row's columns ascending."""
+    block = F.pmod(F.col(row), F.lit(blocks)).cast("int")
+    keys = F.array(*[F.lit(k) for k in _partition_keys(pairs.sparkSession, blocks)])
     keyed = pairs.select(
-        F.pmod(F.col(row), F.lit(blocks)).cast("int").alias("block"),
+        block.alias("block"),
+        keys[block].alias("key"),
         F.col(row).cast("int").alias("r"),
         F.col(col).cast("int").alias("c"),
         F.col("value").cast("double").alias("v"),
     )
-    ordered = keyed.repartition(blocks, "block").sortWithinPartitions("block", "r", "c")
+    ordered = keyed.repartition(blocks, "key").sortWithinPartitions("block", "r", "c")
 
     def build(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         parts = [b for b in batches if b.num_rows]
@@ -93,15 +120,10 @@ def csr_blocks(pairs: DataFrame, row: str, col: str, blocks: int) -> DataFrame:
         cuts = np.flatnonzero(np.diff(block)) + 1
         for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(block)], strict=True):
             rows, starts = np.unique(r[lo:hi], return_index=True)
-            offsets = np.r_[starts, hi - lo].astype(np.int32)
+            offsets = np.r_[starts, hi - lo]
+            parts = [rows.astype(np.int32), offsets.astype(np.int32), c[lo:hi].astype(np.int32), v[lo:hi]]
             yield pa.RecordBatch.from_arrays(
-                [
-                    pa.array([int(block[lo])], pa.int32()),
-                    pa.array([rows.astype(np.int32)], pa.list_(pa.int32())),
-                    pa.array([offsets], pa.list_(pa.int32())),
-                    pa.array([c[lo:hi]], pa.list_(pa.int32())),
-                    pa.array([v[lo:hi]], pa.list_(pa.float64())),
-                ],
+                [pa.array([int(block[lo])], pa.int32()), *(pa.array([a.tobytes()], pa.binary()) for a in parts)],
                 ["block", "rows", "offsets", "cols", "values"],
             )
 
@@ -114,28 +136,39 @@ def _initial(rows: np.ndarray, block: int, rank: int, seed: int) -> np.ndarray:
     return (rng.standard_normal((len(rows), rank)) / math.sqrt(rank)).astype(np.float32)
 
 
-def _list(column: pa.Array, i: int) -> np.ndarray:
-    return column[i].values.to_numpy(zero_copy_only=False)
+def _array(batch: pa.RecordBatch, column: int, i: int, dtype: type) -> np.ndarray:
+    """Row ``i`` of a binary column as the numpy array whose bytes it holds (no copy)."""
+    return np.frombuffer(batch.column(column)[i].as_buffer(), dtype=dtype)
+
+
+def _rows(batch: pa.RecordBatch, i: int) -> np.ndarray:
+    return _array(batch, 1, i, np.int32)
 
 
 def _solve(
     block: pa.RecordBatch,
     i: int,
-    fixed: Callable[[np.ndarray], np.ndarray],
+    fixed: np.ndarray,
+    positions: Callable[[np.ndarray], np.ndarray],
     start: np.ndarray | None,
     gram: np.ndarray | None,
     cfg: AlsConfig,
 ) -> np.ndarray:
-    """Block ``i`` of a batch of :data:`BLOCK_SCHEMA` rows solved against ``fixed`` (column
-    indices -> vectors), as float32 (rows, rank)."""
-    offsets = _list(block.column(2), i)
-    vectors = fixed(_list(block.column(3), i))
-    values = _list(block.column(4), i)
-    if cfg.solver == "cholesky" or start is None:
-        x = exact_factors(offsets, vectors, values, cfg, gram)
+    """Block ``i`` of a batch of :data:`BLOCK_SCHEMA` rows solved against the vectors ``fixed``
+    (``positions`` maps the block's column indices to rows of it), as float32 (rows, rank)."""
+    offsets = _array(block, 2, i, np.int32)
+    cols = positions(_array(block, 3, i, np.int32))
+    values = _array(block, 4, i, np.float64)
+    if cfg.solver == "cholesky":
+        x = exact_factors(offsets, fixed[cols], values, cfg, gram)
     else:
-        x = cg_factors(offsets, vectors, values, cfg, start, gram)
+        begin = np.zeros((len(offsets) - 1, fixed.shape[1])) if start is None else start
+        x = cg_factors(offsets, cols, fixed, values, cfg, begin, gram)
     return x.astype(np.float32)
+
+
+def _same(cols: np.ndarray) -> np.ndarray:
+    return cols
 
 
 def _factor_rows(rows: np.ndarray, x: np.ndarray) -> pa.RecordBatch:
@@ -153,6 +186,7 @@ class _BlocksFit:
         self.spark = train.sparkSession
         self.cfg = cfg
         pairs = train.select("user_idx", "item_idx", "value").persist(StorageLevel.MEMORY_AND_DISK)
+        self._pairs = pairs
         stats = pairs.agg(F.count(F.lit(1)), F.max("user_idx"), F.max("item_idx")).first()
         self.pairs = int(stats[0])
         self.size = {"user": int(stats[1] or 0) + 1, "item": int(stats[2] or 0) + 1}
@@ -172,10 +206,16 @@ class _BlocksFit:
         self._cached.remove(pairs)
 
     def _present(self, side: str) -> np.ndarray:
-        table = self.blocks[side].select(F.explode("rows").alias("r")).toArrow()
-        return np.sort(table.column("r").to_numpy())
+        table = self.blocks[side].select("rows").toArrow()
+        found = [np.frombuffer(b.as_buffer(), np.int32) for b in table.column("rows").combine_chunks()]
+        return np.sort(np.concatenate(found)) if found else np.zeros(0, np.int32)
+
+    def _describe(self, iteration: int, side: str) -> None:
+        """Name the half-iteration's jobs in the Spark UI (and its REST API)."""
+        self.spark.sparkContext.setJobDescription(f"ALS blocks: iteration {iteration + 1}/{self.cfg.max_iter}, {side}")
 
     def release(self) -> None:
+        self.spark.sparkContext.setJobDescription(None)  # type: ignore[arg-type]
         for df in self._cached:
             df.unpersist()
         self._cached.clear()
@@ -193,7 +233,7 @@ class _BlocksFit:
         def draw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for i in range(batch.num_rows):
-                    rows = _list(batch.column(1), i)
+                    rows = _rows(batch, i)
                     yield _factor_rows(rows, _initial(rows, batch.column(0)[i].as_py(), rank, seed))
 
         out = np.zeros((self.size[side], rank), dtype=np.float32)
@@ -218,16 +258,26 @@ class _BlocksFit:
             y, prev, g = shipped.value
             for batch in batches:
                 for i in range(batch.num_rows):
-                    rows = _list(batch.column(1), i)
+                    rows = _rows(batch, i)
                     start = None if prev is None else prev[rows]
-                    yield _factor_rows(rows, _solve(batch, i, lambda cols: y[cols], start, g, cfg))
+                    x = _solve(batch, i, y, _same, start, g, cfg)
+                    yield pa.RecordBatch.from_arrays(
+                        [
+                            batch.column(0).slice(i, 1),
+                            batch.column(1).slice(i, 1),
+                            pa.array([x.tobytes()], pa.binary()),
+                        ],
+                        ["block", "rows", "factors"],
+                    )
 
         try:
-            table = self.blocks[side].mapInArrow(solve, "id INT, features ARRAY<FLOAT>").toArrow()
+            table = self.blocks[side].mapInArrow(solve, SOLVED_SCHEMA).toArrow()
         finally:
             shipped.unpersist()
         out = np.zeros((self.size[side], cfg.rank), dtype=np.float32)
-        self._scatter(out, table)
+        for rows, factors in zip(table.column("rows").combine_chunks(), table.column("factors").combine_chunks()):
+            ids = np.frombuffer(rows.as_buffer(), np.int32)
+            out[ids] = np.frombuffer(factors.as_buffer(), np.float32).reshape(len(ids), cfg.rank)
         return out
 
     def run_broadcast(self) -> tuple[DataFrame, DataFrame]:
@@ -235,7 +285,9 @@ class _BlocksFit:
         users: np.ndarray | None = None
         for it in range(self.cfg.max_iter):
             started = time.perf_counter()
+            self._describe(it, "users")
             users = self._half_broadcast("user", items, users)
+            self._describe(it, "items")
             items = self._half_broadcast("item", users, items)
             log.info("ALS blocks: iteration %d/%d in %.2fs", it + 1, self.cfg.max_iter, time.perf_counter() - started)
         assert users is not None
@@ -249,8 +301,10 @@ class _BlocksFit:
 
     def _links(self, side: str) -> DataFrame:
         """(block, col): each block of ``side`` with the distinct fixed-side indices it needs."""
-        links = self.blocks[side].select("block", F.array_distinct("cols").alias("cols"))
-        return links.select("block", F.explode("cols").alias("col")).persist(StorageLevel.MEMORY_AND_DISK)
+        row, col = ("user_idx", "item_idx") if side == "user" else ("item_idx", "user_idx")
+        block = F.pmod(F.col(row), F.lit(self.block_counts[side])).cast("int")
+        links = self._pairs.select(block.alias("block"), F.col(col).cast("int").alias("col")).distinct()
+        return links.persist(StorageLevel.MEMORY_AND_DISK)
 
     def _initial_frame(self, side: str) -> DataFrame:
         cfg = self.cfg
@@ -259,7 +313,7 @@ class _BlocksFit:
         def draw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for i in range(batch.num_rows):
-                    rows = _list(batch.column(1), i)
+                    rows = _rows(batch, i)
                     yield _factor_rows(rows, _initial(rows, batch.column(0)[i].as_py(), rank, seed))
 
         return self.blocks[side].mapInArrow(draw, "id INT, features ARRAY<FLOAT>")
@@ -291,7 +345,7 @@ class _BlocksFit:
         def solve(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for i in range(batch.num_rows):
-                    rows = _list(batch.column(1), i)
+                    rows = _rows(batch, i)
                     have = batch.column(5)[i].values
                     ids = have.field("id").to_numpy(zero_copy_only=False)
                     vecs = have.field("features").flatten().to_numpy(zero_copy_only=False).reshape(len(ids), rank)
@@ -304,10 +358,10 @@ class _BlocksFit:
                         start = np.zeros((len(rows), rank), dtype=np.float32)
                         start[np.searchsorted(rows, p_ids)] = p_vecs
 
-                    def lookup(cols: np.ndarray, ids: np.ndarray = ids, vecs: np.ndarray = vecs) -> np.ndarray:
-                        return vecs[np.searchsorted(ids, cols)]
+                    def positions(cols: np.ndarray, ids: np.ndarray = ids) -> np.ndarray:
+                        return np.searchsorted(ids, cols)
 
-                    yield _factor_rows(rows, _solve(batch, i, lookup, start, gram, cfg))
+                    yield _factor_rows(rows, _solve(batch, i, vecs, positions, start, gram, cfg))
 
         return joined.mapInArrow(solve, "id INT, features ARRAY<FLOAT>")
 
@@ -325,10 +379,12 @@ class _BlocksFit:
         users: DataFrame | None = None
         for it in range(self.cfg.max_iter):
             started = time.perf_counter()
+            self._describe(it, "users")
             new_users = self._keep(self._half_joined("user", links["user"], items, users))
             if users is not None:
                 users.unpersist()
             users = new_users
+            self._describe(it, "items")
             new_items = self._keep(self._half_joined("item", links["item"], users, items))
             items.unpersist()
             items = new_items
