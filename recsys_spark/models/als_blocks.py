@@ -232,18 +232,8 @@ class _BlocksFit:
     # -- broadcast mode: both sides on the driver ------------------------------------------------
 
     def _initial_array(self, side: str) -> np.ndarray:
-        cfg = self.cfg
-        rank, seed = cfg.rank, cfg.seed
-
-        def draw(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                for i in range(batch.num_rows):
-                    rows = _rows(batch, i)
-                    yield _factor_rows(rows, _initial(rows, batch.column(0)[i].as_py(), rank, seed))
-
-        out = np.zeros((self.size[side], rank), dtype=np.float32)
-        table = self.blocks[side].mapInArrow(draw, "id INT, features ARRAY<FLOAT>").toArrow()
-        self._scatter(out, table)
+        out = np.zeros((self.size[side], self.cfg.rank), dtype=np.float32)
+        self._scatter(out, self._initial_frame(side).toArrow())
         return out
 
     def _scatter(self, out: np.ndarray, table: pa.Table) -> None:

@@ -46,6 +46,13 @@ def row_regularization(counts: np.ndarray, cfg: AlsConfig) -> np.ndarray:
     return cfg.reg_param * counts if cfg.reg_scale == "count" else np.full_like(counts, cfg.reg_param)
 
 
+def _needs_gram(cfg: AlsConfig, gram: np.ndarray | None) -> bool:
+    """Whether the system has the YᵀY term (implicit feedback), which must then be given."""
+    if cfg.feedback == "implicit" and gram is None:
+        raise ValueError("implicit ALS needs the Gram matrix of every fixed factor")
+    return cfg.feedback == "implicit"
+
+
 def exact_factors(
     offsets: np.ndarray,
     vectors: np.ndarray,
@@ -62,9 +69,7 @@ def exact_factors(
         gram: YᵀY over every fixed row (implicit feedback only).
     """
     rows, rank = len(offsets) - 1, vectors.shape[1]
-    implicit = cfg.feedback == "implicit"
-    if implicit and gram is None:
-        raise ValueError("implicit ALS needs the Gram matrix of every fixed factor")
+    implicit = _needs_gram(cfg, gram)
     if rows == 0:
         return np.zeros((0, rank))
     y = np.asarray(vectors, dtype=np.float64)
@@ -117,9 +122,7 @@ def cg_factors(
     from recsys_spark.kernels.conjugate_gradient import cg_rows
 
     rows, rank = len(offsets) - 1, fixed.shape[1]
-    implicit = cfg.feedback == "implicit"
-    if implicit and gram is None:
-        raise ValueError("implicit ALS needs the Gram matrix of every fixed factor")
+    implicit = _needs_gram(cfg, gram)
     if rows == 0:
         return np.zeros((0, rank))
     weight, target = pair_terms(values, cfg)
