@@ -65,7 +65,7 @@ def _als_model(spark: SparkSession, user_factors: DataFrame, item_factors: DataF
     """An MLlib ALSModel holding exactly these factors, keyed by the bench's ``user``/``item`` columns."""
     from recsys_spark.models.als import als_model_from_factors
 
-    return als_model_from_factors(user_factors, item_factors, rank).setUserCol("user").setItemCol("item")
+    return als_model_from_factors(user_factors, item_factors, rank, "user", "item")
 
 
 def _mllib_top_k(recommendations: DataFrame, seen: DataFrame, k: int) -> DataFrame:

@@ -146,9 +146,17 @@ def fit_als(
     return build_als(cfg, blocks).fit(train)
 
 
-def als_model_from_factors(user_factors: DataFrame, item_factors: DataFrame, rank: int) -> ALSModel:
-    """An MLlib ALSModel holding exactly these (id INT, features ARRAY<FLOAT>) factors, with the
-    columns :func:`build_als` sets, so a model from either engine is read the same way.
+def als_model_from_factors(
+    user_factors: DataFrame,
+    item_factors: DataFrame,
+    rank: int,
+    user_col: str = "user_idx",
+    item_col: str = "item_idx",
+) -> ALSModel:
+    """An MLlib ALSModel holding exactly these (id INT, features ARRAY<FLOAT>) factors, keyed by
+    ``user_col`` / ``item_col`` (by default the columns :func:`build_als` sets, so a model from
+    either engine is read the same way). The columns are set on the JVM model itself: a setter on
+    the Python wrapper does not reach ``recommendFor*``, which call the JVM directly.
 
     ALSModel's constructor is ``private[ml]`` in Scala, which is public in the bytecode, so py4j can
     call it; ``_from_java`` then wraps it as ``ALSModel.load`` does.
@@ -157,7 +165,7 @@ def als_model_from_factors(user_factors: DataFrame, item_factors: DataFrame, ran
     java_model = jvm.org.apache.spark.ml.recommendation.ALSModel(
         "als_blocks", rank, user_factors._jdf, item_factors._jdf
     )
-    java_model.setUserCol("user_idx").setItemCol("item_idx").setPredictionCol("prediction").setColdStartStrategy("drop")
+    java_model.setUserCol(user_col).setItemCol(item_col).setPredictionCol("prediction").setColdStartStrategy("drop")
     return ALSModel._from_java(java_model)
 
 
