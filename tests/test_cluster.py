@@ -358,8 +358,8 @@ def _submit_with_killer(
 
 
 def _assert_lost_tasks_rerun(killer: _ExecutorKiller, events: list[dict]) -> None:
-    """Some task failed with its executor, that executor was removed, and every lost task ran again
-    (same stage, same partition) and succeeded."""
+    """Some task failed with its executor, that executor was removed, and every lost partition ran
+    again in the same stage and succeeded."""
     assert killer.kills, "no executor was caught in the middle of a task"
     lost = [
         e
@@ -369,14 +369,20 @@ def _assert_lost_tasks_rerun(killer: _ExecutorKiller, events: list[dict]) -> Non
     assert lost, f"no task failed with ExecutorLostFailure after kills {killer.kills}"
     removed = {e["Executor ID"] for e in events if e["Event"] == "SparkListenerExecutorRemoved"}
     assert {str(k["executor"]) for k in killer.kills} <= removed
-    # every lost task was run again and succeeded: same stage, same partition, a later attempt
+
+    # every lost task was run again and succeeded: same stage, same partition, a later attempt. By
+    # partition, not by the task's index: when the loss also cost shuffle output, the stage is
+    # resubmitted for the missing partitions alone, and their indices restart at 0
+    def partition(e: dict) -> tuple[int, int]:
+        return e["Stage ID"], e["Task Info"]["Partition ID"]
+
     succeeded = {
-        (e["Stage ID"], e["Task Info"]["Index"])
+        partition(e)
         for e in events
         if e["Event"] == "SparkListenerTaskEnd" and e["Task End Reason"]["Reason"] == "Success"
     }
     for e in lost:
-        assert (e["Stage ID"], e["Task Info"]["Index"]) in succeeded, f"lost task never re-run: {e['Task Info']}"
+        assert partition(e) in succeeded, f"lost task never re-run: {e['Task Info']}"
 
 
 def test_executor_killed_mid_stage_is_retried(
