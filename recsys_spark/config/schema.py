@@ -745,7 +745,8 @@ class AlsConfig(_Section):
     engine: Literal["mllib", "blocks"] = "mllib"
     """mllib: Spark MLlib's ALS (exact Cholesky solves in its own block layout); blocks: the
     project's engine (recsys_spark/models/als_blocks.py): the pairs cached as CSR blocks by user
-    and by item, each half-iteration one Arrow task per block solved with numpy by ``solver``."""
+    and by item, each half-iteration one Arrow task per block that solves all of its rows by
+    ``solver`` (CG in a compiled loop, or exact solves in numpy)."""
 
     solver: Literal["cg", "cholesky"] = "cg"
     """blocks engine: cg: ``cg_steps`` conjugate-gradient steps per half-iteration, warm-started
