@@ -115,3 +115,26 @@ def test_item_ids_unknown_to_the_catalogue_snapshot_are_read_from_the_table(
     recs = Recommendations.open(str(tmp_path))
     assert [r.item_id for r in recs.for_user("u1", k=3)] == ["item-1", "item-2", "item-3"]
     assert [r.item_id for r in recs.for_user("u1", k=2)] == ["item-1", "item-2"]
+
+
+def test_columns_as_lists_gives_what_to_pydict_gives_for_every_kind_of_column() -> None:
+    from recsys_spark.serving.lookup import columns_as_lists
+
+    source = pa.array(["als", "popular", "als", "als"]).dictionary_encode()
+    table = pa.table(
+        {
+            "rank": pa.array([1, 2, 3, 4], pa.int32()),
+            "item_idx": pa.array([7, 0, 2**31 - 1, 5], pa.int64()),
+            "score": pa.array([0.1, -2.5, 1e-30, 3.0], pa.float32()),
+            "share": pa.array([0.5, None, 0.25, None], pa.float32()),
+            "because": pa.array([None, None, None, None], pa.int32()),
+            "source": source,
+            "item_id": ["i1", "i0", None, "é"],
+            "flag": [True, False, True, False],
+        }
+    )
+    two_chunks = pa.concat_tables([table.slice(0, 1), table.slice(1)])
+    for t in (table, two_chunks, table.slice(1, 2), table.slice(0, 0)):
+        got = columns_as_lists(t)
+        assert got == t.to_pydict()
+        assert [type(v) for v in got["score"]] == [float] * t.num_rows

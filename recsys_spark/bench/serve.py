@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 TITLE = "HTTP service under load"
 SIZES = {
     "serve_users": (1_000_000, 2_000, "users (x 100 candidates) in the HTTP service benchmark's table"),
-    "serve_requests": (4_000, 200, "requests per concurrency level in the HTTP service benchmark"),
+    "serve_requests": (20_000, 200, "requests per concurrency level in the HTTP service benchmark"),
 }
 #: Concurrent clients per level.
 LEVELS = (1, 16, 64)
