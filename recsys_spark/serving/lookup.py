@@ -174,6 +174,7 @@ class _TableVersion:
         self._indexes: dict[tuple[str, tuple[str, str] | None], RowGroupIndex | None] = {}
         self._ids: pa.Array | None = None
         self._id_list: list[str | None] = []
+        self._id_set: frozenset[str] | None = None
         self._columns: frozenset[str] | None = None
 
     @classmethod
@@ -296,6 +297,12 @@ class _TableVersion:
         self.ids_by_index(id_col, idx_col)
         return self._id_list
 
+    def id_set(self, id_col: str, idx_col: str) -> frozenset[str]:
+        """The ids of :meth:`id_list`, for membership: is an item in the catalogue."""
+        if self._id_set is None:
+            self._id_set = frozenset(i for i in self.id_list(id_col, idx_col) if i is not None)
+        return self._id_set
+
     def popular(self, segment: str) -> list[Recommendation]:
         """The whole popularity list of ``segment``, read once per version."""
         found = self._popular.get(segment)
@@ -349,8 +356,7 @@ class Snapshot:
         ids, the popularity lists and the row-group indexes of every strategy and method, so that
         no request pays for opening a version."""
         items = self._tables[T.ITEMS]
-        items.ids_by_index("item_id", "item_idx")
-        items.warm("item_id")
+        items.id_set("item_id", "item_idx")
         self._tables[T.USER_CANDIDATES].warm("user_id", "strategy")
         self._tables[T.ITEM_NEIGHBORS].warm("item_id", "method")
         if self._tables[T.POPULAR_ITEMS].exists:
@@ -563,8 +569,11 @@ class Snapshot:
                 found.setdefault(iid, []).append(Neighbor(nid, nidx, float(sim), rank, method))
         missing = [i for i in ids if i not in found]
         if missing:
+            # the catalogue's ids are in memory already (the lookups name items by them), and the
+            # items table is sorted by item_idx, so a read by item_id would scan it
             items = self._tables[T.ITEMS]
-            known = set(items.rows("item_id", missing, ["item_id"]).column("item_id").to_pylist())
+            items.dataset()  # names the job to run when there is no catalogue yet
+            known = items.id_set("item_id", "item_idx")
             unknown = [i for i in missing if i not in known]
             if unknown:
                 raise UnknownItemError(
