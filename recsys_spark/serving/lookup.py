@@ -522,7 +522,7 @@ class Snapshot:
                     continue
                 if idx.null_count == 0:
                     at = idx.to_numpy().tolist()
-                    if max(at, default=-1) >= len(ids):
+                    if at and (max(at) >= len(ids) or min(at) < 0):
                         break
                     found = [id_list[i] for i in at]
                     if None in found:
