@@ -494,7 +494,7 @@ class Snapshot:
         than the items snapshot) reads the ids from the table instead.
         """
         pairs = [id_of, *([also_id_of] if also_id_of else [])]
-        ids = self._tables[T.ITEMS].ids_by_index("item_id", "item_idx")
+        items = self._tables[T.ITEMS]
 
         def head(rows: pa.Table) -> pa.Table:
             if max_rank is None:
@@ -508,33 +508,23 @@ class Snapshot:
 
         # the key stays dictionary-encoded: a row group holds a few dozen keys, each on ~100 rows
         dictionary = ["source", key_col]
-        if ids is not None:
+        if items.exists:
             got = head(table.rows(key_col, keys, columns, partition, dictionary=dictionary))
             named: dict[str, list[Any]] = {}
             if len(keys) == 1 and key_col in columns:  # every row has the one key: no need to decode it
                 named[key_col] = [keys[0]] * got.num_rows
                 got = got.drop_columns([key_col])
-            id_list = self._tables[T.ITEMS].id_list("item_id", "item_idx")
+            id_list = items.id_list("item_id", "item_idx")
             for id_col, idx_col in pairs:
                 idx = got[idx_col]
-                if idx.null_count == len(idx):
-                    named[id_col] = [None] * len(idx)
-                    continue
-                if idx.null_count == 0:
-                    at = idx.to_numpy().tolist()
-                    if at and (max(at) >= len(ids) or min(at) < 0):
-                        break
-                    found = [id_list[i] for i in at]
-                    if None in found:
-                        break
-                    named[id_col] = found
-                    continue
-                if pc.max(idx).as_py() >= len(ids):
+                at = _as_list(idx)
+                known = [i for i in at if i is not None]
+                if known and (max(known) >= len(id_list) or min(known) < 0):
                     break
-                names = pc.take(ids, idx)
-                if names.null_count != idx.null_count:
+                found = [None if i is None else id_list[i] for i in at]
+                if found.count(None) != idx.null_count:  # an index the catalogue has no id for
                     break
-                named[id_col] = names.to_pylist()
+                named[id_col] = found
             else:
                 return {**columns_as_lists(got), **named}
         extra = [c for c, _ in pairs]
