@@ -172,8 +172,7 @@ class _TableVersion:
         self._values: dict[str, list[str]] = {}
         self._popular: dict[str, list[Recommendation]] = {}
         self._indexes: dict[tuple[str, tuple[str, str] | None], RowGroupIndex | None] = {}
-        self._ids: pa.Array | None = None
-        self._id_list: list[str | None] = []
+        self._id_list: list[str | None] | None = None
         self._id_set: frozenset[str] | None = None
         self._columns: frozenset[str] | None = None
 
@@ -274,27 +273,21 @@ class _TableVersion:
             if self._row_groups(key_col, partition) is None:
                 self.dataset(partition)
 
-    def ids_by_index(self, id_col: str, idx_col: str) -> pa.Array | None:
+    def id_list(self, id_col: str, idx_col: str) -> list[str | None]:
         """``id_col`` values at the positions of ``idx_col`` (the items table: item_id by item_idx),
-        read once per version; None when the table does not exist."""
+        read once per version; empty when the table does not exist. A Python list: a lookup
+        indexes it with a handful of ints, where ``pc.take`` and ``to_pylist`` cost ~5 us of fixed
+        overhead."""
         if self._dt is None:
-            return None
-        if self._ids is None:
+            return []
+        if self._id_list is None:
             t = self.dataset().to_table(columns=[id_col, idx_col])
             idx = t[idx_col].to_numpy()
             size = int(idx.max()) + 1 if len(idx) else 0
             ids: list[str | None] = [None] * size
             for i, v in zip(idx.tolist(), t[id_col].to_pylist()):
                 ids[i] = v
-            self._ids = pa.array(ids, pa.string())
             self._id_list = ids
-        return self._ids
-
-    def id_list(self, id_col: str, idx_col: str) -> list[str | None]:
-        """:meth:`ids_by_index` as a Python list (empty when the table does not exist): a lookup
-        indexes it with a handful of ints, where ``pc.take`` and ``to_pylist`` cost ~5 us of
-        fixed overhead."""
-        self.ids_by_index(id_col, idx_col)
         return self._id_list
 
     def id_set(self, id_col: str, idx_col: str) -> frozenset[str]:
