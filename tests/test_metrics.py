@@ -1,4 +1,5 @@
-"""Evaluation metrics: hand-computed examples, edge cases, and a randomized check against a plain numpy reference."""
+"""Evaluation metrics: hand-computed examples, edge cases, and a randomized check against a plain
+numpy reference, each run on both paths: Spark SQL (metrics.py) and the driver (driver_metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from chispa import assert_approx_df_equality
 
-from recsys_spark.evaluation.metrics import RANKING_METRICS, catalog_metrics, ranking_metrics, rating_errors
+from recsys_spark.evaluation import driver_metrics
+from recsys_spark.evaluation import metrics as spark_metrics
+from recsys_spark.evaluation.metrics import RANKING_METRICS, rating_errors
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,6 +26,63 @@ POP_SCHEMA = "item_idx INT, users LONG"
 FACTORS_SCHEMA = "item_idx INT, factors ARRAY<FLOAT>"
 METRIC_SCHEMA = "metric STRING, k INT, value DOUBLE, users LONG"
 L2 = math.log2
+
+
+def _driver_ranking(recs: DataFrame, truth: DataFrame, ks: Any, *, graded: bool = False) -> DataFrame:
+    """driver_metrics.ranking_rows on the collected frames, as the Spark path's frame."""
+    r, t = recs.toArrow(), truth.toArrow()
+    rows = driver_metrics.ranking_rows(
+        *(r.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx", "rank")),
+        *(t.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx")),
+        t.column("grade").fill_null(0.0).to_numpy(zero_copy_only=False),
+        ks,
+        graded=graded,
+    )
+    return recs.sparkSession.createDataFrame(rows, METRIC_SCHEMA)
+
+
+def _driver_catalog(
+    recs: DataFrame,
+    ks: Any,
+    *,
+    n_items: int,
+    item_popularity: DataFrame,
+    n_users: int,
+    item_factors: DataFrame | None = None,
+) -> DataFrame:
+    """driver_metrics.catalog_rows on the collected frames, as the Spark path's frame."""
+    r, p = recs.toArrow(), item_popularity.toArrow()
+    f = None if item_factors is None else item_factors.toArrow()
+    rows = driver_metrics.catalog_rows(
+        *(r.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx", "rank")),
+        ks,
+        n_items=n_items,
+        popularity_items=p.column("item_idx").to_numpy(zero_copy_only=False),
+        popularity_users=p.column("users").to_numpy(zero_copy_only=False),
+        n_users=n_users,
+        factor_items=None if f is None else f.column("item_idx").to_numpy(zero_copy_only=False),
+        factors=None if f is None else f.column("factors"),
+    )
+    return recs.sparkSession.createDataFrame(rows, METRIC_SCHEMA)
+
+
+PATHS = {
+    "spark": (spark_metrics.ranking_metrics, spark_metrics.catalog_metrics),
+    "driver": (_driver_ranking, _driver_catalog),
+}
+
+
+@pytest.fixture(params=sorted(PATHS))
+def ranking_metrics(request: pytest.FixtureRequest) -> Any:
+    """The ranking metrics of one path: every test runs on both."""
+    return PATHS[request.param][0]
+
+
+@pytest.fixture(params=sorted(PATHS))
+def catalog_metrics(request: pytest.FixtureRequest) -> Any:
+    """The catalogue metrics of one path: every test runs on both."""
+    return PATHS[request.param][1]
+
 
 # u1: 5 items, 3 relevant (hits at ranks 2 and 4), one truth pair listed twice (grades 1 and 0)
 # u2: a list shorter than 5; its one relevant item is listed twice in truth (grades 1 and 2)
@@ -127,14 +187,14 @@ def _frame(
     return spark.createDataFrame([(m, k, float(expected[(m, k)]), n((m, k))) for m, k in keys], METRIC_SCHEMA)
 
 
-def test_ranking_metrics_hand_computed(spark: SparkSession) -> None:
+def test_ranking_metrics_hand_computed(spark: SparkSession, ranking_metrics: Any) -> None:
     recs = spark.createDataFrame(RECS, RECS_SCHEMA)
     truth = spark.createDataFrame(TRUTH, TRUTH_SCHEMA)
     got = ranking_metrics(recs, truth, KS, graded=True)
     assert_approx_df_equality(got, _frame(spark, EXPECTED, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
-def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark: SparkSession) -> None:
+def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark: SparkSession, ranking_metrics: Any) -> None:
     got = ranking_metrics(
         spark.createDataFrame(RECS, RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), [5, 2, 2, 1]
     )
@@ -142,19 +202,19 @@ def test_binary_run_has_no_graded_rows_and_ks_are_deduplicated(spark: SparkSessi
     assert_approx_df_equality(got, _frame(spark, expected, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
-def test_empty_recs_score_zero_for_every_truth_user(spark: SparkSession) -> None:
+def test_empty_recs_score_zero_for_every_truth_user(spark: SparkSession, ranking_metrics: Any) -> None:
     got = ranking_metrics(
         spark.createDataFrame([], RECS_SCHEMA), spark.createDataFrame(TRUTH, TRUTH_SCHEMA), KS, graded=True
     )
     assert_approx_df_equality(got, _frame(spark, {mk: 0.0 for mk in EXPECTED}, 5, ORDER), 1e-12, ignore_nullable=True)
 
 
-def test_empty_truth_gives_no_rows(spark: SparkSession) -> None:
+def test_empty_truth_gives_no_rows(spark: SparkSession, ranking_metrics: Any) -> None:
     got = ranking_metrics(spark.createDataFrame(RECS, RECS_SCHEMA), spark.createDataFrame([], TRUTH_SCHEMA), KS)
     assert got.count() == 0
 
 
-def test_an_item_listed_twice_counts_once(spark: SparkSession) -> None:
+def test_an_item_listed_twice_counts_once(spark: SparkSession, ranking_metrics: Any) -> None:
     recs = spark.createDataFrame([(1, 10, 1), (1, 10, 2), (1, 11, 3)], RECS_SCHEMA)
     truth = spark.createDataFrame([(1, 10, 1.0), (1, 11, 1.0)], TRUTH_SCHEMA)
     got = {r.metric: r.value for r in ranking_metrics(recs, truth, [3]).collect()}
@@ -165,7 +225,7 @@ def test_an_item_listed_twice_counts_once(spark: SparkSession) -> None:
 
 
 @pytest.mark.parametrize("ks", [[], [0], [2, -1], 5, [1.5]])
-def test_bad_cutoffs_are_rejected(spark: SparkSession, ks: Any) -> None:
+def test_bad_cutoffs_are_rejected(spark: SparkSession, ks: Any, ranking_metrics: Any) -> None:
     df = spark.createDataFrame(RECS, RECS_SCHEMA)
     with pytest.raises(ValueError, match="ks must be"):
         ranking_metrics(df, spark.createDataFrame(TRUTH, TRUTH_SCHEMA), ks)
@@ -182,7 +242,7 @@ def _info(pop: int) -> float:
     return -L2(max(pop, 1) / 8)
 
 
-def test_catalog_metrics_hand_computed(spark: SparkSession) -> None:
+def test_catalog_metrics_hand_computed(spark: SparkSession, catalog_metrics: Any) -> None:
     i0, i1, i2, i3, i4, i5 = _info(8), _info(4), _info(1), _info(2), _info(0), _info(0)
     s = 1 / math.sqrt(2)
     u1_k3 = ((1 - 0) + (1 - s) + (1 - s)) / 3  # pairs (0, 1), (0, 2), (1, 2)
@@ -222,7 +282,7 @@ def test_catalog_metrics_hand_computed(spark: SparkSession) -> None:
     )
 
 
-def test_catalog_metrics_without_recommendations_or_factors(spark: SparkSession) -> None:
+def test_catalog_metrics_without_recommendations_or_factors(spark: SparkSession, catalog_metrics: Any) -> None:
     pop = spark.createDataFrame(POPULARITY, POP_SCHEMA)
     got = catalog_metrics(
         spark.createDataFrame([], RECS_SCHEMA),
@@ -351,7 +411,7 @@ def _assert_matches(got: dict, want: dict) -> None:
         assert got[key][1] == users, key
 
 
-def test_ranking_metrics_match_reference_on_random_data(spark: SparkSession) -> None:
+def test_ranking_metrics_match_reference_on_random_data(spark: SparkSession, ranking_metrics: Any) -> None:
     _, _, recs, truth, _, _ = _random_data()
     ks = (1, 5, 10, 20)
     want = reference_ranking(recs, truth, ks)
@@ -362,7 +422,7 @@ def test_ranking_metrics_match_reference_on_random_data(spark: SparkSession) -> 
     assert 0 < want[("recall", 20)][0] < 1 and want[("ndcg", 1)][1] > 100  # the data exercises the metrics
 
 
-def test_catalog_metrics_match_reference_on_random_data(spark: SparkSession) -> None:
+def test_catalog_metrics_match_reference_on_random_data(spark: SparkSession, catalog_metrics: Any) -> None:
     n_users, n_items, recs, _, pop, factors = _random_data()
     ks = (1, 5, 10, 20)
     want = reference_catalog(recs, ks, n_items, pop, n_users, {i: v.astype(np.float64) for i, v in factors.items()})
@@ -392,3 +452,55 @@ def test_rating_errors_match_numpy(spark: SparkSession) -> None:
         "mae": None,
         "n": 0,
     }
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 64])
+def test_driver_ild_is_the_same_whatever_the_chunk_of_users(monkeypatch: pytest.MonkeyPatch, chunk_rows: int) -> None:
+    import pyarrow as pa
+
+    n_users, n_items, recs, _, pop, factors = _random_data(seed=11)
+    ks = (1, 5, 20)
+    want = reference_catalog(recs, ks, n_items, pop, n_users, {i: v.astype(np.float64) for i, v in factors.items()})
+    monkeypatch.setattr(driver_metrics, "_ILD_CHUNK_ROWS", chunk_rows)
+    u, i, r = (np.array(c) for c in zip(*recs))
+    rows = driver_metrics.catalog_rows(
+        u,
+        i,
+        r,
+        ks,
+        n_items=n_items,
+        popularity_items=np.array(list(pop)),
+        popularity_users=np.array(list(pop.values())),
+        n_users=n_users,
+        factor_items=np.array(list(factors)),
+        factors=pa.array([v.tolist() for v in factors.values()], pa.list_(pa.float32())),
+    )
+    _assert_matches({(m, k): (v, n) for m, k, v, n in rows}, want)
+
+
+def test_score_lists_gives_the_same_rows_on_the_driver_as_in_spark(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_spark.config.schema import Config
+    from recsys_spark.evaluation import scoring
+
+    n_users, n_items, recs, truth, pop, factors = _random_data(seed=5)
+    cfg = Config().model_copy(update={"evaluation": Config().evaluation.model_copy(update={"ks": [1, 5, 20]})})
+    args = dict(
+        cfg=cfg,
+        split="s",
+        model="m",
+        n_items=n_items,
+        popularity=spark.createDataFrame(list(pop.items()), POP_SCHEMA),
+        n_train_users=n_users,
+        graded=True,
+        item_factors=spark.createDataFrame([(i, [float(x) for x in v]) for i, v in factors.items()], FACTORS_SCHEMA),
+    )
+    recs_df, truth_df = spark.createDataFrame(recs, RECS_SCHEMA), spark.createDataFrame(truth, TRUTH_SCHEMA)
+    on_driver = scoring.score_lists(recs_df, truth_df, **args)
+    monkeypatch.setattr(scoring, "MAX_DRIVER_ROWS", len(recs) - 1)  # the lists no longer fit: Spark scores them
+    in_spark = scoring.score_lists(recs_df, truth_df, **args)
+    assert len(on_driver) == len(in_spark) == 7 * 3 + 3 * 3 + 2  # no ILD at k = 1
+    for got, want in zip(on_driver, in_spark):
+        assert {**got, "value": None} == {**want, "value": None}
+        assert got["value"] == pytest.approx(want["value"], abs=1e-12), got

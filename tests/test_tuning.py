@@ -176,8 +176,8 @@ def _lists_and_truth(seed: int) -> tuple[list[tuple[int, int, int]], list[tuple[
 def test_the_driver_metric_equals_the_spark_metric(spark: SparkSession, seed: int) -> None:
     import numpy as np
 
+    from recsys_spark.evaluation.driver_metrics import LOCAL_METRICS, ranking_metric
     from recsys_spark.evaluation.metrics import ranking_metrics
-    from recsys_spark.tuning.blend_search import LOCAL_METRICS, ranking_metric
 
     recs, truth = _lists_and_truth(seed)
     recs_df = spark.createDataFrame(recs, "user_idx int, item_idx int, rank int")
@@ -195,7 +195,7 @@ def test_the_driver_metric_equals_the_spark_metric(spark: SparkSession, seed: in
 def test_a_metric_without_a_driver_twin_is_refused() -> None:
     import numpy as np
 
-    from recsys_spark.tuning.blend_search import ranking_metric
+    from recsys_spark.evaluation.driver_metrics import ranking_metric
 
     one = np.array([0])
     with pytest.raises(ValueError, match=r"ndcg_graded.*known: ndcg, precision"):

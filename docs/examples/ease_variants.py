@@ -95,6 +95,7 @@ def main(argv: list[str]) -> None:
     from recsys_spark.bench.quality import _frame
     from recsys_spark.config.loader import load_config
     from recsys_spark.evaluation.baselines import item_popularity
+    from recsys_spark.evaluation.driver_metrics import ranking_metric
     from recsys_spark.evaluation.scoring import evaluated_users, headline_values, score_lists
     from recsys_spark.models.confidence import confidence_array
     from recsys_spark.pipeline.evaluate import _splits
@@ -102,7 +103,6 @@ def main(argv: list[str]) -> None:
     from recsys_spark.pipeline.runs import RunContext
     from recsys_spark.session import build_session
     from recsys_spark.storage.store import TableStore
-    from recsys_spark.tuning.blend_search import ranking_metric
     from recsys_spark.tuning.search import carve_validation
 
     cfg = load_config(

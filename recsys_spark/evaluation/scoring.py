@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -24,6 +25,13 @@ from pyspark.sql import functions as F
 from recsys_spark.candidates.builder import CandidateBuilder, cold_start_segment
 from recsys_spark.config.schema import Config
 from recsys_spark.evaluation.baselines import item_popularity, popularity_recs, random_recs
+from recsys_spark.evaluation.driver_metrics import (
+    MAX_DRIVER_FACTOR_ITEMS,
+    MAX_DRIVER_ROWS,
+    MetricRow,
+    catalog_rows,
+    ranking_rows,
+)
 from recsys_spark.evaluation.metrics import catalog_metrics, ranking_metrics, rating_errors
 from recsys_spark.evaluation.splits import relevant_items
 from recsys_spark.evaluation.summary import EvaluationDocument, mean_std
@@ -78,29 +86,109 @@ def score_lists(
     graded: bool,
     item_factors: DataFrame | None = None,
 ) -> list[dict[str, Any]]:
-    """Every ranking and catalogue metric of one list at every k, as result rows."""
+    """Every ranking and catalogue metric of one list at every k, as result rows: on the driver
+    (:mod:`recsys_spark.evaluation.driver_metrics`) when the lists and their truth are small
+    enough to collect, else in Spark SQL (:mod:`recsys_spark.evaluation.metrics`); the two give
+    the same values."""
     ks = cfg.evaluation.ks
     recs = recs.select("user_idx", "item_idx", "rank").persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        scores = ranking_metrics(recs, truth, ks, graded=graded).unionByName(
-            catalog_metrics(
-                recs, ks, n_items=n_items, item_popularity=popularity, n_users=n_train_users, item_factors=item_factors
-            )
+        scores = _scored_on_driver(
+            recs,
+            truth,
+            ks,
+            n_items=n_items,
+            popularity=popularity,
+            n_users=n_train_users,
+            graded=graded,
+            item_factors=item_factors,
         )
+        where = "on the driver"
+        if scores is None:
+            where = "in Spark"
+            frame = ranking_metrics(recs, truth, ks, graded=graded).unionByName(
+                catalog_metrics(
+                    recs,
+                    ks,
+                    n_items=n_items,
+                    item_popularity=popularity,
+                    n_users=n_train_users,
+                    item_factors=item_factors,
+                )
+            )
+            scores = [(r.metric, r.k, r.value, r.users) for r in frame.collect()]
         rows = [
             {
                 "split": split,
                 "model": model,
-                "metric": r.metric,
-                "k": int(r.k),
-                "value": None if r.value is None else float(r.value),
+                "metric": metric,
+                "k": int(k),
+                "value": None if value is None else float(value),
             }
-            for r in scores.collect()
+            for metric, k, value, _ in scores
         ]
     finally:
         recs.unpersist()
-    log.info("evaluated %s on %s", model, split)
+    log.info("evaluated %s on %s (%s)", model, split, where)
     return rows
+
+
+def _collected(df: DataFrame, limit: int) -> pa.Table | None:
+    """``df`` as Arrow, or None when it has more than ``limit`` rows."""
+    table = df.limit(limit + 1).toArrow()
+    return None if table.num_rows > limit else table
+
+
+def _scored_on_driver(
+    recs: DataFrame,
+    truth: DataFrame,
+    ks: Sequence[int],
+    *,
+    n_items: int,
+    popularity: DataFrame,
+    n_users: int,
+    graded: bool,
+    item_factors: DataFrame | None,
+) -> list[MetricRow] | None:
+    """The ranking and catalogue metric rows computed in numpy, or None when the lists, the truth
+    or the listed items' factors exceed :data:`driver_metrics.MAX_DRIVER_ROWS`."""
+    lists = _collected(recs, MAX_DRIVER_ROWS)
+    rel = None if lists is None else _collected(truth.select("user_idx", "item_idx", "grade"), MAX_DRIVER_ROWS)
+    if lists is None or rel is None:
+        return None
+    factors = None
+    if item_factors is not None:
+        listed = recs.select("item_idx").distinct()
+        factors = _collected(
+            item_factors.join(listed, "item_idx", "left_semi").select("item_idx", "factors"), MAX_DRIVER_FACTOR_ITEMS
+        )
+        if factors is None:
+            return None
+    pop = popularity.select("item_idx", "users").toArrow()
+    u, i, r = (lists.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx", "rank"))
+    grades = rel.column("grade").cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+    out = ranking_rows(
+        u,
+        i,
+        r,
+        rel.column("user_idx").to_numpy(zero_copy_only=False),
+        rel.column("item_idx").to_numpy(zero_copy_only=False),
+        grades,
+        ks,
+        graded=graded,
+    )
+    return out + catalog_rows(
+        u,
+        i,
+        r,
+        ks,
+        n_items=n_items,
+        popularity_items=pop.column("item_idx").to_numpy(zero_copy_only=False),
+        popularity_users=pop.column("users").to_numpy(zero_copy_only=False),
+        n_users=n_users,
+        factor_items=None if factors is None else factors.column("item_idx").to_numpy(zero_copy_only=False),
+        factors=None if factors is None else factors.column("factors"),
+    )
 
 
 def evaluate_split(

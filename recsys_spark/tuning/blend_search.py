@@ -5,8 +5,9 @@ Why: a blend trial in Spark (``blend_top_k``, the cold-start union, ``ranking_me
 35 weight vectors. Each source's validation list is built once in Spark anyway. Collected (the
 validation users' top-k rows per source, a few MB), they are blended here by the very
 ``blend_partition`` the served blend runs in its tasks. The result is scored by
-:func:`ranking_metric`, a numpy twin of :func:`recsys_spark.evaluation.metrics.ranking_metrics` that
-``tests/test_tuning.py`` holds equal to the Spark metric. A trial then costs well under a second.
+:func:`recsys_spark.evaluation.driver_metrics.ranking_metric`, the numpy twin of
+:func:`recsys_spark.evaluation.metrics.ranking_metrics` that ``tests/test_metrics.py`` holds equal to
+the Spark metric. A trial then costs well under a second.
 
 The lists and the scores are those of the Spark path, not an approximation of them:
 
@@ -29,79 +30,14 @@ import numpy as np
 import pyarrow as pa
 
 from recsys_spark.candidates.blend import blend_partition
+from recsys_spark.evaluation.driver_metrics import ranking_metric
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LOCAL_METRICS", "MAX_DRIVER_ROWS", "CollectedBlend", "ranking_metric"]
-
-#: Source rows the driver takes (about 17 bytes each, several copies while blending).
-MAX_DRIVER_ROWS = 20_000_000
-
-#: Headline metrics the driver can score (binary relevance); others run the Spark path.
-LOCAL_METRICS = ("ndcg", "precision", "recall", "hit_rate", "mrr", "map")
-
-
-def _keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    return (users.astype(np.int64) << 32) | items.astype(np.int64)
-
-
-def ranking_metric(
-    metric: str,
-    k: int,
-    users: np.ndarray,
-    items: np.ndarray,
-    ranks: np.ndarray,
-    truth_users: np.ndarray,
-    truth_items: np.ndarray,
-) -> float:
-    """One ranking metric at cut-off ``k``, averaged over the users of the truth pairs.
-
-    The definitions of :mod:`recsys_spark.evaluation.metrics` (binary relevance): an item listed twice counts
-    once at its best rank, a truth pair listed twice counts once, users without a list score 0.
-    """
-    if metric not in LOCAL_METRICS:
-        raise ValueError(f"metric {metric!r} has no driver-side twin; known: {', '.join(LOCAL_METRICS)}")
-    rel = np.unique(_keys(truth_users, truth_items))
-    truth_u = (rel >> 32).astype(np.int64)
-    user_ids, n_rel = np.unique(truth_u, return_counts=True)
-    if len(user_ids) == 0:
-        raise ValueError("no truth pairs to score against")
-    keep = ranks <= k
-    listed = _keys(users[keep], items[keep])
-    order = np.lexsort((ranks[keep], listed))
-    listed, best = listed[order], ranks[keep][order]
-    first = np.r_[True, listed[1:] != listed[:-1]]
-    listed, best = listed[first], best[first].astype(np.float64)
-    hit = np.isin(listed, rel, assume_unique=True)
-    hit_keys, hit_rank = listed[hit], best[hit]
-    row = np.searchsorted(user_ids, (hit_keys >> 32).astype(np.int64))  # every hit's user is a truth user
-    n_users = len(user_ids)
-    hits = np.bincount(row, minlength=n_users).astype(np.float64)
-    if metric == "precision":
-        per_user = hits / k
-    elif metric == "recall":
-        per_user = hits / n_rel
-    elif metric == "hit_rate":
-        per_user = (hits > 0).astype(np.float64)
-    elif metric == "mrr":
-        first_hit = np.full(n_users, np.inf)
-        np.minimum.at(first_hit, row, hit_rank)
-        per_user = np.where(np.isfinite(first_hit), 1.0 / first_hit, 0.0)
-    elif metric == "ndcg":
-        dcg = np.bincount(row, weights=1.0 / np.log2(hit_rank + 1.0), minlength=n_users)
-        ideal = np.cumsum(1.0 / np.log2(np.arange(1, k + 1) + 1.0))
-        per_user = dcg / ideal[np.minimum(n_rel, k) - 1]
-    else:  # map: precision at each hit's rank, hits numbered by rank within the user
-        by_user_rank = np.lexsort((hit_rank, row))
-        row_s, rank_s = row[by_user_rank], hit_rank[by_user_rank]
-        starts = np.flatnonzero(np.r_[True, row_s[1:] != row_s[:-1]]) if len(row_s) else np.empty(0, dtype=np.int64)
-        hit_no = np.arange(len(row_s)) - np.repeat(starts, np.diff(np.r_[starts, len(row_s)])) + 1
-        ap = np.bincount(row_s, weights=hit_no / rank_s, minlength=n_users)
-        per_user = ap / np.minimum(n_rel, k)
-    return float(per_user.mean())
+__all__ = ["CollectedBlend"]
 
 
 def _arrays(df: DataFrame, columns: Sequence[str]) -> dict[str, np.ndarray]:

@@ -29,10 +29,11 @@ from recsys_spark.candidates.builder import (
 )
 from recsys_spark.config.schema import AlsConfig, Config, EasePrune, SimilarityConfig
 from recsys_spark.errors import ConfigError
+from recsys_spark.evaluation.driver_metrics import LOCAL_METRICS, MAX_DRIVER_ROWS
 from recsys_spark.models.ease import EaseGrams, fit_ease
 from recsys_spark.models.similarity import fit_item_neighbors, vote_weight
 from recsys_spark.session import released_caches
-from recsys_spark.tuning.blend_search import LOCAL_METRICS, MAX_DRIVER_ROWS, CollectedBlend
+from recsys_spark.tuning.blend_search import CollectedBlend
 from recsys_spark.tuning.search import (
     SearchResult,
     Validation,
