@@ -206,15 +206,17 @@ class CandidateBuilder:
         self.explain = explain
         self.shape = BlockShape(cfg.user_block, cfg.item_block)
         self._lists: dict[str, DataFrame] = {}
+        self._held: list[DataFrame] = []  # intermediate caches, released with the lists
         self._warm = users.where(F.col("n_items") >= cfg.min_history).select("user_idx")
 
     def __enter__(self) -> CandidateBuilder:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for df in self._lists.values():
+        for df in (*self._lists.values(), *self._held):
             df.unpersist()
         self._lists.clear()
+        self._held.clear()
 
     def model_version(self, strategy: Strategy) -> str:
         """The version string the strategy's rows carry (sources joined by '+' for blend)."""
@@ -239,6 +241,9 @@ class CandidateBuilder:
             top = als_candidates(users, inputs.item_factors, inputs.matrix, cc.k, self.shape)
             if not self.explain:
                 return top
+            # the explanation sizes its tasks by a count of these rows: cached, the top-k runs once
+            top = top.persist(StorageLevel.MEMORY_AND_DISK)
+            self._held.append(top)
             explained = nearest_history_items(top, inputs.matrix, inputs.item_factors, cc.max_history_votes)
             return explained.withColumn("source", F.lit("als"))
         if name == "blend":

@@ -96,7 +96,8 @@ def nearest_history_items(lists: DataFrame, matrix: DataFrame, item_factors: Dat
         )
     )
     n_rows = both.count()
-    parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_rows / _ROWS_PER_TASK))
+    cores = spark.sparkContext.defaultParallelism
+    parts = cores * max(1, math.ceil(n_rows / _ROWS_PER_TASK / cores))  # whole waves: no core idles through the last
     log.info("candidates: explaining ALS rows by factor similarity (%d rows with histories, %d tasks)", n_rows, parts)
 
     def explain(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

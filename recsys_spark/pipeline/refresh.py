@@ -24,7 +24,6 @@ naming what to run instead, when the settings or the neighbours moved since the 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -244,6 +243,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
         candidate_inputs,
         eligible_popular_items,
         excluded_items,
+        lookup_files,
         lookup_rows,
         model_inputs,
         served_als,
@@ -331,7 +331,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
             # the weights the last blend search chose stay in force until the next full candidates run
             tuned = {k: blend.metadata[k] for k in ("blend_weights", "search") if k in blend.metadata}
             cc = cc.model_copy(update={"blend_weights": tuned["blend_weights"]})
-        n_files = max(1, math.ceil(store.read(T.USERS).count() * cc.k / cc.rows_per_file))
+        n_files = lookup_files(spark, store.read(T.USERS).count() * cc.k, cc.rows_per_file)
         sizes = user_history_sizes(history).persist()
         cached.append(sizes)
         model = model_inputs(store, cfg, inputs, history, excluded)
