@@ -145,8 +145,26 @@ def _iso(ts_ms: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(ts_ms.astype("datetime64[ms]"), unit="ms", timezone="UTC")
 
 
-def user_events(user: int, cfg: GenerateConfig, world: _World, start_ms: int) -> pd.DataFrame:
-    """All events of one user, from a generator seeded by (seed, user)."""
+@dataclass(frozen=True)
+class _UserLog:
+    """One user's events before formatting: numbers, and the lines to corrupt."""
+
+    user: int
+    seq: np.ndarray
+    """Each row's event number (its event_id suffix; a duplicate repeats its original's)."""
+    item: np.ndarray
+    kind: np.ndarray
+    """Event type names."""
+    ts: np.ndarray
+    """Epoch milliseconds."""
+    value: np.ndarray
+    corrupt_rows: np.ndarray
+    corrupt_kinds: np.ndarray
+    """One of ``_CORRUPTIONS`` per corrupted row."""
+
+
+def _user_log(user: int, cfg: GenerateConfig, world: _World, start_ms: int) -> _UserLog:
+    """All events of one user as arrays, from a generator seeded by (seed, user)."""
     rng = np.random.default_rng([cfg.seed, 1, user])
     items, score = _pick_items(rng, cfg, world, _profile(rng, cfg, world))
 
@@ -175,43 +193,73 @@ def user_events(user: int, cfg: GenerateConfig, world: _World, start_ms: int) ->
 
     ts = np.minimum(np.concatenate(ev_ts), start_ms + span_ms - 1)
     order = np.argsort(ts, kind="stable")
-    frame = pd.DataFrame(
-        {
-            "event_id": [f"e{user:09d}{k:06d}" for k in range(len(order))],
-            "user_id": f"u{user:07d}",
-            "item_id": np.char.add("i", np.char.zfill(np.concatenate(ev_item)[order].astype(str), 6)),
-            "event_type": np.concatenate(ev_type)[order],
-            "timestamp": _iso(ts[order]),
-            "value": np.concatenate(ev_val)[order].astype(str),
-        }
+    rows = _with_duplicates(ts[order], rng, cfg.duplicate_fraction)  # positions in the time-ordered events
+    picked = order[rows]
+    bad = np.flatnonzero(rng.random(len(rows)) < cfg.corrupt_fraction)
+    kinds = rng.choice(_CORRUPTIONS, size=len(bad)) if len(bad) else np.empty(0, dtype=str)
+    return _UserLog(
+        user,
+        rows,
+        np.concatenate(ev_item)[picked],
+        np.concatenate(ev_type)[picked],
+        ts[picked],
+        np.concatenate(ev_val)[picked],
+        bad,
+        kinds,
     )
-    frame = _add_duplicates(frame, rng, cfg.duplicate_fraction)
-    return _corrupt(frame, rng, cfg.corrupt_fraction)
 
 
-def _add_duplicates(frame: pd.DataFrame, rng: np.random.Generator, fraction: float) -> pd.DataFrame:
-    dup = rng.random(len(frame)) < fraction
+def _with_duplicates(ts: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Row positions with a ``fraction`` of the rows emitted twice (tracker retries): each copy
+    follows the rows of its own timestamp, as a stable sort by time puts an appended copy."""
+    dup = rng.random(len(ts)) < fraction
+    rows = np.arange(len(ts))
     if not dup.any():
-        return frame
-    return pd.concat([frame, frame[dup]]).sort_values("timestamp", kind="stable")
+        return rows
+    rows = np.r_[rows, np.flatnonzero(dup)]
+    return rows[np.argsort(ts[rows], kind="stable")]
 
 
-def _corrupt(frame: pd.DataFrame, rng: np.random.Generator, fraction: float) -> pd.DataFrame:
-    bad = np.flatnonzero(rng.random(len(frame)) < fraction)
-    if not len(bad):
-        return frame
-    frame = frame.copy()
-    for row, kind in zip(bad, rng.choice(_CORRUPTIONS, size=len(bad))):
-        col, value = {
-            "empty_user": ("user_id", ""),
-            "empty_item": ("item_id", ""),
-            "bad_timestamp": ("timestamp", "yesterday"),
-            "negative_value": ("value", "-1"),
-            "unknown_type": ("event_type", "hover"),
-            "nan_value": ("value", "NaN"),
-        }[kind]
-        frame.iloc[row, frame.columns.get_loc(col)] = value
-    return frame
+# what each corruption writes, and where
+_CORRUPTED = {
+    "empty_user": ("user_id", ""),
+    "empty_item": ("item_id", ""),
+    "bad_timestamp": ("timestamp", "yesterday"),
+    "negative_value": ("value", "-1"),
+    "unknown_type": ("event_type", "hover"),
+    "nan_value": ("value", "NaN"),
+}
+
+
+def _lines(logs: list[_UserLog]) -> pd.DataFrame:
+    """The users' events as the log's string columns, formatted once for the batch (per user,
+    pandas' construction and the string formatting cost more than drawing the events)."""
+    sizes = np.array([len(g.seq) for g in logs], dtype=np.int64)
+    users = np.repeat(np.array([g.user for g in logs], dtype=np.int64), sizes)
+    seq = np.concatenate([g.seq for g in logs]) if logs else np.empty(0, dtype=np.int64)
+    user_ids = np.char.add("u", np.char.zfill(users.astype(str), 7))
+    columns = {
+        "event_id": np.char.add(
+            np.char.add("e", np.char.zfill(users.astype(str), 9)), np.char.zfill(seq.astype(str), 6)
+        ),
+        "user_id": user_ids,
+        "item_id": np.char.add("i", np.char.zfill(np.concatenate([g.item for g in logs]).astype(str), 6)),
+        "event_type": np.concatenate([g.kind for g in logs]),
+        "timestamp": _iso(np.concatenate([g.ts for g in logs])),
+        "value": np.concatenate([g.value for g in logs]).astype(str),
+    }
+    out = {name: col.astype(object) for name, col in columns.items()}
+    offsets = np.r_[0, np.cumsum(sizes)[:-1]]
+    for g, at in zip(logs, offsets.tolist()):
+        for row, kind in zip(g.corrupt_rows.tolist(), g.corrupt_kinds.tolist()):
+            col, value = _CORRUPTED[kind]
+            out[col][at + row] = value
+    return pd.DataFrame(out)
+
+
+def user_events(user: int, cfg: GenerateConfig, world: _World, start_ms: int) -> pd.DataFrame:
+    """All events of one user, from a generator seeded by (seed, user)."""
+    return _lines([_user_log(user, cfg, world, start_ms)])
 
 
 def synthetic_events(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
@@ -234,9 +282,9 @@ def synthetic_events(spark: SparkSession, cfg: GenerateConfig) -> DataFrame:
 
     def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for batch in batches:
-            frames = [user_events(int(u), cfg, world, start_ms) for u in batch["id"]]
-            if frames:
-                yield pd.concat(frames, ignore_index=True)
+            logs = [_user_log(int(u), cfg, world, start_ms) for u in batch["id"]]
+            if logs:
+                yield _lines(logs)
 
     users = spark.range(0, cfg.num_users, numPartitions=cfg.partitions)
     return users.mapInPandas(gen, EVENT_SCHEMA)
