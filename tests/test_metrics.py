@@ -504,3 +504,17 @@ def test_score_lists_gives_the_same_rows_on_the_driver_as_in_spark(
     for got, want in zip(on_driver, in_spark):
         assert {**got, "value": None} == {**want, "value": None}
         assert got["value"] == pytest.approx(want["value"], abs=1e-12), got
+
+
+def test_driver_ild_leaves_out_items_whose_factors_are_null() -> None:
+    import pyarrow as pa
+
+    u, i, r = np.array([1, 1, 1]), np.array([0, 1, 2]), np.array([1, 2, 3])
+    common = dict(n_items=3, popularity_items=np.array([0]), popularity_users=np.array([1]), n_users=1)
+    with_null = driver_metrics.catalog_rows(
+        u, i, r, [3], factor_items=np.array([0, 1, 2]), factors=pa.array([[1.0, 0.0], None, [0.0, 1.0]]), **common
+    )
+    without = driver_metrics.catalog_rows(
+        u, i, r, [3], factor_items=np.array([0, 2]), factors=pa.array([[1.0, 0.0], [0.0, 1.0]]), **common
+    )
+    assert with_null == without and ("ild", 3, 1.0, 1) in without  # two orthogonal items: distance 1

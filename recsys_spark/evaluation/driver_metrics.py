@@ -185,8 +185,11 @@ def ranking_metric(
 
 
 def _unit_factors(item_idx: np.ndarray, factors: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted item indexes, their unit factors in double): zero vectors have no direction and are dropped."""
+    """(sorted item indexes, their unit factors in double): zero vectors have no direction and are
+    dropped, as are null ones."""
     flat = factors.combine_chunks() if isinstance(factors, pa.ChunkedArray) else factors
+    valid = flat.is_valid().to_numpy(zero_copy_only=False)
+    flat, item_idx = flat.filter(pa.array(valid)), item_idx[valid]
     if len(item_idx) == 0:
         return np.empty(0, dtype=np.int64), np.empty((0, 0))
     rank = len(flat[0])
