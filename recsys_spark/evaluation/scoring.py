@@ -4,10 +4,11 @@ For every evaluated user (a relevant test item and some training history) each s
 ``candidates.strategies`` gives the list the candidates stage would serve, made by the same code
 (:class:`recsys_spark.candidates.builder.CandidateBuilder`) from models fitted on the training
 part, with their settings searched on a validation carve-out of that training part where a
-stage's ``tune`` is set (:mod:`recsys_spark.tuning.fitting`); :mod:`recsys_spark.evaluation.metrics`
-scores the lists. Strategies: ``als``, ``item_item``, ``ease``, ``rp3beta``, ``blend``, cold start
-included (a user below ``candidates.min_history`` is scored on the popularity list they would be
-served); baselines in :mod:`recsys_spark.evaluation.baselines`.
+stage's ``tune`` is set (:mod:`recsys_spark.tuning.fitting`). The lists are scored on the driver
+(:mod:`recsys_spark.evaluation.driver_metrics`), or in Spark (:mod:`recsys_spark.evaluation.metrics`)
+when they are too large to collect. Strategies: ``als``, ``item_item``, ``ease``, ``rp3beta``,
+``blend``, cold start included (a user below ``candidates.min_history`` is scored on the popularity
+list they would be served); baselines in :mod:`recsys_spark.evaluation.baselines`.
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def _scored_on_driver(
     graded: bool,
     item_factors: DataFrame | None,
 ) -> list[MetricRow] | None:
-    """The ranking and catalogue metric rows computed in numpy, or None when the lists, the truth
-    or the listed items' factors exceed :data:`driver_metrics.MAX_DRIVER_ROWS`."""
+    """The ranking and catalogue metric rows computed in numpy, or None when the lists or the truth
+    exceed :data:`driver_metrics.MAX_DRIVER_ROWS` rows, or the listed items' factors
+    :data:`driver_metrics.MAX_DRIVER_FACTOR_ITEMS`."""
     lists = _collected(recs, MAX_DRIVER_ROWS)
     rel = None if lists is None else _collected(truth.select("user_idx", "item_idx", "grade"), MAX_DRIVER_ROWS)
     if lists is None or rel is None:
