@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import glob
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -45,6 +46,14 @@ _STATUS_RETENTION = {
     "spark.ui.retainedTasks": "10000",
     "spark.ui.retainedDeadExecutors": "10",
 }
+
+
+def whole_waves(spark: SparkSession, n_rows: int, rows_per_task: int) -> int:
+    """Tasks for ``n_rows`` rows, at most ``rows_per_task`` each, rounded up to a multiple of the
+    default parallelism: with one task too many for the cores, the last wave runs it alone (the
+    demo's 5M lookup rows in 3 files on 2 cores took 13.2 s to write, 4 files 11.7 s)."""
+    cores = max(1, spark.sparkContext.defaultParallelism)
+    return cores * max(1, math.ceil(n_rows / rows_per_task / cores))
 
 
 def under_spark_submit() -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -364,16 +363,3 @@ def test_a_bad_rules_file_is_an_error_naming_its_line(
         path.write_text(content)
     with pytest.raises(ConfigError, match=message):
         read_item_rules(str(path))
-
-
-@pytest.mark.parametrize("n_rows", [0, 1, 999, 5_000_000, 4_999_800, 123_456_789])
-def test_lookup_files_fill_whole_waves_and_hold_at_most_rows_per_file(spark: SparkSession, n_rows: int) -> None:
-    from recsys_spark.pipeline.candidates import lookup_files
-
-    cores = spark.sparkContext.defaultParallelism
-    files = lookup_files(spark, n_rows, 2_000_000)
-    assert files % cores == 0 and files >= cores
-    assert n_rows / files <= 2_000_000  # no file above the layout's size
-    assert (
-        files <= max(1, math.ceil(n_rows / 2_000_000)) + cores - 1
-    )  # and fewer than a wave of files beyond the fewest

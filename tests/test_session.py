@@ -1,12 +1,16 @@
-"""released_caches: what a block of model fits leaves behind is freed when the block ends."""
+"""released_caches: what a block of model fits leaves behind is freed when the block ends; whole_waves:
+task counts that fill every core."""
 
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 from typing import TYPE_CHECKING
 
-from recsys_spark.session import released_caches
+import pytest
+
+from recsys_spark.session import released_caches, whole_waves
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -43,3 +47,13 @@ def test_jvm_objects_held_only_by_python_reference_cycles_are_released(spark: Sp
     finally:
         if enabled:
             gc.enable()
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 999, 5_000_000, 4_999_800, 123_456_789])
+def test_whole_waves_fill_every_core_and_hold_at_most_rows_per_task(spark: SparkSession, n_rows: int) -> None:
+    cores = spark.sparkContext.defaultParallelism
+    tasks = whole_waves(spark, n_rows, 2_000_000)
+    assert tasks % cores == 0 and tasks >= cores
+    assert n_rows / tasks <= 2_000_000  # no task above its size
+    fewest = max(1, math.ceil(n_rows / 2_000_000))
+    assert tasks <= fewest + cores - 1  # and less than a wave of tasks beyond the fewest

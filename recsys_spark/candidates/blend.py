@@ -20,7 +20,6 @@ is not a part of the score).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -29,6 +28,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.kernels.selection import top_n_per_key
+from recsys_spark.session import whole_waves
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def blend_top_k(sources: Sequence[tuple[DataFrame, float]], k: int) -> DataFrame
         both = part if both is None else both.unionByName(part)
     spark = sources[0][0].sparkSession
     rows = both.count()
-    parts = max(spark.sparkContext.defaultParallelism, math.ceil(rows / _ROWS_PER_TASK))
+    parts = whole_waves(spark, rows, _ROWS_PER_TASK)
     log.info("blend: %d candidate rows of %d sources in %d tasks", rows, len(sources), parts)
 
     def blend(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -18,7 +18,6 @@ joining factors to every candidate.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -27,6 +26,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.candidates.neighbor_votes import recent_history
+from recsys_spark.session import whole_waves
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def nearest_history_items(lists: DataFrame, matrix: DataFrame, item_factors: Dat
         )
     )
     n_rows = both.count()
-    cores = spark.sparkContext.defaultParallelism
-    parts = cores * max(1, math.ceil(n_rows / _ROWS_PER_TASK / cores))  # whole waves: no core idles through the last
+    parts = whole_waves(spark, n_rows, _ROWS_PER_TASK)
     log.info("candidates: explaining ALS rows by factor similarity (%d rows with histories, %d tasks)", n_rows, parts)
 
     def explain(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

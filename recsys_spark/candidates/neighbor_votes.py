@@ -25,7 +25,6 @@ scores and ranks are those of a kernel that explains nothing.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -36,6 +35,7 @@ from pyspark.sql import functions as F
 from recsys_spark.config.schema import ConfidenceTransform
 from recsys_spark.kernels.selection import first_n_per_key, rank_per_user, ranks_in_runs, top_n_per_key
 from recsys_spark.models.confidence import confidence_array, confidence_value
+from recsys_spark.session import whole_waves
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def neighbor_vote_top_k(
     shared = spark.sparkContext.broadcast(csr)
     hist = history.select("user_idx", "item_idx", "confidence", "last_event_time")
     n_hist = hist.count()
-    parts = max(spark.sparkContext.defaultParallelism, math.ceil(n_hist / _ROWS_PER_TASK))
+    parts = whole_waves(spark, n_hist, _ROWS_PER_TASK)
     log.info(
         "item_item: %d history rows in %d tasks, %d neighbour rows broadcast (%d items)",
         n_hist,

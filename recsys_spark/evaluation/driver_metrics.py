@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys_spark.evaluation.metrics import CATALOG_METRICS, GRADED_METRICS, RANKING_METRICS, cutoffs
+from recsys_spark.kernels.selection import ranks_in_runs
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,6 @@ def _keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
 def _discount(rank: np.ndarray) -> np.ndarray:
     """1 / log2(rank + 1)."""
     return 1.0 / np.log2(rank.astype(np.float64) + 1.0)
-
-
-def _runs(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(starts, position within its run, 1-based) of the equal-key runs of a sorted array."""
-    if len(sorted_keys) == 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    pos = np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)])) + 1
-    return starts, pos
 
 
 def _best_ranks(
@@ -128,12 +120,12 @@ def ranking_rows(
     at = np.minimum(np.searchsorted(rel, listed), len(rel) - 1)
     hit = rel[at] == listed
     row, hit_rank, hit_gain = np.searchsorted(user_ids, u[hit]), r[hit], 2.0 ** grades[at[hit]] - 1.0
-    _, hit_no = _runs(row)  # hits come sorted by user then rank: their number among the user's hits
+    hit_no = ranks_in_runs(row)  # hits come sorted by user then rank: their number among the user's hits
 
     ideal = np.cumsum(_discount(np.arange(1, max_k + 1)))
     gains = 2.0**grades - 1.0
     by_gain = np.lexsort((rel, -gains, truth_row))  # the ideal list: each user's gains, largest first
-    _, ideal_pos = _runs(truth_row[by_gain])
+    ideal_pos = ranks_in_runs(truth_row[by_gain])
     ideal_gain = gains[by_gain] * _discount(ideal_pos)
 
     per_metric: dict[str, list[tuple[int, float]]] = {m: [] for m in (*RANKING_METRICS, *GRADED_METRICS)}
@@ -210,7 +202,7 @@ def _ild_rows(
     u, r, vec = u[known], r[known], at[known]
     sums = {k: 0.0 for k in ks}
     counts = {k: 0 for k in ks}
-    starts, _ = _runs(u)
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.empty(0, dtype=np.int64)
     bounds = np.r_[starts, len(u)]
     lo = 0
     while lo < len(starts):  # chunks of whole users

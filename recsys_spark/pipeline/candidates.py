@@ -8,7 +8,6 @@ scores exactly these rows.
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING
 
 from pyspark import StorageLevel
@@ -21,6 +20,7 @@ from recsys_spark.errors import StorageError
 from recsys_spark.pipeline.common import LOOKUP_ROW_GROUP_BYTES, writable_store
 from recsys_spark.pipeline.runs import RunContext
 from recsys_spark.pipeline.staleness import settings_hash
+from recsys_spark.session import whole_waves
 from recsys_spark.storage.store import CommitInfo, TableStore, WriteResult
 from recsys_spark.tuning.search import SearchResult
 
@@ -135,7 +135,7 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         commit = ctx.commit(input_versions=inputs, settings_hash=settings, **applied)
         out[T.POPULAR_ITEMS] = write_popular_items(store, popular, item_ids, f"popular-{ctx.run_id}", commit)
         segment = popular.where(F.col("segment") == cc.cold_start_segment).select("rank", "item_idx", "users")
-        n_files = lookup_files(spark, n_users * cc.k, cc.rows_per_file)
+        n_files = whole_waves(spark, n_users * cc.k, cc.rows_per_file)  # one task of the write a file
         model = model_inputs(store, cfg, inputs, matrix, excluded)
         search = None
         if cc.tune and "blend" in cc.strategies:
@@ -256,15 +256,6 @@ def model_inputs(
             neighbors[method] = neighbors[method].join(banned, "neighbor_idx", "left_anti")
         weights[method] = vote_weight(_neighbor_params(store, inputs[T.ITEM_NEIGHBORS], method), method)
     return ModelInputs(matrix, uf, itf, neighbors, weights, versions)
-
-
-def lookup_files(spark: SparkSession, n_rows: int, rows_per_file: int) -> int:
-    """How many files ``n_rows`` lookup rows are written in: ``rows_per_file`` each at most, their
-    count rounded up to a multiple of the default parallelism, since each file is one task of the
-    write. Three files on 2 cores took 13.2 s to write the demo's 5M ALS rows, the third task
-    running alone; a whole number of waves leaves no core idle."""
-    cores = max(1, spark.sparkContext.defaultParallelism)
-    return cores * max(1, math.ceil(n_rows / rows_per_file / cores))
 
 
 def lookup_rows(

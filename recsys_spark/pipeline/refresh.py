@@ -36,6 +36,7 @@ from recsys_spark import tables as T
 from recsys_spark.errors import StorageError
 from recsys_spark.pipeline.common import writable_store
 from recsys_spark.pipeline.staleness import last_stage_commit, settings_hash
+from recsys_spark.session import whole_waves
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -243,7 +244,6 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
         candidate_inputs,
         eligible_popular_items,
         excluded_items,
-        lookup_files,
         lookup_rows,
         model_inputs,
         served_als,
@@ -331,7 +331,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
             # the weights the last blend search chose stay in force until the next full candidates run
             tuned = {k: blend.metadata[k] for k in ("blend_weights", "search") if k in blend.metadata}
             cc = cc.model_copy(update={"blend_weights": tuned["blend_weights"]})
-        n_files = lookup_files(spark, store.read(T.USERS).count() * cc.k, cc.rows_per_file)
+        n_files = whole_waves(spark, store.read(T.USERS).count() * cc.k, cc.rows_per_file)
         sizes = user_history_sizes(history).persist()
         cached.append(sizes)
         model = model_inputs(store, cfg, inputs, history, excluded)
