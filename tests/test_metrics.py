@@ -29,15 +29,8 @@ L2 = math.log2
 
 
 def _driver_ranking(recs: DataFrame, truth: DataFrame, ks: Any, *, graded: bool = False) -> DataFrame:
-    """driver_metrics.ranking_rows on the collected frames, as the Spark path's frame."""
-    r, t = recs.toArrow(), truth.toArrow()
-    rows = driver_metrics.ranking_rows(
-        *(r.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx", "rank")),
-        *(t.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx")),
-        t.column("grade").fill_null(0.0).to_numpy(zero_copy_only=False),
-        ks,
-        graded=graded,
-    )
+    """The driver's ranking metrics of the collected frames, as the Spark path's frame."""
+    rows = driver_metrics.ranking_rows_from_arrow(recs.toArrow(), truth.toArrow(), ks, graded=graded)
     return recs.sparkSession.createDataFrame(rows, METRIC_SCHEMA)
 
 
@@ -50,18 +43,14 @@ def _driver_catalog(
     n_users: int,
     item_factors: DataFrame | None = None,
 ) -> DataFrame:
-    """driver_metrics.catalog_rows on the collected frames, as the Spark path's frame."""
-    r, p = recs.toArrow(), item_popularity.toArrow()
-    f = None if item_factors is None else item_factors.toArrow()
-    rows = driver_metrics.catalog_rows(
-        *(r.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx", "rank")),
+    """The driver's catalogue metrics of the collected frames, as the Spark path's frame."""
+    rows = driver_metrics.catalog_rows_from_arrow(
+        recs.toArrow(),
         ks,
         n_items=n_items,
-        popularity_items=p.column("item_idx").to_numpy(zero_copy_only=False),
-        popularity_users=p.column("users").to_numpy(zero_copy_only=False),
+        popularity=item_popularity.toArrow(),
         n_users=n_users,
-        factor_items=None if f is None else f.column("item_idx").to_numpy(zero_copy_only=False),
-        factors=None if f is None else f.column("factors"),
+        factors=None if item_factors is None else item_factors.toArrow(),
     )
     return recs.sparkSession.createDataFrame(rows, METRIC_SCHEMA)
 

@@ -35,8 +35,10 @@ __all__ = [
     "MAX_DRIVER_ROWS",
     "MetricRow",
     "catalog_rows",
+    "catalog_rows_from_arrow",
     "ranking_metric",
     "ranking_rows",
+    "ranking_rows_from_arrow",
 ]
 
 #: List (or truth) rows the driver scores; above it the Spark SQL metrics run. About 17 bytes a
@@ -274,3 +276,44 @@ def catalog_rows(
         f_items, unit = _unit_factors(np.asarray(factor_items), factors)
         rows["ild"] = _ild_rows(u, i, r, f_items, unit, ks_list)
     return [row for m in CATALOG_METRICS for row in rows[m]]
+
+
+def _ints(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy(zero_copy_only=False)
+
+
+def ranking_rows_from_arrow(lists: pa.Table, truth: pa.Table, ks: Sequence[int], *, graded: bool) -> list[MetricRow]:
+    """:func:`ranking_rows` of collected (user_idx, item_idx, rank) lists and (user_idx, item_idx,
+    grade) truth; a null grade counts as 0."""
+    grades = truth.column("grade").cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
+    return ranking_rows(
+        *(_ints(lists, c) for c in ("user_idx", "item_idx", "rank")),
+        _ints(truth, "user_idx"),
+        _ints(truth, "item_idx"),
+        grades,
+        ks,
+        graded=graded,
+    )
+
+
+def catalog_rows_from_arrow(
+    lists: pa.Table,
+    ks: Sequence[int],
+    *,
+    n_items: int,
+    popularity: pa.Table,
+    n_users: int,
+    factors: pa.Table | None = None,
+) -> list[MetricRow]:
+    """:func:`catalog_rows` of collected (user_idx, item_idx, rank) lists, (item_idx, users)
+    popularity and, for ILD, (item_idx, factors)."""
+    return catalog_rows(
+        *(_ints(lists, c) for c in ("user_idx", "item_idx", "rank")),
+        ks,
+        n_items=n_items,
+        popularity_items=_ints(popularity, "item_idx"),
+        popularity_users=_ints(popularity, "users"),
+        n_users=n_users,
+        factor_items=None if factors is None else _ints(factors, "item_idx"),
+        factors=None if factors is None else factors.column("factors"),
+    )

@@ -30,8 +30,8 @@ from recsys_spark.evaluation.driver_metrics import (
     MAX_DRIVER_FACTOR_ITEMS,
     MAX_DRIVER_ROWS,
     MetricRow,
-    catalog_rows,
-    ranking_rows,
+    catalog_rows_from_arrow,
+    ranking_rows_from_arrow,
 )
 from recsys_spark.evaluation.metrics import catalog_metrics, ranking_metrics, rating_errors
 from recsys_spark.evaluation.splits import relevant_items
@@ -167,29 +167,8 @@ def _scored_on_driver(
         if factors is None:
             return None
     pop = popularity.select("item_idx", "users").toArrow()
-    u, i, r = (lists.column(c).to_numpy(zero_copy_only=False) for c in ("user_idx", "item_idx", "rank"))
-    grades = rel.column("grade").cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-    out = ranking_rows(
-        u,
-        i,
-        r,
-        rel.column("user_idx").to_numpy(zero_copy_only=False),
-        rel.column("item_idx").to_numpy(zero_copy_only=False),
-        grades,
-        ks,
-        graded=graded,
-    )
-    return out + catalog_rows(
-        u,
-        i,
-        r,
-        ks,
-        n_items=n_items,
-        popularity_items=pop.column("item_idx").to_numpy(zero_copy_only=False),
-        popularity_users=pop.column("users").to_numpy(zero_copy_only=False),
-        n_users=n_users,
-        factor_items=None if factors is None else factors.column("item_idx").to_numpy(zero_copy_only=False),
-        factors=None if factors is None else factors.column("factors"),
+    return ranking_rows_from_arrow(lists, rel, ks, graded=graded) + catalog_rows_from_arrow(
+        lists, ks, n_items=n_items, popularity=pop, n_users=n_users, factors=factors
     )
 
 
