@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from recsys_spark import tables as T
 from recsys_spark.cli import main
 from recsys_spark.config.schema import Config, GateConfig
-from recsys_spark.evaluation.gate import gate_checks
+from recsys_spark.evaluation.gate import gate_checks, list_stats
 from recsys_spark.pipeline.runs import RunContext
 from recsys_spark.pipeline.staleness import last_stage_commit
 from recsys_spark.serving.lookup import Recommendations
@@ -252,3 +252,34 @@ def test_every_bound_is_checked_against_the_publication_in_force() -> None:
         "item coverage",
         "users covered",
     ]
+
+
+def test_list_stats_count_each_strategys_rows_users_items_bad_scores_and_seen_items(spark: SparkSession) -> None:
+    nan = float("nan")
+    lists = [
+        ("als", 1, 10, 0.9),
+        ("als", 1, 11, nan),
+        ("als", 2, 10, None),
+        ("als", 2, 12, 0.5),
+        ("als", 3, 13, 0.1),
+        ("blend", 1, 13, 0.2),
+        ("blend", 1, 14, 0.1),
+        ("item_item", 4, 10, 1.0),
+    ]
+    seen = [(1, 11), (2, 12), (1, 14), (4, 99), (9, 10)]
+    got = list_stats(
+        spark.createDataFrame(lists, "strategy STRING, user_idx INT, item_idx INT, score FLOAT"),
+        spark.createDataFrame(seen, "user_idx INT, item_idx INT"),
+    )
+    expected = {}
+    for strategy in ("als", "blend", "item_item"):
+        mine = [r for r in lists if r[0] == strategy]
+        expected[strategy] = {
+            "rows": len(mine),
+            "users": len({r[1] for r in mine}),
+            "items": len({r[2] for r in mine}),
+            "bad_scores": sum(r[3] is None or r[3] != r[3] for r in mine),
+            "seen_items": sum((r[1], r[2]) in set(seen) for r in mine),
+        }
+    assert got == expected
+    assert got["als"] == {"rows": 5, "users": 3, "items": 4, "bad_scores": 2, "seen_items": 2}

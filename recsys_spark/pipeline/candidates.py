@@ -8,6 +8,7 @@ scores exactly these rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pyspark import StorageLevel
@@ -18,6 +19,7 @@ from recsys_spark import tables as T
 from recsys_spark.config.schema import AlsConfig, CandidatesConfig, Config, SimilarityConfig
 from recsys_spark.errors import StorageError
 from recsys_spark.pipeline.common import LOOKUP_ROW_GROUP_BYTES, writable_store
+from recsys_spark.pipeline.layout import range_layout, split_points
 from recsys_spark.pipeline.runs import RunContext
 from recsys_spark.pipeline.staleness import settings_hash
 from recsys_spark.session import whole_waves
@@ -135,7 +137,7 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         commit = ctx.commit(input_versions=inputs, settings_hash=settings, **applied)
         out[T.POPULAR_ITEMS] = write_popular_items(store, popular, item_ids, f"popular-{ctx.run_id}", commit)
         segment = popular.where(F.col("segment") == cc.cold_start_segment).select("rank", "item_idx", "users")
-        n_files = whole_waves(spark, n_users * cc.k, cc.rows_per_file)  # one task of the write a file
+        bounds = file_bounds(spark, user_ids, n_users, cc.k, cc.rows_per_file)  # one task of the write a file
         model = model_inputs(store, cfg, inputs, matrix, excluded)
         search = None
         if cc.tune and "blend" in cc.strategies:
@@ -143,7 +145,7 @@ def run_candidates(spark: SparkSession, cfg: Config, ctx: RunContext) -> dict[st
         with CandidateBuilder(model, sizes, segment, cc, explain=True) as builder:
             for strategy, lists in builder.strategies():
                 model_version = builder.model_version(strategy)
-                rows = lookup_rows(lists, user_ids, item_ids, model_version, strategy, n_files)
+                rows = lookup_rows(lists, user_ids, item_ids, model_version, strategy, bounds)
                 tuned = (
                     {"blend_weights": cc.blend_weights, "search": search.as_record()}
                     if (search and strategy == "blend")
@@ -264,12 +266,12 @@ def lookup_rows(
     item_ids: DataFrame,
     model_version: str,
     strategy: str,
-    n_files: int,
+    bounds: Sequence[str],
     keep: DataFrame | None = None,
 ) -> DataFrame:
     """A strategy's lists as user_candidates rows, with the ``keep`` rows (already in the table's
-    form) beside them, in the lookup layout: ``n_files`` files covering disjoint user_id ranges,
-    sorted inside."""
+    form) beside them, in the lookup layout: a file for each user_id range that ``bounds`` (from
+    :func:`file_bounds`) cut, sorted inside."""
     because_ids = F.broadcast(
         item_ids.select(F.col("item_idx").alias("because_item_idx"), F.col("item_id").alias("because_item_id"))
     )
@@ -283,7 +285,13 @@ def lookup_rows(
     )
     if keep is not None:
         rows = rows.unionByName(keep.select(*USER_CANDIDATE_COLUMNS))
-    return rows.repartitionByRange(n_files, "user_id").sortWithinPartitions("user_id", "rank")
+    return range_layout(rows, "user_id", bounds, ("user_id", "rank"))
+
+
+def file_bounds(spark: SparkSession, user_ids: DataFrame, n_users: int, k: int, rows_per_file: int) -> list[str]:
+    """The user_id split points of the lookup files: whole waves of files of at most
+    ``rows_per_file`` rows (k a user), cut at quantiles of the users table."""
+    return split_points(user_ids, "user_id", whole_waves(spark, n_users * k, rows_per_file), n_users)
 
 
 #: user_candidates' columns, in table order.

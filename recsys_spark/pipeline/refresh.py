@@ -36,7 +36,6 @@ from recsys_spark import tables as T
 from recsys_spark.errors import StorageError
 from recsys_spark.pipeline.common import writable_store
 from recsys_spark.pipeline.staleness import last_stage_commit, settings_hash
-from recsys_spark.session import whole_waves
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -244,6 +243,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
         candidate_inputs,
         eligible_popular_items,
         excluded_items,
+        file_bounds,
         lookup_rows,
         model_inputs,
         served_als,
@@ -331,7 +331,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
             # the weights the last blend search chose stay in force until the next full candidates run
             tuned = {k: blend.metadata[k] for k in ("blend_weights", "search") if k in blend.metadata}
             cc = cc.model_copy(update={"blend_weights": tuned["blend_weights"]})
-        n_files = whole_waves(spark, store.read(T.USERS).count() * cc.k, cc.rows_per_file)
+        bounds = file_bounds(spark, user_ids, store.read(T.USERS).count(), cc.k, cc.rows_per_file)
         sizes = user_history_sizes(history).persist()
         cached.append(sizes)
         model = model_inputs(store, cfg, inputs, history, excluded)
@@ -345,7 +345,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
                 )
                 cached.append(keep)
                 model_version = builder.model_version(strategy)
-                rows = lookup_rows(lists, user_ids, item_ids, model_version, strategy, n_files, keep=keep)
+                rows = lookup_rows(lists, user_ids, item_ids, model_version, strategy, bounds, keep=keep)
                 commit = ctx.commit(
                     model_version=model_version,
                     input_versions=inputs,
