@@ -65,7 +65,9 @@ def split_points(keys: DataFrame, column: str, n: int, total: int | None = None)
         if not cuts or value > cuts[-1]:
             cuts.append(value)
     if cuts and cuts[0] == values[0]:
-        cuts = cuts[1:]  # an empty first range would leave a core idle
+        # only keys below every sampled one would fall in the first range: a file next to empty
+        cuts = cuts[1:]
+    log.info("lookup layout: %d ranges of %s cut at quantiles of %d sampled keys", len(cuts) + 1, column, len(values))
     return cuts
 
 
@@ -87,10 +89,10 @@ def _hash_preimages(spark: SparkSession, n: int) -> list[int]:
     """For each partition ``i < n``, an int that Spark's hash partitioning of ``n`` partitions
     (pmod(murmur3(value, 42), n), the ``hash`` function) places in partition ``i``."""
     found: dict[int, int] = {}
+    value = F.col("id").cast("int")
     start = 0
     while len(found) < n:
         stop = start + _PREIMAGE_TRIES * n
-        value = F.col("id").cast("int")
         rows = spark.range(start, stop).select(value.alias("v"), F.pmod(F.hash(value), F.lit(n)).alias("p")).collect()
         for r in rows:
             found.setdefault(r["p"], r["v"])
