@@ -13,6 +13,7 @@ from recsys_spark.kernels.selection import (
     first_n_per_key,
     kth_largest_per_sorted_row,
     ranks_in_runs,
+    run_starts,
     top_n_per_key,
 )
 
@@ -50,6 +51,9 @@ def test_fast_path_and_lexsort_agree_on_every_tie(seed: int) -> None:
 def test_ranks_in_runs_and_kth_of_sorted_rows() -> None:
     assert ranks_in_runs(np.array([3, 3, 5, 7, 7, 7])).tolist() == [1, 2, 1, 1, 2, 3]
     assert ranks_in_runs(np.array([], dtype=np.int64)).tolist() == []
+    assert run_starts(np.array([3, 3, 5, 7, 7, 7])).tolist() == [0, 2, 3]
+    assert run_starts(np.array([4])).tolist() == [0]
+    assert run_starts(np.array([], dtype=np.int64)).tolist() == []
     rows, vals = np.array([0, 0, 0, 2, 2]), np.array([1.0, 5.0, 3.0, 4.0, 4.0])
     assert kth_largest_per_sorted_row(rows, vals, 4, 2).tolist() == [3.0, -np.inf, 4.0, -np.inf]
 

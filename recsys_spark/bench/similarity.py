@@ -137,12 +137,13 @@ def _lists(items: np.ndarray, neighbors: np.ndarray, sims: np.ndarray, top_n: in
     """item -> {neighbour: similarity}, self dropped, best ``top_n`` (ties: lower neighbour)."""
     import numpy as np
 
+    from recsys_spark.kernels.selection import ranks_in_runs
+
     keep = items != neighbors
     items, neighbors, sims = items[keep], neighbors[keep], sims[keep]
     order = np.lexsort((neighbors, -sims, items))
     items, neighbors, sims = items[order], neighbors[order], sims[order]
-    starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]][: len(items)])
-    rank = np.arange(len(items)) - np.repeat(starts, np.diff(np.r_[starts, len(items)]))
+    rank = ranks_in_runs(items) - 1
     keep = rank < top_n
     out: Lists = {}
     for i, j, s in zip(items[keep].tolist(), neighbors[keep].tolist(), sims[keep].tolist()):

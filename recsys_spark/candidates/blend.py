@@ -27,7 +27,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recsys_spark.kernels.selection import top_n_per_key
+from recsys_spark.kernels.selection import run_starts, top_n_per_key
 from recsys_spark.session import whole_waves
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def min_max_scaled(users: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Scores scaled per user to [0, 1] (``users`` sorted); 1.0 where a user's scores are all equal."""
     if len(users) == 0:
         return np.empty(0)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    starts = run_starts(users)
     counts = np.diff(np.r_[starts, len(users)])
     lo = np.repeat(np.minimum.reduceat(scores, starts), counts)
     hi = np.repeat(np.maximum.reduceat(scores, starts), counts)

@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.candidates.neighbor_votes import recent_history
+from recsys_spark.kernels.selection import run_starts
 from recsys_spark.session import whole_waves
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def explain_partition(table: pa.Table, unit: np.ndarray) -> pa.RecordBatch:
     cand = np.flatnonzero(~is_hist)
     because = np.full(len(cand), -1, dtype=np.int64)
     n_known = len(unit)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    starts = run_starts(users)
     stops = np.r_[starts[1:], len(users)]
     slot = np.cumsum(~is_hist) - 1  # position of each candidate row among cand
     for lo, hi in zip(starts.tolist(), stops.tolist()):

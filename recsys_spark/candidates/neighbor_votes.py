@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.config.schema import ConfidenceTransform
-from recsys_spark.kernels.selection import first_n_per_key, rank_per_user, ranks_in_runs, top_n_per_key
+from recsys_spark.kernels.selection import first_n_per_key, rank_per_user, ranks_in_runs, run_starts, top_n_per_key
 from recsys_spark.models.confidence import confidence_array, confidence_value
 from recsys_spark.session import whole_waves
 
@@ -145,7 +145,7 @@ def score_partition(
     is_recent = ranks_in_runs(users) <= recent
     indptr = csr[0]
     votes = np.where(is_recent & (items < len(indptr) - 1), np.diff(indptr)[np.minimum(items, len(indptr) - 2)], 0)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    starts = run_starts(users)
     bounds = np.r_[starts, len(users)]
     before = np.r_[0, np.cumsum(np.add.reduceat(votes, starts))]  # votes of the users before each
     block_start = 0

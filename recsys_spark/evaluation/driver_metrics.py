@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from recsys_spark.evaluation.metrics import CATALOG_METRICS, GRADED_METRICS, RANKING_METRICS, cutoffs
-from recsys_spark.kernels.selection import ranks_in_runs
+from recsys_spark.kernels.selection import ranks_in_runs, run_starts
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def _ild_rows(
     u, r, vec = u[known], r[known], at[known]
     sums = {k: 0.0 for k in ks}
     counts = {k: 0 for k in ks}
-    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]]) if len(u) else np.empty(0, dtype=np.int64)
+    starts = run_starts(u)
     bounds = np.r_[starts, len(u)]
     lo = 0
     while lo < len(starts):  # chunks of whole users

@@ -17,11 +17,18 @@ from pyspark.sql import functions as F
 _ROW_BUFFER = 1 << 22
 
 
+def run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal consecutive keys (none for no keys)."""
+    if len(sorted_keys) == 0:
+        return np.empty(0, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+
+
 def ranks_in_runs(sorted_keys: np.ndarray) -> np.ndarray:
     """1-based position of each element within its run of equal consecutive keys."""
     if len(sorted_keys) == 0:
         return np.empty(0, dtype=np.int32)
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    starts = run_starts(sorted_keys)
     return (np.arange(len(sorted_keys)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_keys)])) + 1).astype(
         np.int32
     )
