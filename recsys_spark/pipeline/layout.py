@@ -41,6 +41,8 @@ _SAMPLE_PER_RANGE = 1000
 #: Candidate values tried per partition when looking for one that hashes to each partition.
 _PREIMAGE_TRIES = 64
 _SEED = 7
+#: n -> :func:`_hash_preimages`' answer.
+_PREIMAGES: dict[int, list[int]] = {}
 
 
 def split_points(keys: DataFrame, column: str, n: int, total: int | None = None) -> list[Any]:
@@ -87,7 +89,10 @@ def range_bucket(key: Column, bounds: Sequence[Any]) -> Column:
 
 def _hash_preimages(spark: SparkSession, n: int) -> list[int]:
     """For each partition ``i < n``, an int that Spark's hash partitioning of ``n`` partitions
-    (pmod(murmur3(value, 42), n), the ``hash`` function) places in partition ``i``."""
+    (pmod(murmur3(value, 42), n), the ``hash`` function) places in partition ``i``. The hash and
+    its seed are fixed, so each ``n`` is looked up once per process, not once per strategy."""
+    if n in _PREIMAGES:
+        return _PREIMAGES[n]
     found: dict[int, int] = {}
     value = F.col("id").cast("int")
     start = 0
@@ -97,7 +102,8 @@ def _hash_preimages(spark: SparkSession, n: int) -> list[int]:
         for r in rows:
             found.setdefault(r["p"], r["v"])
         start = stop
-    return [found[i] for i in range(n)]
+    _PREIMAGES[n] = [found[i] for i in range(n)]
+    return _PREIMAGES[n]
 
 
 def range_layout(rows: DataFrame, column: str, bounds: Sequence[Any], sort: Sequence[str]) -> DataFrame:
