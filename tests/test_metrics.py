@@ -507,3 +507,59 @@ def test_driver_ild_leaves_out_items_whose_factors_are_null() -> None:
         u, i, r, [3], factor_items=np.array([0, 2]), factors=pa.array([[1.0, 0.0], [0.0, 1.0]]), **common
     )
     assert with_null == without and ("ild", 3, 1.0, 1) in without  # two orthogonal items: distance 1
+
+
+def test_lists_scored_against_one_collected_split_get_the_rows_each_gets_alone_and_collect_it_once(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_spark.config.schema import Config
+    from recsys_spark.evaluation import scoring
+
+    n_users, n_items, recs, truth, pop, _ = _random_data(seed=9)
+    cfg = Config().model_copy(update={"evaluation": Config().evaluation.model_copy(update={"ks": [1, 5, 20]})})
+    pop_df = spark.createDataFrame(list(pop.items()), POP_SCHEMA)
+    truth_df = spark.createDataFrame(truth, TRUTH_SCHEMA)
+    args = dict(cfg=cfg, split="s", n_items=n_items, popularity=pop_df, n_train_users=n_users, graded=True)
+    # two different lists: the first one as generated, the second with every user's ranks reversed
+    lengths: dict[int, int] = {}
+    for u, _, r in recs:
+        lengths[u] = max(lengths.get(u, 0), r)
+    lists = {"a": recs, "b": [(u, i, lengths[u] + 1 - r) for u, i, r in recs]}
+    alone = {
+        m: scoring.score_lists(spark.createDataFrame(v, RECS_SCHEMA), truth_df, model=m, **args)
+        for m, v in lists.items()
+    }
+    assert alone["a"] != alone["b"]
+
+    collections = []
+    real = scoring._collected
+    monkeypatch.setattr(scoring, "_collected", lambda df, limit: collections.append(df.columns) or real(df, limit))
+    shared = scoring.SplitArrow(truth_df, pop_df)
+    together = {
+        m: scoring.score_lists(spark.createDataFrame(v, RECS_SCHEMA), truth_df, model=m, collected=shared, **args)
+        for m, v in lists.items()
+    }
+    assert together == alone
+    # the lists are collected once each, the truth once for both
+    assert collections.count(["user_idx", "item_idx", "grade"]) == 1
+    assert collections.count(["user_idx", "item_idx", "rank"]) == 2
+
+
+def test_a_split_whose_truth_is_too_large_to_collect_is_scored_in_spark(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_spark.config.schema import Config
+    from recsys_spark.evaluation import scoring
+
+    n_users, n_items, recs, truth, pop, _ = _random_data(seed=4)
+    cfg = Config().model_copy(update={"evaluation": Config().evaluation.model_copy(update={"ks": [5]})})
+    pop_df = spark.createDataFrame(list(pop.items()), POP_SCHEMA)
+    truth_df, recs_df = spark.createDataFrame(truth, TRUTH_SCHEMA), spark.createDataFrame(recs, RECS_SCHEMA)
+    args = dict(cfg=cfg, split="s", model="m", n_items=n_items, popularity=pop_df, n_train_users=n_users, graded=True)
+    on_driver = scoring.score_lists(recs_df, truth_df, **args)
+    monkeypatch.setattr(scoring, "MAX_DRIVER_ROWS", max(len(recs), len(truth) - 1))  # the lists fit, the truth not
+    shared = scoring.SplitArrow(truth_df, pop_df)
+    assert shared.truth() is None and shared.truth() is None
+    in_spark = scoring.score_lists(recs_df, truth_df, collected=shared, **args)
+    assert [{**r, "value": None} for r in in_spark] == [{**r, "value": None} for r in on_driver]
+    assert [r["value"] for r in in_spark] == pytest.approx([r["value"] for r in on_driver], abs=1e-12)

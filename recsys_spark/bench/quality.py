@@ -223,12 +223,13 @@ def _peers(
     """Every peer on one split: settings chosen on the validation carve-out, then scored on the test."""
     from recsys_spark.bench.peers import matrix_of, peers
     from recsys_spark.evaluation.baselines import item_popularity
-    from recsys_spark.evaluation.scoring import evaluated_users, score_lists
+    from recsys_spark.evaluation.scoring import SplitArrow, evaluated_users, score_lists
     from recsys_spark.tuning.search import carve_validation, validation_score
 
     validation = carve_validation(train, cfg)
     truth, users = evaluated_users(train, test, cfg)
     pop = item_popularity(train).persist()
+    collected = SplitArrow(truth, pop)
     n_train_users = train.select("user_idx").distinct().count()
     cols = ["user_idx", "item_idx", "confidence"]
     full = matrix_of(train.select(*cols).toArrow(), n_users, n_items)
@@ -257,6 +258,7 @@ def _peers(
                 popularity=pop,
                 n_train_users=n_train_users,
                 graded=graded,
+                collected=collected,
             )
             took = time.perf_counter() - start
             log.info("peer %s on %s: %s (validation %s), %.1f s", peer.name, split, best, best_value, took)

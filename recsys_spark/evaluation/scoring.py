@@ -74,6 +74,31 @@ def evaluated_users(train: DataFrame, test: DataFrame, cfg: Config) -> tuple[Dat
     return truth, users
 
 
+class SplitArrow:
+    """A split's truth and item popularity collected as Arrow once, on first use, for every list
+    scored against them: collecting them again for each strategy and baseline took 3 of the
+    demo's 48 s of evaluation (two Spark jobs a list)."""
+
+    def __init__(self, truth: DataFrame, popularity: DataFrame) -> None:
+        self._truth_df, self._popularity_df = truth, popularity
+        self._truth: pa.Table | None = None
+        self._truth_small: bool | None = None
+        self._popularity: pa.Table | None = None
+
+    def truth(self) -> pa.Table | None:
+        """(user_idx, item_idx, grade) rows, or None when more than :data:`MAX_DRIVER_ROWS`."""
+        if self._truth_small is None:
+            self._truth = _collected(self._truth_df.select("user_idx", "item_idx", "grade"), MAX_DRIVER_ROWS)
+            self._truth_small = self._truth is not None
+        return self._truth
+
+    def popularity(self) -> pa.Table:
+        """(item_idx, users): training users per item."""
+        if self._popularity is None:
+            self._popularity = self._popularity_df.select("item_idx", "users").toArrow()
+        return self._popularity
+
+
 def score_lists(
     recs: DataFrame,
     truth: DataFrame,
@@ -86,20 +111,25 @@ def score_lists(
     n_train_users: int,
     graded: bool,
     item_factors: DataFrame | None = None,
+    collected: SplitArrow | None = None,
 ) -> list[dict[str, Any]]:
     """Every ranking and catalogue metric of one list at every k, as result rows: on the driver
     (:mod:`recsys_spark.evaluation.driver_metrics`) when the lists and their truth are small
     enough to collect, else in Spark SQL (:mod:`recsys_spark.evaluation.metrics`); the two give
-    the same values."""
+    the same values.
+
+    Args:
+        collected: ``truth`` and ``popularity`` as already collected for other lists of the same
+            split; None collects them for this list alone.
+    """
     ks = cfg.evaluation.ks
     recs = recs.select("user_idx", "item_idx", "rank").persist(StorageLevel.MEMORY_AND_DISK)
     try:
         scores = _scored_on_driver(
             recs,
-            truth,
+            collected or SplitArrow(truth, popularity),
             ks,
             n_items=n_items,
-            popularity=popularity,
             n_users=n_train_users,
             graded=graded,
             item_factors=item_factors,
@@ -142,11 +172,10 @@ def _collected(df: DataFrame, limit: int) -> pa.Table | None:
 
 def _scored_on_driver(
     recs: DataFrame,
-    truth: DataFrame,
+    split: SplitArrow,
     ks: Sequence[int],
     *,
     n_items: int,
-    popularity: DataFrame,
     n_users: int,
     graded: bool,
     item_factors: DataFrame | None,
@@ -155,7 +184,7 @@ def _scored_on_driver(
     exceed :data:`driver_metrics.MAX_DRIVER_ROWS` rows, or the listed items' factors
     :data:`driver_metrics.MAX_DRIVER_FACTOR_ITEMS`."""
     lists = _collected(recs, MAX_DRIVER_ROWS)
-    rel = None if lists is None else _collected(truth.select("user_idx", "item_idx", "grade"), MAX_DRIVER_ROWS)
+    rel = None if lists is None else split.truth()
     if lists is None or rel is None:
         return None
     factors = None
@@ -166,9 +195,8 @@ def _scored_on_driver(
         )
         if factors is None:
             return None
-    pop = popularity.select("item_idx", "users").toArrow()
     return ranking_rows_from_arrow(lists, rel, ks, graded=graded) + catalog_rows_from_arrow(
-        lists, ks, n_items=n_items, popularity=pop, n_users=n_users, factors=factors
+        lists, ks, n_items=n_items, popularity=split.popularity(), n_users=n_users, factors=factors
     )
 
 
@@ -205,7 +233,8 @@ def evaluate_split(
             "relevant_rows": truth.count(),
         }
     )
-    out.popularity_counts = sorted((r.users for r in pop.collect()), reverse=True)
+    collected = SplitArrow(truth, pop)
+    out.popularity_counts = sorted(collected.popularity().column("users").to_pylist(), reverse=True)
     n_train_users = train.select("user_idx").distinct().count()
     log.info(
         "split %s: %d train pairs, %d test pairs, %d users with relevant test items",
@@ -215,7 +244,14 @@ def evaluate_split(
         out.meta["test_users"],
     )
     score = dict(
-        truth=truth, cfg=cfg, split=name, n_items=n_items, popularity=pop, n_train_users=n_train_users, graded=graded
+        truth=truth,
+        cfg=cfg,
+        split=name,
+        n_items=n_items,
+        popularity=pop,
+        n_train_users=n_train_users,
+        graded=graded,
+        collected=collected,
     )
     try:
         if served is not None:
