@@ -340,7 +340,7 @@ def run_refresh_users(spark: SparkSession, cfg: Config, ctx: RunContext) -> Refr
                 version = store.version(T.USER_CANDIDATES)
                 # Read once, by the write itself, and not persisted: the pinned version's files
                 # outlive this overwrite (a commit removes them from the log, not from the disk),
-                # and caching 4.5M carried-over rows first took 14-15 s a strategy against 8-11 s
+                # and caching 4.5M carried-over rows first took 14-23 s a strategy against 8-11 s
                 # for the bare read-and-write on the demo's lists (tests/test_refresh.py checks the
                 # carried rows).
                 keep = store.read(T.USER_CANDIDATES, version=version, where=f"strategy = '{strategy}'").join(
