@@ -82,14 +82,14 @@ class SplitArrow:
     def __init__(self, truth: DataFrame, popularity: DataFrame) -> None:
         self._truth_df, self._popularity_df = truth, popularity
         self._truth: pa.Table | None = None
-        self._truth_small: bool | None = None
+        self._truth_tried = False  # None above is also the answer for a truth too large to collect
         self._popularity: pa.Table | None = None
 
     def truth(self) -> pa.Table | None:
         """(user_idx, item_idx, grade) rows, or None when more than :data:`MAX_DRIVER_ROWS`."""
-        if self._truth_small is None:
+        if not self._truth_tried:
             self._truth = _collected(self._truth_df.select("user_idx", "item_idx", "grade"), MAX_DRIVER_ROWS)
-            self._truth_small = self._truth is not None
+            self._truth_tried = True
         return self._truth
 
     def popularity(self) -> pa.Table:
