@@ -136,10 +136,47 @@ def test_each_half_iteration_of_the_exact_solver_solves_its_sides_normal_equatio
 def test_joining_the_fixed_side_to_the_blocks_gives_the_broadcast_fits_factors(spark: SparkSession) -> None:
     cfg = AlsConfig(rank=4, max_iter=3, reg_param=0.1, alpha=2.0, engine="blocks", num_user_blocks=3, seed=3)
     matrix = training_frame(_matrix(spark, users=20, items=15), cfg)
-    broadcast = factor_frames(fit_als(matrix, cfg))
+    broadcast = factor_frames(fit_als(matrix, cfg.model_copy(update={"exchange": "broadcast"})))
     joined = factor_frames(fit_als(matrix, cfg.model_copy(update={"broadcast_limit_mb": 1e-6})))
     for (b, j), key, n in zip(zip(broadcast, joined), ("user_idx", "item_idx"), (20, 15)):
         np.testing.assert_allclose(_as_array(j, key, n, 4), _as_array(b, key, n, 4), atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [(2, 1), (1, 2)], ids=["users-2-items-1", "users-1-items-2"])
+def test_the_barrier_exchange_gives_the_broadcast_fits_factors(spark: SparkSession, blocks: tuple[int, int]) -> None:
+    from recsys_spark.models.als_blocks import _BlocksFit, exchange_mode
+
+    cfg = AlsConfig(
+        rank=4, max_iter=3, reg_param=0.1, alpha=2.0, engine="blocks", seed=3,
+        num_user_blocks=blocks[0], num_item_blocks=blocks[1],
+    )  # fmt: skip
+    matrix = training_frame(_matrix(spark, users=20, items=15), cfg)
+    fit = _BlocksFit(matrix, cfg)
+    try:  # two blocks fit the session's two task slots, so auto chooses the barrier
+        assert exchange_mode(fit) == "barrier"
+    finally:
+        fit.release()
+    barrier = factor_frames(fit_als(matrix, cfg))
+    broadcast = factor_frames(fit_als(matrix, cfg.model_copy(update={"exchange": "broadcast"})))
+    for (b, j), key, n in zip(zip(broadcast, barrier), ("user_idx", "item_idx"), (20, 15)):
+        np.testing.assert_array_equal(_as_array(j, key, n, 4), _as_array(b, key, n, 4))
+
+
+def test_auto_exchange_leaves_the_barrier_when_the_blocks_outnumber_the_task_slots(spark: SparkSession) -> None:
+    from recsys_spark.models.als_blocks import _BlocksFit, exchange_mode
+
+    matrix = training_frame(_matrix(spark, users=20, items=15), AlsConfig())
+    for update, mode in (
+        ({"num_user_blocks": 3}, "broadcast"),
+        ({"num_user_blocks": 3, "broadcast_limit_mb": 1e-6}, "joined"),
+        ({"num_user_blocks": 2, "broadcast_limit_mb": 1e-6}, "joined"),
+        ({"num_user_blocks": 3, "exchange": "barrier"}, "barrier"),
+    ):
+        fit = _BlocksFit(matrix, AlsConfig(engine="blocks", **update))
+        try:
+            assert exchange_mode(fit) == mode, update
+        finally:
+            fit.release()
 
 
 def test_three_warm_started_cg_steps_reach_the_exact_solvers_objective(spark: SparkSession) -> None:

@@ -412,19 +412,24 @@ def test_executor_killed_mid_stage_is_retried(
     )
 
 
+@pytest.mark.parametrize("exchange", ["broadcast", "barrier"])
 def test_blocks_als_with_an_executor_killed_mid_iteration_equals_a_local_fit(
-    spark: SparkSession, walkthrough: Walkthrough, tmp_path: Path
+    spark: SparkSession, walkthrough: Walkthrough, tmp_path: Path, exchange: str
 ) -> None:
     """train-als with ``als.engine = "blocks"`` on the cluster, an executor JVM SIGKILLed inside a
-    half-iteration: the lost block is solved again, and the factors equal a local-mode fit of the
-    same matrix and settings (the same blocks and seed: every block's solve is deterministic)."""
+    half-iteration (broadcast: 4 blocks a side on the cluster's 2 task slots, so auto leaves the
+    barrier; barrier: the whole fit one stage of 2 tasks): the lost block is solved again (in the
+    barrier, the stage runs again and resumes from the relay's last complete half-iteration), and
+    the factors equal a local-mode fit of the same matrix and settings (the same blocks and seed:
+    every block's solve is deterministic)."""
     from recsys_spark.config.schema import AlsConfig
     from recsys_spark.models.als import factor_frames, fit_als, training_frame
 
     work = walkthrough[0]
     root = tmp_path / "warehouse"
     shutil.copytree(work / "data" / "cluster" / "warehouse", root)
-    sets = {"engine": "blocks", "num_user_blocks": 4, "num_item_blocks": 4}
+    blocks = 4 if exchange == "broadcast" else 2
+    sets = {"engine": "blocks", "num_user_blocks": blocks, "num_item_blocks": blocks, "exchange": exchange}
     proc, out, killer, events = _submit_with_killer(
         work,
         tmp_path,
@@ -439,6 +444,8 @@ def test_blocks_als_with_an_executor_killed_mid_iteration_equals_a_local_fit(
     assert proc.returncode == 0, f"train-als (blocks) failed after the executor kill:\n{out[-4000:]}"
     _assert_lost_tasks_rerun(killer, events)
     assert all(str(k["job"]).startswith("ALS blocks: iteration") for k in killer.kills), killer.kills
+    if exchange == "barrier":
+        assert "ALS relay: task" in out and "connected again" in out, out[-4000:]
 
     store = TableStore(spark, StorageConfig(root=str(root)))
     cfg = AlsConfig(rank=16, max_iter=6, alpha=10.0, seed=42, **sets)  # conf/local-cluster.toml's [als]

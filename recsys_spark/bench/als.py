@@ -347,7 +347,10 @@ def _bench_point(
             shape=(int(users.max()) + 1, int(items.max()) + 1),
         )
         ours, theirs = _ours(spark, train, als, threads), _implicit(csr, als, threads)
-        blocks = _ours(spark, train, als.model_copy(update={"engine": "blocks", "solver": "cg"}), threads)
+        engine = {"engine": "blocks", "solver": "cg"}
+        blocks = _ours(spark, train, als.model_copy(update={**engine, "exchange": "barrier"}), threads)
+        # the same engine with a Spark job per half-iteration: what the barrier stage saves
+        blocks_broadcast = _ours(spark, train, als.model_copy(update={**engine, "exchange": "broadcast"}), threads)
         sanity: dict[str, Any] = {}
 
         def checker(who: str) -> Callable[[ALSModel], None]:
@@ -372,6 +375,7 @@ def _bench_point(
 
         ours(1)  # warm-up: JIT, shuffle code paths, block building of this frame's plan
         blocks(1)
+        blocks_broadcast(1)
         min_span = 0.0 if ctx.quick else _MIN_SPAN_S
 
         def cholesky(n: int, check: Callable[[Any], None] | None = None) -> float:
@@ -381,6 +385,7 @@ def _bench_point(
         timed = {
             "ours": _Contender(ours, lo, hi, checker("ours")),
             "blocks": _Contender(blocks, lo, hi, checker("blocks")),
+            "blocks_broadcast": _Contender(blocks_broadcast, lo, hi, checker("blocks_broadcast")),
             "implicit_cg": _Contender(theirs, *calibrated_iterations(theirs, lo, hi, min_span), check_theirs),
             # the exact solver only separates algorithm from engine; its fixed cost is negligible, so a
             # slope from one iteration up measures it at a fraction of the cost of the full counts
@@ -399,9 +404,9 @@ def _bench_point(
         )
         sanity["same_shape"] = all(
             sanity[f"{who}_users"] == sanity["implicit_users"] and sanity[f"{who}_items"] == sanity["implicit_items"]
-            for who in ("ours", "blocks")
+            for who in ("ours", "blocks", "blocks_broadcast")
         )
-        sanity["ours_finite"] = sanity["ours_finite"] and sanity["blocks_finite"]
+        sanity["ours_finite"] = sanity["ours_finite"] and sanity["blocks_finite"] and sanity["blocks_broadcast_finite"]
         prof = _profile(train, als, ours, threads, lo, hi) if profile else None
     finally:
         train.unpersist()
@@ -430,8 +435,13 @@ def _bench_point(
         },
         "ours": {"what": "recsys-spark fit_als (MLlib ALS, implicit prefs, exact Cholesky solve)", **results["ours"]},
         "blocks": {
-            "what": 'recsys-spark fit_als with als.engine = "blocks" (CSR blocks, 3 warm-started CG steps)',
+            "what": 'recsys-spark fit_als with als.engine = "blocks", exchange = "barrier" (the fit one barrier '
+            "stage, CSR blocks, 3 warm-started CG steps, rows swapped through the driver)",
             **results["blocks"],
+        },
+        "blocks_broadcast": {
+            "what": 'the same with exchange = "broadcast" (a Spark job per half-iteration)',
+            **results["blocks_broadcast"],
         },
         "implicit_cg": {
             "what": "implicit AlternatingLeastSquares (its default: conjugate gradient, 3 steps)",
@@ -449,6 +459,7 @@ def _bench_point(
         "ratio_blocks": ratio(per["blocks"], per["implicit_cg"]),
         "ratio_blocks_per_repetition": summary(blocks_ratios) if blocks_ratios else None,
         "blocks_speedup": ratio(per["ours"], per["blocks"]),
+        "barrier_speedup": ratio(per["blocks_broadcast"], per["blocks"]),
         "ratio_cholesky_vs_cg": ratio(per["implicit_cholesky"], per["implicit_cg"]),
         "gflop_per_iter": flops / 1e9,
         "gflops": {k: flops / 1e9 / per[k] for k in ("ours", "implicit_cholesky") if per[k] > 0},
@@ -577,6 +588,11 @@ def _point_lines(p: dict[str, Any], r: dict[str, Any]) -> list[str]:
             + (verdict_of(speedup >= _BLOCKS_SPEEDUP_TARGET) if speedup is not None else "not judged")
             + ")."
         )
+        if p.get("barrier_speedup") is not None:
+            text += (
+                f" The barrier stage takes 1/{p['barrier_speedup']:.1f} of the time per iteration of the same "
+                'engine run as a Spark job per half-iteration (`exchange = "broadcast"`).'
+            )
     ok = s.get("ours_finite") and s.get("implicit_finite") and s.get("same_shape")
     text += (
         " Sanity: both factorisations are finite and of the same shape "
@@ -707,7 +723,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for p in points:
-        for key in ("ours", "blocks", "implicit_cg", "implicit_cholesky"):
+        for key in ("ours", "blocks", "blocks_broadcast", "implicit_cg", "implicit_cholesky"):
             if key not in p:
                 continue
             c = p[key]

@@ -755,10 +755,19 @@ class AlsConfig(_Section):
     cg_steps: int = Field(3, ge=1, le=256)
     """blocks engine, solver cg: conjugate-gradient steps per row and half-iteration."""
 
+    exchange: Literal["auto", "barrier", "broadcast", "joined"] = "auto"
+    """blocks engine: how each half-iteration's tasks get the fixed side's factors. barrier: the
+    whole fit is one barrier stage whose tasks keep their blocks and, every half-iteration, swap
+    their solved rows for the whole side through a relay on the driver; broadcast: a Spark job per
+    half-iteration, the fixed side broadcast; joined: a job per half-iteration, the fixed vectors a
+    block needs joined to it, so neither side has to fit in one executor. auto: barrier when both
+    sides fit under ``broadcast_limit_mb``, every block gets a task slot at once and dynamic
+    allocation is off; else broadcast while they fit, else joined."""
+
     broadcast_limit_mb: float = Field(512.0, gt=0.0)
-    """blocks engine: the fixed side's factors are broadcast to every task while they take at
-    most this many MiB (rows x rank x 4 bytes); above it they are joined to the blocks that need
-    them, so neither side has to fit in one executor."""
+    """blocks engine, exchange auto: the largest side's factors (rows x rank x 4 bytes) that may be
+    held whole by the driver and every task (barrier, broadcast); above it the fixed side is
+    joined to the blocks that need it."""
 
     alpha: float = Field(10.0, ge=0.0)
     """Implicit feedback: a pair weighs 1 + alpha * r, r the pair's confidence after ``confidence``."""

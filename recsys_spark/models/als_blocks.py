@@ -4,29 +4,36 @@ block, numpy solves.
 MLlib's ALS ships every rating to the factor blocks that need it through a shuffle each
 half-iteration and solves each row's normal equations exactly (a Cholesky factorisation per row).
 This engine holds the training pairs twice, cached as compressed sparse rows: once in user blocks
-(each user's items) and once in item blocks (each item's users), one Spark row per block. A
-half-iteration is a single ``mapInArrow`` stage over one side's blocks: each task gathers the
-fixed side's vectors for its pairs, and solves all of its rows at once with
-:func:`recsys_spark.models.least_squares.cg_factors` (a few conjugate-gradient steps, warm-started
-from the previous factors) or :func:`~recsys_spark.models.least_squares.exact_factors`. YᵀY is
-computed once per half-iteration, on the driver.
+(each user's items) and once in item blocks (each item's users), one Spark row per block. In a
+half-iteration one ``mapInArrow`` task per block gathers the fixed side's vectors for its pairs,
+and solves all of its rows at once with :func:`recsys_spark.models.least_squares.cg_factors` (a
+few conjugate-gradient steps, warm-started from the previous factors) or
+:func:`~recsys_spark.models.least_squares.exact_factors`. YᵀY is computed once per half-iteration
+(by each barrier task, else on the driver).
 
-How the fixed side reaches the tasks depends on its size (``als.broadcast_limit_mb``):
+How the tasks get the fixed side (``als.exchange``; auto picks by size and task slots):
 
-* **broadcast**, while rows x rank x 4 bytes fit under the limit: the driver holds both sides as
-  numpy arrays, broadcasts the fixed side (and the solved side's previous factors, the warm
-  start) and collects the solved rows. Nothing but the cached blocks lives on executors, so the
-  lineage is the blocks' and an executor lost mid-iteration only costs its tasks' recomputation;
-* **joined**, above it: factors stay on executors as one row per block, the fixed vectors a block
-  needs are joined to it (the block's distinct columns, cached once, as MLlib's out-blocks), and
-  each half-iteration's factors are checkpointed so the plan stays short: reliably when the
-  SparkContext has a checkpoint directory (set one on a cluster: a local checkpoint does not
-  survive the loss of the executor holding it), else locally.
+* **barrier**: the whole fit is one barrier stage, task b holding user block b and item block b
+  in memory. After each half-iteration every task sends its solved rows to a relay on the driver
+  (:mod:`recsys_spark.models.factor_relay`), which sends the whole side back to each. A failed task
+  fails the stage; Spark runs it again and the tasks resume from the relay's last complete
+  half-iteration, so the factors are those of an uninterrupted fit;
+* **broadcast**: a Spark job per half-iteration. The driver holds both sides as numpy arrays,
+  broadcasts the fixed side (and the solved side's previous factors, the warm start) and collects
+  the solved rows. Nothing but the cached blocks lives on executors, so the lineage is the blocks'
+  and an executor lost mid-iteration only costs its tasks' recomputation;
+* **joined**, when a side is above ``als.broadcast_limit_mb``: factors stay on executors as one row
+  per block, the fixed vectors a block needs are joined to it (the block's distinct columns, cached
+  once, as MLlib's out-blocks), and each half-iteration's factors are checkpointed so the plan
+  stays short: reliably when the SparkContext has a checkpoint directory (set one on a cluster: a
+  local checkpoint does not survive the loss of the executor holding it), else locally.
 
-Why two Spark jobs per iteration rather than one barrier stage whose tasks swap their solved rows
-with ``BarrierTaskContext.allGather``: on Spark 4.2 every ``allGather`` took 1.0 s, whatever the
-message size (10 bytes to 4 MB, two tasks, local mode), against 0.11-0.15 s for a whole two-task
-job on the same machine.
+Why the barrier: on these 2 cores a two-task Spark job costs 0.11-0.15 s however little it does,
+and solving the demo's 580k pairs takes about 0.07 s a half-iteration, so the broadcast mode spent
+most of its 0.5-0.6 s iteration scheduling two jobs; in one barrier stage the same iterations took
+0.10-0.12 s, with the same factors to the bit (the demo's matrix, rank 32, 10 iterations, one
+session, each mode twice). Spark's own ``BarrierTaskContext.allGather`` would have been the
+natural exchange, but each call took 1.0 s on Spark 4.2, whatever the message size.
 
 The factors come back as MLlib's ``ALSModel`` (:func:`recsys_spark.models.als.als_model_from_factors`),
 so everything downstream (the factor tables, RMSE, the search) reads them the same way whichever
@@ -38,12 +45,14 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+from py4j.protocol import Py4JError
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
@@ -70,6 +79,9 @@ SOLVED_SCHEMA = "block INT, rows BINARY, factors BINARY"
 #: (three pairs x rank arrays) stay near 400 MiB at rank 32.
 _PAIRS_PER_BLOCK = 1 << 20
 _MIB = 1 << 20
+#: How long a barrier task waits for the others' half-iteration: a failed task fails the stage
+#: (and Spark kills its partners) long before; this only bounds a wedged exchange.
+_RELAY_TIMEOUT_S = 600.0
 
 
 def block_count(spark: SparkSession, pairs: int, configured: int | None) -> int:
@@ -275,6 +287,77 @@ class _BlocksFit:
             out[ids] = np.frombuffer(factors.as_buffer(), np.float32).reshape(len(ids), cfg.rank)
         return out
 
+    # -- barrier mode: one stage for the whole fit, the driver relays each half-iteration ---------
+
+    def barrier_fits(self) -> bool:
+        """Whether a barrier stage can hold every block at once: one task slot per block, and no
+        dynamic allocation (Spark refuses barrier stages under it)."""
+        sc = self.spark.sparkContext
+        if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+            return False
+        return max(self.block_counts.values()) <= _task_slots(self.spark)
+
+    def run_barrier(self) -> tuple[DataFrame, DataFrame]:
+        from pyspark import BarrierTaskContext
+
+        from recsys_spark.models.factor_relay import SIDES, FactorRelay, RelayClient
+
+        cfg = self.cfg
+        tasks, halves, rank = max(self.block_counts.values()), 2 * cfg.max_iter, cfg.rank
+        implicit = cfg.feedback == "implicit"
+        keys = F.array(*[F.lit(k) for k in _partition_keys(self.spark, tasks)])
+        # user block b and item block b share task b
+        both = (
+            self.blocks["user"]
+            .withColumn("side", F.lit(0))
+            .unionByName(self.blocks["item"].withColumn("side", F.lit(1)))
+            .withColumn("key", keys[F.col("block")])
+            .repartition(tasks, "key")
+            .select("block", "rows", "offsets", "cols", "values", "side")
+        )
+        bind, host = _relay_host(self.spark)
+        relay = FactorRelay(tasks, self.size, rank, halves, self._initial_array("item"), bind, host, _RELAY_TIMEOUT_S)
+        address = relay.address
+
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            ctx = BarrierTaskContext.get()
+            mine = {SIDES[b.column(5)[i].as_py()]: (b, i) for b in batches for i in range(b.num_rows)}
+            client = RelayClient(address, ctx.partitionId(), ctx.taskAttemptId())
+            try:
+                for half in range(client.done, halves):
+                    side, other = SIDES[half % 2], SIDES[1 - half % 2]
+                    rows, x = np.zeros(0, np.int32), np.zeros((0, rank), np.float32)
+                    if side in mine:
+                        batch, i = mine[side]
+                        fixed, previous = client.factors[other], client.factors[side]
+                        assert fixed is not None
+                        gram = (fixed.T.astype(np.float64) @ fixed.astype(np.float64)) if implicit else None
+                        rows = _rows(batch, i)
+                        start = None if previous is None else previous[rows]
+                        x = _solve(batch, i, fixed, _same, start, gram, cfg)
+                    client.swap(half, rows, x)
+            finally:
+                client.close()
+            yield pa.RecordBatch.from_arrays([pa.array([ctx.partitionId()], pa.int32())], ["task"])
+
+        self.spark.sparkContext.setJobDescription(
+            f"ALS blocks: iterations 1-{cfg.max_iter}/{cfg.max_iter}, barrier stage of {tasks} tasks"
+        )
+        started = time.perf_counter()
+        with relay:
+            # The shuffle after the stage matters: Spark reruns a failed barrier map stage, but
+            # aborts the job when a barrier result stage fails.
+            both.mapInArrow(run, "task INT", barrier=True).repartition(1).collect()
+        users, items = relay.factors["user"], relay.factors["item"]
+        assert users is not None and items is not None
+        log.info(
+            "ALS blocks (barrier): %d iterations in %.2fs, %d task(s) rerun",
+            cfg.max_iter,
+            time.perf_counter() - started,
+            relay.reconnects,
+        )
+        return self._frame(users, self.rows["user"]), self._frame(items, self.rows["item"])
+
     def run_broadcast(self) -> tuple[DataFrame, DataFrame]:
         items = self._initial_array("item")
         users: np.ndarray | None = None
@@ -393,20 +476,51 @@ class _BlocksFit:
         return users, items
 
 
+def _task_slots(spark: SparkSession) -> int:
+    """Tasks the application can run at once (its executors' cores over spark.task.cpus)."""
+    sc = spark.sparkContext
+    try:
+        jsc = sc._jsc.sc()  # type: ignore[union-attr]
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except (Py4JError, AttributeError):  # pragma: no cover - a JVM without the method: Spark's own estimate
+        return sc.defaultParallelism
+
+
+def _relay_host(spark: SparkSession) -> tuple[str, str]:
+    """(the interface the relay listens on, the name tasks reach the driver by): loopback in
+    local mode, else the driver's address as Spark's executors reach it."""
+    conf = spark.sparkContext.getConf()
+    if spark.sparkContext.master.startswith("local"):
+        return "127.0.0.1", "127.0.0.1"
+    host = conf.get("spark.driver.host") or socket.gethostname()
+    return conf.get("spark.driver.bindAddress") or host, host
+
+
+def exchange_mode(fit: _BlocksFit) -> str:
+    """``als.exchange``, with auto resolved (its docstring in the config)."""
+    wanted = fit.cfg.exchange
+    if wanted != "auto":
+        return wanted
+    if not fit.broadcast_fits():
+        return "joined"
+    return "barrier" if fit.barrier_fits() else "broadcast"
+
+
 def fit_blocks(train: DataFrame, cfg: AlsConfig) -> tuple[DataFrame, DataFrame]:
     """(user factors, item factors) as MLlib's (id INT, features ARRAY<FLOAT>) frames, fitted on
     ``train`` (user_idx, item_idx, value: :func:`recsys_spark.models.als.training_frame`)."""
     fit = _BlocksFit(train, cfg)
     try:
-        broadcast = fit.broadcast_fits()
+        mode = exchange_mode(fit)
         log.info(
-            "ALS blocks: %d pairs, %d users x %d items, %s solver, fixed side %s",
+            "ALS blocks: %d pairs, %d users x %d items, %s solver, %s exchange",
             fit.pairs,
             len(fit.rows["user"]),
             len(fit.rows["item"]),
             cfg.solver if cfg.solver == "cholesky" else f"cg ({cfg.cg_steps} steps)",
-            "broadcast" if broadcast else "joined",
+            mode,
         )
-        return fit.run_broadcast() if broadcast else fit.run_joined()
+        runs = {"barrier": fit.run_barrier, "broadcast": fit.run_broadcast, "joined": fit.run_joined}
+        return runs[mode]()
     finally:
         fit.release()
