@@ -152,7 +152,7 @@ def test_the_barrier_exchange_gives_the_broadcast_fits_factors(spark: SparkSessi
     )  # fmt: skip
     matrix = training_frame(_matrix(spark, users=20, items=15), cfg)
     fit = _BlocksFit(matrix, cfg)
-    try:  # two blocks fit the session's two task slots, so auto chooses the barrier
+    try:  # the factors fit, so auto chooses the barrier
         assert exchange_mode(fit) == "barrier"
     finally:
         fit.release()
@@ -162,15 +162,38 @@ def test_the_barrier_exchange_gives_the_broadcast_fits_factors(spark: SparkSessi
         np.testing.assert_array_equal(_as_array(j, key, n, 4), _as_array(b, key, n, 4))
 
 
-def test_auto_exchange_leaves_the_barrier_when_the_blocks_outnumber_the_task_slots(spark: SparkSession) -> None:
+def test_a_block_index_without_rows_on_either_side_gets_no_barrier_task(spark: SparkSession) -> None:
+    from pyspark.sql import functions as F
+
+    cfg = AlsConfig(rank=3, max_iter=2, reg_param=0.1, alpha=2.0, engine="blocks", seed=5, exchange="barrier")
+    # even users and items only: with two blocks a side, block 1 is empty on both
+    even = _matrix(spark, users=20, items=15).where((F.col("user_idx") % 2 == 0) & (F.col("item_idx") % 2 == 0))
+    matrix = training_frame(even, cfg)
+    barrier = factor_frames(fit_als(matrix, cfg))
+    broadcast = factor_frames(fit_als(matrix, cfg.model_copy(update={"exchange": "broadcast"})))
+    for (b, j), key, n in zip(zip(broadcast, barrier), ("user_idx", "item_idx"), (20, 15)):
+        np.testing.assert_array_equal(_as_array(j, key, n, 3), _as_array(b, key, n, 3))
+
+
+def test_more_blocks_than_task_slots_share_the_barriers_tasks_and_give_the_same_factors(spark: SparkSession) -> None:
+    cfg = AlsConfig(
+        rank=4, max_iter=3, reg_param=0.1, alpha=2.0, engine="blocks", seed=3, num_user_blocks=5, num_item_blocks=3
+    )
+    matrix = training_frame(_matrix(spark, users=20, items=15), cfg)
+    barrier = factor_frames(fit_als(matrix, cfg))  # 5 and 3 blocks on the session's 2 task slots
+    broadcast = factor_frames(fit_als(matrix, cfg.model_copy(update={"exchange": "broadcast"})))
+    for (b, j), key, n in zip(zip(broadcast, barrier), ("user_idx", "item_idx"), (20, 15)):
+        np.testing.assert_array_equal(_as_array(j, key, n, 4), _as_array(b, key, n, 4))
+
+
+def test_auto_exchange_takes_the_barrier_while_the_factors_fit_and_joins_above_the_limit(spark: SparkSession) -> None:
     from recsys_spark.models.als_blocks import _BlocksFit, exchange_mode
 
     matrix = training_frame(_matrix(spark, users=20, items=15), AlsConfig())
     for update, mode in (
-        ({"num_user_blocks": 3}, "broadcast"),
+        ({"num_user_blocks": 3}, "barrier"),
         ({"num_user_blocks": 3, "broadcast_limit_mb": 1e-6}, "joined"),
-        ({"num_user_blocks": 2, "broadcast_limit_mb": 1e-6}, "joined"),
-        ({"num_user_blocks": 3, "exchange": "barrier"}, "barrier"),
+        ({"exchange": "broadcast"}, "broadcast"),
     ):
         fit = _BlocksFit(matrix, AlsConfig(engine="blocks", **update))
         try:

@@ -417,8 +417,8 @@ def test_blocks_als_with_an_executor_killed_mid_iteration_equals_a_local_fit(
     spark: SparkSession, walkthrough: Walkthrough, tmp_path: Path, exchange: str
 ) -> None:
     """train-als with ``als.engine = "blocks"`` on the cluster, an executor JVM SIGKILLed inside a
-    half-iteration (broadcast: 4 blocks a side on the cluster's 2 task slots, so auto leaves the
-    barrier; barrier: the whole fit one stage of 2 tasks): the lost block is solved again (in the
+    half-iteration (broadcast: 4 blocks a side, a job per half-iteration; barrier: the whole fit
+    one stage of 2 tasks, one per task slot): the lost block is solved again (in the
     barrier, the stage runs again and resumes from the relay's last complete half-iteration), and
     the factors equal a local-mode fit of the same matrix and settings (the same blocks and seed:
     every block's solve is deterministic)."""

@@ -761,8 +761,8 @@ class AlsConfig(_Section):
     their solved rows for the whole side through a relay on the driver; broadcast: a Spark job per
     half-iteration, the fixed side broadcast; joined: a job per half-iteration, the fixed vectors a
     block needs joined to it, so neither side has to fit in one executor. auto: barrier when both
-    sides fit under ``broadcast_limit_mb``, every block gets a task slot at once and dynamic
-    allocation is off; else broadcast while they fit, else joined."""
+    sides fit under ``broadcast_limit_mb`` and dynamic allocation is off (Spark refuses barrier
+    stages under it); else broadcast while they fit, else joined."""
 
     broadcast_limit_mb: float = Field(512.0, gt=0.0)
     """blocks engine, exchange auto: the largest side's factors (rows x rank x 4 bytes) that may be

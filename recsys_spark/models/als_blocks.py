@@ -11,13 +11,14 @@ few conjugate-gradient steps, warm-started from the previous factors) or
 :func:`~recsys_spark.models.least_squares.exact_factors`. YᵀY is computed once per half-iteration
 (by each barrier task, else on the driver).
 
-How the tasks get the fixed side (``als.exchange``; auto picks by size and task slots):
+How the tasks get the fixed side (``als.exchange``; auto picks by size):
 
-* **barrier**: the whole fit is one barrier stage, task b holding user block b and item block b
-  in memory. After each half-iteration every task sends its solved rows to a relay on the driver
-  (:mod:`recsys_spark.models.factor_relay`), which sends the whole side back to each. A failed task
-  fails the stage; Spark runs it again and the tasks resume from the relay's last complete
-  half-iteration, so the factors are those of an uninterrupted fit;
+* **barrier**: the whole fit is one barrier stage of at most one task per task slot, each holding
+  its share of the user and item blocks in memory. After each half-iteration every task sends its
+  solved rows to a relay on the driver (:mod:`recsys_spark.models.factor_relay`), which sends the
+  whole side back to each. A failed task fails the stage; Spark runs it again and the tasks
+  resume from the relay's last complete half-iteration, so the factors are those of an
+  uninterrupted fit;
 * **broadcast**: a Spark job per half-iteration. The driver holds both sides as numpy arrays,
   broadcasts the fixed side (and the solved side's previous factors, the warm start) and collects
   the solved rows. Nothing but the cached blocks lives on executors, so the lineage is the blocks'
@@ -290,12 +291,9 @@ class _BlocksFit:
     # -- barrier mode: one stage for the whole fit, the driver relays each half-iteration ---------
 
     def barrier_fits(self) -> bool:
-        """Whether a barrier stage can hold every block at once: one task slot per block, and no
-        dynamic allocation (Spark refuses barrier stages under it)."""
+        """Whether a barrier stage can run: Spark refuses one under dynamic allocation."""
         sc = self.spark.sparkContext
-        if sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true":
-            return False
-        return max(self.block_counts.values()) <= _task_slots(self.spark)
+        return sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() != "true"
 
     def run_barrier(self) -> tuple[DataFrame, DataFrame]:
         from pyspark import BarrierTaskContext
@@ -303,10 +301,19 @@ class _BlocksFit:
         from recsys_spark.models.factor_relay import SIDES, FactorRelay, RelayClient
 
         cfg = self.cfg
-        tasks, halves, rank = max(self.block_counts.values()), 2 * cfg.max_iter, cfg.rank
+        halves, rank = 2 * cfg.max_iter, cfg.rank
         implicit = cfg.feedback == "implicit"
-        keys = F.array(*[F.lit(k) for k in _partition_keys(self.spark, tasks)])
-        # user block b and item block b share task b
+        # A barrier stage needs all of its tasks running at once, so there are at most as many tasks
+        # as task slots, and a task holds every block whose rank among the blocks is its own modulo
+        # the task count (user block b and item block b together). Blocks without rows get no task:
+        # an empty partition may never start its Python function, leaving the others waiting.
+        present = sorted({int(b) for side in SIDES for b in np.unique(self.rows[side] % self.block_counts[side])})
+        if not present:
+            return self.run_broadcast()
+        tasks = min(len(present), max(1, _task_slots(self.spark)))
+        task_keys = _partition_keys(self.spark, tasks)
+        by_block = {b: task_keys[i % tasks] for i, b in enumerate(present)}
+        keys = F.array(*[F.lit(by_block.get(b, 0)) for b in range(max(self.block_counts.values()))])
         both = (
             self.blocks["user"]
             .withColumn("side", F.lit(0))
@@ -321,21 +328,24 @@ class _BlocksFit:
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             ctx = BarrierTaskContext.get()
-            mine = {SIDES[b.column(5)[i].as_py()]: (b, i) for b in batches for i in range(b.num_rows)}
+            mine: dict[str, list[tuple[pa.RecordBatch, int]]] = {side: [] for side in SIDES}
+            for batch in batches:
+                for i in range(batch.num_rows):
+                    mine[SIDES[batch.column(5)[i].as_py()]].append((batch, i))
             client = RelayClient(address, ctx.partitionId(), ctx.taskAttemptId())
             try:
                 for half in range(client.done, halves):
                     side, other = SIDES[half % 2], SIDES[1 - half % 2]
-                    rows, x = np.zeros(0, np.int32), np.zeros((0, rank), np.float32)
-                    if side in mine:
-                        batch, i = mine[side]
-                        fixed, previous = client.factors[other], client.factors[side]
-                        assert fixed is not None
-                        gram = (fixed.T.astype(np.float64) @ fixed.astype(np.float64)) if implicit else None
-                        rows = _rows(batch, i)
-                        start = None if previous is None else previous[rows]
-                        x = _solve(batch, i, fixed, _same, start, gram, cfg)
-                    client.swap(half, rows, x)
+                    rows, solved = [np.zeros(0, np.int32)], [np.zeros((0, rank), np.float32)]
+                    fixed, previous = client.factors[other], client.factors[side]
+                    assert fixed is not None
+                    gram = (fixed.T.astype(np.float64) @ fixed.astype(np.float64)) if implicit and mine[side] else None
+                    for batch, i in mine[side]:
+                        ids = _rows(batch, i)
+                        start = None if previous is None else previous[ids]
+                        rows.append(ids)
+                        solved.append(_solve(batch, i, fixed, _same, start, gram, cfg))
+                    client.swap(half, np.concatenate(rows), np.concatenate(solved))
             finally:
                 client.close()
             yield pa.RecordBatch.from_arrays([pa.array([ctx.partitionId()], pa.int32())], ["task"])
