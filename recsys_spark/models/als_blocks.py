@@ -185,6 +185,12 @@ def _solve(
     return x.astype(np.float32)
 
 
+def _gram(fixed: np.ndarray) -> np.ndarray:
+    """YᵀY of every fixed row, in float64 (the implicit-feedback term of each row's system)."""
+    wide = fixed.astype(np.float64)
+    return wide.T @ wide
+
+
 def _same(cols: np.ndarray) -> np.ndarray:
     return cols
 
@@ -258,7 +264,7 @@ class _BlocksFit:
 
     def _half_broadcast(self, side: str, fixed: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
         cfg = self.cfg
-        gram = (fixed.T.astype(np.float64) @ fixed.astype(np.float64)) if cfg.feedback == "implicit" else None
+        gram = _gram(fixed) if cfg.feedback == "implicit" else None
         sc = self.spark.sparkContext
         shipped = sc.broadcast((fixed, previous, gram))
 
@@ -339,7 +345,7 @@ class _BlocksFit:
                     rows, solved = [np.zeros(0, np.int32)], [np.zeros((0, rank), np.float32)]
                     fixed, previous = client.factors[other], client.factors[side]
                     assert fixed is not None
-                    gram = (fixed.T.astype(np.float64) @ fixed.astype(np.float64)) if implicit and mine[side] else None
+                    gram = _gram(fixed) if implicit and mine[side] else None
                     for batch, i in mine[side]:
                         ids = _rows(batch, i)
                         start = None if previous is None else previous[ids]
